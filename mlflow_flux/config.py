@@ -1,0 +1,127 @@
+"""Training configuration: one dataclass, string overrides type-checked against its defaults.
+
+Every value that arrives from a command line or an MLproject parameter is a string; it is parsed here, once,
+and a bad value is an :class:`InvalidParameter` naming the parameter, before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from .errors import InvalidParameter
+
+__all__ = ["TrainConfig", "OPTIMIZERS", "parse_floats", "parse_ints", "parse_train_config"]
+
+OPTIMIZERS = ("adam", "sgd")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of one variant run. Defaults follow the study; docs/experiment.md says why each is what it is."""
+
+    lr: float = 0.001
+    epochs: int = 1000  # the paper's budget: the claims are about what happens "within the same epochs"
+    seed: int = 0
+    batch_size: int = 64
+    optimizer: str = "adam"
+    hidden: tuple[int, ...] = (256, 64, 16)  # encoder widths; the decoder mirrors them
+    n_samples: int = 2048  # 256 per shape: enough variety, and an epoch stays ~0.1 s on one core
+    image_size: int = 32
+    noise: float = 0.0  # std of Gaussian pixel noise added to the images
+    # recorder settings
+    snapshot_every: int = 1
+    window: int = 10
+    tau: float = 0.01
+    flush_every: int = 10
+    threads: int = 0  # torch intra-op threads; 0 leaves torch's default
+
+    def as_params(self) -> dict[str, str]:
+        """The config as MLflow params (strings; widths as ``256,64,16``)."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+        return out
+
+
+def _positive_float(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise InvalidParameter(name, raw, "expected a positive number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise InvalidParameter(name, raw, "expected a positive number")
+    return value
+
+
+def _int_at_least(name: str, raw: str, minimum: int) -> int:
+    try:
+        value = int(str(raw).strip())
+    except (TypeError, ValueError):
+        raise InvalidParameter(name, raw, f"expected an integer >= {minimum}") from None
+    if value < minimum:
+        raise InvalidParameter(name, raw, f"expected an integer >= {minimum}")
+    return value
+
+
+def parse_floats(name: str, raw: str) -> tuple[float, ...]:
+    """Parse a comma-separated list of positive numbers, e.g. ``0.01,0.001``."""
+    items = [part.strip() for part in str(raw).split(",")]
+    if not items or any(not part for part in items):
+        raise InvalidParameter(name, raw, "expected comma-separated positive numbers, e.g. 0.01,0.001")
+    return tuple(_positive_float(name, part) for part in items)
+
+
+def parse_ints(name: str, raw: str, minimum: int = 1) -> tuple[int, ...]:
+    """Parse a comma-separated list of integers, e.g. ``256,64,16``."""
+    items = [part.strip() for part in str(raw).split(",")]
+    if not items or any(not part for part in items):
+        raise InvalidParameter(name, raw, f"expected comma-separated integers >= {minimum}, e.g. 256,64,16")
+    try:
+        return tuple(_int_at_least(name, part, minimum) for part in items)
+    except InvalidParameter:
+        raise InvalidParameter(name, raw, f"expected comma-separated integers >= {minimum}, e.g. 256,64,16") from None
+
+
+def _parse_field(name: str, raw: str) -> object:
+    if name == "optimizer":
+        value = str(raw).strip().lower()
+        if value not in OPTIMIZERS:
+            raise InvalidParameter(name, raw, f"expected one of {', '.join(OPTIMIZERS)}")
+        return value
+    if name == "hidden":
+        return parse_ints(name, raw)
+    if name == "noise":
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            raise InvalidParameter(name, raw, "expected a number >= 0") from None
+        if not math.isfinite(value) or value < 0:
+            raise InvalidParameter(name, raw, "expected a number >= 0")
+        return value
+    if name in ("lr", "tau"):
+        return _positive_float(name, raw)
+    minimums = {"seed": 0, "threads": 0, "image_size": 8, "window": 2}
+    return _int_at_least(name, raw, minimums.get(name, 1))
+
+
+def parse_train_config(overrides: Mapping[str, str], base: TrainConfig | None = None) -> TrainConfig:
+    """Build a :class:`TrainConfig` from string overrides; unknown keys and bad values are errors.
+
+    Raises:
+        InvalidParameter: a key is unknown or a value does not parse.
+    """
+    base = base or TrainConfig()
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    values: dict[str, object] = {}
+    for name, raw in overrides.items():
+        if name not in known:
+            raise InvalidParameter(name, raw, f"unknown parameter; known: {', '.join(sorted(known))}")
+        values[name] = _parse_field(name, raw)
+    config = dataclasses.replace(base, **values)
+    if config.n_samples < 8:
+        raise InvalidParameter("n_samples", config.n_samples, "expected at least one image per shape (>= 8)")
+    return config

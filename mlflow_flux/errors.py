@@ -1,0 +1,26 @@
+"""Errors that reach a user as one line, never as a traceback."""
+
+from __future__ import annotations
+
+__all__ = ["FluxError", "InvalidParameter", "DivergedError"]
+
+
+class FluxError(Exception):
+    """A problem the user can fix; the CLI prints its message alone and exits with ``exit_code``."""
+
+    exit_code = 1
+
+
+class InvalidParameter(FluxError, ValueError):
+    """A parameter value that is rejected before any work starts."""
+
+    exit_code = 2
+
+    def __init__(self, name: str, value: object, expected: str) -> None:
+        super().__init__(f"invalid value for '{name}': {value!r} ({expected})")
+        self.name = name
+        self.value = value
+
+
+class DivergedError(FluxError):
+    """Training produced a non-finite loss: the learning rate is too large for this setup."""

@@ -1,0 +1,45 @@
+"""The study's autoencoder: an MLP with ReLU hidden layers and a sigmoid output."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["Autoencoder"]
+
+
+class Autoencoder(nn.Module):
+    """MLP autoencoder whose decoder mirrors the encoder.
+
+    With ``hidden=(256, 64, 16)`` and 32x32 inputs the layers are ``encoder.fc1`` (1024->256), ``encoder.fc2``,
+    ``encoder.fc3`` (the 16-wide code), ``decoder.fc1``, ``decoder.fc2`` and ``decoder.out`` (256->1024).
+    Every hidden layer, the code included, is followed by a ReLU, so every hidden neuron can be "dead".
+    """
+
+    def __init__(self, input_dim: int, hidden: Sequence[int] = (256, 64, 16)) -> None:
+        super().__init__()
+        if input_dim < 1 or not hidden or any(width < 1 for width in hidden):
+            raise ValueError(f"input_dim and every hidden width must be >= 1, got {input_dim} and {tuple(hidden)}")
+        self.input_dim = input_dim
+        self.hidden = tuple(hidden)
+        widths = [input_dim, *hidden]
+        encoder: OrderedDict[str, nn.Module] = OrderedDict()
+        for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:]), start=1):
+            encoder[f"fc{i}"] = nn.Linear(fan_in, fan_out)
+            encoder[f"relu{i}"] = nn.ReLU()
+        decoder: OrderedDict[str, nn.Module] = OrderedDict()
+        back = widths[::-1]
+        for i, (fan_in, fan_out) in enumerate(zip(back[:-2], back[1:-1]), start=1):
+            decoder[f"fc{i}"] = nn.Linear(fan_in, fan_out)
+            decoder[f"relu{i}"] = nn.ReLU()
+        decoder["out"] = nn.Linear(back[-2], back[-1])
+        decoder["sigmoid"] = nn.Sigmoid()
+        self.encoder = nn.Sequential(encoder)
+        self.decoder = nn.Sequential(decoder)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        return self.decoder(self.encoder(x.reshape(shape[0], -1))).reshape(shape)
