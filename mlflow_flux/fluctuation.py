@@ -1,0 +1,236 @@
+"""Fluctuation summaries: pure functions from per-neuron traces to numbers.
+
+No torch, no MLflow, no I/O. The recorder calls these live on a window of the latest snapshots, and the
+comparison report calls them offline on traces read back from Parquet, so the two can never disagree: both pass
+float32 trace values arranged as ``(windows, window, neurons)`` arrays through the same code.
+
+Definitions (our reading of arXiv 2511.10435, which publishes no formula; see docs/metrics.md):
+
+- spread of neuron *i* at snapshot *t*: ``s[t, i] = w_std[t, i]``, the population std of its incoming weights;
+- spread of the spread over a window of ``W`` snapshots: ``sos[i] = std_t(s[t, i])``;
+- relative fluctuation: ``rel[i] = sos[i] / mean_t(s[t, i])`` (0 where the mean spread is 0);
+- bias fluctuation: ``std_t(bias[t, i])``;
+- fires: ``act_rate[t, i] > 0`` for some *t* in the window; dead: ``act_rate[t, i] == 0`` for every *t*;
+- participates: fires and ``rel[i] >= tau``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "DEFAULT_WINDOW",
+    "DEFAULT_TAU",
+    "SUMMARY_KEYS",
+    "window_std",
+    "relative_fluctuation",
+    "window_stats",
+    "summarize",
+    "windows_of",
+    "summaries_over_epochs",
+]
+
+DEFAULT_WINDOW = 10
+DEFAULT_TAU = 0.01
+# Per-layer summary keys, logged as ``flux/<layer>/<key>`` and ``flux/all/<key>``.
+SUMMARY_KEYS = (
+    "participating",
+    "participating_frac",
+    "dead_frac",
+    "sos_median",
+    "bias_fluct_median",
+    "w_step_median",
+)
+
+
+def window_std(x: np.ndarray) -> np.ndarray:
+    """Population standard deviation over the window axis (``axis=-2``) of ``(..., W, N)`` values.
+
+    Written out as two passes so that the summation order depends only on the window, never on how many
+    windows are stacked: the live (one window) and offline (many windows) results are bit-identical.
+
+    Args:
+        x: values with the window on the second-to-last axis.
+
+    Returns:
+        ``(..., N)`` float64 standard deviations: ``sqrt(mean_t((x_t - mean_t x)^2))``.
+
+    >>> window_std(np.array([[1.0, 0.0], [3.0, 0.0]]))
+    array([1., 0.])
+    """
+    x = np.asarray(x, dtype=np.float64)
+    width = x.shape[-2]
+    mean = x.sum(axis=-2) / width
+    dev = x - mean[..., None, :]
+    return np.sqrt((dev * dev).sum(axis=-2) / width)
+
+
+def relative_fluctuation(spread: np.ndarray) -> np.ndarray:
+    """Spread of the spread over the mean spread, per neuron: ``std_t(s) / mean_t(s)``, 0 where the mean is 0.
+
+    Args:
+        spread: ``(..., W, N)`` per-neuron spreads (``w_std``) over a window of snapshots.
+
+    Returns:
+        ``(..., N)`` float64 relative fluctuations.
+
+    >>> relative_fluctuation(np.array([[1.0, 2.0], [3.0, 2.0]]))
+    array([0.5, 0. ])
+    """
+    spread = np.asarray(spread, dtype=np.float64)
+    mean = spread.sum(axis=-2) / spread.shape[-2]
+    sos = window_std(spread)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(mean != 0, sos / mean, 0.0)
+
+
+def window_stats(
+    spread: np.ndarray, bias: np.ndarray, act_rate: np.ndarray, tau: float = DEFAULT_TAU
+) -> dict[str, np.ndarray]:
+    """Per-neuron statistics of one layer over windows of snapshots.
+
+    Args:
+        spread: ``(B, W, N)`` ``w_std`` values: ``B`` windows of ``W`` snapshots of ``N`` neurons.
+        bias: ``(B, W, N)`` biases (NaN for a layer without bias).
+        act_rate: ``(B, W, N)`` fractions of positive outputs.
+        tau: participation threshold on the relative fluctuation.
+
+    Returns:
+        ``(B, N)`` arrays: ``sos``, ``rel``, ``bias_fluct`` (float64), ``fires``, ``dead``, ``participating`` (bool).
+
+    >>> s = np.array([[[1.0, 1.0], [3.0, 1.0]]])     # neuron 0's spread moves, neuron 1's does not
+    >>> r = np.array([[[0.5, 0.2], [0.0, 0.0]]])     # both fire in the first snapshot
+    >>> stats = window_stats(s, np.zeros_like(s), r, tau=0.1)
+    >>> stats["participating"].tolist(), stats["dead"].tolist()
+    ([[True, False]], [[False, False]])
+    """
+    if tau <= 0 or not np.isfinite(tau):
+        raise ValueError(f"tau must be a positive number, got {tau!r}")
+    act_rate = np.asarray(act_rate)
+    rel = relative_fluctuation(spread)
+    fires = (act_rate > 0).any(axis=-2)
+    return {
+        "sos": window_std(spread),
+        "rel": rel,
+        "bias_fluct": window_std(bias),
+        "fires": fires,
+        "dead": (act_rate == 0).all(axis=-2),
+        "participating": fires & (rel >= tau),
+    }
+
+
+def _median(x: np.ndarray) -> np.ndarray:
+    # A NaN (a diverged neuron, a layer without bias) must not turn the layer's median into NaN.
+    finite = np.where(np.isfinite(x), x, np.nan)
+    if finite.shape[-1] == 0:
+        return np.full(finite.shape[:-1], np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "All-NaN slice": the NaN result is the answer
+        return np.nanmedian(finite, axis=-1)
+
+
+def summarize(
+    layers: Mapping[str, Mapping[str, np.ndarray]], tau: float = DEFAULT_TAU
+) -> dict[str, np.ndarray]:
+    """Summaries per layer and over all layers, for ``B`` windows at once.
+
+    Args:
+        layers: per layer name, ``(B, W, N)`` arrays ``w_std``, ``bias``, ``act_rate`` and a ``(B, N)`` array
+            ``w_step`` (the step at each window's last snapshot).
+        tau: participation threshold.
+
+    Returns:
+        ``(B,)`` float64 arrays keyed ``"<layer>/<key>"`` and ``"all/<key>"`` for each key of
+        :data:`SUMMARY_KEYS`. Medians ignore non-finite values.
+
+    >>> s = np.array([[[1.0, 1.0], [3.0, 1.0]]])
+    >>> layer = {"w_std": s, "bias": np.zeros_like(s), "act_rate": np.ones_like(s), "w_step": np.ones((1, 2))}
+    >>> out = summarize({"fc": layer}, tau=0.1)
+    >>> out["fc/participating"].tolist(), out["all/participating_frac"].tolist(), out["fc/sos_median"].tolist()
+    ([1.0], [0.5], [0.5])
+    """
+    out: dict[str, np.ndarray] = {}
+    pooled: dict[str, list[np.ndarray]] = {"sos": [], "bias_fluct": [], "w_step": [], "participating": [], "dead": []}
+    for name, arrays in layers.items():
+        stats = window_stats(arrays["w_std"], arrays["bias"], arrays["act_rate"], tau)
+        w_step = np.asarray(arrays["w_step"], dtype=np.float64)
+        n = stats["sos"].shape[-1]
+        participating = stats["participating"].sum(axis=-1).astype(np.float64)
+        out[f"{name}/participating"] = participating
+        out[f"{name}/participating_frac"] = participating / n
+        out[f"{name}/dead_frac"] = stats["dead"].sum(axis=-1) / n
+        out[f"{name}/sos_median"] = _median(stats["sos"])
+        out[f"{name}/bias_fluct_median"] = _median(stats["bias_fluct"])
+        out[f"{name}/w_step_median"] = _median(w_step)
+        for key in ("sos", "bias_fluct", "participating", "dead"):
+            pooled[key].append(stats[key])
+        pooled["w_step"].append(w_step)
+    if not pooled["sos"]:
+        raise ValueError("summarize needs at least one layer")
+    joined = {key: np.concatenate(parts, axis=-1) for key, parts in pooled.items()}
+    total = joined["sos"].shape[-1]
+    participating = joined["participating"].sum(axis=-1).astype(np.float64)
+    out["all/participating"] = participating
+    out["all/participating_frac"] = participating / total
+    out["all/dead_frac"] = joined["dead"].sum(axis=-1) / total
+    out["all/sos_median"] = _median(joined["sos"])
+    out["all/bias_fluct_median"] = _median(joined["bias_fluct"])
+    out["all/w_step_median"] = _median(joined["w_step"])
+    return out
+
+
+def windows_of(values: np.ndarray, window: int) -> np.ndarray:
+    """Every run of ``window`` consecutive snapshots of an ``(E, N)`` array, as a contiguous ``(E-W+1, W, N)`` array.
+
+    >>> windows_of(np.arange(6.0).reshape(3, 2), 2).tolist()
+    [[[0.0, 1.0], [2.0, 3.0]], [[2.0, 3.0], [4.0, 5.0]]]
+    """
+    values = np.asarray(values)
+    if values.shape[0] < window:
+        return np.empty((0, window, values.shape[1]), dtype=values.dtype)
+    view = np.lib.stride_tricks.sliding_window_view(values, window, axis=0)  # (E-W+1, N, W)
+    return np.ascontiguousarray(np.moveaxis(view, -1, 1))
+
+
+def summaries_over_epochs(trace: pd.DataFrame, window: int = DEFAULT_WINDOW, tau: float = DEFAULT_TAU) -> pd.DataFrame:
+    """Recompute the live summaries at every snapshot of a trace whose window is full.
+
+    Args:
+        trace: a long trace with columns ``epoch``, ``layer``, ``neuron``, ``w_std``, ``bias``, ``act_rate``,
+            ``w_step`` (as :func:`mlflow_flux.load_traces` returns it).
+        window: snapshots per window.
+        tau: participation threshold.
+
+    Returns:
+        One row per epoch (index ``epoch``) and one column per summary key (``"<layer>/<key>"``, ``"all/<key>"``),
+        equal to the ``flux/...`` metrics the recorder logged for the same settings.
+    """
+    if window < 2:
+        raise ValueError(f"window must be >= 2 snapshots, got {window}")
+    layers: dict[str, dict[str, np.ndarray]] = {}
+    epochs: np.ndarray | None = None
+    for name in pd.unique(trace["layer"].astype(str)):
+        part = trace[trace["layer"].astype(str) == name]
+        arrays = {}
+        for column in ("w_std", "bias", "act_rate", "w_step"):
+            wide = part.pivot(index="epoch", columns="neuron", values=column).sort_index()
+            arrays[column] = wide.to_numpy(dtype=np.float32)
+        layer_epochs = wide.index.to_numpy()
+        if epochs is None:
+            epochs = layer_epochs
+        elif not np.array_equal(epochs, layer_epochs):
+            raise ValueError(f"layer {name!r} has snapshots at other epochs than the first layer")
+        layers[name] = {
+            "w_std": windows_of(arrays["w_std"], window),
+            "bias": windows_of(arrays["bias"], window),
+            "act_rate": windows_of(arrays["act_rate"], window),
+            "w_step": arrays["w_step"][window - 1 :],
+        }
+    if epochs is None or len(epochs) < window:
+        return pd.DataFrame(index=pd.Index([], name="epoch"))
+    result = summarize(layers, tau)
+    return pd.DataFrame(result, index=pd.Index(epochs[window - 1 :], name="epoch"))

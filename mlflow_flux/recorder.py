@@ -1,0 +1,253 @@
+"""Hooks and per-epoch snapshots of every neuron of a PyTorch model.
+
+A neuron is an output unit of a ``Linear`` layer or an output channel of a ``Conv1d/2d/3d`` layer. Per step the
+hooks only reduce over the batch and add in place into preallocated per-neuron buffers on the model's device;
+once per snapshot every layer's statistics are stacked into one tensor and copied to the host once.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import weakref
+from dataclasses import dataclass
+from typing import Iterable, Sequence, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import FluxError
+
+__all__ = ["DEFAULT_LAYER_TYPES", "STAT_COLUMNS", "Snapshot", "NeuronRecorder", "select_layers"]
+
+DEFAULT_LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+# Float columns of a snapshot, in the order the recorder stacks them.
+STAT_COLUMNS = ("w_mean", "w_std", "w_norm", "w_step", "bias", "act_mean", "act_std", "act_rate", "grad_norm")
+
+LayerSpec = Union[str, type]
+
+
+def select_layers(model: nn.Module, layers: Sequence[LayerSpec] | None = None) -> list[tuple[str, nn.Module]]:
+    """The ``(qualified name, module)`` pairs to watch, in model order.
+
+    Args:
+        model: the model.
+        layers: names, glob patterns (``"encoder.*"``) or module types; ``None`` watches every Linear and Conv.
+
+    Raises:
+        FluxError: nothing matches, or a given name or pattern matches no watchable layer.
+    """
+    candidates = [
+        (name, module)
+        for name, module in model.named_modules()
+        if name and isinstance(getattr(module, "weight", None), torch.Tensor) and module.weight.dim() >= 2
+    ]
+    if layers is None:
+        chosen = [(n, m) for n, m in candidates if isinstance(m, DEFAULT_LAYER_TYPES)]
+        if not chosen:
+            raise FluxError(
+                f"{type(model).__name__} has no Linear or Conv layer to watch; pass layers=[...] with module names"
+            )
+        return chosen
+    chosen_names: set[str] = set()
+    for spec in layers:
+        if isinstance(spec, type):
+            hits = [n for n, m in candidates if isinstance(m, spec)]
+        else:
+            hits = [n for n, _ in candidates if n == spec or fnmatch.fnmatchcase(n, spec)]
+        if not hits:
+            names = ", ".join(n for n, _ in candidates) or "none"
+            label = spec.__name__ if isinstance(spec, type) else repr(spec)
+            raise FluxError(f"layer {label} matches no watchable layer of the model; watchable: {names}")
+        chosen_names.update(hits)
+    return [(n, m) for n, m in candidates if n in chosen_names]
+
+
+@dataclass
+class Snapshot:
+    """One snapshot of every watched neuron: row ``r`` is neuron ``neuron[r]`` of layer ``layers[layer_index[r]]``."""
+
+    epoch: int
+    layers: list[str]
+    layer_index: np.ndarray  # int32, one per row
+    neuron: np.ndarray  # int32, one per row
+    stats: np.ndarray  # float32, (rows, len(STAT_COLUMNS))
+    nonfinite: int  # defined values that are NaN or inf
+
+    def column(self, name: str) -> np.ndarray:
+        return self.stats[:, STAT_COLUMNS.index(name)]
+
+    def layer_slice(self, name: str) -> slice:
+        index = self.layers.index(name)
+        rows = np.flatnonzero(self.layer_index == index)
+        return slice(int(rows[0]), int(rows[-1]) + 1)
+
+
+class _LayerState:
+    """Per-neuron sums and counts of one layer since the last snapshot; sums merge by adding."""
+
+    def __init__(self, name: str, module: nn.Module) -> None:
+        weight = module.weight
+        self.name = name
+        self.module_ref = weakref.ref(module)
+        self.size = weight.shape[0]
+        self.is_conv = isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d))
+        # Rows of one buffer: activation sum, sum of squares, positive count, and the gradient's sum of squared
+        # norms. float32 keeps the per-step adds to one BLAS call each; stats() finishes the arithmetic in float64.
+        self.sums = torch.zeros(4, self.size, device=weight.device, dtype=torch.float32)
+        self._ones: torch.Tensor | None = None
+        self.act_count = 0
+        self.grad_passes = 0
+        self.previous_weight: torch.Tensor | None = None
+
+    def reset(self) -> None:
+        self.sums.zero_()
+        self.act_count = 0
+        self.grad_passes = 0
+
+    def _ones_row(self, rows: int, like: torch.Tensor) -> torch.Tensor:
+        if self._ones is None or self._ones.shape[1] != rows or self._ones.dtype != like.dtype:
+            self._ones = torch.ones(1, rows, device=like.device, dtype=like.dtype)
+        return self._ones
+
+    def on_forward(self, module: nn.Module, inputs: object, output: torch.Tensor) -> None:
+        # Only training steps count: evaluation passes would mix another distribution into the epoch's activity.
+        if not (module.training and torch.is_grad_enabled()) or not isinstance(output, torch.Tensor):
+            return
+        out = output.detach()
+        # relu().sign() counts positives (NaN stays NaN) at a third of the cost of `out > 0` on CPU.
+        fired = torch.relu(out).sign_()
+        if self.is_conv:
+            # a channel's every position is one sample of that neuron
+            dims = (0, *range(2, out.dim()))
+            self.sums[0].add_(out.sum(dims))
+            self.sums[1].add_((out * out).sum(dims))
+            self.sums[2].add_(fired.sum(dims))
+            self.act_count += out.numel() // self.size
+            return
+        out = out.reshape(-1, self.size)
+        ones = self._ones_row(out.shape[0], out)
+        self.sums[0:1].addmm_(ones, out)
+        self.sums[1:2].addmm_(ones, out * out)
+        self.sums[2:3].addmm_(ones, fired.reshape(-1, self.size))
+        self.act_count += out.shape[0]
+
+    def on_grad(self, grad: torch.Tensor) -> None:
+        norms = torch.linalg.vector_norm(grad.detach().reshape(self.size, -1), dim=1)
+        self.sums[3].addcmul_(norms, norms)
+        self.grad_passes += 1
+
+    def stats(self, module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(N, len(STAT_COLUMNS))`` float32 statistics, and a 0-d count of defined values that are not finite."""
+        weight = module.weight.detach().reshape(self.size, -1).float()
+        nan = torch.full((self.size,), float("nan"), device=weight.device)
+        w_std, w_mean = torch.std_mean(weight, dim=1, correction=0)
+        w_norm = torch.linalg.vector_norm(weight, dim=1)
+        has_step = self.previous_weight is not None
+        if self.previous_weight is None:
+            w_step = nan
+            self.previous_weight = weight.clone()
+        else:
+            w_step = torch.linalg.vector_norm(weight - self.previous_weight, dim=1)
+            self.previous_weight.copy_(weight)
+        bias = getattr(module, "bias", None)
+        has_bias = isinstance(bias, torch.Tensor)
+        bias = bias.detach().float() if has_bias else nan
+        has_act, has_grad = self.act_count > 0, self.grad_passes > 0
+        sums = self.sums.double()
+        if has_act:
+            act_mean = sums[0] / self.act_count
+            act_std = (sums[1] / self.act_count - act_mean * act_mean).clamp_min(0).sqrt()
+            act_rate = sums[2] / self.act_count
+        else:
+            act_mean = act_std = act_rate = nan
+        grad_norm = (sums[3] / self.grad_passes).sqrt() if has_grad else nan
+        columns = (w_mean, w_std, w_norm, w_step, bias, act_mean, act_std, act_rate, grad_norm)
+        stacked = torch.stack([column.float() for column in columns], dim=1)
+        # NaN stands for "not defined" too (no bias, first step): only defined values count as non-finite.
+        defined = torch.tensor(
+            [True, True, True, has_step, has_bias, has_act, has_act, has_act, has_grad], device=stacked.device
+        )
+        return stacked, (~torch.isfinite(stacked) & defined).sum()
+
+
+class NeuronRecorder:
+    """Records per-neuron statistics of a model's layers; a context manager that removes its hooks on exit.
+
+    Args:
+        model: the model to watch.
+        layers: names, glob patterns or module types (see :func:`select_layers`).
+        snapshot_every: take a snapshot on every N-th epoch (epochs are counted by the caller).
+    """
+
+    def __init__(self, model: nn.Module, layers: Sequence[LayerSpec] | None = None, snapshot_every: int = 1) -> None:
+        if snapshot_every < 1:
+            raise FluxError(f"snapshot_every must be >= 1, got {snapshot_every}")
+        self.model = model
+        self.layer_specs = layers
+        self.snapshot_every = snapshot_every
+        self._states: list[_LayerState] = []
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._rows: tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [state.name for state in self._states]
+
+    @property
+    def attached(self) -> bool:
+        return bool(self._handles)
+
+    def attach(self) -> "NeuronRecorder":
+        """Resolve the layers, allocate buffers and register the hooks."""
+        if self.attached:
+            return self
+        self._states = []
+        for name, module in select_layers(self.model, self.layer_specs):
+            state = _LayerState(name, module)
+            self._states.append(state)
+            self._handles.append(module.register_forward_hook(state.on_forward))
+            if module.weight.requires_grad:
+                self._handles.append(module.weight.register_hook(state.on_grad))
+        sizes = [state.size for state in self._states]
+        self._rows = (
+            np.repeat(np.arange(len(sizes), dtype=np.int32), sizes),
+            np.concatenate([np.arange(size, dtype=np.int32) for size in sizes]),
+        )
+        return self
+
+    def detach(self) -> None:
+        """Remove every hook; calling it twice is harmless."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def __enter__(self) -> "NeuronRecorder":
+        return self.attach()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.detach()
+
+    def should_snapshot(self, epoch: int) -> bool:
+        return epoch % self.snapshot_every == 0
+
+    def snapshot(self, epoch: int) -> Snapshot:
+        """Statistics of every watched neuron since the previous snapshot; resets the per-epoch sums."""
+        if self._rows is None:
+            raise FluxError("the recorder is not attached: use it as a context manager or call attach() first")
+        parts, counts = [], []
+        with torch.no_grad():
+            for state in self._states:
+                module = state.module_ref()
+                if module is None:
+                    raise FluxError(f"layer {state.name!r} no longer exists")
+                stats, nonfinite = state.stats(module)
+                device = parts[0].device if parts else stats.device  # a model may span devices
+                parts.append(stats.to(device))
+                counts.append(nonfinite.to(device, torch.float32))
+                state.reset()
+            # The snapshot's one device-to-host copy: the count rides along as an extra row.
+            stacked = torch.cat([*parts, torch.stack(counts).sum().expand(1, len(STAT_COLUMNS))])
+            host = stacked.cpu().numpy()
+        layer_index, neuron = self._rows
+        return Snapshot(epoch, self.layer_names, layer_index, neuron, host[:-1], int(host[-1, 0]))
