@@ -1,0 +1,99 @@
+"""``mlflow-flux``: one command, with subcommands ``train``, ``sweep`` and ``compare``.
+
+Bad input is one line on stderr and exit code 2, before any work starts; Ctrl-C is exit code 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from typing import Sequence
+
+from .config import TrainConfig
+from .errors import FluxError
+
+__all__ = ["main"]
+
+_SWEPT = ("lr", "seed")
+
+
+def _add_train_options(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
+    # Every option is a string here: config.py parses and checks them, so the CLI and MLproject agree.
+    for field in dataclasses.fields(TrainConfig):
+        if field.name in skip:
+            continue
+        default = field.default
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, metavar="VALUE",
+                            help=f"default: {shown}")
+
+
+def _given(args: argparse.Namespace, names: Sequence[str]) -> dict[str, str]:
+    return {name: value for name in names if (value := getattr(args, name, None)) is not None}
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .config import parse_train_config
+
+    config = parse_train_config(_given(args, [f.name for f in dataclasses.fields(TrainConfig)]))
+    from .train import train
+
+    result = train(config, progress=not args.quiet)
+    print(f"run {result.run_id}: loss/final {result.final_loss:.6f} after {result.epochs} epochs")
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from .sweep import parse_sweep_config, run_sweep
+
+    names = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in _SWEPT]
+    config = parse_sweep_config(_given(args, ["lrs", "seeds", "max_parallel", "report", *names]))
+    result = run_sweep(config)
+    if not result.ok:
+        print(f"mlflow-flux: sweep {result.sweep_run_id} FAILED: {len(result.failed)} of "
+              f"{len(result.variants)} variants failed", file=sys.stderr)
+        for reason in result.failed.values():
+            print(f"  {reason}", file=sys.stderr)
+        return 1
+    print(f"sweep {result.sweep_run_id}: {len(result.variants)} variants finished")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mlflow-flux", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sweep}")
+
+    train = sub.add_parser("train", help="train one variant into one MLflow run")
+    _add_train_options(train)
+    train.add_argument("--quiet", action="store_true", help="no progress output")
+    train.set_defaults(func=_train)
+
+    sweep = sub.add_parser("sweep", help="the learning-rate sweep: a parent run and one child per (lr, seed)")
+    sweep.add_argument("--lrs", metavar="LIST", help="comma-separated learning rates (default: 0.01,0.001,0.0001)")
+    sweep.add_argument("--seeds", metavar="LIST", help="comma-separated seeds (default: 0)")
+    sweep.add_argument("--max-parallel", dest="max_parallel", metavar="N",
+                       help="variants at a time (default: auto, one per core)")
+    sweep.add_argument("--report", metavar="BOOL", help="build the comparison report at the end (default: true)")
+    _add_train_options(sweep, skip=_SWEPT)
+    sweep.set_defaults(func=_sweep)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except FluxError as exc:
+        print(f"mlflow-flux: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("mlflow-flux: interrupted; finished epochs are logged, the run is marked KILLED", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""The ``train`` entry point: one variant of the study, one MLflow run.
+
+    mlflow run . -e train -P lr=0.01 -P epochs=1000 --env-manager local
+    mlflow-flux train --lr 0.01 --epochs 50             # same, without the MLproject
+
+Reads top to bottom: data, model, run, loop, final evaluation. docs/experiment.md explains every default.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+
+import mlflow
+import numpy as np
+import torch
+from mlflow.entities import Param, RunStatus, RunTag
+from mlflow.tracking import MlflowClient
+
+from . import plots, tracking
+from .config import TrainConfig
+from .errors import DivergedError
+from .model import Autoencoder
+from .plugin import creating_runs
+from .progress import Progress
+from .shapes import SHAPES, ShapeSpec, make_shapes
+from .watch import watch
+
+__all__ = ["TrainResult", "train", "RECORDER_PARAMS"]
+
+# Logged by watch() as flux.* params; not repeated under their plain names.
+RECORDER_PARAMS = ("snapshot_every", "window", "tau", "flush_every")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_id: str
+    final_loss: float
+    epochs: int
+
+
+def _optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=config.lr)
+    return torch.optim.Adam(model.parameters(), lr=config.lr)
+
+
+def _log_dataset(images: np.ndarray, labels: np.ndarray, spec: ShapeSpec) -> None:
+    dataset = mlflow.data.from_numpy(images, targets=labels, name=spec.name)
+    mlflow.log_input(dataset, context="training")
+    picks = [np.flatnonzero(labels == c)[:4] for c in range(len(SHAPES))]
+    rows = [(f"sample {r + 1}", [images[p[r]] for p in picks if len(p) > r]) for r in range(4)]
+    mlflow.log_figure(plots.image_rows_figure(rows, labels=list(range(len(SHAPES)))), "figures/dataset_preview.png")
+
+
+def _log_reconstructions(model: torch.nn.Module, images: torch.Tensor, labels: np.ndarray, lr: float) -> None:
+    """Originals above reconstructions, one per shape class (the paper's Figures 1-3)."""
+    firsts = [int(np.flatnonzero(labels == c)[0]) for c in range(len(SHAPES)) if (labels == c).any()]
+    with torch.no_grad():
+        rebuilt = model(images[firsts]).cpu().numpy()
+    rows = [("original", images[firsts].cpu().numpy()), (f"lr={lr:g}", rebuilt)]
+    figure = plots.image_rows_figure(rows, labels=[int(labels[i]) for i in firsts])
+    mlflow.log_figure(figure, "figures/reconstructions.png")
+
+
+def _start_run() -> mlflow.ActiveRun:
+    """Resume the run that `mlflow run` or the sweep made for us, or start one tagged as ours."""
+    with creating_runs():
+        run = mlflow.start_run()
+    client = MlflowClient()
+    tracking.ensure_runs_view(client, run.info.experiment_id)
+    tags = run.data.tags
+    missing = {key: value for key, value in tracking.flux_tags("variant").items() if key not in tags}
+    if missing:
+        client.log_batch(run.info.run_id, tags=[RunTag(k, v) for k, v in missing.items()])
+    return run
+
+
+def train(config: TrainConfig, progress: bool = True) -> TrainResult:
+    """Train one variant in the active MLflow run (or in a new one) and log everything to it.
+
+    Raises:
+        DivergedError: the loss became NaN or infinite; the run ends FAILED with the reason in a tag.
+        KeyboardInterrupt: the run ends KILLED, with every finished epoch's trace logged.
+    """
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+
+    # -- data: the same images for every variant of a sweep (the seed varies only init and batch order) --------
+    spec = ShapeSpec(n_samples=config.n_samples, image_size=config.image_size, noise=config.noise)
+    images_np, labels = make_shapes(spec)
+    images = torch.from_numpy(images_np)
+
+    # -- model and optimizer -----------------------------------------------------------------------------------
+    torch.manual_seed(config.seed)
+    model = Autoencoder(config.image_size**2, config.hidden)
+    optimizer = _optimizer(config, model)
+    order = torch.Generator().manual_seed(config.seed)
+
+    run = _start_run()
+    run_id = run.info.run_id
+    client = MlflowClient()
+    # `mlflow run` may have logged the raw parameter strings already; MLflow refuses to change a param.
+    params = {k: v for k, v in config.as_params().items() if k not in RECORDER_PARAMS and k not in run.data.params}
+    client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+    status = RunStatus.FAILED
+    try:
+        _log_dataset(images_np, labels, spec)
+        bar = Progress(config.epochs, label=f"lr={config.lr:g} seed={config.seed}") if progress else None
+
+        # -- the loop: the recorder's hooks ride along; end_epoch() snapshots and queues metrics ---------------
+        with watch(
+            model,
+            snapshot_every=config.snapshot_every,
+            window=config.window,
+            tau=config.tau,
+            flush_every=config.flush_every,
+        ) as flux:
+            for epoch in range(config.epochs):
+                model.train()
+                total = torch.zeros((), dtype=torch.float64)
+                for batch in torch.randperm(len(images), generator=order).split(config.batch_size):
+                    x = images[batch]
+                    optimizer.zero_grad(set_to_none=True)
+                    loss = torch.nn.functional.mse_loss(model(x), x)
+                    loss.backward()
+                    optimizer.step()
+                    total += loss.detach() * len(batch)
+                epoch_loss = float(total) / len(images)  # one sync per epoch, not per step
+                flux.end_epoch(epoch, {"loss/train": epoch_loss})
+                if bar:
+                    bar.update(epoch, epoch_loss)
+                if not math.isfinite(epoch_loss):
+                    raise DivergedError(
+                        f"loss became {epoch_loss} at epoch {epoch} with lr={config.lr:g}: "
+                        "the learning rate is too large for this setup"
+                    )
+
+        # -- final evaluation on the whole dataset ---------------------------------------------------------------
+        model.eval()
+        with torch.no_grad():
+            final = float(torch.nn.functional.mse_loss(model(images), images))
+        mlflow.log_metric("loss/final", final)
+        _log_reconstructions(model, images, labels, config.lr)
+        # Explicit requirements: inferring them would import-scan the environment, seconds per run.
+        mlflow.pytorch.log_model(
+            model,
+            name="model",
+            input_example=images_np[:2],
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+        )
+        status = RunStatus.FINISHED
+        return TrainResult(run_id, final, config.epochs)
+    except KeyboardInterrupt:
+        status = RunStatus.KILLED
+        client.set_tag(run_id, tracking.FAILURE_TAG, "interrupted (Ctrl-C)")
+        raise
+    except BaseException as exc:
+        client.set_tag(run_id, tracking.FAILURE_TAG, f"{type(exc).__name__}: {exc}"[:5000])
+        raise
+    finally:
+        mlflow.end_run(RunStatus.to_string(status))
+        sys.stderr.flush()

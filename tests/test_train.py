@@ -1,0 +1,81 @@
+import mlflow
+import numpy as np
+from mlflow.tracking import MlflowClient
+
+import mlflow_flux
+from mlflow_flux.config import parse_train_config
+from mlflow_flux.plugin import VERSION_TAG
+from mlflow_flux.train import train
+
+TINY = {"epochs": "4", "n_samples": "64", "hidden": "32,8", "image_size": "16", "window": "3", "flush_every": "2",
+        "threads": "1"}
+
+
+def test_train_logs_params_metrics_figures_dataset_and_model(store):
+    result = train(parse_train_config({**TINY, "lr": "0.01"}), progress=False)
+    client = MlflowClient()
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    for name, value in {"lr": "0.01", "epochs": "4", "optimizer": "adam", "hidden": "32,8", "batch_size": "64",
+                        "seed": "0", "n_samples": "64", "image_size": "16", "flux.window": "3"}.items():
+        assert params[name] == value, name
+    history = client.get_metric_history(result.run_id, "loss/train")
+    assert [m.step for m in sorted(history, key=lambda m: m.step)] == [0, 1, 2, 3]
+    assert run.data.metrics["loss/final"] == result.final_loss > 0
+    assert "flux/all/participating_frac" in run.data.metrics
+    assert run.data.tags["mlflow_flux.role"] == "variant" and run.data.tags[VERSION_TAG] == mlflow_flux.__version__
+    figures = {f.path for f in client.list_artifacts(result.run_id, "figures")}
+    assert {"figures/reconstructions.png", "figures/dataset_preview.png", "figures/weight_fluctuations.png",
+            "figures/bias_fluctuations.png", "figures/participation.png", "figures/w_step_heatmap.png"} <= figures
+    models = mlflow.search_logged_models(experiment_ids=[store["experiment_id"]], output_format="list")
+    assert [m.source_run_id for m in models] == [result.run_id]
+    traces = mlflow_flux.load_traces(result.run_id)
+    assert sorted(traces["epoch"].unique()) == [0, 1, 2, 3]
+
+
+def test_same_dataset_settings_log_the_same_digest(store):
+    a = train(parse_train_config({**TINY, "epochs": "1", "lr": "0.01"}), progress=False)
+    b = train(parse_train_config({**TINY, "epochs": "1", "lr": "0.001", "seed": "5"}), progress=False)
+    c = train(parse_train_config({**TINY, "epochs": "1", "n_samples": "72"}), progress=False)
+    digests = [MlflowClient().get_run(r.run_id).inputs.dataset_inputs[0].dataset.digest for r in (a, b, c)]
+    assert digests[0] == digests[1] != digests[2]
+
+
+def test_a_diverging_lr_fails_the_run_with_the_reason(store):
+    import pytest
+
+    from mlflow_flux.errors import DivergedError
+
+    with pytest.raises(DivergedError, match="lr=1e\\+30"):
+        train(parse_train_config({**TINY, "lr": "1e30"}), progress=False)
+    (run,) = MlflowClient().search_runs([store["experiment_id"]])
+    assert run.info.status == "FAILED"
+    assert "loss became nan" in run.data.tags["mlflow_flux.failure"]
+    # the epochs that finished before the divergence are still readable
+    assert 0 in set(mlflow_flux.load_traces(run.info.run_id)["epoch"])
+
+
+def test_plugin_tags_only_runs_created_by_mlflow_flux(store):
+    with mlflow.start_run() as plain:
+        pass
+    assert VERSION_TAG not in MlflowClient().get_run(plain.info.run_id).data.tags
+    from mlflow_flux.plugin import creating_runs
+
+    with creating_runs():
+        with mlflow.start_run() as ours:
+            pass
+    assert MlflowClient().get_run(ours.info.run_id).data.tags[VERSION_TAG] == mlflow_flux.__version__
+
+
+def test_progress_prints_about_every_tenth_when_not_a_terminal():
+    import io
+
+    from mlflow_flux.progress import Progress
+
+    out = io.StringIO()
+    bar = Progress(100, stream=out)
+    for epoch in range(100):
+        bar.update(epoch, 0.5)
+    lines = out.getvalue().splitlines()
+    assert 10 <= len(lines) <= 12 and lines[-1].strip().startswith("epoch 100/100")
