@@ -20,19 +20,19 @@ __version__ = "0.1.0"
 # `import mlflow_flux` should not pay for torch and MLflow before they are needed.
 _EXPORTS = {
     "FluxError": ".errors",
-    "FluxWatcher": ".watch",
-    "watch": ".watch",
+    "FluxWatcher": ".watcher",
+    "watch": ".watcher",
     "load_traces": ".traces",
-    "compare": ".compare",
+    "compare": ".comparison",
 }
 
 __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:
-    from .compare import compare
+    from .comparison import compare
     from .errors import FluxError
     from .traces import load_traces
-    from .watch import FluxWatcher, watch
+    from .watcher import FluxWatcher, watch
 
 
 def __getattr__(name: str) -> Any:

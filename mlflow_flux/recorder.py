@@ -38,9 +38,9 @@ def select_layers(model: nn.Module, layers: Sequence[LayerSpec] | None = None) -
         FluxError: nothing matches, or a given name or pattern matches no watchable layer.
     """
     candidates = [
-        (name, module)
+        (name or type(module).__name__, module)  # a model that is itself one layer goes by its class name
         for name, module in model.named_modules()
-        if name and isinstance(getattr(module, "weight", None), torch.Tensor) and module.weight.dim() >= 2
+        if isinstance(getattr(module, "weight", None), torch.Tensor) and module.weight.dim() >= 2
     ]
     if layers is None:
         chosen = [(n, m) for n, m in candidates if isinstance(m, DEFAULT_LAYER_TYPES)]

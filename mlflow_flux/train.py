@@ -25,7 +25,7 @@ from .model import Autoencoder
 from .plugin import creating_runs
 from .progress import Progress
 from .shapes import SHAPES, ShapeSpec, make_shapes
-from .watch import watch
+from .watcher import watch
 
 __all__ = ["TrainResult", "train", "RECORDER_PARAMS"]
 

@@ -85,6 +85,11 @@ class FluxWatcher:
                 raise FluxError("no active MLflow run: call mlflow.start_run() first, or pass run_id=...")
             self.run_id = active.info.run_id
         self.client = MlflowClient()
+        if "flux.layers" in self.client.get_run(self.run_id).data.params:
+            raise FluxError(
+                f"run {self.run_id} already holds a watcher's traces: start another run "
+                "(mlflow.start_run(nested=True)) for a second watch"
+            )
         self.recorder.attach()
         if self.trace_dir is None:
             self.trace_dir = Path(tempfile.gettempdir()) / "mlflow-flux" / self.run_id
@@ -109,6 +114,18 @@ class FluxWatcher:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close()
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            self._end_run_killed()
+
+    def _end_run_killed(self) -> None:
+        """Ctrl-C: the run ends KILLED (MLflow's own context manager would record FAILED)."""
+        import mlflow
+
+        active = mlflow.active_run()
+        if active is not None and active.info.run_id == self.run_id:
+            mlflow.end_run("KILLED")  # popped from the fluent stack, so start_run's __exit__ leaves it alone
+        elif self.client is not None and self.run_id is not None:
+            self.client.set_terminated(self.run_id, "KILLED")
 
     # -- per epoch ---------------------------------------------------------------------------------------------
 

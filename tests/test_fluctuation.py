@@ -1,0 +1,89 @@
+"""Every summary against numbers worked out by hand."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mlflow_flux import fluctuation as F
+
+
+def test_spread_of_the_spread_by_hand():
+    # neuron 0: spreads 1, 2, 3 -> mean 2, population std sqrt(2/3); neuron 1: constant 4 -> 0
+    spread = np.array([[1.0, 4.0], [2.0, 4.0], [3.0, 4.0]])
+    np.testing.assert_allclose(F.window_std(spread), [np.sqrt(2 / 3), 0.0])
+    np.testing.assert_allclose(F.relative_fluctuation(spread), [np.sqrt(2 / 3) / 2, 0.0])
+
+
+def test_participation_needs_firing_and_enough_relative_fluctuation():
+    spread = np.array([[[1.0, 1.0, 1.0, 0.0]], [[1.2, 1.2, 1.0, 0.0]]]).transpose(1, 0, 2)  # (1, W=2, N=4)
+    act = np.array([[[0.5, 0.0, 0.5, 0.1]], [[0.0, 0.0, 0.5, 0.1]]]).transpose(1, 0, 2)
+    stats = F.window_stats(spread, np.zeros_like(spread), act, tau=0.05)
+    # rel of neuron 0 and 1: std(1, 1.2) / mean = 0.1 / 1.1 = 0.0909 >= 0.05
+    np.testing.assert_allclose(stats["rel"][0], [0.1 / 1.1, 0.1 / 1.1, 0.0, 0.0])
+    assert stats["fires"][0].tolist() == [True, False, True, True]
+    assert stats["dead"][0].tolist() == [False, True, False, False]
+    assert stats["participating"][0].tolist() == [True, False, False, False]
+
+
+def test_bias_fluctuation_is_the_std_of_the_bias():
+    bias = np.array([[[0.0, 1.0]], [[2.0, 1.0]]]).transpose(1, 0, 2)
+    stats = F.window_stats(np.ones_like(bias), bias, np.ones_like(bias))
+    np.testing.assert_allclose(stats["bias_fluct"][0], [1.0, 0.0])
+
+
+def test_summary_pools_layers_for_all():
+    def layer(spread_pair, rate, n):
+        s = np.array([[spread_pair] * n]).transpose(0, 2, 1)  # (1, 2, n)
+        return {"w_std": s, "bias": np.zeros_like(s), "act_rate": np.full_like(s, rate), "w_step": np.full((1, n), 0.5)}
+
+    out = F.summarize({"a": layer((1.0, 2.0), 0.3, 2), "b": layer((1.0, 1.0), 0.0, 6)}, tau=0.1)
+    assert out["a/participating"][0] == 2 and out["b/participating"][0] == 0
+    assert out["all/participating"][0] == 2 and out["all/participating_frac"][0] == 2 / 8
+    assert out["b/dead_frac"][0] == 1.0 and out["all/dead_frac"][0] == 6 / 8
+    assert out["a/sos_median"][0] == 0.5 and out["all/sos_median"][0] == 0.0
+    assert out["all/w_step_median"][0] == 0.5
+
+
+def test_medians_skip_non_finite_values():
+    s = np.array([[[1.0, np.nan, 1.0], [3.0, np.nan, 1.0]]])
+    out = F.summarize({"x": {"w_std": s, "bias": np.full_like(s, np.nan), "act_rate": np.ones_like(s),
+                             "w_step": np.array([[np.inf, 1.0, 3.0]])}})
+    assert out["x/sos_median"][0] == 0.5
+    assert np.isnan(out["x/bias_fluct_median"][0])
+    assert out["x/w_step_median"][0] == 2.0
+
+
+def test_one_window_equals_the_same_window_inside_a_stack():
+    rng = np.random.default_rng(0)
+    values = rng.random((40, 33)).astype(np.float32)
+    stacked = F.window_std(F.windows_of(values, 10))
+    for i in range(0, 31, 7):
+        alone = F.window_std(values[i : i + 10][None])
+        assert np.array_equal(stacked[i], alone[0])
+
+
+def test_summaries_over_epochs_matches_summarize_on_each_window():
+    rng = np.random.default_rng(1)
+    epochs, n = 6, 4
+    rows = []
+    for e in range(epochs):
+        for i in range(n):
+            rows.append({"epoch": e, "layer": "fc", "neuron": i, "w_std": rng.random(), "bias": rng.random(),
+                         "act_rate": float(i > 0), "w_step": rng.random()})
+    trace = pd.DataFrame(rows).astype({c: np.float32 for c in ("w_std", "bias", "act_rate", "w_step")})
+    table = F.summaries_over_epochs(trace, window=3, tau=0.01)
+    assert table.index.tolist() == [2, 3, 4, 5]
+    last = trace[trace.epoch >= 3]
+    layer = {c: last.pivot(index="epoch", columns="neuron", values=c).to_numpy(np.float32)[None]
+             for c in ("w_std", "bias", "act_rate")}
+    layer["w_step"] = last[last.epoch == 5]["w_step"].to_numpy(np.float32)[None]
+    expected = F.summarize({"fc": layer}, tau=0.01)
+    for key, value in expected.items():
+        assert table.loc[5, key] == value[0], key
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="tau"):
+        F.window_stats(np.ones((1, 2, 2)), np.ones((1, 2, 2)), np.ones((1, 2, 2)), tau=0)
+    with pytest.raises(ValueError, match="window"):
+        F.summaries_over_epochs(pd.DataFrame(), window=1)
