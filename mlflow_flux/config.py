@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Mapping
 
 from .errors import InvalidParameter
@@ -35,6 +35,7 @@ class TrainConfig:
     snapshot_every: int = 1
     window: int = 10
     tau: float = 0.01
+    summary_every: int = 10  # log flux/ summaries every N snapshots; traces keep every snapshot
     flush_every: int = 10
     threads: int = 0  # torch intra-op threads; 0 leaves torch's default
 

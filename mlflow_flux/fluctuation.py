@@ -125,9 +125,12 @@ def window_stats(
 
 def _median(x: np.ndarray) -> np.ndarray:
     # A NaN (a diverged neuron, a layer without bias) must not turn the layer's median into NaN.
-    finite = np.where(np.isfinite(x), x, np.nan)
-    if finite.shape[-1] == 0:
-        return np.full(finite.shape[:-1], np.nan)
+    if x.shape[-1] == 0:
+        return np.full(x.shape[:-1], np.nan)
+    finite_mask = np.isfinite(x)
+    if finite_mask.all():
+        return np.median(x, axis=-1)  # the common case; nanmedian goes through slow masked arrays
+    finite = np.where(finite_mask, x, np.nan)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # "All-NaN slice": the NaN result is the answer
         return np.nanmedian(finite, axis=-1)

@@ -30,7 +30,7 @@ from .watcher import watch
 __all__ = ["TrainResult", "train", "RECORDER_PARAMS"]
 
 # Logged by watch() as flux.* params; not repeated under their plain names.
-RECORDER_PARAMS = ("snapshot_every", "window", "tau", "flush_every")
+RECORDER_PARAMS = ("snapshot_every", "window", "tau", "summary_every", "flush_every")
 
 
 @dataclass(frozen=True)
@@ -115,6 +115,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
             snapshot_every=config.snapshot_every,
             window=config.window,
             tau=config.tau,
+            summary_every=config.summary_every,
             flush_every=config.flush_every,
         ) as flux:
             for epoch in range(config.epochs):

@@ -8,6 +8,7 @@ from mlflow_flux.plugin import VERSION_TAG
 from mlflow_flux.train import train
 
 TINY = {"epochs": "4", "n_samples": "64", "hidden": "32,8", "image_size": "16", "window": "3", "flush_every": "2",
+        "summary_every": "1",
         "threads": "1"}
 
 

@@ -1,0 +1,165 @@
+"""What watching costs: training time watched vs plain, trace size, and memory against run length.
+
+    .venv/bin/python benchmarks/recorder.py            # about 3 minutes on 2 cores
+    .venv/bin/python benchmarks/recorder.py --pairs 5  # quicker, noisier
+
+Time is measured as ratios within one process: two identical models train alternately, one plain and one under
+mlflow_flux.watch (hooks, snapshot, summaries, trace sink and metric logger all live, into a temporary sqlite
+store); the figure is the median over pairs of watched/plain epoch time, so machine noise cancels.
+Targets (issue 3): paper-scale <= 1.05x, wide model <= 1.15x, <= 40 trace bytes per neuron-epoch, and peak
+memory that does not grow with epochs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import mlflow
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import mlflow_flux  # noqa: E402
+from mlflow_flux.model import Autoencoder  # noqa: E402
+from mlflow_flux.shapes import ShapeSpec, make_shapes  # noqa: E402
+
+
+def paper_scale(n_samples: int = 2048):
+    images = torch.from_numpy(make_shapes(ShapeSpec(n_samples=n_samples))[0])
+    return Autoencoder(32 * 32, (256, 64, 16)), images, images
+
+
+def wide_mlp():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(256, 2048), nn.ReLU(), nn.Linear(2048, 2048), nn.ReLU(), nn.Linear(2048, 256))
+    x = torch.randn(1024, 256)
+    return model, x, x
+
+
+def small_cnn():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(64 * 8 * 8, 128), nn.ReLU(), nn.Linear(128, 10),
+    )
+    x = torch.randn(1024, 1, 32, 32)
+    y = torch.randint(0, 10, (1024,))
+    return model, x, y
+
+
+def one_epoch(model, optimizer, x, y, batch_size=64):
+    loss_fn = nn.functional.cross_entropy if y.dtype == torch.int64 else nn.functional.mse_loss
+    total = torch.zeros(())
+    for start in range(0, len(x), batch_size):
+        xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(xb), yb)
+        loss.backward()
+        optimizer.step()
+        total += loss.detach()
+    return float(total)
+
+
+def overhead(name: str, build, pairs: int) -> float:
+    plain_model, x, y = build()
+    watched_model = copy.deepcopy(plain_model)
+    plain_opt = torch.optim.Adam(plain_model.parameters(), lr=1e-3)
+    watched_opt = torch.optim.Adam(watched_model.parameters(), lr=1e-3)
+    ratios, cpu_ratios, plain_times = [], [], []
+    with mlflow.start_run(run_name=f"bench-{name}"):
+        with mlflow_flux.watch(watched_model, log_figures=False) as flux:
+            for epoch in range(pairs + 2):
+                # Alternate which model goes first, so a drift in machine speed favours neither.
+                order = ("plain", "watched") if epoch % 2 == 0 else ("watched", "plain")
+                wall, cpu = {}, {}
+                for which in order:
+                    w0, c0 = time.perf_counter(), time.process_time()
+                    if which == "plain":
+                        one_epoch(plain_model, plain_opt, x, y)
+                    else:
+                        flux.end_epoch(epoch, {"loss/train": one_epoch(watched_model, watched_opt, x, y)})
+                    wall[which], cpu[which] = time.perf_counter() - w0, time.process_time() - c0
+                if epoch >= 2:  # the first epochs warm caches and allocators
+                    ratios.append(wall["watched"] / wall["plain"])
+                    cpu_ratios.append(cpu["watched"] / cpu["plain"])
+                    plain_times.append(wall["plain"])
+    median = statistics.median(ratios)
+    q1, _, q3 = statistics.quantiles(ratios, n=4)
+    print(f"{name:12s} watched/plain epoch time: median {median:.3f}x over {len(ratios)} pairs "
+          f"(quartiles {q1:.3f}-{q3:.3f}; CPU time {statistics.median(cpu_ratios):.3f}x), "
+          f"plain epoch {statistics.median(plain_times) * 1000:.0f} ms")
+    return median
+
+
+def trace_bytes(epochs: int) -> float:
+    model, x, y = paper_scale()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    with mlflow.start_run(run_name="bench-bytes") as run:
+        with mlflow_flux.watch(model, log_figures=False) as flux:
+            for epoch in range(epochs):
+                flux.end_epoch(epoch, {"loss/train": one_epoch(model, optimizer, x, y)})
+            neurons = len(flux.recorder._rows[1])
+    size = sum(f.file_size for f in mlflow.MlflowClient().list_artifacts(run.info.run_id, "traces"))
+    per = size / (neurons * epochs)
+    print(f"trace size: {size / 1e6:.2f} MB for {neurons} neurons x {epochs} epochs = {per:.1f} bytes per neuron-epoch")
+    return per
+
+
+def peak_memory_child(epochs: int) -> None:
+    model, x, y = paper_scale(n_samples=256)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    with mlflow.start_run(run_name=f"bench-memory-{epochs}"):
+        with mlflow_flux.watch(model, log_figures=False) as flux:
+            for epoch in range(epochs):
+                flux.end_epoch(epoch, {"loss/train": one_epoch(model, optimizer, x, y)})
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+
+
+def peak_memory(epochs: int) -> int:
+    out = subprocess.run([sys.executable, __file__, "--memory-child", str(epochs)], capture_output=True, text=True,
+                         check=True, env=os.environ)
+    return int(out.stdout.split()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=41)
+    parser.add_argument("--bytes-epochs", type=int, default=100)
+    parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/bench.db"
+        mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+        experiment = mlflow.create_experiment("bench", artifact_location=f"{tmp}/artifacts")
+        os.environ["MLFLOW_EXPERIMENT_ID"] = experiment
+        mlflow.set_experiment(experiment_id=experiment)
+        if args.memory_child:
+            peak_memory_child(args.memory_child)
+            return
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores")
+        paper = overhead("paper-scale", paper_scale, args.pairs)
+        wide = overhead("wide MLP", wide_mlp, max(5, args.pairs // 2))
+        cnn = overhead("small CNN", small_cnn, max(5, args.pairs // 2))
+        per = trace_bytes(args.bytes_epochs)
+        short, long = peak_memory(50), peak_memory(500)
+        print(f"peak RSS: {short / 2**20:.0f} MiB at 50 epochs, {long / 2**20:.0f} MiB at 500 epochs "
+              f"(ratio {long / short:.3f})")
+        print()
+        print(f"summary: paper-scale {paper:.3f}x (target <= 1.05), wide MLP {wide:.3f}x and small CNN {cnn:.3f}x "
+              f"(target <= 1.15), {per:.1f} B/neuron-epoch (target <= 40), memory 500/50 epochs {long / short:.3f}")
+
+
+if __name__ == "__main__":
+    main()
