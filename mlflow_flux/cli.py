@@ -1,5 +1,9 @@
 """``mlflow-flux``: one command, with subcommands ``train``, ``sweep`` and ``compare``.
 
+    mlflow-flux train --lr 0.01 --epochs 50
+    mlflow-flux sweep --lrs 0.01,0.001,0.0001 --epochs 1000
+    mlflow-flux compare --sweep <parent run id> --output report/
+
 Bad input is one line on stderr and exit code 2, before any work starts; Ctrl-C is exit code 130.
 """
 
@@ -51,6 +55,10 @@ def _sweep(args: argparse.Namespace) -> int:
     names = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in _SWEPT]
     config = parse_sweep_config(_given(args, ["lrs", "seeds", "max_parallel", "report", *names]))
     result = run_sweep(config)
+    if config.report and len(result.failed) < len(result.variants):
+        from .comparison import compare
+
+        print_report_summary(compare(result.sweep_run_id))  # failed variants show up as skipped
     if not result.ok:
         print(f"mlflow-flux: sweep {result.sweep_run_id} FAILED: {len(result.failed)} of "
               f"{len(result.variants)} variants failed", file=sys.stderr)
@@ -61,9 +69,34 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from .comparison import compare
+
+    report = compare(args.sweep, experiment=args.experiment, filter_string=args.filter, output=args.output,
+                     log_run=not args.no_log)
+    print_report_summary(report)
+    return 0
+
+
+def print_report_summary(report) -> None:
+    groups = report.groups
+    print(f"compared {len(report.runs)} runs ({len(report.skipped)} skipped)")
+    for _, row in groups.iterrows():
+        print(f"  lr {row['lr']:g}: loss/final {row['loss_final']:.5f}, participating "
+              f"{row['all/participating_frac']:.3f}, dead {row['all/dead_frac']:.3f} (n={row['n']})")
+    for claim in report.claims:
+        print(f"  claim ({claim.name}) {claim.text}: {claim.verdict.upper()}")
+    for run_id, name, reason in report.skipped:
+        print(f"  skipped {name or run_id}: {reason}")
+    if report.run_id:
+        print(f"report logged to run {report.run_id} (artifacts: report/report.html)")
+    if report.directory:
+        print(f"report written to {report.directory}/report.html")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlflow-flux", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sweep}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sweep,compare}")
 
     train = sub.add_parser("train", help="train one variant into one MLflow run")
     _add_train_options(train)
@@ -78,6 +111,15 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--report", metavar="BOOL", help="build the comparison report at the end (default: true)")
     _add_train_options(sweep, skip=_SWEPT)
     sweep.set_defaults(func=_sweep)
+
+    compare = sub.add_parser("compare", help="the cross-run participation report, from the tracking server")
+    which = compare.add_mutually_exclusive_group()
+    which.add_argument("--sweep", metavar="RUN_ID", help="the sweep's parent run (default: the latest sweep)")
+    which.add_argument("--experiment", metavar="NAME", help="every variant run of this experiment")
+    which.add_argument("--filter", metavar="FILTER", help="an MLflow filter string over variant runs")
+    compare.add_argument("--output", metavar="DIR", help="also write the report files here")
+    compare.add_argument("--no-log", action="store_true", help="do not log a report run")
+    compare.set_defaults(func=_compare)
     return parser
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["FluxError", "InvalidParameter", "DivergedError"]
+__all__ = ["FluxError", "InvalidParameter", "DivergedError", "NoRunsMatch"]
 
 
 class FluxError(Exception):
@@ -24,3 +24,9 @@ class InvalidParameter(FluxError, ValueError):
 
 class DivergedError(FluxError):
     """Training produced a non-finite loss: the learning rate is too large for this setup."""
+
+
+class NoRunsMatch(FluxError):
+    """A run selection that matches nothing: bad input, so the same exit code as a bad parameter."""
+
+    exit_code = 2

@@ -19,6 +19,8 @@ __all__ = [
     "participation_figure",
     "w_step_heatmap_figure",
     "image_rows_figure",
+    "curves_by_group_figure",
+    "stacked_images_figure",
 ]
 
 _MAX_LINES = 48  # neurons drawn per panel: enough to see the spread, few enough to see anything
@@ -125,4 +127,38 @@ def image_rows_figure(rows: Sequence[tuple[str, np.ndarray]], labels: Sequence[i
                 ax.set_ylabel(row_label, fontsize=8)
             if r == 0 and labels is not None and c < len(labels):
                 ax.set_title(SHAPES[labels[c]], fontsize=8)
+    return fig
+
+
+def curves_by_group_figure(curves: Mapping[str, Sequence[pd.Series]], title: str, ylabel: str,
+                           log_y: bool = False, xlabel: str = "epoch", log_x: bool = False) -> Figure:
+    """One line per group (the mean of its series) with a band from the min to the max series."""
+    fig = Figure(figsize=(7, 4), layout="constrained")
+    ax = fig.subplots()
+    for label, series in curves.items():
+        frame = pd.concat(list(series), axis=1)
+        mean = frame.mean(axis=1)
+        line = ax.plot(mean.index, mean.to_numpy(), label=label)[0]
+        if frame.shape[1] > 1:
+            ax.fill_between(mean.index, frame.min(axis=1), frame.max(axis=1), color=line.get_color(), alpha=0.2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if log_y:
+        ax.set_yscale("log")
+    if log_x:
+        ax.set_xscale("log")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def stacked_images_figure(images: Sequence[tuple[str, np.ndarray]], title: str) -> Figure:
+    """Images (e.g. each run's reconstruction figure) stacked top to bottom with a label each."""
+    fig = Figure(figsize=(9, 1.9 * len(images) + 0.4), layout="constrained")
+    axes = fig.subplots(len(images), 1, squeeze=False)[:, 0]
+    for ax, (label, image) in zip(axes, images):
+        ax.imshow(image)
+        ax.set_axis_off()
+        ax.set_title(label, fontsize=9)
+    fig.suptitle(title)
     return fig

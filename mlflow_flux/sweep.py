@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,6 +92,16 @@ def parse_sweep_config(overrides: Mapping[str, str]) -> SweepConfig:
         if name in overrides:
             raise InvalidParameter(name, overrides[name], f"the sweep varies it: pass {name}s= instead")
     return SweepConfig(lrs=lrs, seeds=seeds, max_parallel=max_parallel, train=parse_train_config(overrides), report=report)
+
+
+def check_launch_tools() -> None:
+    """MLflow launches each child as `mlflow run ...` and then `python -m ...`, both looked up on PATH."""
+    for tool in ("mlflow", "python"):
+        if shutil.which(tool) is None:
+            raise FluxError(
+                f"'{tool}' is not on PATH, and MLflow starts each variant through it: activate the environment "
+                f"mlflow-flux is installed in (e.g. `source .venv/bin/activate`), or use `make run`"
+            )
 
 
 def find_project_dir() -> Path:
@@ -175,6 +186,7 @@ def run_sweep(config: SweepConfig) -> SweepResult:
         failed variants named in ``mlflow_flux.failure``) when any child failed.
     """
     project = find_project_dir()
+    check_launch_tools()
     client = MlflowClient()
     with creating_runs():
         parent = mlflow.start_run()

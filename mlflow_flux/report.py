@@ -1,0 +1,239 @@
+"""Render a :class:`~mlflow_flux.comparison.Comparison`: tables, figures, the paper's claims, in HTML,
+Markdown, CSV and PNG, written to a directory and logged to a report run."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib.image
+import pandas as pd
+from matplotlib.figure import Figure
+
+from . import fluctuation, plots, tracking
+from .comparison import TAU_GRID, Claim, Comparison, claims, group_table, run_table
+from .plugin import creating_runs
+
+__all__ = ["Report", "build", "REPORT_DIR"]
+
+REPORT_DIR = "report"
+_DEFINITIONS = fluctuation.__doc__.split("Definitions", 1)[1].strip()
+
+
+@dataclass
+class Report:
+    """What a report holds, where it went."""
+
+    runs: pd.DataFrame
+    groups: pd.DataFrame
+    claims: list[Claim]
+    skipped: list[tuple[str, str, str]]
+    run_id: str | None = None
+    directory: Path | None = None
+    files: list[str] = field(default_factory=list)
+
+
+def _label(lr: float) -> str:
+    return f"lr {lr:g}"
+
+
+def figures(comparison: Comparison) -> dict[str, Figure]:
+    by_lr: dict[str, list] = {}
+    for run in comparison.runs:
+        by_lr.setdefault(_label(run.lr), []).append(run)
+
+    def curves(pick):
+        return {label: [pick(r) for r in runs] for label, runs in by_lr.items()}
+
+    out = {
+        "participation": plots.curves_by_group_figure(
+            curves(lambda r: r.summaries["all/participating_frac"]), "Participating neurons over epochs",
+            "participating fraction (all layers)"),
+        "loss": plots.curves_by_group_figure(curves(lambda r: r.loss), "Reconstruction loss over epochs",
+                                             "loss/train (MSE)", log_y=True),
+        "tau_sensitivity": plots.curves_by_group_figure(
+            curves(lambda r: r.tau_curve), "Participating fraction at the final window against tau",
+            "participating fraction", xlabel="tau", log_x=True),
+        "weight_fluctuation": plots.curves_by_group_figure(
+            curves(lambda r: r.summaries["all/sos_median"]), "Weight fluctuation: median spread of the spread",
+            "sos median (all layers)", log_y=True),
+        "bias_fluctuation": plots.curves_by_group_figure(
+            curves(lambda r: r.summaries["all/bias_fluct_median"]), "Bias fluctuation: median over neurons",
+            "bias fluctuation median", log_y=True),
+    }
+    images = []
+    for label, runs in by_lr.items():
+        first = next((r for r in runs if r.reconstruction_png), None)
+        if first is not None:
+            images.append((f"{label} (seed {first.seed})", matplotlib.image.imread(io.BytesIO(first.reconstruction_png))))
+    if images:
+        out["reconstructions"] = plots.stacked_images_figure(images, "Reconstructions across learning rates")
+    return out
+
+
+def _png(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    return buffer.getvalue()
+
+
+def _settings(comparison: Comparison) -> pd.DataFrame:
+    params = pd.DataFrame([r.params for r in comparison.runs])
+    keep = [c for c in params.columns if c not in ("lr", "seed", "threads", "flux.layers")]
+    return pd.DataFrame({c: [", ".join(sorted(set(params[c].dropna().astype(str))))] for c in sorted(keep)}).T
+
+
+def _groups_for_display(groups: pd.DataFrame) -> pd.DataFrame:
+    shown = groups[[c for c in groups.columns if "ci_" not in c]].copy()
+    return shown
+
+
+def _md_table(frame: pd.DataFrame, index: bool = False, header: bool = True) -> str:
+    """A Markdown table (pandas' to_markdown would need the tabulate package)."""
+    frame = frame.reset_index() if index else frame
+
+    def cell(value) -> str:
+        text = f"{value:.6g}" if isinstance(value, float) else str(value)
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    rows = [[cell(v) for v in row] for row in frame.itertuples(index=False)]
+    head = [str(c) for c in frame.columns] if header else [""] * frame.shape[1]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * frame.shape[1]]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def markdown(comparison: Comparison, report: Report, settings: pd.DataFrame, pngs: list[str]) -> str:
+    lines = [
+        "# mlflow-flux participation report", "",
+        f"Runs: {comparison.selection} at {comparison.tracking_uri} ({len(comparison.runs)} compared, "
+        f"{len(report.skipped)} skipped).", "",
+        "## The paper's claims against our runs", "",
+    ]
+    for claim in report.claims:
+        lines += [f"- **({claim.name}) {claim.text}**: **{claim.verdict}**. {claim.evidence}"]
+    lines += ["", "Verdicts compare 95% intervals over seeds; overlapping intervals are inconclusive. "
+              "The measures are our definitions (below), not the paper's, which it does not publish.", "",
+              "## Per learning rate (final window)", "", _md_table(_groups_for_display(report.groups)),
+              "", "## Per run", "", _md_table(report.runs), ""]
+    if report.skipped:
+        lines += ["## Skipped runs", ""] + [f"- {name or rid} (`{rid}`): {why}" for rid, name, why in report.skipped]
+        lines += [""]
+    lines += ["## Figures", ""] + [f"![{p}]({p})" for p in pngs]
+    lines += ["", "## Definitions (ours; see docs/metrics.md)", "", "```", _DEFINITIONS, "```", "",
+              "## Settings of the runs", "", _md_table(settings, index=True, header=False), ""]
+    return "\n".join(lines)
+
+
+def _table_html(frame: pd.DataFrame, index: bool = False) -> str:
+    # pandas escapes cell text by default; run names and params come from users and must stay text.
+    return frame.to_html(index=index, escape=True, float_format=lambda v: f"{v:.6g}", border=0, classes="t")
+
+
+def html_page(comparison: Comparison, report: Report, settings: pd.DataFrame, images: dict[str, bytes]) -> str:
+    e = html.escape
+    claims_html = "".join(
+        f"<li><b>({e(c.name)}) {e(c.text)}</b>: <span class='v {e(c.verdict.replace(' ', '-'))}'>{e(c.verdict)}"
+        f"</span>. {e(c.evidence)}</li>" for c in report.claims)
+    skipped = "".join(f"<li>{e(name or rid)} (<code>{e(rid)}</code>): {e(why)}</li>" for rid, name, why in report.skipped)
+    figures_html = "".join(
+        f"<figure><img alt='{e(name)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
+        f"<figcaption>{e(name)}</figcaption></figure>" for name, png in images.items())
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>mlflow-flux participation report</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}}
+table.t{{border-collapse:collapse;font-size:13px}}table.t td,table.t th{{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}}
+.v{{font-weight:bold}}.agrees{{color:#176c2f}}.disagrees{{color:#a3171e}}.inconclusive,.not-testable{{color:#8a6100}}
+figure{{display:inline-block;margin:.5em}}img{{max-width:520px}}pre{{background:#f6f6f6;padding:1em;white-space:pre-wrap}}
+.scroll{{overflow-x:auto}}</style></head><body>
+<h1>mlflow-flux participation report</h1>
+<p>Runs: {e(comparison.selection)} at <code>{e(comparison.tracking_uri)}</code> ({len(comparison.runs)} compared,
+{len(report.skipped)} skipped).</p>
+<h2>The paper's claims against our runs</h2><ul>{claims_html}</ul>
+<p>Verdicts compare 95% intervals over seeds; overlapping intervals are inconclusive. The measures are our
+definitions (below), not the paper's, which it does not publish.</p>
+<h2>Per learning rate (final window)</h2><div class="scroll">{_table_html(_groups_for_display(report.groups))}</div>
+<h2>Per run</h2><div class="scroll">{_table_html(report.runs)}</div>
+{"<h2>Skipped runs</h2><ul>" + skipped + "</ul>" if skipped else ""}
+<h2>Figures</h2>{figures_html}
+<h2>Definitions (ours; see docs/metrics.md)</h2><pre>{e(_DEFINITIONS)}</pre>
+<h2>Settings of the runs</h2><div class="scroll">{_table_html(settings, index=True)}</div>
+</body></html>"""
+
+
+def _write(directory: Path, comparison: Comparison, report: Report) -> list[str]:
+    directory.mkdir(parents=True, exist_ok=True)
+    images = {name: _png(figure) for name, figure in figures(comparison).items()}
+    pngs = []
+    for name, png in images.items():
+        (directory / f"{name}.png").write_bytes(png)
+        pngs.append(f"{name}.png")
+    settings = _settings(comparison)
+    report.groups.to_csv(directory / "summary.csv", index=False, float_format="%.17g")
+    report.runs.to_csv(directory / "runs.csv", index=False, float_format="%.17g")
+    pd.DataFrame(report.skipped, columns=["run_id", "name", "reason"]).to_csv(directory / "skipped.csv", index=False)
+    (directory / "report.md").write_text(markdown(comparison, report, settings, pngs))
+    (directory / "report.html").write_text(html_page(comparison, report, settings, images))
+    return sorted(p.name for p in directory.iterdir())
+
+
+def build(comparison: Comparison, output: str | Path | None = None, log_run: bool = True) -> Report:
+    """Compute the tables and claims, write the files, and log them to a report run."""
+    runs = run_table(comparison)
+    groups = group_table(runs)
+    report = Report(runs=runs, groups=groups, claims=claims(groups), skipped=comparison.skipped)
+    with tempfile.TemporaryDirectory(prefix="mlflow-flux-report-") as tmp:
+        directory = Path(output) if output is not None else Path(tmp)
+        report.files = _write(directory, comparison, report)
+        if output is not None:
+            report.directory = directory
+        if log_run:
+            report.run_id = _log(comparison, report, directory)
+    return report
+
+
+def _run_made_for_us(client) -> str | None:
+    """The run `mlflow run . -e compare` created for this process, if that is where we are."""
+    import os
+
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if not run_id:
+        return None
+    run = client.get_run(run_id)
+    # Inside `mlflow run .` (the sweep) MLFLOW_RUN_ID is the sweep's own run: the report gets a run of its own.
+    if run.info.status == "RUNNING" and run.data.tags.get(tracking.ROLE_TAG) in (None, "report"):
+        return run_id
+    return None
+
+
+def _log(comparison: Comparison, report: Report, directory: Path) -> str:
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.tracking import MlflowClient
+    from mlflow.tracking.context.registry import resolve_tags
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+    client = MlflowClient()
+    experiment_id = client.get_run(comparison.runs[0].run_id).info.experiment_id
+    tags = tracking.flux_tags("report", comparison.sweep_id)
+    if comparison.sweep_id:
+        tags[MLFLOW_PARENT_RUN_ID] = comparison.sweep_id  # the report sits under its sweep in the UI
+    run_id = _run_made_for_us(client)
+    if run_id is None:
+        with creating_runs():
+            run_id = client.create_run(experiment_id, tags=resolve_tags(tags), run_name="participation report").info.run_id
+    else:
+        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+    try:
+        verdicts = [RunTag(f"mlflow_flux.claim_{c.name}", c.verdict) for c in report.claims]
+        client.log_batch(run_id, params=[Param("selection", comparison.selection[:500]),
+                                         Param("runs_compared", str(len(comparison.runs)))],
+                         tags=verdicts,
+                         metrics=[Metric("report/skipped_runs", len(comparison.skipped), 0, 0)])
+        client.log_artifacts(run_id, str(directory), REPORT_DIR)
+        client.set_terminated(run_id, "FINISHED")
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    return run_id
