@@ -19,7 +19,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from . import fluctuation, tracking
-from .errors import FluxError, NoRunsMatch
+from .errors import FluxError, InvalidParameter, NoRunsMatch
 from .traces import PARTS_DIR, TRACE_ARTIFACT_DIR, TRACE_FILE, read_trace_files
 
 __all__ = ["RunData", "Comparison", "select_runs", "load_comparison", "group_table", "claims", "compare",
@@ -115,7 +115,8 @@ def select_runs(
     else:
         ids = _experiment_ids(client, experiment)
         if filter_string:
-            query = f"{variant} and ({filter_string})" if "role" not in filter_string else filter_string
+            # MLflow's filter grammar has AND only and no parentheses, so joining needs no grouping.
+            query = filter_string if tracking.ROLE_TAG in filter_string else f"{variant} and {filter_string}"
             description = f"filter {filter_string!r}"
         elif experiment is not None:
             query, description = variant, f"experiment {experiment!r}"
@@ -130,7 +131,10 @@ def select_runs(
     try:
         runs = client.search_runs(ids, query, max_results=5000, order_by=["attributes.start_time ASC"])
     except Exception as exc:  # noqa: BLE001: a malformed filter string is the usual cause
-        raise FluxError(f"the run search failed ({description}): {getattr(exc, 'message', exc)}") from None
+        message = getattr(exc, "message", str(exc))
+        if filter_string:
+            raise InvalidParameter("filter", filter_string, message) from None
+        raise FluxError(f"the run search failed ({description}): {message}") from None
     if not runs:
         raise NoRunsMatch(f"no variant runs match {description}")
     return runs, description, sweep_id

@@ -1,0 +1,184 @@
+"""The report against a real `mlflow server` on 127.0.0.1 (sqlite backend, artifacts served by the server)."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+import mlflow_flux
+from mlflow_flux import fluctuation
+
+from .conftest import ROOT
+
+NASTY = "<script>alert('x')</script> & \"quotes\""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """One real tracking server for the module: it takes ~20 s to answer /health here."""
+    root = tmp_path_factory.mktemp("server")
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{root / 'server.db'}", "--artifacts-destination", str(root / "artifacts"),
+         "--workers", "1"],
+        stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if urllib.request.urlopen(f"{uri}/health", timeout=2).status == 200:
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        os.killpg(process.pid, signal.SIGKILL)
+        pytest.fail("mlflow server did not answer /health: " + (root / "server.log").read_text()[-2000:])
+    yield {"uri": uri, "root": root}
+    # The server forks workers that outlive a plain kill: stop the whole process group.
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def _env(uri: str, experiment: str) -> dict:
+    env = dict(os.environ, MLFLOW_TRACKING_URI=uri, MLFLOW_EXPERIMENT_NAME=experiment)
+    env.pop("MLFLOW_EXPERIMENT_ID", None)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def _cli(env: dict, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mlflow_flux.cli", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def sweep(server):
+    """A tiny sweep on the server, plus three runs the report must skip or escape."""
+    experiment = "compare-tests"
+    env = _env(server["uri"], experiment)
+    result = _cli(env, "sweep", "--lrs", "0.01,0.0001", "--seeds", "0,1", "--epochs", "6", "--n-samples", "64",
+                  "--hidden", "32,8", "--image-size", "16", "--window", "3", "--summary-every", "1",
+                  "--report", "false")
+    assert result.returncode == 0, result.stderr[-3000:]
+    mlflow.set_tracking_uri(server["uri"])
+    client = MlflowClient()
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    (parent,) = client.search_runs([experiment_id], "tags.`mlflow_flux.role` = 'sweep'")
+    sweep_id = parent.info.run_id
+    tags = {"mlflow_flux.role": "variant", "mlflow_flux.sweep_id": sweep_id, "mlflow.parentRunId": sweep_id}
+    extra = {}
+    for label in ("no traces", "corrupt", NASTY):
+        run = client.create_run(experiment_id, tags=tags, run_name=label)
+        client.log_param(run.info.run_id, "lr", "0.001")
+        extra[label] = run.info.run_id
+    corrupt = server["root"] / "traces.parquet"
+    corrupt.write_bytes(b"PAR1 this is not a parquet file")
+    client.log_artifact(extra["corrupt"], str(corrupt), "traces")
+    # the run with markup in its name has a real trace, so its name reaches the tables
+    with mlflow.start_run(run_id=extra[NASTY]):
+        import torch
+
+        model = torch.nn.Linear(3, 2)
+        with mlflow_flux.watch(model, window=2, summary_every=1, log_figures=False) as flux:
+            for epoch in range(3):
+                model(torch.randn(4, 3)).sum().backward()
+                flux.end_epoch(epoch)
+        mlflow.log_metric("loss/final", 0.5)
+    for run_id in extra.values():
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_terminated(run_id, "FINISHED")
+    return {"env": env, "sweep_id": sweep_id, "extra": extra, "client": client}
+
+
+def test_report_through_the_cli_matches_load_traces(sweep, tmp_path):
+    out = tmp_path / "report"
+    result = _cli(sweep["env"], "compare", "--sweep", sweep["sweep_id"], "--output", str(out), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert {"report.html", "report.md", "summary.csv", "runs.csv", "participation.png", "loss.png",
+            "tau_sensitivity.png", "weight_fluctuation.png", "bias_fluctuation.png",
+            "reconstructions.png"} <= {p.name for p in out.iterdir()}
+    rows = list(csv.DictReader((out / "runs.csv").open()))
+    assert len(rows) == 5  # four variants and the run with markup in its name
+    for row in rows:
+        trace = mlflow_flux.load_traces(row["run_id"])
+        params = sweep["client"].get_run(row["run_id"]).data.params
+        expected = fluctuation.summaries_over_epochs(trace, int(params["flux.window"]), float(params["flux.tau"]))
+        last = expected.iloc[-1]
+        for key in ("participating", "participating_frac", "dead_frac", "sos_median", "bias_fluct_median"):
+            value = float(row[f"all/{key}"])
+            assert value == last[f"all/{key}"] or (math.isnan(value) and math.isnan(last[f"all/{key}"])), key
+        # and the live metric logged at that epoch is the same number
+        history = {m.step: m.value for m in sweep["client"].get_metric_history(row["run_id"], "flux/all/sos_median")}
+        assert history[int(row["final_epoch"])] == float(row["all/sos_median"])
+    summary = list(csv.DictReader((out / "summary.csv").open()))
+    assert sorted(float(r["lr"]) for r in summary) == [0.0001, 0.001, 0.01]
+    markdown = (out / "report.md").read_text()
+    assert "(a) lr 0.01 reconstructs best" in markdown and "(b) lr 0.01 leaves more neurons inactive" in markdown
+    # the report run: tagged, a child of the sweep, its files in the run's artifacts
+    (report_run,) = sweep["client"].search_runs(
+        [sweep["client"].get_run(sweep["sweep_id"]).info.experiment_id], "tags.`mlflow_flux.role` = 'report'")
+    assert report_run.data.tags["mlflow.parentRunId"] == sweep["sweep_id"]
+    assert report_run.data.tags["mlflow_flux.claim_a"] in ("agrees", "disagrees", "inconclusive")
+    assert "report/report.html" in {f.path for f in sweep["client"].list_artifacts(report_run.info.run_id, "report")}
+
+
+def test_runs_without_or_with_broken_traces_are_skipped_with_a_reason(sweep, tmp_path):
+    report = mlflow_flux.compare(sweep["sweep_id"], output=tmp_path, log_run=False)
+    reasons = {rid: why for rid, _, why in report.skipped}
+    assert reasons[sweep["extra"]["no traces"]] == "no traces"
+    assert reasons[sweep["extra"]["corrupt"]].startswith("unreadable trace")
+    assert len(report.runs) == 5
+    skipped = list(csv.DictReader((tmp_path / "skipped.csv").open()))
+    assert {r["name"] for r in skipped} == {"no traces", "corrupt"}
+
+
+def test_html_escapes_what_came_from_runs(sweep, tmp_path):
+    mlflow_flux.compare(sweep["sweep_id"], output=tmp_path, log_run=False)
+    page = (tmp_path / "report.html").read_text()
+    assert "<script>" not in page
+    assert "&lt;script&gt;alert(" in page
+    assert page.count("data:image/png;base64,") >= 5  # self-contained
+
+
+def test_no_matching_runs_is_one_line_and_exit_2(sweep):
+    result = _cli(sweep["env"], "compare", "--filter", "params.lr = '42'", timeout=120)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == [line for line in lines if line.startswith("mlflow-flux: error: no variant runs match")]
+    assert len(lines) == 1
+    malformed = _cli(sweep["env"], "compare", "--filter", "params.lr ~~ 1", timeout=120)
+    assert malformed.returncode == 2 and "invalid value for 'filter'" in malformed.stderr
+
+
+def test_unreachable_server_fails_fast_naming_the_uri():
+    uri = f"http://127.0.0.1:{_free_port()}"
+    started = time.monotonic()
+    result = _cli(_env(uri, "whatever"), "compare", timeout=120)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 1
+    assert f"cannot reach the tracking server at {uri}" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert elapsed < 30, elapsed  # the CLI's own start-up included; MLflow alone retries for minutes
