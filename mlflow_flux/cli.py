@@ -72,8 +72,12 @@ def _sweep(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     from .comparison import compare
 
+    from .config import parse_floats, parse_ints
+
+    window = parse_ints("window", args.window, minimum=2)[0] if args.window is not None else None
+    tau = parse_floats("tau", args.tau)[0] if args.tau is not None else None
     report = compare(args.sweep, experiment=args.experiment, filter_string=args.filter, output=args.output,
-                     log_run=not args.no_log)
+                     log_run=not args.no_log, window=window, tau=tau)
     print_report_summary(report)
     return 0
 
@@ -119,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--filter", metavar="FILTER", help="an MLflow filter string over variant runs")
     compare.add_argument("--output", metavar="DIR", help="also write the report files here")
     compare.add_argument("--no-log", action="store_true", help="do not log a report run")
+    compare.add_argument("--window", metavar="N", help="override each run's window (metrics then differ)")
+    compare.add_argument("--tau", metavar="T", help="override each run's tau (metrics then differ)")
     compare.set_defaults(func=_compare)
     return parser
 

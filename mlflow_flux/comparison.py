@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ __all__ = ["RunData", "Comparison", "select_runs", "load_comparison", "group_tab
            "TAU_GRID", "check_reachable"]
 
 SUMMARY_COLUMNS = ["w_std", "bias", "act_rate", "w_step"]
-TAU_GRID = tuple(float(t) for t in np.logspace(-4, -1, 13))
+TAU_GRID = tuple(float(t) for t in np.logspace(-6, -1, 16))
 # Two-sided 95% Student t quantiles by degrees of freedom; beyond 30 the normal 1.96 is close enough.
 _T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
         12: 2.179, 15: 2.131, 20: 2.086, 25: 2.060, 30: 2.042}
@@ -47,6 +48,7 @@ class RunData:
     tau_curve: pd.Series  # participating fraction (all) at the final window, by tau
     layers: list[str]
     reconstruction_png: bytes | None = None
+    seconds: dict[str, float] = field(default_factory=dict)  # download, read, compute
 
 
 @dataclass
@@ -156,8 +158,11 @@ def _load_run(client: MlflowClient, run, window: int | None, tau: float | None) 
     params = run.data.params
     window = window or int(params.get("flux.window", fluctuation.DEFAULT_WINDOW))
     tau = tau or float(params.get("flux.tau", fluctuation.DEFAULT_TAU))
+    clock = time.perf_counter()
+    seconds = {}
     with tempfile.TemporaryDirectory(prefix="mlflow-flux-") as tmp:
         path = _download_trace(client, run_id, tmp)
+        seconds["download"] = time.perf_counter() - clock
         try:
             trace = read_trace_files([path], columns=SUMMARY_COLUMNS).to_pandas()
         except FluxError:
@@ -167,12 +172,20 @@ def _load_run(client: MlflowClient, run, window: int | None, tau: float | None) 
         png = None
         if any(f.path == "figures/reconstructions.png" for f in client.list_artifacts(run_id, "figures")):
             png = Path(client.download_artifacts(run_id, "figures/reconstructions.png", tmp)).read_bytes()
-    summaries = fluctuation.summaries_over_epochs(trace, window, tau)
+    seconds["read"] = time.perf_counter() - clock - seconds["download"]
+    clock = time.perf_counter()
+    try:
+        epochs, layers = fluctuation.layer_arrays(trace)
+    except ValueError as exc:
+        raise FluxError(f"unusable trace: {exc}") from None
+    summaries = fluctuation.summaries_from_arrays(epochs, layers, window, tau)
     if summaries.empty:
         raise FluxError(f"fewer snapshots than one window ({window})")
-    epochs = np.sort(trace["epoch"].unique())
-    final = trace[trace["epoch"].isin(epochs[-window:])]
-    tau_curve = pd.Series({t: _final_participation(final, t) for t in TAU_GRID}, name=run_id)
+    last = {name: {c: a[-window:][None] for c, a in arrays.items() if c != "w_step"} | {"w_step": arrays["w_step"][-1:]}
+            for name, arrays in layers.items()}
+    tau_curve = pd.Series({t: float(fluctuation.summarize(last, t)["all/participating_frac"][0]) for t in TAU_GRID},
+                          name=run_id)
+    seconds["compute"] = time.perf_counter() - clock
     history = client.get_metric_history(run_id, "loss/train")
     loss = pd.Series({m.step: m.value for m in history}, dtype=float).sort_index()
     return RunData(
@@ -185,14 +198,10 @@ def _load_run(client: MlflowClient, run, window: int | None, tau: float | None) 
         loss=loss,
         summaries=summaries,
         tau_curve=tau_curve,
-        layers=list(pd.unique(trace["layer"].astype(str))),
+        layers=list(layers),
         reconstruction_png=png,
+        seconds=seconds,
     )
-
-
-def _final_participation(final: pd.DataFrame, tau: float) -> float:
-    window = fluctuation.summaries_over_epochs(final, window=final["epoch"].nunique(), tau=tau)
-    return float(window["all/participating_frac"].iloc[-1])
 
 
 def load_comparison(
@@ -204,8 +213,6 @@ def load_comparison(
     workers: int = 8,
 ) -> Comparison:
     """Select the runs and load them (in parallel threads: the time is network and Parquet decoding)."""
-    import time
-
     import mlflow
 
     tracking_uri = mlflow.get_tracking_uri()
@@ -310,6 +317,13 @@ def _fmt(row: pd.Series, column: str, digits: int = 4) -> str:
     return text
 
 
+def _verdict(ours: float, other: float, overlap: bool | None, lower: bool) -> str:
+    """agrees when ``ours`` beats ``other`` in the claimed direction; a tie or overlapping intervals decide nothing."""
+    if overlap or ours == other or not (np.isfinite(ours) and np.isfinite(other)):
+        return "inconclusive"
+    return "agrees" if (ours < other) == lower else "disagrees"
+
+
 def claims(groups: pd.DataFrame) -> list[Claim]:
     """The paper's two claims, each with our numbers and a plain verdict."""
     out = []
@@ -321,8 +335,7 @@ def claims(groups: pd.DataFrame) -> list[Claim]:
         rival = others.loc[others["loss_final"].idxmin()]
         evidence = f"loss/final: lr 0.01 {_fmt(best, 'loss_final')}; best other, lr {rival['lr']:g}, {_fmt(rival, 'loss_final')}"
         overlap = _overlap(best, rival, "loss_final")
-        lower = best["loss_final"] < rival["loss_final"]
-        verdict = "inconclusive" if overlap else ("agrees" if lower else "disagrees")
+        verdict = _verdict(best["loss_final"], rival["loss_final"], overlap, lower=True)
         if overlap is None:
             evidence += " (one seed per lr: no interval, verdict on the means)"
         out.append(Claim("a", text_a, verdict, evidence))
@@ -336,8 +349,7 @@ def claims(groups: pd.DataFrame) -> list[Claim]:
         evidence = (f"participating fraction: lr 0.0001 {_fmt(low, column)}, lr 0.01 {_fmt(high, column)}; "
                     f"dead fraction: lr 0.0001 {_fmt(low, 'all/dead_frac')}, lr 0.01 {_fmt(high, 'all/dead_frac')}")
         overlap = _overlap(low, high, column)
-        more = low[column] > high[column]
-        verdict = "inconclusive" if overlap else ("agrees" if more else "disagrees")
+        verdict = _verdict(low[column], high[column], overlap, lower=False)
         if overlap is None:
             evidence += " (one seed per lr: no interval, verdict on the means)"
         out.append(Claim("b", text_b, verdict, evidence))

@@ -34,7 +34,7 @@ class TrainConfig:
     # recorder settings
     snapshot_every: int = 1
     window: int = 10
-    tau: float = 0.01
+    tau: float = 1e-4  # docs/metrics.md: frozen neurons sit at 0, learning ones above 1.6e-4
     summary_every: int = 10  # log flux/ summaries every N snapshots; traces keep every snapshot
     flush_every: int = 10
     threads: int = 0  # torch intra-op threads; 0 leaves torch's default

@@ -31,11 +31,13 @@ __all__ = [
     "window_stats",
     "summarize",
     "windows_of",
+    "layer_arrays",
+    "summaries_from_arrays",
     "summaries_over_epochs",
 ]
 
 DEFAULT_WINDOW = 10
-DEFAULT_TAU = 0.01
+DEFAULT_TAU = 1e-4
 # Per-layer summary keys, logged as ``flux/<layer>/<key>`` and ``flux/all/<key>``.
 SUMMARY_KEYS = (
     "participating",
@@ -199,6 +201,55 @@ def windows_of(values: np.ndarray, window: int) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(view, -1, 1))
 
 
+def layer_arrays(trace: pd.DataFrame, columns: tuple[str, ...] = ("w_std", "bias", "act_rate", "w_step")):
+    """A long trace as ``(epochs, {layer: {column: (E, N) float32 array}})``, layers in order of appearance.
+
+    Raises:
+        ValueError: a layer misses neurons at some epoch, or layers were snapshot at different epochs.
+    """
+    layer = trace["layer"]
+    codes, names = pd.factorize(layer.astype(str) if not isinstance(layer.dtype, pd.CategoricalDtype) else layer)
+    epoch = trace["epoch"].to_numpy()
+    neuron = trace["neuron"].to_numpy()
+    order = np.lexsort((neuron, epoch, codes))
+    codes, epoch = codes[order], epoch[order]
+    bounds = np.flatnonzero(np.diff(codes)) + 1
+    epochs: np.ndarray | None = None
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for rows in np.split(np.arange(len(order)), bounds):
+        if rows.size == 0:
+            continue
+        name = str(names[codes[rows[0]]])
+        layer_epochs = np.unique(epoch[rows])
+        if rows.size % layer_epochs.size:
+            raise ValueError(f"layer {name!r} does not have the same neurons at every epoch")
+        if epochs is None:
+            epochs = layer_epochs
+        elif not np.array_equal(epochs, layer_epochs):
+            raise ValueError(f"layer {name!r} has snapshots at other epochs than the first layer")
+        shape = (layer_epochs.size, rows.size // layer_epochs.size)
+        out[name] = {c: trace[c].to_numpy(dtype=np.float32)[order[rows]].reshape(shape) for c in columns}
+    return (epochs if epochs is not None else np.array([], dtype=np.int64)), out
+
+
+def summaries_from_arrays(epochs: np.ndarray, layers: dict, window: int, tau: float) -> pd.DataFrame:
+    """:func:`summaries_over_epochs` on what :func:`layer_arrays` returned."""
+    if window < 2:
+        raise ValueError(f"window must be >= 2 snapshots, got {window}")
+    if len(epochs) < window:
+        return pd.DataFrame(index=pd.Index([], name="epoch"))
+    windows = {
+        name: {
+            "w_std": windows_of(arrays["w_std"], window),
+            "bias": windows_of(arrays["bias"], window),
+            "act_rate": windows_of(arrays["act_rate"], window),
+            "w_step": arrays["w_step"][window - 1 :],
+        }
+        for name, arrays in layers.items()
+    }
+    return pd.DataFrame(summarize(windows, tau), index=pd.Index(epochs[window - 1 :], name="epoch"))
+
+
 def summaries_over_epochs(trace: pd.DataFrame, window: int = DEFAULT_WINDOW, tau: float = DEFAULT_TAU) -> pd.DataFrame:
     """Recompute the live summaries at every snapshot of a trace whose window is full.
 
@@ -214,26 +265,5 @@ def summaries_over_epochs(trace: pd.DataFrame, window: int = DEFAULT_WINDOW, tau
     """
     if window < 2:
         raise ValueError(f"window must be >= 2 snapshots, got {window}")
-    layers: dict[str, dict[str, np.ndarray]] = {}
-    epochs: np.ndarray | None = None
-    for name in pd.unique(trace["layer"].astype(str)):
-        part = trace[trace["layer"].astype(str) == name]
-        arrays = {}
-        for column in ("w_std", "bias", "act_rate", "w_step"):
-            wide = part.pivot(index="epoch", columns="neuron", values=column).sort_index()
-            arrays[column] = wide.to_numpy(dtype=np.float32)
-        layer_epochs = wide.index.to_numpy()
-        if epochs is None:
-            epochs = layer_epochs
-        elif not np.array_equal(epochs, layer_epochs):
-            raise ValueError(f"layer {name!r} has snapshots at other epochs than the first layer")
-        layers[name] = {
-            "w_std": windows_of(arrays["w_std"], window),
-            "bias": windows_of(arrays["bias"], window),
-            "act_rate": windows_of(arrays["act_rate"], window),
-            "w_step": arrays["w_step"][window - 1 :],
-        }
-    if epochs is None or len(epochs) < window:
-        return pd.DataFrame(index=pd.Index([], name="epoch"))
-    result = summarize(layers, tau)
-    return pd.DataFrame(result, index=pd.Index(epochs[window - 1 :], name="epoch"))
+    epochs, layers = layer_arrays(trace)
+    return summaries_from_arrays(epochs, layers, window, tau)

@@ -7,6 +7,7 @@ import base64
 import html
 import io
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -181,6 +182,7 @@ def _write(directory: Path, comparison: Comparison, report: Report) -> list[str]
 
 def build(comparison: Comparison, output: str | Path | None = None, log_run: bool = True) -> Report:
     """Compute the tables and claims, write the files, and log them to a report run."""
+    started = time.perf_counter()
     runs = run_table(comparison)
     groups = group_table(runs)
     report = Report(runs=runs, groups=groups, claims=claims(groups), skipped=comparison.skipped)
@@ -189,6 +191,7 @@ def build(comparison: Comparison, output: str | Path | None = None, log_run: boo
         report.files = _write(directory, comparison, report)
         if output is not None:
             report.directory = directory
+        comparison.timings["render"] = time.perf_counter() - started
         if log_run:
             report.run_id = _log(comparison, report, directory)
     return report

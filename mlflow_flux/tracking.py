@@ -28,6 +28,7 @@ _PARQUET_OPTIONS = {
 }
 
 __all__ = [
+    "write_trace_table",
     "MetricLogger",
     "TraceSink",
     "MAX_METRICS_PER_BATCH",
@@ -41,6 +42,11 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
+
+def write_trace_table(table: pa.Table, path: str | Path, compression: str = "zstd") -> None:
+    """Write trace rows the way the sink does (zstd, byte-stream-split floats)."""
+    pq.write_table(table, path, compression=compression, **_PARQUET_OPTIONS)
+
 
 ROLE_TAG = "mlflow_flux.role"  # sweep | variant | report
 SWEEP_TAG = "mlflow_flux.sweep_id"
@@ -213,8 +219,7 @@ class TraceSink:
         def write_and_upload() -> None:
             if not path.exists():
                 tmp = path.with_suffix(".tmp")
-                table = pa.Table.from_batches(batches, TRACE_SCHEMA)
-                pq.write_table(table, tmp, compression=self.compression, **_PARQUET_OPTIONS)
+                write_trace_table(pa.Table.from_batches(batches, TRACE_SCHEMA), tmp, self.compression)
                 tmp.rename(path)  # a reader never sees half a segment
             self.client.log_artifact(self.run_id, str(path), f"{TRACE_ARTIFACT_DIR}/{PARTS_DIR}")
 
