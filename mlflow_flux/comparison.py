@@ -7,6 +7,7 @@ with each run's own window and tau, so the report and the runs' metrics agree to
 
 from __future__ import annotations
 
+import logging
 import math
 import tempfile
 import time
@@ -22,6 +23,8 @@ from mlflow.tracking import MlflowClient
 from . import fluctuation, tracking
 from .errors import FluxError, InvalidParameter, NoRunsMatch
 from .traces import PARTS_DIR, TRACE_ARTIFACT_DIR, TRACE_FILE, read_trace_files
+
+_log = logging.getLogger(__name__)
 
 __all__ = ["RunData", "Comparison", "select_runs", "load_comparison", "group_table", "claims", "compare",
            "TAU_GRID", "check_reachable"]
@@ -169,9 +172,6 @@ def _load_run(client: MlflowClient, run, window: int | None, tau: float | None) 
             raise
         except Exception as exc:  # noqa: BLE001: a corrupt file is a skipped run, not a failed report
             raise FluxError(f"unreadable trace ({type(exc).__name__}: {exc})") from None
-        png = None
-        if any(f.path == "figures/reconstructions.png" for f in client.list_artifacts(run_id, "figures")):
-            png = Path(client.download_artifacts(run_id, "figures/reconstructions.png", tmp)).read_bytes()
     seconds["read"] = time.perf_counter() - clock - seconds["download"]
     clock = time.perf_counter()
     try:
@@ -199,9 +199,18 @@ def _load_run(client: MlflowClient, run, window: int | None, tau: float | None) 
         summaries=summaries,
         tau_curve=tau_curve,
         layers=list(layers),
-        reconstruction_png=png,
         seconds=seconds,
     )
+
+
+def _attach_reconstruction(client: MlflowClient, run: RunData) -> None:
+    path = "figures/reconstructions.png"
+    try:
+        if any(f.path == path for f in client.list_artifacts(run.run_id, "figures")):
+            with tempfile.TemporaryDirectory(prefix="mlflow-flux-") as tmp:
+                run.reconstruction_png = Path(client.download_artifacts(run.run_id, path, tmp)).read_bytes()
+    except Exception as exc:  # noqa: BLE001: a missing picture leaves a gap in the grid, not a failed report
+        _log.warning("no reconstruction figure for run %s: %s", run.run_id, exc)
 
 
 def load_comparison(
@@ -232,6 +241,11 @@ def load_comparison(
         results = list(pool.map(load, runs))
     loaded = [r for r, _ in results if r is not None]
     skipped = [s for _, s in results if s is not None]
+    firsts = {}
+    for run in loaded:  # the report shows one reconstruction per learning rate
+        firsts.setdefault(run.lr, run)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(lambda run: _attach_reconstruction(client, run), firsts.values()))
     done = time.perf_counter()
     if not loaded:
         reasons = "; ".join(f"{name or rid}: {why}" for rid, name, why in skipped)

@@ -211,6 +211,9 @@ def layer_arrays(trace: pd.DataFrame, columns: tuple[str, ...] = ("w_std", "bias
     codes, names = pd.factorize(layer.astype(str) if not isinstance(layer.dtype, pd.CategoricalDtype) else layer)
     epoch = trace["epoch"].to_numpy()
     neuron = trace["neuron"].to_numpy()
+    fast = _epoch_major_layout(codes, epoch, neuron)
+    if fast is not None:
+        return _split_epoch_major(trace, names, fast, columns)
     order = np.lexsort((neuron, epoch, codes))
     codes, epoch = codes[order], epoch[order]
     bounds = np.flatnonzero(np.diff(codes)) + 1
@@ -230,6 +233,47 @@ def layer_arrays(trace: pd.DataFrame, columns: tuple[str, ...] = ("w_std", "bias
         shape = (layer_epochs.size, rows.size // layer_epochs.size)
         out[name] = {c: trace[c].to_numpy(dtype=np.float32)[order[rows]].reshape(shape) for c in columns}
     return (epochs if epochs is not None else np.array([], dtype=np.int64)), out
+
+
+def _epoch_major_layout(codes: np.ndarray, epoch: np.ndarray, neuron: np.ndarray):
+    """``(epochs, codes of one epoch, neurons of one epoch)`` when every epoch repeats one row layout, as the
+    recorder writes it; None otherwise. Checking is one vectorised comparison; sorting would be a lexsort."""
+    if len(epoch) == 0:
+        return None
+    per_epoch = int(np.searchsorted(epoch, epoch[0], side="right"))
+    if per_epoch == 0 or len(epoch) % per_epoch:
+        return None
+    shape = (len(epoch) // per_epoch, per_epoch)
+    epochs_2d, codes_2d, neuron_2d = epoch.reshape(shape), codes.reshape(shape), neuron.reshape(shape)
+    epochs = epochs_2d[:, 0]
+    if (
+        (epochs_2d != epochs[:, None]).any()
+        or (np.diff(epochs) <= 0).any()
+        or (codes_2d != codes_2d[0]).any()
+        or (neuron_2d != neuron_2d[0]).any()
+    ):
+        return None
+    first_codes, first_neurons = codes_2d[0], neuron_2d[0]
+    # each layer must be one contiguous block of neurons 0..N-1 within the epoch
+    starts = np.flatnonzero(np.r_[True, np.diff(first_codes) != 0])
+    if len(np.unique(first_codes)) != len(starts):
+        return None
+    return epochs, first_codes, first_neurons, starts, shape
+
+
+def _split_epoch_major(trace, names, layout, columns):
+    epochs, first_codes, first_neurons, starts, shape = layout
+    bounds = list(starts) + [shape[1]]
+    out: dict[str, dict[str, np.ndarray]] = {}
+    wide = {c: trace[c].to_numpy(dtype=np.float32).reshape(shape) for c in columns}
+    for begin, end in zip(bounds[:-1], bounds[1:]):
+        block = first_neurons[begin:end]
+        order = np.argsort(block, kind="stable")
+        columns_of_layer = slice(begin, end) if (order == np.arange(len(order))).all() else begin + order
+        out[str(names[first_codes[begin]])] = {
+            c: np.ascontiguousarray(wide[c][:, columns_of_layer]) for c in columns
+        }
+    return epochs, out
 
 
 def summaries_from_arrays(epochs: np.ndarray, layers: dict, window: int, tau: float) -> pd.DataFrame:

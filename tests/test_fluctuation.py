@@ -87,3 +87,18 @@ def test_bad_arguments():
         F.window_stats(np.ones((1, 2, 2)), np.ones((1, 2, 2)), np.ones((1, 2, 2)), tau=0)
     with pytest.raises(ValueError, match="window"):
         F.summaries_over_epochs(pd.DataFrame(), window=1)
+
+
+def test_layer_arrays_fast_path_equals_the_sorting_path():
+    rng = np.random.default_rng(2)
+    rows = [{"epoch": e, "layer": layer, "neuron": i, "w_std": rng.random(), "bias": rng.random(),
+             "act_rate": rng.random(), "w_step": rng.random()}
+            for e in (0, 2, 4) for layer, n in (("b", 3), ("a", 2)) for i in range(n)]
+    trace = pd.DataFrame(rows).astype({c: np.float32 for c in ("w_std", "bias", "act_rate", "w_step")})
+    fast_epochs, fast = F.layer_arrays(trace)
+    slow_epochs, slow = F.layer_arrays(trace.sample(frac=1.0, random_state=0))  # shuffled: no fast path
+    assert list(fast) == ["b", "a"] and fast_epochs.tolist() == slow_epochs.tolist() == [0, 2, 4]
+    for name in fast:
+        for column in fast[name]:
+            np.testing.assert_array_equal(fast[name][column], slow[name][column])
+    assert fast["b"]["w_std"].shape == (3, 3)
