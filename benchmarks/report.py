@@ -130,10 +130,10 @@ def main() -> None:
 
                 report.build(comparison, output=root / f"report-{count}", log_run=False)
                 total = time.perf_counter() - started
-                per = {k: sum(r.seconds[k] for r in comparison.runs) for k in ("download", "read", "compute")}
+                per = {k: sum(r.seconds[k] for r in comparison.runs) for k in ("fetch", "read", "compute")}
                 t = comparison.timings
                 print(f"{count:3d} runs: {total:5.2f} s total = query {t['query']:.2f} + load {t['load']:.2f} "
-                      f"(threads; summed per run: download {per['download']:.2f}, read {per['read']:.2f}, "
+                      f"(threads; summed per run: fetch {per['fetch']:.2f}, read {per['read']:.2f}, "
                       f"compute {per['compute']:.2f}) + render {t['render']:.2f}")
             print(f"summary: {args.runs} runs in {total:.2f} s (target <= 10 s)")
         finally:

@@ -18,11 +18,12 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 from mlflow.tracking import MlflowClient
 
 from . import fluctuation, tracking
 from .errors import FluxError, InvalidParameter, NoRunsMatch
-from .traces import PARTS_DIR, TRACE_ARTIFACT_DIR, TRACE_FILE, read_trace_files
+from .traces import opened_trace
 
 _log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class RunData:
     tau_curve: pd.Series  # participating fraction (all) at the final window, by tau
     layers: list[str]
     reconstruction_png: bytes | None = None
-    seconds: dict[str, float] = field(default_factory=dict)  # download, read, compute
+    seconds: dict[str, float] = field(default_factory=dict)  # fetch, read, compute
 
 
 @dataclass
@@ -145,15 +146,6 @@ def select_runs(
     return runs, description, sweep_id
 
 
-def _download_trace(client: MlflowClient, run_id: str, dst: str) -> Path:
-    listed = {f.path for f in client.list_artifacts(run_id, TRACE_ARTIFACT_DIR)}
-    if f"{TRACE_ARTIFACT_DIR}/{TRACE_FILE}" in listed:
-        return Path(client.download_artifacts(run_id, f"{TRACE_ARTIFACT_DIR}/{TRACE_FILE}", dst))
-    if f"{TRACE_ARTIFACT_DIR}/{PARTS_DIR}" in listed:
-        raise FluxError("partial trace: the run never closed its trace (killed?)")
-    raise FluxError("no traces")
-
-
 def _load_run(client: MlflowClient, run, window: int | None, tau: float | None) -> RunData:
     run_id = run.info.run_id
     if run.info.status != "FINISHED":
@@ -163,16 +155,16 @@ def _load_run(client: MlflowClient, run, window: int | None, tau: float | None) 
     tau = tau or float(params.get("flux.tau", fluctuation.DEFAULT_TAU))
     clock = time.perf_counter()
     seconds = {}
-    with tempfile.TemporaryDirectory(prefix="mlflow-flux-") as tmp:
-        path = _download_trace(client, run_id, tmp)
-        seconds["download"] = time.perf_counter() - clock
+    with opened_trace(client, run) as source:
         try:
-            trace = read_trace_files([path], columns=SUMMARY_COLUMNS).to_pandas()
-        except FluxError:
-            raise
+            # Only the key columns and the four the summaries need are fetched (one range per row group).
+            table = pq.ParquetFile(source, pre_buffer=True).read(columns=["epoch", "layer", "neuron", *SUMMARY_COLUMNS])
         except Exception as exc:  # noqa: BLE001: a corrupt file is a skipped run, not a failed report
             raise FluxError(f"unreadable trace ({type(exc).__name__}: {exc})") from None
-    seconds["read"] = time.perf_counter() - clock - seconds["download"]
+    seconds["fetch"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    trace = table.to_pandas()
+    seconds["read"] = time.perf_counter() - clock
     clock = time.perf_counter()
     try:
         epochs, layers = fluctuation.layer_arrays(trace)

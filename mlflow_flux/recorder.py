@@ -21,8 +21,10 @@ from .errors import FluxError
 __all__ = ["DEFAULT_LAYER_TYPES", "STAT_COLUMNS", "Snapshot", "NeuronRecorder", "select_layers"]
 
 DEFAULT_LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-# Float columns of a snapshot, in the order the recorder stacks them.
-STAT_COLUMNS = ("w_mean", "w_std", "w_norm", "w_step", "bias", "act_mean", "act_std", "act_rate", "grad_norm")
+# Float columns of a snapshot, in the order the recorder stacks them and the trace stores them. The four the
+# fluctuation summaries read come first, so in each row group they are one contiguous byte range that a reader
+# fetching over HTTP gets in one request.
+STAT_COLUMNS = ("w_std", "bias", "act_rate", "w_step", "w_mean", "w_norm", "act_mean", "act_std", "grad_norm")
 
 LayerSpec = Union[str, type]
 
@@ -211,13 +213,14 @@ class _LayerState:
         else:
             act_mean = act_std = act_rate = nan
         grad_norm = (sums[3] / self.grad_passes).sqrt() if has_grad else nan
-        columns = (w_mean, w_std, w_norm, w_step, bias, act_mean, act_std, act_rate, grad_norm)
-        stacked = torch.stack([column.float() for column in columns], dim=1)
+        values = {"w_mean": w_mean, "w_std": w_std, "w_norm": w_norm, "w_step": w_step, "bias": bias,
+                  "act_mean": act_mean, "act_std": act_std, "act_rate": act_rate, "grad_norm": grad_norm}
         # NaN stands for "not defined" too (no bias, first step): only defined values count as non-finite.
-        defined = torch.tensor(
-            [True, True, True, has_step, has_bias, has_act, has_act, has_act, has_grad], device=stacked.device
-        )
-        return stacked, (~torch.isfinite(stacked) & defined).sum()
+        defined = {"w_step": has_step, "bias": has_bias, "act_mean": has_act, "act_std": has_act,
+                   "act_rate": has_act, "grad_norm": has_grad}
+        stacked = torch.stack([values[c].float() for c in STAT_COLUMNS], dim=1)
+        mask = torch.tensor([defined.get(c, True) for c in STAT_COLUMNS], device=stacked.device)
+        return stacked, (~torch.isfinite(stacked) & mask).sum()
 
 
 class NeuronRecorder:

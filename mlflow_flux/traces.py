@@ -5,10 +5,12 @@ One row per snapshot epoch x layer x neuron. docs/traces.md documents every colu
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -26,6 +28,7 @@ __all__ = [
     "PARTS_DIR",
     "snapshot_to_batch",
     "read_trace_files",
+    "opened_trace",
     "load_traces",
 ]
 
@@ -100,6 +103,102 @@ def read_trace_files(
     if layers is not None and table.num_rows == 0:
         raise FluxError(f"the trace has no rows for layer(s) {', '.join(layers)}")
     return table
+
+
+class _RangedHttpFile(io.RawIOBase):
+    """A read-only, seekable file over HTTP Range requests: pyarrow fetches the footer and the column chunks it
+    needs, not the whole file. MLflow's artifact server answers ranges (206); a server that does not gets read
+    whole, once."""
+
+    def __init__(self, host_creds, endpoint: str) -> None:
+        super().__init__()
+        self._creds = host_creds
+        self._endpoint = endpoint
+        self._position = 0
+        self._size: int | None = None
+        self._whole: bytes | None = None
+        self.requests = 0
+        self.fetched = 0  # bytes received
+
+    def _fetch(self, start: int, stop: int) -> bytes:
+        """Bytes ``start`` to ``stop`` inclusive."""
+        if self._whole is not None:
+            return self._whole[start : stop + 1]
+        from mlflow.utils.rest_utils import augmented_raise_for_status, http_request
+
+        response = http_request(self._creds, self._endpoint, "GET", extra_headers={"Range": f"bytes={start}-{stop}"})
+        self.requests += 1
+        augmented_raise_for_status(response)
+        self.fetched += len(response.content)
+        if response.status_code == 206:
+            if self._size is None:
+                self._size = int(response.headers["Content-Range"].rsplit("/", 1)[1])
+            return response.content
+        self._whole = response.content  # ranges ignored: keep the whole file
+        self._size = len(self._whole)
+        return self._whole[start : stop + 1]
+
+    def size(self) -> int:
+        if self._size is None:
+            self._fetch(0, 0)
+        return self._size
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self.size()}[whence]
+        self._position = base + offset
+        return self._position
+
+    def readinto(self, buffer) -> int:
+        count = min(len(buffer), self.size() - self._position)
+        if count <= 0:
+            return 0
+        data = self._fetch(self._position, self._position + count - 1)
+        buffer[: len(data)] = data
+        self._position += len(data)
+        return len(data)
+
+
+@contextlib.contextmanager
+def opened_trace(client, run) -> Iterator[object]:
+    """The compacted trace of a finished run, as something ``pyarrow.parquet.ParquetFile`` opens, fetched lazily.
+
+    A local artifact store is read in place; the MLflow artifact server is read with HTTP ranges, so only the
+    column chunks a reader asks for cross the network; any other store is downloaded first.
+
+    Raises:
+        FluxError: the run has no traces, or only the segments of a trace that was never closed.
+    """
+    import pyarrow as pa
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+    from mlflow.store.artifact.http_artifact_repo import HttpArtifactRepository
+    from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
+    from mlflow.utils.credentials import get_default_host_creds
+
+    run_id = run.info.run_id
+    listed = {f.path for f in client.list_artifacts(run_id, TRACE_ARTIFACT_DIR)}
+    path = f"{TRACE_ARTIFACT_DIR}/{TRACE_FILE}"
+    if path not in listed:
+        if f"{TRACE_ARTIFACT_DIR}/{PARTS_DIR}" in listed:
+            raise FluxError("partial trace: the run never closed its trace (killed?)")
+        raise FluxError("no traces")
+    repo = get_artifact_repository(run.info.artifact_uri)
+    if isinstance(repo, LocalArtifactRepository):
+        yield os.path.join(repo.artifact_dir, path)
+    elif isinstance(repo, HttpArtifactRepository):
+        ranged = _RangedHttpFile(get_default_host_creds(repo.artifact_uri), "/" + path)
+        yield pa.PythonFile(ranged, mode="r")
+    else:
+        with tempfile.TemporaryDirectory(prefix="mlflow-flux-") as tmp:
+            yield client.download_artifacts(run_id, path, tmp)
 
 
 def _trace_paths_of_run(client, run_id: str, dst: str) -> list[Path]:

@@ -42,6 +42,7 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
+ROW_GROUP_ROWS = 1 << 20  # ~1M rows: ~600 epochs of the paper's model per row group
 
 def write_trace_table(table: pa.Table, path: str | Path, compression: str = "zstd") -> None:
     """Write trace rows the way the sink does (zstd, byte-stream-split floats)."""
@@ -234,8 +235,16 @@ class TraceSink:
             return None
         self.trace_path = self.local_dir / TRACE_FILE
         with pq.ParquetWriter(self.trace_path, TRACE_SCHEMA, compression=self.compression, **_PARQUET_OPTIONS) as writer:
-            for part in parts:  # one segment in memory at a time
-                writer.write_table(pq.read_table(part, schema=TRACE_SCHEMA))
+            # Segments are merged into row groups of about ROW_GROUP_ROWS rows: few row groups mean few requests
+            # for a reader over HTTP, while memory stays bounded by one row group whatever the number of epochs.
+            pending: list[pa.Table] = []
+            for part in parts:
+                pending.append(pq.read_table(part, schema=TRACE_SCHEMA))
+                if sum(t.num_rows for t in pending) >= ROW_GROUP_ROWS:
+                    writer.write_table(pa.concat_tables(pending), row_group_size=ROW_GROUP_ROWS * 2)
+                    pending = []
+            if pending:
+                writer.write_table(pa.concat_tables(pending), row_group_size=ROW_GROUP_ROWS * 2)
         if upload:
             self.client.log_artifact(self.run_id, str(self.trace_path), TRACE_ARTIFACT_DIR)
             self._delete_uploaded_parts()

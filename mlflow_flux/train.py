@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from dataclasses import dataclass
 
 import mlflow
 import numpy as np
 import torch
 from mlflow.entities import Param, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from . import plots, tracking
@@ -48,7 +50,16 @@ def _optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optim
 
 def _log_dataset(images: np.ndarray, labels: np.ndarray, spec: ShapeSpec) -> None:
     dataset = mlflow.data.from_numpy(images, targets=labels, name=spec.name)
-    mlflow.log_input(dataset, context="training")
+    for attempt in range(3):
+        try:
+            mlflow.log_input(dataset, context="training")
+            break
+        except MlflowException:
+            # Sibling variants log the same dataset at the same moment; the store's check-then-insert can
+            # then fail on its unique key (seen with `mlflow server` on sqlite). The row exists on the retry.
+            if attempt == 2:
+                raise
+            time.sleep(0.5 * (attempt + 1))
     picks = [np.flatnonzero(labels == c)[:4] for c in range(len(SHAPES))]
     rows = [(f"sample {r + 1}", [images[p[r]] for p in picks if len(p) > r]) for r in range(4)]
     mlflow.log_figure(plots.image_rows_figure(rows, labels=list(range(len(SHAPES)))), "figures/dataset_preview.png")

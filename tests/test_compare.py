@@ -182,3 +182,28 @@ def test_unreachable_server_fails_fast_naming_the_uri():
     assert f"cannot reach the tracking server at {uri}" in result.stderr
     assert "Traceback" not in result.stderr
     assert elapsed < 30, elapsed  # the CLI's own start-up included; MLflow alone retries for minutes
+
+
+def test_the_report_fetches_only_the_column_chunks_it_needs(sweep):
+    import pyarrow.parquet as pq
+    import torch
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+    from mlflow.utils.credentials import get_default_host_creds
+
+    from mlflow_flux.comparison import SUMMARY_COLUMNS
+    from mlflow_flux.traces import _RangedHttpFile
+
+    # a trace of a few MB: pyarrow reads the last 64 KiB for the footer, so a tiny file would come whole
+    model = torch.nn.Sequential(torch.nn.Linear(8, 2048), torch.nn.ReLU(), torch.nn.Linear(2048, 8))
+    with mlflow.start_run(experiment_id=sweep["client"].get_run(sweep["sweep_id"]).info.experiment_id) as run:
+        with mlflow_flux.watch(model, log_figures=False) as flux:
+            for epoch in range(40):
+                model(torch.randn(16, 8)).sum().backward()
+                flux.end_epoch(epoch)
+    repo = get_artifact_repository(run.info.artifact_uri)
+    ranged = _RangedHttpFile(get_default_host_creds(repo.artifact_uri), "/traces/traces.parquet")
+    table = pq.ParquetFile(ranged, pre_buffer=True).read(columns=["epoch", "layer", "neuron", *SUMMARY_COLUMNS])
+    whole = mlflow_flux.load_traces(run.info.run_id, columns=SUMMARY_COLUMNS)
+    assert table.to_pandas().equals(whole)
+    assert ranged.fetched < 0.7 * ranged.size(), (ranged.fetched, ranged.size())
+    assert ranged.requests <= 4
