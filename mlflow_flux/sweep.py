@@ -235,13 +235,16 @@ def run_sweep(config: SweepConfig) -> SweepResult:
         else:
             status = RunStatus.FINISHED
         client.log_metric(sweep_id, "sweep/failed_variants", len(failed))
-    except KeyboardInterrupt:
-        status = RunStatus.KILLED
+    except BaseException as exc:
+        # Ctrl-C, or a child that could not be launched: no variant may stay RUNNING forever.
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        status = RunStatus.KILLED if interrupted else RunStatus.FAILED
         for variant, submitted in running:
             submitted.cancel()
-            client.set_terminated(variant.run_id, "KILLED")
-        for variant in pending:
-            client.set_terminated(variant.run_id, "KILLED")
+        for variant in [v for v, _ in running] + pending:
+            if not interrupted:
+                client.set_tag(variant.run_id, tracking.FAILURE_TAG, f"the sweep stopped: {type(exc).__name__}: {exc}")
+            client.set_terminated(variant.run_id, RunStatus.to_string(status))
         raise
     finally:
         mlflow.end_run(RunStatus.to_string(status))

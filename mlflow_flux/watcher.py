@@ -96,6 +96,14 @@ class FluxWatcher:
                 "(mlflow.start_run(nested=True)) for a second watch"
             )
         self.recorder.attach()
+        try:
+            self._open_sinks()
+        except BaseException:
+            self.recorder.detach()  # a watcher that failed to start leaves no hook on the user's model
+            raise
+        return self
+
+    def _open_sinks(self) -> None:
         if self.trace_dir is None:
             self.trace_dir = Path(tempfile.gettempdir()) / "mlflow-flux" / self.run_id
         self.sink = TraceSink(self.client, self.run_id, self.trace_dir, flush_every=self.flush_every).start()
@@ -113,7 +121,6 @@ class FluxWatcher:
             ],
             tags=[RunTag(TRACE_DIR_TAG, str(self.trace_dir))],
         )
-        return self
 
     def __enter__(self) -> "FluxWatcher":
         return self.start()
