@@ -89,8 +89,8 @@ def _settings(comparison: Comparison) -> pd.DataFrame:
 
 
 def _groups_for_display(groups: pd.DataFrame) -> pd.DataFrame:
-    shown = groups[[c for c in groups.columns if "ci_" not in c]].copy()
-    return shown
+    """The per-lr table without its interval bounds, which the claims quote."""
+    return groups[[c for c in groups.columns if "ci_" not in c]]
 
 
 def _md_table(frame: pd.DataFrame, index: bool = False, header: bool = True) -> str:

@@ -184,12 +184,12 @@ def opened_trace(client, run) -> Iterator[object]:
     from mlflow.utils.credentials import get_default_host_creds
 
     run_id = run.info.run_id
-    listed = {f.path for f in client.list_artifacts(run_id, TRACE_ARTIFACT_DIR)}
     path = f"{TRACE_ARTIFACT_DIR}/{TRACE_FILE}"
-    if path not in listed:
-        if f"{TRACE_ARTIFACT_DIR}/{PARTS_DIR}" in listed:
-            raise FluxError("partial trace: the run never closed its trace (killed?)")
+    stored = _stored_trace(client, run_id)
+    if stored is None:
         raise FluxError("no traces")
+    if stored != path:
+        raise FluxError("partial trace: the run never closed its trace (killed?)")
     repo = get_artifact_repository(run.info.artifact_uri)
     if isinstance(repo, LocalArtifactRepository):
         yield os.path.join(repo.artifact_dir, path)
@@ -201,15 +201,20 @@ def opened_trace(client, run) -> Iterator[object]:
             yield client.download_artifacts(run_id, path, tmp)
 
 
+def _stored_trace(client, run_id: str) -> str | None:
+    """What the run holds under ``traces/``: the compacted file's path, the segments' folder, or None."""
+    listed = {f.path for f in client.list_artifacts(run_id, TRACE_ARTIFACT_DIR)}
+    for candidate in (f"{TRACE_ARTIFACT_DIR}/{TRACE_FILE}", f"{TRACE_ARTIFACT_DIR}/{PARTS_DIR}"):
+        if candidate in listed:
+            return candidate
+    return None
+
+
 def _trace_paths_of_run(client, run_id: str, dst: str) -> list[Path]:
-    top = {f.path for f in client.list_artifacts(run_id, TRACE_ARTIFACT_DIR)}
-    complete = f"{TRACE_ARTIFACT_DIR}/{TRACE_FILE}"
-    if complete in top:
-        return [Path(client.download_artifacts(run_id, complete, dst))]
-    parts_dir = f"{TRACE_ARTIFACT_DIR}/{PARTS_DIR}"
-    if parts_dir in top:
-        local = Path(client.download_artifacts(run_id, parts_dir, dst))
-        parts = sorted(local.glob("*.parquet"))
+    stored = _stored_trace(client, run_id)
+    if stored is not None:
+        local = Path(client.download_artifacts(run_id, stored, dst))
+        parts = [local] if local.is_file() else sorted(local.glob("*.parquet"))
         if parts:
             return parts
     raise FluxError(
