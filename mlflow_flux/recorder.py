@@ -107,7 +107,11 @@ class _LayerState:
         self.sums = torch.zeros(4, self.size, device=weight.device, dtype=torch.float32)
         # Row views made once: slicing in the hook would cost an op per call.
         self._act_sum, self._act_sumsq, self._act_pos = self.sums[0:1], self.sums[1:2], self.sums[2:3]
-        self._grad_sumsq = self.sums[3]
+        self._grad_sumsq = self.sums[3:4]
+        # Gradient row norms land in one row per backward pass and are reduced every STASH_STEPS passes.
+        self._norm_rows = torch.empty(self.STASH_STEPS, self.size, device=weight.device, dtype=torch.float32)
+        self._norm_slots = list(self._norm_rows)
+        self._norms_filled = 0
         self._stash: torch.Tensor | None = None
         self._slots: list[torch.Tensor] = []  # views of the stash, one per step
         self._filled = 0
@@ -120,6 +124,7 @@ class _LayerState:
         self.sums.zero_()
         self.act_count = 0
         self.grad_passes = 0
+        self._norms_filled = 0
 
     def _reduce(self, rows: torch.Tensor) -> None:
         """Add a ``(samples, neurons)`` block into the sums."""
@@ -178,9 +183,20 @@ class _LayerState:
         if grad.requires_grad:  # only under backward(create_graph=True); the sums must not join that graph
             grad = grad.detach()
         rows = grad if grad.dim() == 2 else grad.reshape(self.size, -1)
-        norms = torch.linalg.vector_norm(rows, dim=1)
-        self._grad_sumsq.addcmul_(norms, norms)
+        if rows.dtype != torch.float32:
+            rows = rows.float()
+        torch.linalg.vector_norm(rows, dim=1, out=self._norm_slots[self._norms_filled])
+        self._norms_filled += 1
         self.grad_passes += 1
+        if self._norms_filled == self.STASH_STEPS:
+            self.drain_norms()
+
+    def drain_norms(self) -> None:
+        """Add the stashed gradient norms, squared, into the sums."""
+        if self._norms_filled:
+            block = self._norm_rows[: self._norms_filled]
+            self._grad_sumsq.add_(torch.linalg.vecdot(block, block, dim=0))
+            self._norms_filled = 0
 
     def stats(self, module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         """``(N, len(STAT_COLUMNS))`` float32 statistics, and a 0-d count of defined values that are not finite."""
@@ -204,6 +220,7 @@ class _LayerState:
         has_bias = isinstance(bias, torch.Tensor)
         bias = bias.detach().float() if has_bias else nan
         self.drain()
+        self.drain_norms()
         has_act, has_grad = self.act_count > 0, self.grad_passes > 0
         sums = self.sums.double()
         if has_act:
