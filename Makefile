@@ -29,6 +29,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/recorder.py
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/sweep.py
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/report.py
 
 clean:
 	rm -rf $(VENV) mlflow.db mlruns mlartifacts
