@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import collections
-import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -29,10 +28,8 @@ from .traces import read_trace_files, snapshot_to_batch
 
 __all__ = ["FluxWatcher", "watch", "TRACE_DIR_TAG"]
 
-_log = logging.getLogger(__name__)
-
 TRACE_DIR_TAG = "mlflow_flux.trace_dir"
-_WINDOW_COLUMNS = ("w_std", "bias", "act_rate")
+_WINDOW_COLUMNS = ("w_std", "bias", "act_rate", "w_step")  # what the summaries read
 
 
 class FluxWatcher:
@@ -175,21 +172,19 @@ class FluxWatcher:
         """
         for name, recent in self._recent.items():
             rows = snapshot.layer_slice(name)
-            recent.append({c: snapshot.column(c)[rows] for c in (*_WINDOW_COLUMNS, "w_step")})
+            recent.append({c: snapshot.column(c)[rows] for c in _WINDOW_COLUMNS})
         self._snapshots += 1
         out = {"flux/nonfinite": float(snapshot.nonfinite)} if snapshot.nonfinite else {}
         if (self._snapshots - self.window) % self.summary_every != 0 or self._snapshots < self.window:
             return out
+        # The same shaping as the offline recomputation: one stack of the last `window` snapshots per layer.
         layers = {
-            name: {
-                **{c: np.stack([s[c] for s in recent])[None] for c in _WINDOW_COLUMNS},
-                "w_step": recent[-1]["w_step"][None],
-            }
+            name: {c: np.stack([s[c] for s in recent]) for c in _WINDOW_COLUMNS}
             for name, recent in self._recent.items()
         }
+        row = fluctuation.summaries_from_arrays(np.arange(self.window), layers, self.window, self.tau).iloc[0]
         out["flux/nonfinite"] = float(snapshot.nonfinite)
-        for key, values in fluctuation.summarize(layers, self.tau).items():
-            out[f"flux/{key}"] = float(values[0])
+        out.update((f"flux/{key}", float(value)) for key, value in row.items())
         return out
 
     # -- closing -----------------------------------------------------------------------------------------------
