@@ -10,7 +10,7 @@ from __future__ import annotations
 import fnmatch
 import weakref
 from dataclasses import dataclass
-from typing import Iterable, Sequence, Union
+from typing import Sequence, Union
 
 import numpy as np
 import torch

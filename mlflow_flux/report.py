@@ -16,7 +16,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from . import fluctuation, plots, tracking
-from .comparison import TAU_GRID, Claim, Comparison, claims, group_table, run_table
+from .comparison import Claim, Comparison, claims, group_table, run_table
 from .plugin import creating_runs
 
 __all__ = ["Report", "build", "REPORT_DIR"]

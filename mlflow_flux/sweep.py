@@ -239,7 +239,7 @@ def run_sweep(config: SweepConfig) -> SweepResult:
         # Ctrl-C, or a child that could not be launched: no variant may stay RUNNING forever.
         interrupted = isinstance(exc, KeyboardInterrupt)
         status = RunStatus.KILLED if interrupted else RunStatus.FAILED
-        for variant, submitted in running:
+        for _, submitted in running:
             submitted.cancel()
         for variant in [v for v, _ in running] + pending:
             if not interrupted:

@@ -16,7 +16,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 
 from .errors import FluxError
 from .recorder import STAT_COLUMNS, Snapshot
@@ -222,12 +221,6 @@ def _trace_paths_of_run(client, run_id: str, dst: str) -> list[Path]:
     )
 
 
-def mlflow_tracking_uri() -> str:
-    import mlflow
-
-    return mlflow.get_tracking_uri()
-
-
 def load_traces(
     run_id: str,
     *,
@@ -256,13 +249,14 @@ def load_traces(
     """
     from mlflow.tracking import MlflowClient
 
+    import mlflow
     from mlflow.exceptions import MlflowException
 
     client = MlflowClient(tracking_uri)
     try:
         client.get_run(run_id)
     except MlflowException:
-        raise FluxError(f"no run with id {run_id!r} at {tracking_uri or mlflow_tracking_uri()}") from None
+        raise FluxError(f"no run with id {run_id!r} at {tracking_uri or mlflow.get_tracking_uri()}") from None
     with tempfile.TemporaryDirectory(prefix="mlflow-flux-") as tmp:
         paths = _trace_paths_of_run(client, run_id, tmp)
         table = read_trace_files(paths, layers=layers, columns=columns, epochs=epochs)

@@ -1,8 +1,6 @@
 """The sweep as users run it: `mlflow run .` and `mlflow-flux sweep`, against temporary sqlite stores."""
 
 import mlflow
-import pytest
-from mlflow.tracking import MlflowClient
 
 from .conftest import run_cli, run_mlflow_project, runs_of
 

@@ -1,5 +1,4 @@
 import mlflow
-import numpy as np
 from mlflow.tracking import MlflowClient
 
 import mlflow_flux
