@@ -173,12 +173,11 @@ def _load_run(client: MlflowClient, run, window: int | None, tau: float | None) 
     summaries = fluctuation.summaries_from_arrays(epochs, layers, window, tau)
     if summaries.empty:
         raise FluxError(f"fewer snapshots than one window ({window})")
-    last = {name: {c: a[-window:] for c, a in arrays.items()} for name, arrays in layers.items()}
-    tau_curve = pd.Series(
-        {t: float(fluctuation.summaries_from_arrays(epochs[-window:], last, window, t)["all/participating_frac"].iloc[0])
-         for t in TAU_GRID},
-        name=run_id,
-    )
+    # The final window shaped once, then summarised per tau (summaries_from_arrays would rebuild it 16 times).
+    last = {name: {c: a[-window:][None] for c, a in arrays.items() if c != "w_step"} | {"w_step": arrays["w_step"][-1:]}
+            for name, arrays in layers.items()}
+    tau_curve = pd.Series({t: float(fluctuation.summarize(last, t)["all/participating_frac"][0]) for t in TAU_GRID},
+                          name=run_id)
     seconds["compute"] = time.perf_counter() - clock
     history = client.get_metric_history(run_id, "loss/train")
     loss = pd.Series({m.step: m.value for m in history}, dtype=float).sort_index()
