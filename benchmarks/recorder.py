@@ -3,9 +3,10 @@
     .venv/bin/python benchmarks/recorder.py            # about 3 minutes on 2 cores
     .venv/bin/python benchmarks/recorder.py --pairs 5  # quicker, noisier
 
-Time is measured as ratios within one process: two identical models train alternately, one plain and one under
-mlflow_flux.watch (hooks, snapshot, summaries, trace sink and metric logger all live, into a temporary sqlite
-store); the figure is the median over pairs of watched/plain epoch time, so machine noise cancels.
+Time is measured as ratios within one process: two identical models train in turn, step by step, one plain and
+one under mlflow_flux.watch (hooks, snapshot, summaries, trace sink and metric logger all live, into a temporary
+sqlite store); the figure is the median over epochs of watched/plain epoch time, so machine noise cancels. The same
+loop with two plain models (A/A) prints the noise floor first.
 Targets (issue 3): paper-scale <= 1.05x, wide model <= 1.15x, <= 40 trace bytes per neuron-epoch, and peak
 memory that does not grow with epochs.
 """
@@ -13,6 +14,7 @@ memory that does not grow with epochs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import os
 import resource
@@ -60,46 +62,66 @@ def small_cnn():
 
 
 def one_epoch(model, optimizer, x, y, batch_size=64):
-    loss_fn = nn.functional.cross_entropy if y.dtype == torch.int64 else nn.functional.mse_loss
     total = torch.zeros(())
-    for start in range(0, len(x), batch_size):
-        xb, yb = x[start : start + batch_size], y[start : start + batch_size]
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(xb), yb)
-        loss.backward()
-        optimizer.step()
-        total += loss.detach()
+    for xb, yb in batches(x, y, batch_size):
+        total += train_step(model, optimizer, xb, yb)
     return float(total)
 
 
-def overhead(name: str, build, pairs: int) -> float:
+def batches(x, y, batch_size=64):
+    return [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+
+
+def train_step(model, optimizer, xb, yb):
+    loss_fn = nn.functional.cross_entropy if yb.dtype == torch.int64 else nn.functional.mse_loss
+    optimizer.zero_grad(set_to_none=True)
+    loss = loss_fn(model(xb), yb)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+def overhead(name: str, build, pairs: int, watched: bool = True) -> float:
+    """Median over epochs of watched/plain epoch time; ``watched=False`` times plain against plain (the noise floor).
+
+    The two models step in turn, step by step, and each epoch of the watched one ends with ``end_epoch``: on this
+    machine speed drifts by several percent within a second, and alternating per step puts both models under the
+    same drift, which alternating whole epochs did not (A/A quartiles about twice as wide).
+    """
     plain_model, x, y = build()
-    watched_model = copy.deepcopy(plain_model)
+    other_model = copy.deepcopy(plain_model)
     plain_opt = torch.optim.Adam(plain_model.parameters(), lr=1e-3)
-    watched_opt = torch.optim.Adam(watched_model.parameters(), lr=1e-3)
-    ratios, cpu_ratios, plain_times = [], [], []
-    with mlflow.start_run(run_name=f"bench-{name}"):
-        with mlflow_flux.watch(watched_model, log_figures=False) as flux:
+    other_opt = torch.optim.Adam(other_model.parameters(), lr=1e-3)
+    data = batches(x, y)
+    ratios, plain_times = [], []
+    label = name if watched else f"{name} A/A"
+    with mlflow.start_run(run_name=f"bench-{label}"):
+        flux = mlflow_flux.watch(other_model, log_figures=False) if watched else contextlib.nullcontext()
+        with flux:
             for epoch in range(pairs + 2):
-                # Alternate which model goes first, so a drift in machine speed favours neither.
-                order = ("plain", "watched") if epoch % 2 == 0 else ("watched", "plain")
-                wall, cpu = {}, {}
-                for which in order:
-                    w0, c0 = time.perf_counter(), time.process_time()
-                    if which == "plain":
-                        one_epoch(plain_model, plain_opt, x, y)
-                    else:
-                        flux.end_epoch(epoch, {"loss/train": one_epoch(watched_model, watched_opt, x, y)})
-                    wall[which], cpu[which] = time.perf_counter() - w0, time.process_time() - c0
+                times = {"plain": 0.0, "other": 0.0}
+                total = torch.zeros(())
+                for step, (xb, yb) in enumerate(data):
+                    # Alternate which model goes first, so neither always runs on caches the other just warmed.
+                    for which in ("plain", "other") if (epoch + step) % 2 == 0 else ("other", "plain"):
+                        start = time.perf_counter()
+                        if which == "plain":
+                            train_step(plain_model, plain_opt, xb, yb)
+                        else:
+                            total += train_step(other_model, other_opt, xb, yb)
+                        times[which] += time.perf_counter() - start
+                start = time.perf_counter()
+                if watched:
+                    flux.end_epoch(epoch, {"loss/train": float(total)})
+                times["other"] += time.perf_counter() - start
                 if epoch >= 2:  # the first epochs warm caches and allocators
-                    ratios.append(wall["watched"] / wall["plain"])
-                    cpu_ratios.append(cpu["watched"] / cpu["plain"])
-                    plain_times.append(wall["plain"])
+                    ratios.append(times["other"] / times["plain"])
+                    plain_times.append(times["plain"])
     median = statistics.median(ratios)
     q1, _, q3 = statistics.quantiles(ratios, n=4)
-    print(f"{name:12s} watched/plain epoch time: median {median:.3f}x over {len(ratios)} pairs "
-          f"(quartiles {q1:.3f}-{q3:.3f}; CPU time {statistics.median(cpu_ratios):.3f}x), "
-          f"plain epoch {statistics.median(plain_times) * 1000:.0f} ms")
+    what = "watched/plain" if watched else "plain/plain  "
+    print(f"{label:16s} {what} epoch time: median {median:.3f}x over {len(ratios)} pairs "
+          f"(quartiles {q1:.3f}-{q3:.3f}), plain epoch {statistics.median(plain_times) * 1000:.0f} ms")
     return median
 
 
@@ -148,7 +170,11 @@ def main() -> None:
         if args.memory_child:
             peak_memory_child(args.memory_child)
             return
-        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores")
+        from mlflow_flux import kernels
+
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, "
+              f"recorder path: {'C extension' if kernels.fastpath() else 'torch ops'}")
+        noise = overhead("paper-scale", paper_scale, args.pairs, watched=False)
         paper = overhead("paper-scale", paper_scale, args.pairs)
         wide = overhead("wide MLP", wide_mlp, max(5, args.pairs // 2))
         cnn = overhead("small CNN", small_cnn, max(5, args.pairs // 2))
@@ -157,8 +183,9 @@ def main() -> None:
         print(f"peak RSS: {short / 2**20:.0f} MiB at 50 epochs, {long / 2**20:.0f} MiB at 500 epochs "
               f"(ratio {long / short:.3f})")
         print()
-        print(f"summary: paper-scale {paper:.3f}x (target <= 1.05), wide MLP {wide:.3f}x and small CNN {cnn:.3f}x "
-              f"(target <= 1.15), {per:.1f} B/neuron-epoch (target <= 40), memory 500/50 epochs {long / short:.3f}")
+        print(f"summary: paper-scale {paper:.3f}x (target <= 1.05; plain vs plain {noise:.3f}x), wide MLP {wide:.3f}x "
+              f"and small CNN {cnn:.3f}x (target <= 1.15), {per:.1f} B/neuron-epoch (target <= 40), "
+              f"memory 500/50 epochs {long / short:.3f}")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import kernels
 from .errors import FluxError
 
 __all__ = ["DEFAULT_LAYER_TYPES", "STAT_COLUMNS", "Snapshot", "NeuronRecorder", "select_layers"]
@@ -88,15 +89,16 @@ class Snapshot:
 class _LayerState:
     """Per-neuron sums and counts of one layer since the last snapshot; sums merge by adding.
 
-    A Linear layer's outputs are copied into a stash and reduced every few steps: on thin layers the cost of a
-    reduction is the op dispatch, not the arithmetic, so one copy per step and three reductions per stash
-    (instead of six ops per step) keeps the hook cheap.
+    Two ways in. On CPU float32 tensors, with the compiled extension (see :mod:`.kernels`), each hook is one fused
+    C call over the output or gradient while it is still in cache, into float64 sums. Otherwise torch ops: a
+    Linear layer's outputs are copied into a stash and reduced every few steps, because on thin layers a
+    reduction's cost is the op dispatch, not the arithmetic.
     """
 
     STASH_STEPS = 8
     STASH_ELEMENTS = 1 << 21  # 8 MiB of float32 per layer at most
 
-    def __init__(self, name: str, module: nn.Module) -> None:
+    def __init__(self, name: str, module: nn.Module, fastpath=None) -> None:
         weight = module.weight
         self.name = name
         self.module_ref = weakref.ref(module)
@@ -108,6 +110,11 @@ class _LayerState:
         # Row views made once: slicing in the hook would cost an op per call.
         self._act_sum, self._act_sumsq, self._act_pos = self.sums[0:1], self.sums[1:2], self.sums[2:3]
         self._grad_sumsq = self.sums[3:4]
+        # The fast path's sums, same rows, in float64; stats() adds both kinds together.
+        self.fast = fastpath if weight.device.type == "cpu" else None
+        self.fast_sums = torch.zeros(4, self.size, dtype=torch.float64)
+        self._fast_act_address = self.fast_sums.data_ptr()
+        self._fast_grad_address = self._fast_act_address + 3 * self.size * self.fast_sums.element_size()
         # Gradient row norms land in one row per backward pass and are reduced every STASH_STEPS passes.
         self._norm_rows = torch.empty(self.STASH_STEPS, self.size, device=weight.device, dtype=torch.float32)
         self._norm_slots = list(self._norm_rows)
@@ -122,6 +129,7 @@ class _LayerState:
 
     def reset(self) -> None:
         self.sums.zero_()
+        self.fast_sums.zero_()
         self.act_count = 0
         self.grad_passes = 0
         self._norms_filled = 0
@@ -133,7 +141,7 @@ class _LayerState:
             self._ones = torch.ones(1, count, device=rows.device, dtype=rows.dtype)
         self._act_sum.addmm_(self._ones, rows)
         self._act_sumsq.addmm_(self._ones, rows * rows)
-        # relu().sign() counts positives (NaN stays NaN) at a third of the cost of `rows > 0` on CPU.
+        # relu().sign() counts positives (NaN counts as 0) at a third of the cost of `rows > 0` on CPU.
         self._act_pos.addmm_(self._ones, torch.relu(rows).sign_())
         self.act_count += count
 
@@ -147,6 +155,19 @@ class _LayerState:
         # Only training steps count: evaluation passes would mix another distribution into the epoch's activity.
         if not (module.training and torch.is_grad_enabled()) or not isinstance(output, torch.Tensor):
             return
+        if self.fast is not None and output.dtype is torch.float32 and output.is_contiguous():
+            # Viewed as (outer, neurons, inner): a Linear's outputs are rows of neurons, a conv's channel planes.
+            if self.is_conv and output.dim() >= 3 and output.shape[1] == self.size:
+                outer = output.shape[0]
+                inner = output.numel() // (outer * self.size) if outer else 1
+            elif not self.is_conv and output.dim() and output.shape[-1] == self.size:
+                outer, inner = output.numel() // self.size, 1
+            else:
+                outer = inner = 0
+            if inner:
+                self.fast.accumulate_activations(output.data_ptr(), outer, self.size, inner, self._fast_act_address)
+                self.act_count += outer * inner
+                return
         out = output.detach()
         if self.is_conv:
             # (B, C, *spatial): a channel's every position is one sample of that neuron. Conv outputs are big
@@ -180,6 +201,12 @@ class _LayerState:
         self._slots = list(self._stash.split(rows.shape[0]))
 
     def on_grad(self, grad: torch.Tensor) -> None:
+        if (self.fast is not None and grad.dtype is torch.float32 and grad.layout is torch.strided
+                and grad.is_contiguous()):
+            self.fast.accumulate_row_sumsq(grad.data_ptr(), self.size, grad.numel() // self.size,
+                                           self._fast_grad_address)
+            self.grad_passes += 1
+            return
         if grad.requires_grad:  # only under backward(create_graph=True); the sums must not join that graph
             grad = grad.detach()
         rows = grad if grad.dim() == 2 else grad.reshape(self.size, -1)
@@ -198,46 +225,71 @@ class _LayerState:
             self._grad_sumsq.add_(torch.linalg.vecdot(block, block, dim=0))
             self._norms_filled = 0
 
-    def stats(self, module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(N, len(STAT_COLUMNS))`` float32 statistics, and a 0-d count of defined values that are not finite."""
-        weight = module.weight.detach().reshape(self.size, -1).float()
+    def stats(self, module: nn.Module) -> tuple[torch.Tensor | np.ndarray, np.ndarray]:
+        """``(N, len(STAT_COLUMNS))`` float32 statistics and which columns are defined.
+
+        The statistics are a numpy array on the fast path, else a tensor on the layer's device. NaN stands for
+        "not defined" too (no bias, no previous snapshot, no step): the mask tells those from non-finite values.
+        """
+        self.drain()
+        self.drain_norms()
+        weight = module.weight.detach()
+        bias = getattr(module, "bias", None)
+        bias = bias.detach() if isinstance(bias, torch.Tensor) else None
+        has_act, has_grad = self.act_count > 0, self.grad_passes > 0
+        defined = {"w_step": self.previous_weight is not None, "bias": bias is not None, "act_mean": has_act,
+                   "act_std": has_act, "act_rate": has_act, "grad_norm": has_grad}
+        mask = np.array([defined.get(c, True) for c in STAT_COLUMNS])
+        if (self.fast is not None and weight.dtype is torch.float32 and weight.is_contiguous()
+                and (self.previous_weight is None or self.previous_weight.is_contiguous())):
+            values = self._weight_values_fast(weight, bias)
+            with np.errstate(all="ignore"):  # a diverging run's inf and NaN are recorded and counted, not warned
+                values.update(self._activity_values(self.fast_sums.numpy() + self.sums.numpy(), np.nan))
+            stacked = np.empty((self.size, len(STAT_COLUMNS)), dtype=np.float32)
+            for index, column in enumerate(STAT_COLUMNS):
+                stacked[:, index] = values[column]
+            return stacked, mask
         nan = torch.full((self.size,), float("nan"), device=weight.device)
+        values = self._weight_values(weight.reshape(self.size, -1).float(), bias, nan)
+        values.update(self._activity_values(self.sums.double() + self.fast_sums.to(self.sums.device), nan))
+        return torch.stack([values[c].float() for c in STAT_COLUMNS], dim=1), mask
+
+    def _weight_values(self, weight: torch.Tensor, bias: torch.Tensor | None, nan: torch.Tensor) -> dict:
         # Two passes written out (torch.std_mean is ~10x slower on CPU); the norm follows from the same sums.
         fan_in = weight.shape[1]
         w_mean = weight.sum(dim=1) / fan_in
         centred = weight - w_mean[:, None]
         w_var = torch.linalg.vecdot(centred, centred) / fan_in
-        w_std = w_var.sqrt()
-        w_norm = (fan_in * (w_var + w_mean * w_mean)).sqrt()
-        has_step = self.previous_weight is not None
         if self.previous_weight is None:
             w_step = nan
             self.previous_weight = weight.clone()
         else:
             w_step = torch.linalg.vector_norm(weight - self.previous_weight, dim=1)
             self.previous_weight.copy_(weight)
-        bias = getattr(module, "bias", None)
-        has_bias = isinstance(bias, torch.Tensor)
-        bias = bias.detach().float() if has_bias else nan
-        self.drain()
-        self.drain_norms()
-        has_act, has_grad = self.act_count > 0, self.grad_passes > 0
-        sums = self.sums.double()
-        if has_act:
+        return {"w_mean": w_mean, "w_std": w_var.sqrt(), "w_norm": (fan_in * (w_var + w_mean * w_mean)).sqrt(),
+                "w_step": w_step, "bias": bias.float() if bias is not None else nan}
+
+    def _weight_values_fast(self, weight: torch.Tensor, bias: torch.Tensor | None) -> dict:
+        has_previous = self.previous_weight is not None
+        if not has_previous:
+            self.previous_weight = torch.empty(self.size, weight.numel() // self.size, dtype=torch.float32)
+        out = np.empty((4, self.size), dtype=np.float64)
+        self.fast.weight_statistics(weight.data_ptr(), self.previous_weight.data_ptr(), self.size,
+                                    weight.numel() // self.size, has_previous, out.ctypes.data)
+        return {"w_mean": out[0], "w_std": out[1], "w_norm": out[2], "w_step": out[3],
+                "bias": bias.float().numpy() if bias is not None else np.nan}
+
+    def _activity_values(self, sums, nan) -> dict:
+        """Activation and gradient statistics from the summed rows: numpy arrays and tensors alike."""
+        values = {"act_mean": nan, "act_std": nan, "act_rate": nan, "grad_norm": nan}
+        if self.act_count:
             act_mean = sums[0] / self.act_count
-            act_std = (sums[1] / self.act_count - act_mean * act_mean).clamp_min(0).sqrt()
-            act_rate = sums[2] / self.act_count
-        else:
-            act_mean = act_std = act_rate = nan
-        grad_norm = (sums[3] / self.grad_passes).sqrt() if has_grad else nan
-        values = {"w_mean": w_mean, "w_std": w_std, "w_norm": w_norm, "w_step": w_step, "bias": bias,
-                  "act_mean": act_mean, "act_std": act_std, "act_rate": act_rate, "grad_norm": grad_norm}
-        # NaN stands for "not defined" too (no bias, first step): only defined values count as non-finite.
-        defined = {"w_step": has_step, "bias": has_bias, "act_mean": has_act, "act_std": has_act,
-                   "act_rate": has_act, "grad_norm": has_grad}
-        stacked = torch.stack([values[c].float() for c in STAT_COLUMNS], dim=1)
-        mask = torch.tensor([defined.get(c, True) for c in STAT_COLUMNS], device=stacked.device)
-        return stacked, (~torch.isfinite(stacked) & mask).sum()
+            values["act_mean"] = act_mean
+            values["act_std"] = (sums[1] / self.act_count - act_mean * act_mean).clip(min=0) ** 0.5
+            values["act_rate"] = sums[2] / self.act_count
+        if self.grad_passes:
+            values["grad_norm"] = (sums[3] / self.grad_passes) ** 0.5
+        return values
 
 
 class NeuronRecorder:
@@ -264,6 +316,11 @@ class NeuronRecorder:
         return [state.name for state in self._states]
 
     @property
+    def path(self) -> str:
+        """``"c"`` when the compiled fast path serves the layers (CPU), else ``"torch"``."""
+        return "c" if any(state.fast is not None for state in self._states) else "torch"
+
+    @property
     def attached(self) -> bool:
         return bool(self._handles)
 
@@ -272,8 +329,9 @@ class NeuronRecorder:
         if self.attached:
             return self
         self._states = []
+        fastpath = kernels.fastpath()
         for name, module in select_layers(self.model, self.layer_specs):
-            state = _LayerState(name, module)
+            state = _LayerState(name, module, fastpath)
             self._states.append(state)
             self._handles.append(module.register_forward_hook(state.on_forward))
             if module.weight.requires_grad:
@@ -304,19 +362,24 @@ class NeuronRecorder:
         """Statistics of every watched neuron since the previous snapshot; resets the per-epoch sums."""
         if self._rows is None:
             raise FluxError("the recorder is not attached: use it as a context manager or call attach() first")
-        parts, counts = [], []
+        blocks, masks = [], []
         with torch.no_grad():
             for state in self._states:
                 module = state.module_ref()
                 if module is None:
                     raise FluxError(f"layer {state.name!r} no longer exists")
-                stats, nonfinite = state.stats(module)
-                device = parts[0].device if parts else stats.device  # a model may span devices
-                parts.append(stats.to(device))
-                counts.append(nonfinite.to(device, torch.float32))
+                stats, mask = state.stats(module)
+                blocks.append(stats)
+                masks.append(mask)
                 state.reset()
-            # The snapshot's one device-to-host copy: the count rides along as an extra row.
-            stacked = torch.cat([*parts, torch.stack(counts).sum().expand(1, len(STAT_COLUMNS))])
-            host = stacked.cpu().numpy()
+            on_device = [i for i, block in enumerate(blocks) if isinstance(block, torch.Tensor)]
+            if on_device:
+                # The snapshot's one device-to-host copy for every layer the fast path did not handle.
+                device = blocks[on_device[0]].device  # a model may span devices
+                host = torch.cat([blocks[i].to(device) for i in on_device]).cpu().numpy()
+                for i, part in zip(on_device, np.split(host, np.cumsum([len(blocks[i]) for i in on_device])[:-1])):
+                    blocks[i] = part
+        stats = np.concatenate(blocks)
+        nonfinite = sum(int((~np.isfinite(block[:, mask])).sum()) for block, mask in zip(blocks, masks))
         layer_index, neuron = self._rows
-        return Snapshot(epoch, self.layer_names, layer_index, neuron, host[:-1], int(host[-1, 0]))
+        return Snapshot(epoch, self.layer_names, layer_index, neuron, stats, nonfinite)

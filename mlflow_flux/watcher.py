@@ -115,6 +115,7 @@ class FluxWatcher:
                 Param("flux.summary_every", str(self.summary_every)),
                 Param("flux.flush_every", str(self.flush_every)),
                 Param("flux.layers", ",".join(self.recorder.layer_names)[:6000]),
+                Param("flux.fastpath", self.recorder.path),
             ],
             tags=[RunTag(TRACE_DIR_TAG, str(self.trace_dir))],
         )

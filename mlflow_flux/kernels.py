@@ -1,0 +1,24 @@
+"""The recorder's CPU fast path: fused C reductions from the optional ``_fastpath`` extension.
+
+The extension is built at install time when a C compiler is present; without it, or with
+``MLFLOW_FLUX_FASTPATH=0`` in the environment, the recorder uses plain torch ops and records the same values.
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+
+__all__ = ["fastpath"]
+
+try:
+    from . import _fastpath as _extension
+except ImportError:  # built without a compiler: the torch path stands in
+    _extension = None
+
+
+def fastpath() -> ModuleType | None:
+    """The compiled extension if it is built and not switched off, else ``None`` (read at each ``attach``)."""
+    if os.environ.get("MLFLOW_FLUX_FASTPATH", "1").strip().lower() in ("0", "false", "no", "off"):
+        return None
+    return _extension

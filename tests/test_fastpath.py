@@ -1,0 +1,112 @@
+"""The C fast path against float64 arithmetic done here, and against the torch path on the same training."""
+
+import os
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import mlflow_flux
+from mlflow_flux import kernels
+
+if kernels.fastpath() is None:
+    if os.environ.get("MLFLOW_FLUX_REQUIRE_FASTPATH") == "1":
+        pytest.fail("mlflow_flux._fastpath is not built (make test requires it): reinstall with a C compiler")
+    pytest.skip("the optional C extension is not built", allow_module_level=True)
+
+fast = kernels.fastpath()
+
+
+def _expected_activations(y: np.ndarray) -> np.ndarray:
+    """(3, channels): sum, sum of squares, and how many are above zero."""
+    y = y.astype(np.float64)
+    return np.stack([y.sum(0), (y * y).sum(0), (y > 0).sum(0)])
+
+
+@pytest.mark.parametrize("rows, channels", [(1, 1), (3, 7), (64, 1024), (70, 515), (5000, 9)])
+def test_activation_rows_match_float64(rows, channels):
+    y = torch.randn(rows, channels) * 3
+    y[0, 0] = 0.0  # exactly zero does not fire
+    sums = torch.full((3, channels), 0.5, dtype=torch.float64)  # adds into what is there
+    fast.accumulate_activations(y.data_ptr(), rows, channels, 1, sums.data_ptr())
+    np.testing.assert_allclose(sums.numpy() - 0.5, _expected_activations(y.numpy()), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5, 5), (4, 16, 8, 8), (1, 2, 3), (3, 5, 2, 3, 4)])
+def test_activation_channel_planes_match_float64(shape):
+    y = torch.randn(shape)
+    sums = torch.zeros(3, shape[1], dtype=torch.float64)
+    inner = int(np.prod(shape[2:]))
+    fast.accumulate_activations(y.data_ptr(), shape[0], shape[1], inner, sums.data_ptr())
+    per_channel = y.transpose(0, 1).reshape(shape[1], -1).T.numpy()
+    np.testing.assert_allclose(sums.numpy(), _expected_activations(per_channel), rtol=1e-5, atol=1e-4)
+
+
+def test_nan_and_inf_follow_the_torch_path():
+    y = torch.tensor([[1.0, float("nan"), float("inf"), -float("inf"), -2.0]] * 9)
+    sums = torch.zeros(3, 5, dtype=torch.float64)
+    fast.accumulate_activations(y.data_ptr(), 9, 5, 1, sums.data_ptr())
+    torch_path = torch.stack([y.sum(0), (y * y).sum(0), torch.relu(y).sign_().sum(0)]).double()
+    np.testing.assert_array_equal(sums.numpy(), torch_path.numpy())
+
+
+@pytest.mark.parametrize("rows, cols", [(1, 1), (256, 1024), (33, 17), (7, 8)])
+def test_row_sums_of_squares_match_float64(rows, cols):
+    g = torch.randn(rows, cols)
+    out = torch.ones(rows, dtype=torch.float64)
+    fast.accumulate_row_sumsq(g.data_ptr(), rows, cols, out.data_ptr())
+    np.testing.assert_allclose(out.numpy() - 1, (g.double() ** 2).sum(1).numpy(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("rows, cols", [(1, 1), (64, 256), (5, 13)])
+def test_weight_statistics_match_float64_and_copy_the_weights(rows, cols):
+    w, previous = torch.randn(rows, cols) + 0.3, torch.randn(rows, cols)
+    before = previous.double().clone()
+    out = np.empty((4, rows))
+    fast.weight_statistics(w.data_ptr(), previous.data_ptr(), rows, cols, True, out.ctypes.data)
+    wd = w.double()
+    expected = [wd.mean(1), wd.std(1, unbiased=False), wd.norm(dim=1), (wd - before).norm(dim=1)]
+    np.testing.assert_allclose(out, torch.stack(expected).numpy(), rtol=1e-5, atol=1e-6)
+    assert torch.equal(previous, w)
+    fast.weight_statistics(w.data_ptr(), previous.data_ptr(), rows, cols, False, out.ctypes.data)
+    assert np.isnan(out[3]).all()
+
+
+def _train(store_run_name: str, model_factory, steps_per_epoch: int = 3, epochs: int = 3):
+    torch.manual_seed(0)
+    model = model_factory()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    data = torch.randn(steps_per_epoch * 8, 2, 6, 6)
+    with mlflow.start_run(run_name=store_run_name) as run:
+        with mlflow_flux.watch(model, window=2, log_figures=False) as flux:
+            for epoch in range(epochs):
+                for batch in data.split(8):
+                    optimizer.zero_grad()
+                    model(batch).pow(2).mean().backward()
+                    optimizer.step()
+                flux.end_epoch(epoch)
+    return mlflow_flux.load_traces(run.info.run_id), mlflow.get_run(run.info.run_id).data.params
+
+
+def _cnn():
+    return nn.Sequential(nn.Conv2d(2, 5, 3), nn.ReLU(), nn.Flatten(), nn.Linear(5 * 4 * 4, 7), nn.ReLU(),
+                         nn.Linear(7, 3))
+
+
+def _channels_last_cnn():
+    # A channels-last conv output is not contiguous: that layer takes the torch path, the Linears the fast one.
+    return _cnn().to(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("factory", [_cnn, _channels_last_cnn])
+def test_fast_and_torch_paths_record_the_same_trace(store, monkeypatch, factory):
+    monkeypatch.setenv("MLFLOW_FLUX_FASTPATH", "1")
+    with_c, params_c = _train("fast", factory)
+    monkeypatch.setenv("MLFLOW_FLUX_FASTPATH", "0")
+    with_torch, params_torch = _train("torch", factory)
+    assert params_c["flux.fastpath"] == "c" and params_torch["flux.fastpath"] == "torch"
+    assert with_c[["epoch", "layer", "neuron"]].equals(with_torch[["epoch", "layer", "neuron"]])
+    for column in with_c.columns[3:]:
+        np.testing.assert_allclose(with_c[column], with_torch[column], rtol=2e-5, atol=1e-6, err_msg=column)
