@@ -18,6 +18,12 @@
  * matters: walking a narrow column tile down the rows instead touched a new page per row and ran 3x slower on
  * outputs a matmul had just written. */
 #define CHUNK 512
+/* Below this many elements a call keeps the GIL: handing it over for a few microseconds lets a background Python
+ * thread (metric logging, Parquet writing) take it, and the training thread then waits for it to come back. */
+#define RELEASE_GIL_ELEMENTS (1 << 20)
+#define BEGIN_ALLOW_THREADS_IF(big) { PyThreadState *_save = (big) ? PyEval_SaveThread() : NULL;
+#define END_ALLOW_THREADS_IF if (_save) PyEval_RestoreThread(_save); }
+
 /* Independent partial sums per row reduction: without -ffast-math the compiler will not reassociate one. */
 #define TILE 16
 
@@ -121,12 +127,12 @@ static PyObject *accumulate_activations(PyObject *self, PyObject *args)
     }
     const float *y = (const float *)(uintptr_t)y_address;
     double *sums = (double *)(uintptr_t)sums_address;
-    Py_BEGIN_ALLOW_THREADS
+    BEGIN_ALLOW_THREADS_IF(outer * channels * inner >= RELEASE_GIL_ELEMENTS)
     if (inner == 1)
         activations_rows(y, outer, channels, sums);
     else
         activations_channels(y, outer, channels, inner, sums);
-    Py_END_ALLOW_THREADS
+    END_ALLOW_THREADS_IF
     Py_RETURN_NONE;
 }
 
@@ -162,9 +168,9 @@ static PyObject *accumulate_row_sumsq(PyObject *self, PyObject *args)
     }
     const float *g = (const float *)(uintptr_t)g_address;
     double *out = (double *)(uintptr_t)out_address;
-    Py_BEGIN_ALLOW_THREADS
+    BEGIN_ALLOW_THREADS_IF(rows * cols >= RELEASE_GIL_ELEMENTS)
     row_sumsq(g, rows, cols, out);
-    Py_END_ALLOW_THREADS
+    END_ALLOW_THREADS_IF
     Py_RETURN_NONE;
 }
 
@@ -226,10 +232,10 @@ static PyObject *weight_statistics(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "rows and cols must be >= 0");
         return NULL;
     }
-    Py_BEGIN_ALLOW_THREADS
+    BEGIN_ALLOW_THREADS_IF(rows * cols >= RELEASE_GIL_ELEMENTS)
     weight_stats((const float *)(uintptr_t)w_address, (float *)(uintptr_t)previous_address, rows, cols, has_previous,
                  (double *)(uintptr_t)out_address);
-    Py_END_ALLOW_THREADS
+    END_ALLOW_THREADS_IF
     Py_RETURN_NONE;
 }
 

@@ -32,6 +32,7 @@ __all__ = [
     "summarize",
     "windows_of",
     "layer_arrays",
+    "window_summaries",
     "summaries_from_arrays",
     "summaries_over_epochs",
 ]
@@ -276,12 +277,14 @@ def _split_epoch_major(trace, names, layout, columns):
     return epochs, out
 
 
-def summaries_from_arrays(epochs: np.ndarray, layers: dict, window: int, tau: float) -> pd.DataFrame:
-    """:func:`summaries_over_epochs` on what :func:`layer_arrays` returned."""
+def window_summaries(layers: dict, window: int, tau: float) -> dict[str, np.ndarray]:
+    """:func:`summarize` over every run of ``window`` consecutive snapshots of :func:`layer_arrays`' output.
+
+    The recorder calls it live on exactly ``window`` snapshots (one window, no pandas in the training loop); the
+    report calls it through :func:`summaries_from_arrays` on whole runs.
+    """
     if window < 2:
         raise ValueError(f"window must be >= 2 snapshots, got {window}")
-    if len(epochs) < window:
-        return pd.DataFrame(index=pd.Index([], name="epoch"))
     windows = {
         name: {
             "w_std": windows_of(arrays["w_std"], window),
@@ -291,7 +294,16 @@ def summaries_from_arrays(epochs: np.ndarray, layers: dict, window: int, tau: fl
         }
         for name, arrays in layers.items()
     }
-    return pd.DataFrame(summarize(windows, tau), index=pd.Index(epochs[window - 1 :], name="epoch"))
+    return summarize(windows, tau)
+
+
+def summaries_from_arrays(epochs: np.ndarray, layers: dict, window: int, tau: float) -> pd.DataFrame:
+    """:func:`summaries_over_epochs` on what :func:`layer_arrays` returned."""
+    if window < 2:
+        raise ValueError(f"window must be >= 2 snapshots, got {window}")
+    if len(epochs) < window:
+        return pd.DataFrame(index=pd.Index([], name="epoch"))
+    return pd.DataFrame(window_summaries(layers, window, tau), index=pd.Index(epochs[window - 1 :], name="epoch"))
 
 
 def summaries_over_epochs(trace: pd.DataFrame, window: int = DEFAULT_WINDOW, tau: float = DEFAULT_TAU) -> pd.DataFrame:

@@ -183,9 +183,9 @@ class FluxWatcher:
             name: {c: np.stack([s[c] for s in recent]) for c in _WINDOW_COLUMNS}
             for name, recent in self._recent.items()
         }
-        row = fluctuation.summaries_from_arrays(np.arange(self.window), layers, self.window, self.tau).iloc[0]
+        row = fluctuation.window_summaries(layers, self.window, self.tau)
         out["flux/nonfinite"] = float(snapshot.nonfinite)
-        out.update((f"flux/{key}", float(value)) for key, value in row.items())
+        out.update((f"flux/{key}", float(values[0])) for key, values in row.items())
         return out
 
     # -- closing -----------------------------------------------------------------------------------------------
