@@ -7,6 +7,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -239,6 +240,254 @@ static PyObject *weight_statistics(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* ---- Hooks in C ---------------------------------------------------------------------------------------------
+ * A Tap is a forward hook (module, inputs, output) or a tensor hook (grad) that takes the fast path itself, so the
+ * training step pays for no Python frame: on the paper-scale model the hooks' Python bodies cost as much as the
+ * reductions. Anything it does not take (not a CPU float32 contiguous tensor of the expected shape) goes to the
+ * Python fallback it was built with, which holds the torch path. */
+
+enum { TAP_ROWS = 0, TAP_PLANES = 1, TAP_GRADIENT = 2 };
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *fallback;
+    double *sums;
+    Py_ssize_t channels;
+    int kind;
+    int ndim;        /* a conv's batched output rank (its weight's rank); an unbatched output goes to the fallback */
+    long long count; /* samples (activations) or backward passes (gradients) the tap has added */
+} Tap;
+
+static PyObject *TensorType, *Float32, *Strided, *IsGradEnabled;
+static PyObject *s_training, *s_dtype, *s_layout, *s_is_cpu, *s_is_contiguous, *s_shape, *s_data_ptr;
+
+/* 1: t is a CPU, strided, contiguous float32 tensor, and its address and shape (a new reference) are filled in;
+ * 0: it is not; -1: an exception is set. */
+static int float32_block(PyObject *t, uintptr_t *address, PyObject **shape)
+{
+    PyObject *names[] = {s_dtype, s_layout, s_is_cpu};
+    PyObject *wanted[] = {Float32, Strided, Py_True};
+    if (!PyObject_TypeCheck(t, (PyTypeObject *)TensorType))
+        return 0;
+    for (int i = 0; i < 3; ++i) {
+        PyObject *value = PyObject_GetAttr(t, names[i]);
+        if (value == NULL)
+            return -1;
+        int same = value == wanted[i];
+        Py_DECREF(value);
+        if (!same)
+            return 0;
+    }
+    PyObject *contiguous = PyObject_CallMethodNoArgs(t, s_is_contiguous);
+    if (contiguous == NULL)
+        return -1;
+    int is_contiguous = contiguous == Py_True;
+    Py_DECREF(contiguous);
+    if (!is_contiguous)
+        return 0;
+    PyObject *pointer = PyObject_CallMethodNoArgs(t, s_data_ptr);
+    if (pointer == NULL)
+        return -1;
+    *address = (uintptr_t)PyLong_AsUnsignedLongLong(pointer);
+    Py_DECREF(pointer);
+    if (PyErr_Occurred())
+        return -1;
+    *shape = PyObject_GetAttr(t, s_shape);
+    if (*shape == NULL)
+        return -1;
+    if (!PyTuple_Check(*shape)) { /* torch.Size is a tuple */
+        Py_CLEAR(*shape);
+        return 0;
+    }
+    return 1;
+}
+
+/* The dimensions of a shape tuple, or -1 with an exception set. */
+static Py_ssize_t dimension(PyObject *shape, Py_ssize_t index)
+{
+    return PyLong_AsSsize_t(PyTuple_GET_ITEM(shape, index));
+}
+
+/* 1 when the tap took the call, 0 when the fallback must, -1 on error. */
+static int take_gradient(Tap *self, PyObject *grad)
+{
+    uintptr_t address;
+    PyObject *shape = NULL;
+    int found = float32_block(grad, &address, &shape);
+    if (found <= 0)
+        return found;
+    Py_ssize_t ndim = PyTuple_GET_SIZE(shape), numel = 1;
+    for (Py_ssize_t i = 0; i < ndim; ++i) {
+        Py_ssize_t size = dimension(shape, i);
+        if (size < 0) {
+            Py_DECREF(shape);
+            return PyErr_Occurred() ? -1 : 0;
+        }
+        numel *= size;
+    }
+    Py_ssize_t first = ndim ? dimension(shape, 0) : 0;
+    Py_DECREF(shape);
+    if (first != self->channels || numel % self->channels)
+        return 0;
+    Py_ssize_t cols = numel / self->channels;
+    BEGIN_ALLOW_THREADS_IF(numel >= RELEASE_GIL_ELEMENTS)
+    row_sumsq((const float *)address, self->channels, cols, self->sums);
+    END_ALLOW_THREADS_IF
+    self->count += 1;
+    return 1;
+}
+
+static int take_activations(Tap *self, PyObject *module, PyObject *output)
+{
+    /* Only training steps count: evaluation passes would mix another distribution into the epoch's activity. */
+    PyObject *training = PyObject_GetAttr(module, s_training);
+    if (training == NULL)
+        return -1;
+    int is_training = PyObject_IsTrue(training);
+    Py_DECREF(training);
+    if (is_training <= 0)
+        return is_training < 0 ? -1 : 1;
+    PyObject *enabled = PyObject_CallNoArgs(IsGradEnabled);
+    if (enabled == NULL)
+        return -1;
+    int grad_enabled = enabled == Py_True;
+    Py_DECREF(enabled);
+    if (!grad_enabled)
+        return 1;
+    uintptr_t address;
+    PyObject *shape = NULL;
+    int found = float32_block(output, &address, &shape);
+    if (found <= 0)
+        return found;
+    Py_ssize_t ndim = PyTuple_GET_SIZE(shape), numel = 1, outer = 0, inner = 0;
+    for (Py_ssize_t i = 0; i < ndim; ++i) {
+        Py_ssize_t size = dimension(shape, i);
+        if (size < 0) {
+            Py_DECREF(shape);
+            return PyErr_Occurred() ? -1 : 0;
+        }
+        numel *= size;
+    }
+    /* Viewed as (outer, neurons, inner): a Linear's outputs are rows of neurons, a conv's are channel planes. */
+    if (self->kind == TAP_PLANES && ndim == self->ndim && dimension(shape, 1) == self->channels) {
+        outer = dimension(shape, 0);
+        inner = outer ? numel / (outer * self->channels) : 1;
+    } else if (self->kind == TAP_ROWS && ndim >= 1 && dimension(shape, ndim - 1) == self->channels) {
+        outer = numel / self->channels;
+        inner = 1;
+    }
+    Py_DECREF(shape);
+    if (inner <= 0)
+        return 0;
+    BEGIN_ALLOW_THREADS_IF(numel >= RELEASE_GIL_ELEMENTS)
+    if (inner == 1)
+        activations_rows((const float *)address, outer, self->channels, self->sums);
+    else
+        activations_channels((const float *)address, outer, self->channels, inner, self->sums);
+    END_ALLOW_THREADS_IF
+    self->count += outer * inner;
+    return 1;
+}
+
+static PyObject *tap_call(Tap *self, PyObject *args, PyObject *kwargs)
+{
+    Py_ssize_t nargs = PyTuple_GET_SIZE(args);
+    int taken = 0;
+    if (kwargs == NULL || PyDict_GET_SIZE(kwargs) == 0) {
+        if (self->kind == TAP_GRADIENT && nargs == 1)
+            taken = take_gradient(self, PyTuple_GET_ITEM(args, 0));
+        else if (self->kind != TAP_GRADIENT && nargs == 3)
+            taken = take_activations(self, PyTuple_GET_ITEM(args, 0), PyTuple_GET_ITEM(args, 2));
+    }
+    if (taken < 0)
+        return NULL;
+    if (taken)
+        Py_RETURN_NONE;
+    return PyObject_Call(self->fallback, args, kwargs);
+}
+
+static int tap_init(Tap *self, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"kind", "channels", "sums", "fallback", "ndim", NULL};
+    unsigned long long sums;
+    PyObject *fallback;
+    self->ndim = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "inKO|i", keywords, &self->kind, &self->channels, &sums, &fallback,
+                                     &self->ndim))
+        return -1;
+    if (TensorType == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "call _fastpath.setup(...) before building a Tap");
+        return -1;
+    }
+    if (self->kind < TAP_ROWS || self->kind > TAP_GRADIENT || self->channels <= 0 || !PyCallable_Check(fallback)
+        || (self->kind == TAP_PLANES && self->ndim < 3)) {
+        PyErr_SetString(PyExc_ValueError, "kind must be 0, 1 or 2, channels > 0, fallback callable, ndim >= 3 for 1");
+        return -1;
+    }
+    self->sums = (double *)(uintptr_t)sums;
+    self->count = 0;
+    Py_INCREF(fallback);
+    Py_XSETREF(self->fallback, fallback);
+    return 0;
+}
+
+static int tap_traverse(Tap *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->fallback);
+    return 0;
+}
+
+static int tap_clear(Tap *self)
+{
+    Py_CLEAR(self->fallback);
+    return 0;
+}
+
+static void tap_dealloc(Tap *self)
+{
+    PyObject_GC_UnTrack(self);
+    tap_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMemberDef tap_members[] = {
+    {"count", T_LONGLONG, offsetof(Tap, count), 0, "samples or backward passes added since it was last zeroed"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject TapType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "mlflow_flux._fastpath.Tap",
+    .tp_doc = "Tap(kind, channels, sums, fallback, ndim=0): a hook adding into float64 sums at address `sums`; "
+              "kind 0: a Linear's outputs, 1: a conv's batched outputs of rank ndim (forward hooks), 2: weight "
+              "gradients (tensor hook). Calls it cannot take go to fallback.",
+    .tp_basicsize = sizeof(Tap),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)tap_init,
+    .tp_call = (ternaryfunc)tap_call,
+    .tp_traverse = (traverseproc)tap_traverse,
+    .tp_clear = (inquiry)tap_clear,
+    .tp_dealloc = (destructor)tap_dealloc,
+    .tp_members = tap_members,
+};
+
+static PyObject *setup(PyObject *self, PyObject *args)
+{
+    PyObject *tensor_type, *float32, *strided, *is_grad_enabled;
+    if (!PyArg_ParseTuple(args, "O!OOO", &PyType_Type, &tensor_type, &float32, &strided, &is_grad_enabled))
+        return NULL;
+    Py_INCREF(tensor_type);
+    Py_XSETREF(TensorType, tensor_type);
+    Py_INCREF(float32);
+    Py_XSETREF(Float32, float32);
+    Py_INCREF(strided);
+    Py_XSETREF(Strided, strided);
+    Py_INCREF(is_grad_enabled);
+    Py_XSETREF(IsGradEnabled, is_grad_enabled);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"accumulate_activations", accumulate_activations, METH_VARARGS,
      "accumulate_activations(y, outer, channels, inner, sums): add the sum, sum of squares and count above zero "
@@ -250,9 +499,30 @@ static PyMethodDef methods[] = {
      "weight_statistics(w, previous, rows, cols, has_previous, out): each row's mean, population std, L2 norm and "
      "L2 distance to the same row of previous (NaN without one) of a contiguous float32 (rows, cols) block into a "
      "contiguous float64 (4, rows) block; then copies w into previous."},
+    {"setup", setup, METH_VARARGS,
+     "setup(torch.Tensor, torch.float32, torch.strided, torch.is_grad_enabled): what the taps compare against."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_fastpath", NULL, -1, methods};
 
-PyMODINIT_FUNC PyInit__fastpath(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__fastpath(void)
+{
+    const char *names[] = {"training", "dtype", "layout", "is_cpu", "is_contiguous", "shape", "data_ptr"};
+    PyObject **slots[] = {&s_training, &s_dtype, &s_layout, &s_is_cpu, &s_is_contiguous, &s_shape, &s_data_ptr};
+    for (int i = 0; i < 7; ++i)
+        if ((*slots[i] = PyUnicode_InternFromString(names[i])) == NULL)
+            return NULL;
+    if (PyType_Ready(&TapType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&TapType);
+    if (PyModule_AddObject(m, "Tap", (PyObject *)&TapType) < 0) {
+        Py_DECREF(&TapType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

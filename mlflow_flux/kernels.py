@@ -9,12 +9,20 @@ from __future__ import annotations
 import os
 from types import ModuleType
 
-__all__ = ["fastpath"]
+__all__ = ["fastpath", "TAP_ROWS", "TAP_PLANES", "TAP_GRADIENT"]
+
+import torch
 
 try:
     from . import _fastpath as _extension
 except ImportError:  # built without a compiler: the torch path stands in
     _extension = None
+else:
+    # What the C hooks compare a tensor's attributes against, by identity.
+    _extension.setup(torch.Tensor, torch.float32, torch.strided, torch.is_grad_enabled)
+
+# Tap kinds: a Linear's outputs (rows of neurons), a conv's outputs (channel planes), weight gradients.
+TAP_ROWS, TAP_PLANES, TAP_GRADIENT = 0, 1, 2
 
 
 def fastpath() -> ModuleType | None:

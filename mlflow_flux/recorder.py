@@ -89,9 +89,10 @@ class Snapshot:
 class _LayerState:
     """Per-neuron sums and counts of one layer since the last snapshot; sums merge by adding.
 
-    Two ways in. On CPU float32 tensors, with the compiled extension (see :mod:`.kernels`), each hook is one fused
-    C call over the output or gradient while it is still in cache, into float64 sums. Otherwise torch ops: a
-    Linear layer's outputs are copied into a stash and reduced every few steps, because on thin layers a
+    Two ways in. With the compiled extension (see :mod:`.kernels`) on CPU, the hooks are C objects: on float32
+    contiguous tensors each is one fused pass over the output or gradient while it is still in cache, into float64
+    sums, with no Python frame; anything else they pass to ``on_forward``/``on_grad``. Those are the torch path:
+    a Linear layer's outputs are copied into a stash and reduced every few steps, because on thin layers a
     reduction's cost is the op dispatch, not the arithmetic.
     """
 
@@ -104,17 +105,25 @@ class _LayerState:
         self.module_ref = weakref.ref(module)
         self.size = weight.shape[0]
         self.is_conv = isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d))
+        self.weight_dim = weight.dim()  # a conv's batched output has its weight's rank
         # Rows: activation sum, sum of squares, positive count, and the gradient's sum of squared norms.
         # float32 keeps each add to one BLAS call; stats() finishes the arithmetic in float64.
         self.sums = torch.zeros(4, self.size, device=weight.device, dtype=torch.float32)
         # Row views made once: slicing in the hook would cost an op per call.
         self._act_sum, self._act_sumsq, self._act_pos = self.sums[0:1], self.sums[1:2], self.sums[2:3]
         self._grad_sumsq = self.sums[3:4]
-        # The fast path's sums, same rows, in float64; stats() adds both kinds together.
+        # The fast path's sums, same rows, in float64, filled by C hooks (taps) that hand anything else to the
+        # Python hooks below; stats() adds both kinds together.
         self.fast = fastpath if weight.device.type == "cpu" else None
         self.fast_sums = torch.zeros(4, self.size, dtype=torch.float64)
-        self._fast_act_address = self.fast_sums.data_ptr()
-        self._fast_grad_address = self._fast_act_address + 3 * self.size * self.fast_sums.element_size()
+        self.forward_hook, self.grad_hook = self.on_forward, self.on_grad
+        self._taps = []
+        if self.fast is not None:
+            address, row_bytes = self.fast_sums.data_ptr(), self.size * self.fast_sums.element_size()
+            kind = kernels.TAP_PLANES if self.is_conv else kernels.TAP_ROWS
+            self.forward_hook = self.fast.Tap(kind, self.size, address, self.on_forward, weight.dim())
+            self.grad_hook = self.fast.Tap(kernels.TAP_GRADIENT, self.size, address + 3 * row_bytes, self.on_grad)
+            self._taps = [self.forward_hook, self.grad_hook]
         # Gradient row norms land in one row per backward pass and are reduced every STASH_STEPS passes.
         self._norm_rows = torch.empty(self.STASH_STEPS, self.size, device=weight.device, dtype=torch.float32)
         self._norm_slots = list(self._norm_rows)
@@ -127,15 +136,28 @@ class _LayerState:
         self.grad_passes = 0
         self.previous_weight: torch.Tensor | None = None
 
+    @property
+    def samples(self) -> int:
+        """Activation samples added since the last reset, by both paths."""
+        return self.act_count + (self.forward_hook.count if self._taps else 0)
+
+    @property
+    def backward_passes(self) -> int:
+        return self.grad_passes + (self.grad_hook.count if self._taps else 0)
+
     def reset(self) -> None:
         self.sums.zero_()
         self.fast_sums.zero_()
         self.act_count = 0
         self.grad_passes = 0
+        for tap in self._taps:
+            tap.count = 0
         self._norms_filled = 0
 
     def _reduce(self, rows: torch.Tensor) -> None:
         """Add a ``(samples, neurons)`` block into the sums."""
+        if rows.dtype != torch.float32:
+            rows = rows.float()  # the sums are float32 whatever the model computes in (float64, half under autocast)
         count = rows.shape[0]
         if self._ones is None or self._ones.shape[1] != count or self._ones.dtype != rows.dtype:
             self._ones = torch.ones(1, count, device=rows.device, dtype=rows.dtype)
@@ -155,21 +177,10 @@ class _LayerState:
         # Only training steps count: evaluation passes would mix another distribution into the epoch's activity.
         if not (module.training and torch.is_grad_enabled()) or not isinstance(output, torch.Tensor):
             return
-        if self.fast is not None and output.dtype is torch.float32 and output.is_contiguous():
-            # Viewed as (outer, neurons, inner): a Linear's outputs are rows of neurons, a conv's channel planes.
-            if self.is_conv and output.dim() >= 3 and output.shape[1] == self.size:
-                outer = output.shape[0]
-                inner = output.numel() // (outer * self.size) if outer else 1
-            elif not self.is_conv and output.dim() and output.shape[-1] == self.size:
-                outer, inner = output.numel() // self.size, 1
-            else:
-                outer = inner = 0
-            if inner:
-                self.fast.accumulate_activations(output.data_ptr(), outer, self.size, inner, self._fast_act_address)
-                self.act_count += outer * inner
-                return
         out = output.detach()
         if self.is_conv:
+            if out.dim() == self.weight_dim - 1:  # an unbatched input: one sample
+                out = out.unsqueeze(0)
             # (B, C, *spatial): a channel's every position is one sample of that neuron. Conv outputs are big
             # enough that reducing them directly costs arithmetic, not dispatch.
             dims = (0, *range(2, out.dim()))
@@ -201,12 +212,6 @@ class _LayerState:
         self._slots = list(self._stash.split(rows.shape[0]))
 
     def on_grad(self, grad: torch.Tensor) -> None:
-        if (self.fast is not None and grad.dtype is torch.float32 and grad.layout is torch.strided
-                and grad.is_contiguous()):
-            self.fast.accumulate_row_sumsq(grad.data_ptr(), self.size, grad.numel() // self.size,
-                                           self._fast_grad_address)
-            self.grad_passes += 1
-            return
         if grad.requires_grad:  # only under backward(create_graph=True); the sums must not join that graph
             grad = grad.detach()
         rows = grad if grad.dim() == 2 else grad.reshape(self.size, -1)
@@ -236,7 +241,8 @@ class _LayerState:
         weight = module.weight.detach()
         bias = getattr(module, "bias", None)
         bias = bias.detach() if isinstance(bias, torch.Tensor) else None
-        has_act, has_grad = self.act_count > 0, self.grad_passes > 0
+        samples, passes = self.samples, self.backward_passes
+        has_act, has_grad = samples > 0, passes > 0
         defined = {"w_step": self.previous_weight is not None, "bias": bias is not None, "act_mean": has_act,
                    "act_std": has_act, "act_rate": has_act, "grad_norm": has_grad}
         mask = np.array([defined.get(c, True) for c in STAT_COLUMNS])
@@ -244,14 +250,15 @@ class _LayerState:
                 and (self.previous_weight is None or self.previous_weight.is_contiguous())):
             values = self._weight_values_fast(weight, bias)
             with np.errstate(all="ignore"):  # a diverging run's inf and NaN are recorded and counted, not warned
-                values.update(self._activity_values(self.fast_sums.numpy() + self.sums.numpy(), np.nan))
+                values.update(self._activity_values(self.fast_sums.numpy() + self.sums.numpy(), samples, passes, np.nan))
             stacked = np.empty((self.size, len(STAT_COLUMNS)), dtype=np.float32)
             for index, column in enumerate(STAT_COLUMNS):
                 stacked[:, index] = values[column]
             return stacked, mask
         nan = torch.full((self.size,), float("nan"), device=weight.device)
         values = self._weight_values(weight.reshape(self.size, -1).float(), bias, nan)
-        values.update(self._activity_values(self.sums.double() + self.fast_sums.to(self.sums.device), nan))
+        sums = self.sums.double() + self.fast_sums.to(self.sums.device)
+        values.update(self._activity_values(sums, samples, passes, nan))
         return torch.stack([values[c].float() for c in STAT_COLUMNS], dim=1), mask
 
     def _weight_values(self, weight: torch.Tensor, bias: torch.Tensor | None, nan: torch.Tensor) -> dict:
@@ -279,16 +286,17 @@ class _LayerState:
         return {"w_mean": out[0], "w_std": out[1], "w_norm": out[2], "w_step": out[3],
                 "bias": bias.float().numpy() if bias is not None else np.nan}
 
-    def _activity_values(self, sums, nan) -> dict:
+    @staticmethod
+    def _activity_values(sums, samples: int, passes: int, nan) -> dict:
         """Activation and gradient statistics from the summed rows: numpy arrays and tensors alike."""
         values = {"act_mean": nan, "act_std": nan, "act_rate": nan, "grad_norm": nan}
-        if self.act_count:
-            act_mean = sums[0] / self.act_count
+        if samples:
+            act_mean = sums[0] / samples
             values["act_mean"] = act_mean
-            values["act_std"] = (sums[1] / self.act_count - act_mean * act_mean).clip(min=0) ** 0.5
-            values["act_rate"] = sums[2] / self.act_count
-        if self.grad_passes:
-            values["grad_norm"] = (sums[3] / self.grad_passes) ** 0.5
+            values["act_std"] = (sums[1] / samples - act_mean * act_mean).clip(min=0) ** 0.5
+            values["act_rate"] = sums[2] / samples
+        if passes:
+            values["grad_norm"] = (sums[3] / passes) ** 0.5
         return values
 
 
@@ -333,9 +341,9 @@ class NeuronRecorder:
         for name, module in select_layers(self.model, self.layer_specs):
             state = _LayerState(name, module, fastpath)
             self._states.append(state)
-            self._handles.append(module.register_forward_hook(state.on_forward))
+            self._handles.append(module.register_forward_hook(state.forward_hook))
             if module.weight.requires_grad:
-                self._handles.append(module.weight.register_hook(state.on_grad))
+                self._handles.append(module.weight.register_hook(state.grad_hook))
         sizes = [state.size for state in self._states]
         self._rows = (
             np.repeat(np.arange(len(sizes), dtype=np.int32), sizes),

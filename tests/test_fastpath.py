@@ -110,3 +110,4 @@ def test_fast_and_torch_paths_record_the_same_trace(store, monkeypatch, factory)
     assert with_c[["epoch", "layer", "neuron"]].equals(with_torch[["epoch", "layer", "neuron"]])
     for column in with_c.columns[3:]:
         np.testing.assert_allclose(with_c[column], with_torch[column], rtol=2e-5, atol=1e-6, err_msg=column)
+

@@ -46,7 +46,7 @@ def _expected_rows(model, outputs, grads, previous):
         rows[name] = {
             "w_mean": w.mean(1), "w_std": w.std(1, unbiased=False), "w_norm": w.norm(dim=1),
             "w_step": (w - previous[name]).norm(dim=1) if name in previous else torch.full((w.shape[0],), np.nan),
-            "bias": module.bias.detach().double() if module.bias is not None else torch.full((w.shape[0],), np.nan),
+            "bias": module.bias.detach().double().clone() if module.bias is not None else torch.full((w.shape[0],), np.nan),
             "act_mean": out.mean(1), "act_std": out.std(1, unbiased=False), "act_rate": (out > 0).double().mean(1),
             "grad_norm": g.pow(2).mean(0).sqrt(),
         }
@@ -54,16 +54,18 @@ def _expected_rows(model, outputs, grads, previous):
     return rows
 
 
-def test_trace_values_equal_an_independent_computation(store):
+# float32 runs on the C fast path where it is built; float64 and eval-mode passes go through its fallbacks.
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_trace_values_equal_an_independent_computation(store, dtype):
     torch.manual_seed(0)
-    model = SmallCNN()
+    model = SmallCNN().to(dtype)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    data = torch.randn(24, 1, 8, 8)
+    data = torch.randn(24, 1, 8, 8, dtype=dtype)
     outputs, grads, previous, expected = {}, {}, {}, {}
 
     def keep(name):
         def hook(module, inputs, output):
-            if torch.is_grad_enabled():  # training passes only, as the recorder promises
+            if module.training and torch.is_grad_enabled():  # training passes only, as the recorder promises
                 outputs.setdefault(name, []).append(output.detach().clone())
         return hook
 
@@ -82,6 +84,12 @@ def test_trace_values_equal_an_independent_computation(store):
                     optimizer.step()
                 with torch.no_grad():
                     model(data)  # an evaluation pass must not count as training activity
+                model.eval()  # an eval-mode pass with gradients: its outputs do not count, its backward pass does
+                optimizer.zero_grad()
+                model(data).pow(2).mean().backward()
+                grads["conv"].append(model.conv.weight.grad.clone())
+                grads["head"].append(model.head.weight.grad.clone())
+                model.train()
                 expected[epoch] = _expected_rows(model, outputs, grads, previous)
                 flux.end_epoch(epoch)
     trace = mlflow_flux.load_traces(run.info.run_id)
@@ -271,3 +279,19 @@ def test_memory_does_not_grow_with_epochs(store):
                     early = _rss_bytes()
             late = _rss_bytes()
     assert late - early < 12 * 2**20, f"grew {(late - early) / 2**20:.1f} MiB over 800 epochs"
+
+
+@pytest.mark.parametrize("fastpath", ["1", "0"])
+def test_an_unbatched_conv_input_counts_as_one_sample(store, monkeypatch, fastpath):
+    monkeypatch.setenv("MLFLOW_FLUX_FASTPATH", fastpath)
+    torch.manual_seed(0)
+    conv = nn.Conv2d(1, 6, 3)  # unbatched (1, 8, 8) -> (6, 6, 6): its second dimension equals the channel count
+    x = torch.randn(1, 8, 8)
+    with mlflow.start_run() as run:
+        with mlflow_flux.watch(conv, window=2, log_figures=False) as flux:
+            conv(x).sum().backward()
+            flux.end_epoch(0)
+    trace = mlflow_flux.load_traces(run.info.run_id)
+    expected = conv(x).detach().reshape(6, -1).double()
+    np.testing.assert_allclose(trace.act_mean, expected.mean(1).numpy(), rtol=2e-5, atol=1e-6)
+    np.testing.assert_allclose(trace.act_rate, (expected > 0).double().mean(1).numpy(), rtol=2e-5)
