@@ -222,22 +222,68 @@ static void weight_stats(const float *restrict w, float *restrict previous, Py_s
     }
 }
 
-static PyObject *weight_statistics(PyObject *self, PyObject *args)
+/* The statistics of one layer in the order layer_statistics takes its column positions. */
+enum { W_MEAN, W_STD, W_NORM, W_STEP, BIAS, ACT_MEAN, ACT_STD, ACT_RATE, GRAD_NORM, N_STATS };
+
+static PyObject *layer_statistics(PyObject *self, PyObject *args)
 {
-    unsigned long long w_address, previous_address, out_address;
+    unsigned long long w_address, previous_address, bias_address, sums_address, out_address;
     Py_ssize_t rows, cols;
-    int has_previous;
-    if (!PyArg_ParseTuple(args, "KKnnpK", &w_address, &previous_address, &rows, &cols, &has_previous, &out_address))
+    long long samples, passes;
+    int has_previous, at[N_STATS];
+    if (!PyArg_ParseTuple(args, "KKnnpKKLLK(iiiiiiiii)", &w_address, &previous_address, &rows, &cols, &has_previous,
+                          &bias_address, &sums_address, &samples, &passes, &out_address, &at[W_MEAN], &at[W_STD],
+                          &at[W_NORM], &at[W_STEP], &at[BIAS], &at[ACT_MEAN], &at[ACT_STD], &at[ACT_RATE],
+                          &at[GRAD_NORM]))
         return NULL;
-    if (rows < 0 || cols < 0) {
-        PyErr_SetString(PyExc_ValueError, "rows and cols must be >= 0");
+    if (rows < 0 || cols < 0 || samples < 0 || passes < 0) {
+        PyErr_SetString(PyExc_ValueError, "rows, cols, samples and passes must be >= 0");
         return NULL;
     }
+    for (int k = 0; k < N_STATS; ++k)
+        if (at[k] < 0 || at[k] >= N_STATS) {
+            PyErr_SetString(PyExc_ValueError, "column positions must lie in [0, 9)");
+            return NULL;
+        }
+    double *weights = PyMem_RawMalloc(4 * (size_t)(rows ? rows : 1) * sizeof(double));
+    if (weights == NULL)
+        return PyErr_NoMemory();
+    const float *bias = (const float *)(uintptr_t)bias_address;
+    double *sums = (double *)(uintptr_t)sums_address;
+    float *out = (float *)(uintptr_t)out_address;
+    long long nonfinite = 0;
     BEGIN_ALLOW_THREADS_IF(rows * cols >= RELEASE_GIL_ELEMENTS)
     weight_stats((const float *)(uintptr_t)w_address, (float *)(uintptr_t)previous_address, rows, cols, has_previous,
-                 (double *)(uintptr_t)out_address);
+                 weights);
+    /* NaN also stands for "not defined" (no bias, no previous snapshot, no samples): only defined values count. */
+    const int defined[N_STATS] = {1, 1, 1, has_previous, bias != NULL, samples > 0, samples > 0, samples > 0,
+                                  passes > 0};
+    for (Py_ssize_t r = 0; r < rows; ++r) {
+        double value[N_STATS];
+        value[W_MEAN] = weights[r];
+        value[W_STD] = weights[rows + r];
+        value[W_NORM] = weights[2 * rows + r];
+        value[W_STEP] = weights[3 * rows + r];
+        value[BIAS] = bias ? bias[r] : NAN;
+        if (samples) {
+            double mean = sums[r] / samples, variance = sums[rows + r] / samples - mean * mean;
+            value[ACT_MEAN] = mean;
+            value[ACT_STD] = variance < 0 ? 0.0 : sqrt(variance); /* rounding below 0 is 0; NaN stays NaN */
+            value[ACT_RATE] = sums[2 * rows + r] / samples;
+        } else {
+            value[ACT_MEAN] = value[ACT_STD] = value[ACT_RATE] = NAN;
+        }
+        value[GRAD_NORM] = passes ? sqrt(sums[3 * rows + r] / passes) : NAN;
+        for (int k = 0; k < N_STATS; ++k) {
+            float stored = (float)value[k];
+            out[r * N_STATS + at[k]] = stored;
+            nonfinite += defined[k] && !isfinite(stored);
+        }
+    }
+    memset(sums, 0, 4 * (size_t)rows * sizeof(double));
     END_ALLOW_THREADS_IF
-    Py_RETURN_NONE;
+    PyMem_RawFree(weights);
+    return PyLong_FromLongLong(nonfinite);
 }
 
 /* ---- Hooks in C ---------------------------------------------------------------------------------------------
@@ -495,10 +541,13 @@ static PyMethodDef methods[] = {
     {"accumulate_row_sumsq", accumulate_row_sumsq, METH_VARARGS,
      "accumulate_row_sumsq(g, rows, cols, out): add each row's sum of squares of a contiguous float32 (rows, cols) "
      "block into a contiguous float64 (rows,) vector."},
-    {"weight_statistics", weight_statistics, METH_VARARGS,
-     "weight_statistics(w, previous, rows, cols, has_previous, out): each row's mean, population std, L2 norm and "
-     "L2 distance to the same row of previous (NaN without one) of a contiguous float32 (rows, cols) block into a "
-     "contiguous float64 (4, rows) block; then copies w into previous."},
+    {"layer_statistics", layer_statistics, METH_VARARGS,
+     "layer_statistics(w, previous, rows, cols, has_previous, bias, sums, samples, passes, out, positions): one "
+     "layer's snapshot. Weight mean, population std, L2 norm and step from previous (which then takes w's values) of "
+     "a float32 (rows, cols) block, bias from a float32 vector (address 0: none), activation mean, std and rate and "
+     "gradient RMS norm from the float64 (4, rows) sums (then zeroed), written as float32 into rows of 9 at `out` in "
+     "the column positions given for (w_mean, w_std, w_norm, w_step, bias, act_mean, act_std, act_rate, grad_norm). "
+     "Returns how many defined values are not finite."},
     {"setup", setup, METH_VARARGS,
      "setup(torch.Tensor, torch.float32, torch.strided, torch.is_grad_enabled): what the taps compare against."},
     {NULL, NULL, 0, NULL},

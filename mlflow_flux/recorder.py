@@ -27,6 +27,10 @@ DEFAULT_LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Con
 # fetching over HTTP gets in one request.
 STAT_COLUMNS = ("w_std", "bias", "act_rate", "w_step", "w_mean", "w_norm", "act_mean", "act_std", "grad_norm")
 
+# Where layer_statistics (C) writes each statistic within a snapshot row.
+_FAST_POSITIONS = tuple(STAT_COLUMNS.index(c) for c in ("w_mean", "w_std", "w_norm", "w_step", "bias", "act_mean",
+                                                        "act_std", "act_rate", "grad_norm"))
+
 LayerSpec = Union[str, type]
 
 
@@ -230,35 +234,50 @@ class _LayerState:
             self._grad_sumsq.add_(torch.linalg.vecdot(block, block, dim=0))
             self._norms_filled = 0
 
-    def stats(self, module: nn.Module) -> tuple[torch.Tensor | np.ndarray, np.ndarray]:
-        """``(N, len(STAT_COLUMNS))`` float32 statistics and which columns are defined.
+    def fast_snapshot(self, module: nn.Module, out_address: int) -> int | None:
+        """Write this layer's snapshot rows (float32, ``len(STAT_COLUMNS)`` per neuron) at ``out_address`` in C.
 
-        The statistics are a numpy array on the fast path, else a tensor on the layer's device. NaN stands for
-        "not defined" too (no bias, no previous snapshot, no step): the mask tells those from non-finite values.
+        Returns:
+            How many defined values are not finite, or ``None`` when the torch path must take the layer (no
+            extension, another device, dtype or memory layout).
         """
+        weight = module.weight.detach()
+        bias = getattr(module, "bias", None)
+        bias = bias.detach() if isinstance(bias, torch.Tensor) else None
+        if (self.fast is None or weight.dtype is not torch.float32 or not weight.is_contiguous()
+                or (bias is not None and (bias.dtype is not torch.float32 or not bias.is_contiguous()
+                                          or bias.device.type != "cpu"))
+                or (self.previous_weight is not None and not self.previous_weight.is_contiguous())):
+            return None
+        self.drain()
+        self.drain_norms()
+        if self.act_count or self.grad_passes:  # some calls took the torch path (e.g. a non-contiguous output)
+            self.fast_sums.add_(self.sums)
+        has_previous = self.previous_weight is not None
+        fan_in = weight.numel() // self.size
+        if not has_previous:
+            self.previous_weight = torch.empty(self.size, fan_in, dtype=torch.float32)
+        return self.fast.layer_statistics(
+            weight.data_ptr(), self.previous_weight.data_ptr(), self.size, fan_in, has_previous,
+            bias.data_ptr() if bias is not None else 0, self.fast_sums.data_ptr(), self.samples,
+            self.backward_passes, out_address, _FAST_POSITIONS,
+        )
+
+    def stats(self, module: nn.Module) -> tuple[torch.Tensor, np.ndarray]:
+        """The torch path's ``(N, len(STAT_COLUMNS))`` float32 statistics, on the layer's device, and which columns
+        are defined: NaN also stands for "not defined" (no bias, no previous snapshot, no samples)."""
         self.drain()
         self.drain_norms()
         weight = module.weight.detach()
         bias = getattr(module, "bias", None)
         bias = bias.detach() if isinstance(bias, torch.Tensor) else None
         samples, passes = self.samples, self.backward_passes
-        has_act, has_grad = samples > 0, passes > 0
-        defined = {"w_step": self.previous_weight is not None, "bias": bias is not None, "act_mean": has_act,
-                   "act_std": has_act, "act_rate": has_act, "grad_norm": has_grad}
+        defined = {"w_step": self.previous_weight is not None, "bias": bias is not None, "act_mean": samples > 0,
+                   "act_std": samples > 0, "act_rate": samples > 0, "grad_norm": passes > 0}
         mask = np.array([defined.get(c, True) for c in STAT_COLUMNS])
-        if (self.fast is not None and weight.dtype is torch.float32 and weight.is_contiguous()
-                and (self.previous_weight is None or self.previous_weight.is_contiguous())):
-            values = self._weight_values_fast(weight, bias)
-            with np.errstate(all="ignore"):  # a diverging run's inf and NaN are recorded and counted, not warned
-                values.update(self._activity_values(self.fast_sums.numpy() + self.sums.numpy(), samples, passes, np.nan))
-            stacked = np.empty((self.size, len(STAT_COLUMNS)), dtype=np.float32)
-            for index, column in enumerate(STAT_COLUMNS):
-                stacked[:, index] = values[column]
-            return stacked, mask
         nan = torch.full((self.size,), float("nan"), device=weight.device)
         values = self._weight_values(weight.reshape(self.size, -1).float(), bias, nan)
-        sums = self.sums.double() + self.fast_sums.to(self.sums.device)
-        values.update(self._activity_values(sums, samples, passes, nan))
+        values.update(self._activity_values(self.sums.double() + self.fast_sums.to(self.sums.device), samples, passes, nan))
         return torch.stack([values[c].float() for c in STAT_COLUMNS], dim=1), mask
 
     def _weight_values(self, weight: torch.Tensor, bias: torch.Tensor | None, nan: torch.Tensor) -> dict:
@@ -276,27 +295,17 @@ class _LayerState:
         return {"w_mean": w_mean, "w_std": w_var.sqrt(), "w_norm": (fan_in * (w_var + w_mean * w_mean)).sqrt(),
                 "w_step": w_step, "bias": bias.float() if bias is not None else nan}
 
-    def _weight_values_fast(self, weight: torch.Tensor, bias: torch.Tensor | None) -> dict:
-        has_previous = self.previous_weight is not None
-        if not has_previous:
-            self.previous_weight = torch.empty(self.size, weight.numel() // self.size, dtype=torch.float32)
-        out = np.empty((4, self.size), dtype=np.float64)
-        self.fast.weight_statistics(weight.data_ptr(), self.previous_weight.data_ptr(), self.size,
-                                    weight.numel() // self.size, has_previous, out.ctypes.data)
-        return {"w_mean": out[0], "w_std": out[1], "w_norm": out[2], "w_step": out[3],
-                "bias": bias.float().numpy() if bias is not None else np.nan}
-
     @staticmethod
     def _activity_values(sums, samples: int, passes: int, nan) -> dict:
-        """Activation and gradient statistics from the summed rows: numpy arrays and tensors alike."""
+        """Activation and gradient statistics from the summed rows."""
         values = {"act_mean": nan, "act_std": nan, "act_rate": nan, "grad_norm": nan}
         if samples:
             act_mean = sums[0] / samples
             values["act_mean"] = act_mean
-            values["act_std"] = (sums[1] / samples - act_mean * act_mean).clip(min=0) ** 0.5
+            values["act_std"] = (sums[1] / samples - act_mean * act_mean).clamp_min(0).sqrt()
             values["act_rate"] = sums[2] / samples
         if passes:
-            values["grad_norm"] = (sums[3] / passes) ** 0.5
+            values["grad_norm"] = (sums[3] / passes).sqrt()
         return values
 
 
@@ -345,6 +354,7 @@ class NeuronRecorder:
             if module.weight.requires_grad:
                 self._handles.append(module.weight.register_hook(state.grad_hook))
         sizes = [state.size for state in self._states]
+        self._offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(int).tolist()
         self._rows = (
             np.repeat(np.arange(len(sizes), dtype=np.int32), sizes),
             np.concatenate([np.arange(size, dtype=np.int32) for size in sizes]),
@@ -370,24 +380,28 @@ class NeuronRecorder:
         """Statistics of every watched neuron since the previous snapshot; resets the per-epoch sums."""
         if self._rows is None:
             raise FluxError("the recorder is not attached: use it as a context manager or call attach() first")
-        blocks, masks = [], []
+        layer_index, neuron = self._rows
+        stats = np.empty((len(neuron), len(STAT_COLUMNS)), dtype=np.float32)
+        nonfinite, torch_path = 0, []
         with torch.no_grad():
-            for state in self._states:
+            for state, start in zip(self._states, self._offsets):
                 module = state.module_ref()
                 if module is None:
                     raise FluxError(f"layer {state.name!r} no longer exists")
-                stats, mask = state.stats(module)
-                blocks.append(stats)
-                masks.append(mask)
+                counted = state.fast_snapshot(module, stats.ctypes.data + start * stats.strides[0])
+                if counted is None:
+                    torch_path.append((start, *state.stats(module)))
+                else:
+                    nonfinite += counted
                 state.reset()
-            on_device = [i for i, block in enumerate(blocks) if isinstance(block, torch.Tensor)]
-            if on_device:
-                # The snapshot's one device-to-host copy for every layer the fast path did not handle.
-                device = blocks[on_device[0]].device  # a model may span devices
-                host = torch.cat([blocks[i].to(device) for i in on_device]).cpu().numpy()
-                for i, part in zip(on_device, np.split(host, np.cumsum([len(blocks[i]) for i in on_device])[:-1])):
-                    blocks[i] = part
-        stats = np.concatenate(blocks)
-        nonfinite = sum(int((~np.isfinite(block[:, mask])).sum()) for block, mask in zip(blocks, masks))
-        layer_index, neuron = self._rows
+            if torch_path:
+                # The snapshot's one device-to-host copy for every layer the fast path did not take.
+                device = torch_path[0][1].device  # a model may span devices
+                host = torch.cat([block.to(device) for _, block, _ in torch_path]).cpu().numpy()
+                row = 0
+                for start, block, mask in torch_path:
+                    part = host[row : row + len(block)]
+                    row += len(block)
+                    stats[start : start + len(block)] = part
+                    nonfinite += int((~np.isfinite(part[:, mask])).sum())
         return Snapshot(epoch, self.layer_names, layer_index, neuron, stats, nonfinite)

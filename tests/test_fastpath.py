@@ -61,17 +61,34 @@ def test_row_sums_of_squares_match_float64(rows, cols):
 
 
 @pytest.mark.parametrize("rows, cols", [(1, 1), (64, 256), (5, 13)])
-def test_weight_statistics_match_float64_and_copy_the_weights(rows, cols):
-    w, previous = torch.randn(rows, cols) + 0.3, torch.randn(rows, cols)
+def test_layer_statistics_match_float64_copy_the_weights_and_zero_the_sums(rows, cols):
+    w, previous, bias = torch.randn(rows, cols) + 0.3, torch.randn(rows, cols), torch.randn(rows)
     before = previous.double().clone()
-    out = np.empty((4, rows))
-    fast.weight_statistics(w.data_ptr(), previous.data_ptr(), rows, cols, True, out.ctypes.data)
-    wd = w.double()
-    expected = [wd.mean(1), wd.std(1, unbiased=False), wd.norm(dim=1), (wd - before).norm(dim=1)]
-    np.testing.assert_allclose(out, torch.stack(expected).numpy(), rtol=1e-5, atol=1e-6)
-    assert torch.equal(previous, w)
-    fast.weight_statistics(w.data_ptr(), previous.data_ptr(), rows, cols, False, out.ctypes.data)
-    assert np.isnan(out[3]).all()
+    sums = torch.rand(4, rows, dtype=torch.float64) * 10
+    expected_sums = sums.clone()
+    positions = (8, 7, 6, 5, 4, 3, 2, 1, 0)  # written in reverse, to check they are honoured
+    out = np.empty((rows, 9), dtype=np.float32)
+    nonfinite = fast.layer_statistics(w.data_ptr(), previous.data_ptr(), rows, cols, True, bias.data_ptr(),
+                                      sums.data_ptr(), 5, 2, out.ctypes.data, positions)
+    wd, (s, q, p, g) = w.double(), expected_sums
+    expected = [wd.mean(1), wd.std(1, unbiased=False), wd.norm(dim=1), (wd - before).norm(dim=1), bias.double(),
+                s / 5, (q / 5 - (s / 5) ** 2).clamp_min(0).sqrt(), p / 5, (g / 2).sqrt()]
+    np.testing.assert_allclose(out[:, ::-1].T, torch.stack(expected).numpy(), rtol=1e-5, atol=1e-6)
+    assert nonfinite == 0 and torch.equal(previous, w) and not sums.any()
+    # Nothing to compare with, no bias, no samples, no passes: NaN, and not counted as non-finite.
+    nonfinite = fast.layer_statistics(w.data_ptr(), previous.data_ptr(), rows, cols, False, 0, sums.data_ptr(), 0, 0,
+                                      out.ctypes.data, tuple(range(9)))
+    assert nonfinite == 0 and np.isnan(out[:, 3:]).all() and np.isfinite(out[:, :3]).all()
+
+
+def test_layer_statistics_count_defined_values_that_are_not_finite():
+    w, previous = torch.tensor([[1.0, float("inf")], [1.0, 2.0]]), torch.zeros(2, 2)
+    sums = torch.tensor([[1.0, float("nan")], [1.0, 1.0], [1.0, 1.0], [4.0, 4.0]], dtype=torch.float64)
+    out = np.empty((2, 9), dtype=np.float32)
+    nonfinite = fast.layer_statistics(w.data_ptr(), previous.data_ptr(), 2, 2, True, 0, sums.data_ptr(), 1, 1,
+                                      out.ctypes.data, tuple(range(9)))
+    # Row 0: mean, std (inf - inf), norm, step of the inf weight; row 1: act_mean and act_std of the NaN sum.
+    assert nonfinite == int((~np.isfinite(out[:, [0, 1, 2, 3, 5, 6, 7, 8]])).sum()) == 6
 
 
 def _train(store_run_name: str, model_factory, steps_per_epoch: int = 3, epochs: int = 3):
