@@ -304,7 +304,7 @@ typedef struct {
     long long count; /* samples (activations) or backward passes (gradients) the tap has added */
 } Tap;
 
-static PyObject *TensorType, *Float32, *Strided, *IsGradEnabled;
+static PyObject *TensorType, *Float32, *Strided, *IsGradEnabled, *Detached, *Same;
 static PyObject *s_training, *s_dtype, *s_layout, *s_is_cpu, *s_is_contiguous, *s_shape, *s_data_ptr;
 
 /* 1: t is a CPU, strided, contiguous float32 tensor, and its address and shape (a new reference) are filled in;
@@ -496,6 +496,18 @@ static void tap_dealloc(Tap *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* A copied or unpickled model is not watched: a tap reduces to the `detached` factory given to setup(), whose
+ * result does nothing. copy.deepcopy goes through this too, and must never copy the sums' address. */
+static PyObject *tap_reduce(Tap *self, PyObject *unused)
+{
+    return Py_BuildValue("(O())", Detached);
+}
+
+static PyMethodDef tap_methods[] = {
+    {"__reduce__", (PyCFunction)tap_reduce, METH_NOARGS, "A detached, do-nothing hook in the copy."},
+    {NULL, NULL, 0, NULL},
+};
+
 static PyMemberDef tap_members[] = {
     {"count", T_LONGLONG, offsetof(Tap, count), 0, "samples or backward passes added since it was last zeroed"},
     {NULL, 0, 0, 0, NULL},
@@ -516,21 +528,128 @@ static PyTypeObject TapType = {
     .tp_clear = (inquiry)tap_clear,
     .tp_dealloc = (destructor)tap_dealloc,
     .tp_members = tap_members,
+    .tp_methods = tap_methods,
+};
+
+/* A module's forward, wrapped: the original runs, then its tap sees (module, args, output). The recorder puts it in
+ * the module's instance dict instead of registering a forward hook, because any forward hook sends every call of
+ * the module through nn.Module's slow path (about 2.5% of the paper-scale step, measured). A copy (deepcopy or
+ * pickle) reduces to the original forward, so a copied model is a plain one bound to the copy. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *original;
+    PyObject *module;
+    PyObject *tap;
+    int active;
+} Forward;
+
+static PyObject *forward_call(Forward *self, PyObject *args, PyObject *kwargs)
+{
+    PyObject *output = PyObject_Call(self->original, args, kwargs);
+    if (output == NULL || !self->active)
+        return output;
+    PyObject *result = PyObject_CallFunctionObjArgs(self->tap, self->module, args, output, NULL);
+    if (result == NULL) {
+        Py_DECREF(output);
+        return NULL;
+    }
+    Py_DECREF(result);
+    return output;
+}
+
+static int forward_init(Forward *self, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"original", "module", "tap", NULL};
+    PyObject *original, *module, *tap;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO", keywords, &original, &module, &tap))
+        return -1;
+    if (!PyCallable_Check(original) || !PyCallable_Check(tap)) {
+        PyErr_SetString(PyExc_TypeError, "original and tap must be callable");
+        return -1;
+    }
+    Py_INCREF(original);
+    Py_XSETREF(self->original, original);
+    Py_INCREF(module);
+    Py_XSETREF(self->module, module);
+    Py_INCREF(tap);
+    Py_XSETREF(self->tap, tap);
+    self->active = 1;
+    return 0;
+}
+
+static PyObject *forward_deactivate(Forward *self, PyObject *unused)
+{
+    self->active = 0; /* from now on a plain pass-through, wherever a reference to it still lives */
+    Py_RETURN_NONE;
+}
+
+static PyObject *forward_reduce(Forward *self, PyObject *unused)
+{
+    return Py_BuildValue("(O(O))", Same, self->original);
+}
+
+static int forward_traverse(Forward *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->original);
+    Py_VISIT(self->module);
+    Py_VISIT(self->tap);
+    return 0;
+}
+
+static int forward_clear(Forward *self)
+{
+    Py_CLEAR(self->original);
+    Py_CLEAR(self->module);
+    Py_CLEAR(self->tap);
+    return 0;
+}
+
+static void forward_dealloc(Forward *self)
+{
+    PyObject_GC_UnTrack(self);
+    forward_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef forward_methods[] = {
+    {"deactivate", (PyCFunction)forward_deactivate, METH_NOARGS, "Stop calling the tap; only pass calls through."},
+    {"__reduce__", (PyCFunction)forward_reduce, METH_NOARGS, "The original forward, in the copy."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef forward_members[] = {
+    {"original", T_OBJECT, offsetof(Forward, original), READONLY, "the wrapped forward"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject ForwardType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "mlflow_flux._fastpath.Forward",
+    .tp_doc = "Forward(original, module, tap): calls original(*args, **kwargs), then tap(module, args, output).",
+    .tp_basicsize = sizeof(Forward),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)forward_init,
+    .tp_call = (ternaryfunc)forward_call,
+    .tp_traverse = (traverseproc)forward_traverse,
+    .tp_clear = (inquiry)forward_clear,
+    .tp_dealloc = (destructor)forward_dealloc,
+    .tp_methods = forward_methods,
+    .tp_members = forward_members,
 };
 
 static PyObject *setup(PyObject *self, PyObject *args)
 {
-    PyObject *tensor_type, *float32, *strided, *is_grad_enabled;
-    if (!PyArg_ParseTuple(args, "O!OOO", &PyType_Type, &tensor_type, &float32, &strided, &is_grad_enabled))
+    PyObject *tensor_type, *float32, *strided, *is_grad_enabled, *detached, *same;
+    if (!PyArg_ParseTuple(args, "O!OOOOO", &PyType_Type, &tensor_type, &float32, &strided, &is_grad_enabled,
+                          &detached, &same))
         return NULL;
-    Py_INCREF(tensor_type);
-    Py_XSETREF(TensorType, tensor_type);
-    Py_INCREF(float32);
-    Py_XSETREF(Float32, float32);
-    Py_INCREF(strided);
-    Py_XSETREF(Strided, strided);
-    Py_INCREF(is_grad_enabled);
-    Py_XSETREF(IsGradEnabled, is_grad_enabled);
+    PyObject *given[] = {tensor_type, float32, strided, is_grad_enabled, detached, same};
+    PyObject **slots[] = {&TensorType, &Float32, &Strided, &IsGradEnabled, &Detached, &Same};
+    for (int i = 0; i < 6; ++i) {
+        Py_INCREF(given[i]);
+        Py_XSETREF(*slots[i], given[i]);
+    }
     Py_RETURN_NONE;
 }
 
@@ -549,7 +668,8 @@ static PyMethodDef methods[] = {
      "the column positions given for (w_mean, w_std, w_norm, w_step, bias, act_mean, act_std, act_rate, grad_norm). "
      "Returns how many defined values are not finite."},
     {"setup", setup, METH_VARARGS,
-     "setup(torch.Tensor, torch.float32, torch.strided, torch.is_grad_enabled): what the taps compare against."},
+     "setup(torch.Tensor, torch.float32, torch.strided, torch.is_grad_enabled, detached, same): what the taps "
+     "compare against, the factory a copied tap reduces to, and the identity a copied Forward reduces through."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -562,14 +682,17 @@ PyMODINIT_FUNC PyInit__fastpath(void)
     for (int i = 0; i < 7; ++i)
         if ((*slots[i] = PyUnicode_InternFromString(names[i])) == NULL)
             return NULL;
-    if (PyType_Ready(&TapType) < 0)
+    if (PyType_Ready(&TapType) < 0 || PyType_Ready(&ForwardType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
     Py_INCREF(&TapType);
-    if (PyModule_AddObject(m, "Tap", (PyObject *)&TapType) < 0) {
+    Py_INCREF(&ForwardType);
+    if (PyModule_AddObject(m, "Tap", (PyObject *)&TapType) < 0
+        || PyModule_AddObject(m, "Forward", (PyObject *)&ForwardType) < 0) {
         Py_DECREF(&TapType);
+        Py_DECREF(&ForwardType);
         Py_DECREF(m);
         return NULL;
     }

@@ -13,13 +13,28 @@ __all__ = ["fastpath", "TAP_ROWS", "TAP_PLANES", "TAP_GRADIENT"]
 
 import torch
 
+
+def detached_hook(*args: object, **kwargs: object) -> None:
+    """What a deep-copied or unpickled model holds in place of a recorder hook: the copy is not watched."""
+    return None
+
+
+def _detached() -> object:
+    return detached_hook
+
+
+def _same(value: object) -> object:
+    """A wrapped forward, copied, is the original forward: copy.deepcopy rebinds it to the copied module."""
+    return value
+
+
 try:
     from . import _fastpath as _extension
 except ImportError:  # built without a compiler: the torch path stands in
     _extension = None
 else:
     # What the C hooks compare a tensor's attributes against, by identity.
-    _extension.setup(torch.Tensor, torch.float32, torch.strided, torch.is_grad_enabled)
+    _extension.setup(torch.Tensor, torch.float32, torch.strided, torch.is_grad_enabled, _detached, _same)
 
 # Tap kinds: a Linear's outputs (rows of neurons), a conv's outputs (channel planes), weight gradients.
 TAP_ROWS, TAP_PLANES, TAP_GRADIENT = 0, 1, 2

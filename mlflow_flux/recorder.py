@@ -93,11 +93,12 @@ class Snapshot:
 class _LayerState:
     """Per-neuron sums and counts of one layer since the last snapshot; sums merge by adding.
 
-    Two ways in. With the compiled extension (see :mod:`.kernels`) on CPU, the hooks are C objects: on float32
-    contiguous tensors each is one fused pass over the output or gradient while it is still in cache, into float64
-    sums, with no Python frame; anything else they pass to ``on_forward``/``on_grad``. Those are the torch path:
-    a Linear layer's outputs are copied into a stash and reduced every few steps, because on thin layers a
-    reduction's cost is the op dispatch, not the arithmetic.
+    Two ways in. With the compiled extension (see :mod:`.kernels`) on CPU, the hooks are C objects (the forward
+    one wraps the module's forward, see :class:`_WrappedForward`): on float32 contiguous tensors each is one fused
+    pass over the output or gradient while it is still in cache, into float64 sums, with no Python frame; anything
+    else they pass to ``on_forward``/``on_grad``. Those are the torch path: a Linear layer's outputs are copied
+    into a stash and reduced every few steps, because on thin layers a reduction's cost is the op dispatch, not
+    the arithmetic.
     """
 
     STASH_STEPS = 8
@@ -105,6 +106,7 @@ class _LayerState:
 
     def __init__(self, name: str, module: nn.Module, fastpath=None) -> None:
         weight = module.weight
+        self.detached = False
         self.name = name
         self.module_ref = weakref.ref(module)
         self.size = weight.shape[0]
@@ -117,7 +119,8 @@ class _LayerState:
         self._act_sum, self._act_sumsq, self._act_pos = self.sums[0:1], self.sums[1:2], self.sums[2:3]
         self._grad_sumsq = self.sums[3:4]
         # The fast path's sums, same rows, in float64, filled by C hooks (taps) that hand anything else to the
-        # Python hooks below; stats() adds both kinds together.
+        # Python hooks below; stats() adds both kinds together. A tap writes at a raw address: its fallback, a
+        # bound method of this state, keeps these sums alive for as long as the tap itself lives.
         self.fast = fastpath if weight.device.type == "cpu" else None
         self.fast_sums = torch.zeros(4, self.size, dtype=torch.float64)
         self.forward_hook, self.grad_hook = self.on_forward, self.on_grad
@@ -139,6 +142,10 @@ class _LayerState:
         self.act_count = 0
         self.grad_passes = 0
         self.previous_weight: torch.Tensor | None = None
+
+    def __reduce__(self):
+        # A deep copy or a pickle of the watched model is a plain model: the hooks it carries record nothing.
+        return (_detached_state, ())
 
     @property
     def samples(self) -> int:
@@ -179,7 +186,7 @@ class _LayerState:
 
     def on_forward(self, module: nn.Module, inputs: object, output: torch.Tensor) -> None:
         # Only training steps count: evaluation passes would mix another distribution into the epoch's activity.
-        if not (module.training and torch.is_grad_enabled()) or not isinstance(output, torch.Tensor):
+        if self.detached or not (module.training and torch.is_grad_enabled()) or not isinstance(output, torch.Tensor):
             return
         out = output.detach()
         if self.is_conv:
@@ -216,6 +223,8 @@ class _LayerState:
         self._slots = list(self._stash.split(rows.shape[0]))
 
     def on_grad(self, grad: torch.Tensor) -> None:
+        if self.detached:
+            return
         if grad.requires_grad:  # only under backward(create_graph=True); the sums must not join that graph
             grad = grad.detach()
         rows = grad if grad.dim() == 2 else grad.reshape(self.size, -1)
@@ -277,7 +286,8 @@ class _LayerState:
         mask = np.array([defined.get(c, True) for c in STAT_COLUMNS])
         nan = torch.full((self.size,), float("nan"), device=weight.device)
         values = self._weight_values(weight.reshape(self.size, -1).float(), bias, nan)
-        values.update(self._activity_values(self.sums.double() + self.fast_sums.to(self.sums.device), samples, passes, nan))
+        sums = self.sums.double() + self.fast_sums.to(self.sums.device)
+        values.update(self._activity_values(sums, samples, passes, nan))
         return torch.stack([values[c].float() for c in STAT_COLUMNS], dim=1), mask
 
     def _weight_values(self, weight: torch.Tensor, bias: torch.Tensor | None, nan: torch.Tensor) -> dict:
@@ -309,6 +319,36 @@ class _LayerState:
         return values
 
 
+def _detached_state() -> _LayerState:
+    state = _LayerState.__new__(_LayerState)
+    state.detached = True
+    return state
+
+
+class _WrappedForward:
+    """The handle of a forward the fast path wraps instead of hooking; ``remove()`` puts the module back.
+
+    Any forward hook sends every call of its module through ``nn.Module``'s slow path, about 2.5% of the
+    paper-scale step here; a ``Forward`` in the module's instance dict keeps the fast path. A deep copy or pickle
+    of the watched model gets the original forward (see ``_fastpath.Forward``), so the copy is a plain model.
+    """
+
+    def __init__(self, module: nn.Module, tap: object, fastpath) -> None:
+        self.module_ref = weakref.ref(module)
+        self.own = module.__dict__.get("forward")  # a forward set on the instance before us (another wrapper)
+        self.wrapper = fastpath.Forward(module.forward, module, tap)
+        module.__dict__["forward"] = self.wrapper
+
+    def remove(self) -> None:
+        self.wrapper.deactivate()  # harmless wherever a reference to it survives, e.g. inside a later wrapper
+        module = self.module_ref()
+        if module is not None and module.__dict__.get("forward") is self.wrapper:
+            if self.own is None:
+                del module.__dict__["forward"]
+            else:
+                module.__dict__["forward"] = self.own
+
+
 class NeuronRecorder:
     """Records per-neuron statistics of a model's layers; a context manager that removes its hooks on exit.
 
@@ -325,7 +365,7 @@ class NeuronRecorder:
         self.layer_specs = layers
         self.snapshot_every = snapshot_every
         self._states: list[_LayerState] = []
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._handles: list[torch.utils.hooks.RemovableHandle | _WrappedForward] = []
         self._rows: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
@@ -350,7 +390,10 @@ class NeuronRecorder:
         for name, module in select_layers(self.model, self.layer_specs):
             state = _LayerState(name, module, fastpath)
             self._states.append(state)
-            self._handles.append(module.register_forward_hook(state.forward_hook))
+            if state.fast is not None:
+                self._handles.append(_WrappedForward(module, state.forward_hook, state.fast))
+            else:
+                self._handles.append(module.register_forward_hook(state.forward_hook))
             if module.weight.requires_grad:
                 self._handles.append(module.weight.register_hook(state.grad_hook))
         sizes = [state.size for state in self._states]

@@ -295,3 +295,32 @@ def test_an_unbatched_conv_input_counts_as_one_sample(store, monkeypatch, fastpa
     expected = conv(x).detach().reshape(6, -1).double()
     np.testing.assert_allclose(trace.act_mean, expected.mean(1).numpy(), rtol=2e-5, atol=1e-6)
     np.testing.assert_allclose(trace.act_rate, (expected > 0).double().mean(1).numpy(), rtol=2e-5)
+
+
+@pytest.mark.parametrize("fastpath", ["1", "0"])
+def test_a_copy_of_a_watched_model_is_a_plain_model_and_detach_restores_it(store, monkeypatch, fastpath):
+    import copy
+    import io
+
+    monkeypatch.setenv("MLFLOW_FLUX_FASTPATH", fastpath)
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    own_forward = model[2].forward  # a forward set on the instance before watching, as some wrappers do
+    model[2].forward = own_forward
+    x = torch.randn(5, 4)
+    with mlflow.start_run() as run:
+        with mlflow_flux.watch(model, window=2, log_figures=False) as flux:
+            model(x).sum().backward()
+            twin = copy.deepcopy(model)  # e.g. keeping the best model for early stopping
+            buffer = io.BytesIO()
+            torch.save(model, buffer)
+            for copied in (twin, torch.load(io.BytesIO(buffer.getvalue()), weights_only=False)):
+                copied[2].weight.data.zero_()
+                copied[2].bias.data.zero_()
+                assert torch.equal(copied(x), torch.zeros(5, 2))  # its own weights, not the watched model's
+                copied(x).sum().backward()
+            flux.end_epoch(0)
+    trace = mlflow_flux.load_traces(run.info.run_id)
+    act_mean = trace[trace.layer == "0"].act_mean.to_numpy()
+    np.testing.assert_allclose(act_mean, model[0](x).detach().mean(0).numpy(), rtol=2e-5, atol=1e-6)
+    assert "forward" not in model[0].__dict__ and model[2].__dict__["forward"] is own_forward
+    assert not model[0]._forward_hooks and not model[0]._forward_pre_hooks
