@@ -227,5 +227,9 @@ def watch(model: nn.Module, **options) -> FluxWatcher:
 
     Returns:
         A :class:`FluxWatcher`; use it as a context manager and call ``end_epoch(epoch)`` once per epoch.
+
+    While watched, each watched layer has a tensor hook on its weight and, on CPU with the compiled fast path, a
+    wrapper as its ``forward`` (elsewhere a forward hook); all are taken out on exit. A ``copy.deepcopy`` or
+    ``torch.save`` of the model meanwhile gives a plain, unwatched model.
     """
     return FluxWatcher(model, **options)
