@@ -2,8 +2,9 @@
  *
  * On a thin model a hook's cost is memory passes and op dispatch, not arithmetic: the torch formulation of one
  * layer's activation statistics is six ops and four passes over the output, this is one call and one pass while the
- * output is still in cache. The functions take raw addresses: the caller (mlflow_flux/kernels.py) checks device,
- * dtype, contiguity and sizes before calling. Semantics match the torch path in recorder.py, NaN and inf included.
+ * output is still in cache. The hooks (Tap, Forward) check device, dtype, layout and shape before touching memory;
+ * the module functions take raw addresses, and their callers (recorder.py, the tests) check first. Semantics match
+ * the torch path in recorder.py, NaN and inf included.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -38,8 +39,8 @@
 /* relu(v).sign() in torch: 1 above zero, else 0; NaN does not fire (its sums turn NaN and are counted). */
 static inline float fires(float v) { return v > 0.0f ? 1.0f : 0.0f; }
 
-/* Eight floats the compiler keeps in registers (one AVX register, two SSE ones): the loop over rows below must
- * accumulate in registers, and left to itself the auto-vectoriser picked the row loop instead. */
+/* Eight floats the compiler keeps in registers (one AVX register, two SSE ones), for reductions along contiguous
+ * memory (conv planes, weight rows): written out, because left to itself the auto-vectoriser picked the outer loop. */
 typedef float lanes __attribute__((vector_size(32)));
 typedef int32_t mask_lanes __attribute__((vector_size(32)));
 
