@@ -122,7 +122,7 @@ class _LayerState:
         # Python hooks below; stats() adds both kinds together. A tap writes at a raw address: its fallback, a
         # bound method of this state, keeps these sums alive for as long as the tap itself lives.
         self.fast = fastpath if weight.device.type == "cpu" else None
-        self.fast_sums = torch.zeros(4, self.size, dtype=torch.float64)
+        self.fast_sums = torch.zeros(4, self.size, dtype=torch.float64) if self.fast is not None else None
         self.forward_hook, self.grad_hook = self.on_forward, self.on_grad
         self._taps = []
         if self.fast is not None:
@@ -158,7 +158,8 @@ class _LayerState:
 
     def reset(self) -> None:
         self.sums.zero_()
-        self.fast_sums.zero_()
+        if self.fast_sums is not None:
+            self.fast_sums.zero_()
         self.act_count = 0
         self.grad_passes = 0
         for tap in self._taps:
@@ -286,7 +287,9 @@ class _LayerState:
         mask = np.array([defined.get(c, True) for c in STAT_COLUMNS])
         nan = torch.full((self.size,), float("nan"), device=weight.device)
         values = self._weight_values(weight.reshape(self.size, -1).float(), bias, nan)
-        sums = self.sums.double() + self.fast_sums.to(self.sums.device)
+        sums = self.sums.double()
+        if self.fast_sums is not None:  # calls the taps took before handing this layer to the torch path
+            sums += self.fast_sums
         values.update(self._activity_values(sums, samples, passes, nan))
         return torch.stack([values[c].float() for c in STAT_COLUMNS], dim=1), mask
 
