@@ -254,10 +254,9 @@ class _LayerState:
         weight = module.weight.detach()
         bias = getattr(module, "bias", None)
         bias = bias.detach() if isinstance(bias, torch.Tensor) else None
-        if (self.fast is None or weight.dtype is not torch.float32 or not weight.is_contiguous()
-                or (bias is not None and (bias.dtype is not torch.float32 or not bias.is_contiguous()
-                                          or bias.device.type != "cpu"))
-                or (self.previous_weight is not None and not self.previous_weight.is_contiguous())):
+        # The C code reads and writes these by address: only CPU float32 contiguous memory may reach it.
+        tensors = [t for t in (weight, bias, self.previous_weight) if t is not None]
+        if self.fast is None or not all(_is_cpu_float32_block(t) for t in tensors):
             return None
         self.drain()
         self.drain_norms()
@@ -320,6 +319,10 @@ class _LayerState:
         if passes:
             values["grad_norm"] = (sums[3] / passes).sqrt()
         return values
+
+
+def _is_cpu_float32_block(tensor: torch.Tensor) -> bool:
+    return tensor.device.type == "cpu" and tensor.dtype is torch.float32 and tensor.is_contiguous()
 
 
 def _detached_state() -> _LayerState:
