@@ -3,7 +3,7 @@
  * On a thin model a hook's cost is memory passes and op dispatch, not arithmetic: the torch formulation of one
  * layer's activation statistics is six ops and four passes over the output, this is one call and one pass while the
  * output is still in cache. The hooks (Tap, Forward) check device, dtype, layout and shape before touching memory;
- * the module functions take raw addresses, and their callers (recorder.py, the tests) check first. Semantics match
+ * layer_statistics takes raw addresses, and its caller (recorder.py) checks first. Semantics match
  * the torch path in recorder.py, NaN and inf included.
  */
 #define PY_SSIZE_T_CLEAN
@@ -117,16 +117,6 @@ static void activations_channels(const float *restrict y, Py_ssize_t outer, Py_s
     }
 }
 
-static PyObject *accumulate_activations(PyObject *self, PyObject *args)
-{
-    unsigned long long y_address, sums_address;
-    Py_ssize_t outer, channels, inner;
-    if (!PyArg_ParseTuple(args, "KnnnK", &y_address, &outer, &channels, &inner, &sums_address))
-        return NULL;
-    if (outer < 0 || channels <= 0 || inner <= 0) {
-        PyErr_SetString(PyExc_ValueError, "outer must be >= 0, channels and inner > 0");
-        return NULL;
-    }
     const float *y = (const float *)(uintptr_t)y_address;
     double *sums = (double *)(uintptr_t)sums_address;
     BEGIN_ALLOW_THREADS_IF(outer * channels * inner >= RELEASE_GIL_ELEMENTS)
@@ -158,16 +148,6 @@ static void row_sumsq(const float *restrict g, Py_ssize_t rows, Py_ssize_t cols,
     }
 }
 
-static PyObject *accumulate_row_sumsq(PyObject *self, PyObject *args)
-{
-    unsigned long long g_address, out_address;
-    Py_ssize_t rows, cols;
-    if (!PyArg_ParseTuple(args, "KnnK", &g_address, &rows, &cols, &out_address))
-        return NULL;
-    if (rows < 0 || cols < 0) {
-        PyErr_SetString(PyExc_ValueError, "rows and cols must be >= 0");
-        return NULL;
-    }
     const float *g = (const float *)(uintptr_t)g_address;
     double *out = (double *)(uintptr_t)out_address;
     BEGIN_ALLOW_THREADS_IF(rows * cols >= RELEASE_GIL_ELEMENTS)
@@ -655,12 +635,6 @@ static PyObject *setup(PyObject *self, PyObject *args)
 }
 
 static PyMethodDef methods[] = {
-    {"accumulate_activations", accumulate_activations, METH_VARARGS,
-     "accumulate_activations(y, outer, channels, inner, sums): add the sum, sum of squares and count above zero "
-     "of a contiguous float32 (outer, channels, inner) block into a contiguous float64 (3, channels) block."},
-    {"accumulate_row_sumsq", accumulate_row_sumsq, METH_VARARGS,
-     "accumulate_row_sumsq(g, rows, cols, out): add each row's sum of squares of a contiguous float32 (rows, cols) "
-     "block into a contiguous float64 (rows,) vector."},
     {"layer_statistics", layer_statistics, METH_VARARGS,
      "layer_statistics(w, previous, rows, cols, has_previous, bias, sums, samples, passes, out, positions): one "
      "layer's snapshot. Weight mean, population std, L2 norm and step from previous (which then takes w's values) of "

@@ -19,6 +19,16 @@ if kernels.fastpath() is None:
 fast = kernels.fastpath()
 
 
+def _tap(kind: int, channels: int, sums: torch.Tensor, ndim: int = 0):
+    """A tap writing into ``sums`` whose fallback fails the test: every call here must be taken in C."""
+    def fallback(*args):
+        raise AssertionError(f"the tap handed {len(args)} arguments to its fallback")
+    return fast.Tap(kind, channels, sums.data_ptr(), fallback, ndim)
+
+
+TRAINING_MODULE = nn.Identity()  # in training mode: a forward tap counts its outputs
+
+
 def _expected_activations(y: np.ndarray) -> np.ndarray:
     """(3, channels): sum, sum of squares, and how many are above zero."""
     y = y.astype(np.float64)
@@ -30,7 +40,9 @@ def test_activation_rows_match_float64(rows, channels):
     y = torch.randn(rows, channels) * 3
     y[0, 0] = 0.0  # exactly zero does not fire
     sums = torch.full((3, channels), 0.5, dtype=torch.float64)  # adds into what is there
-    fast.accumulate_activations(y.data_ptr(), rows, channels, 1, sums.data_ptr())
+    tap = _tap(kernels.TAP_ROWS, channels, sums)
+    tap(TRAINING_MODULE, (), y)
+    assert tap.count == rows
     np.testing.assert_allclose(sums.numpy() - 0.5, _expected_activations(y.numpy()), rtol=1e-5, atol=1e-4)
 
 
@@ -38,8 +50,9 @@ def test_activation_rows_match_float64(rows, channels):
 def test_activation_channel_planes_match_float64(shape):
     y = torch.randn(shape)
     sums = torch.zeros(3, shape[1], dtype=torch.float64)
-    inner = int(np.prod(shape[2:]))
-    fast.accumulate_activations(y.data_ptr(), shape[0], shape[1], inner, sums.data_ptr())
+    tap = _tap(kernels.TAP_PLANES, shape[1], sums, ndim=len(shape))
+    tap(TRAINING_MODULE, (), y)
+    assert tap.count == shape[0] * int(np.prod(shape[2:]))
     per_channel = y.transpose(0, 1).reshape(shape[1], -1).T.numpy()
     np.testing.assert_allclose(sums.numpy(), _expected_activations(per_channel), rtol=1e-5, atol=1e-4)
 
@@ -47,7 +60,7 @@ def test_activation_channel_planes_match_float64(shape):
 def test_nan_and_inf_follow_the_torch_path():
     y = torch.tensor([[1.0, float("nan"), float("inf"), -float("inf"), -2.0]] * 9)
     sums = torch.zeros(3, 5, dtype=torch.float64)
-    fast.accumulate_activations(y.data_ptr(), 9, 5, 1, sums.data_ptr())
+    _tap(kernels.TAP_ROWS, 5, sums)(TRAINING_MODULE, (), y)
     torch_path = torch.stack([y.sum(0), (y * y).sum(0), torch.relu(y).sign_().sum(0)]).double()
     np.testing.assert_array_equal(sums.numpy(), torch_path.numpy())
 
@@ -56,7 +69,9 @@ def test_nan_and_inf_follow_the_torch_path():
 def test_row_sums_of_squares_match_float64(rows, cols):
     g = torch.randn(rows, cols)
     out = torch.ones(rows, dtype=torch.float64)
-    fast.accumulate_row_sumsq(g.data_ptr(), rows, cols, out.data_ptr())
+    tap = _tap(kernels.TAP_GRADIENT, rows, out)
+    tap(g)
+    assert tap.count == 1
     np.testing.assert_allclose(out.numpy() - 1, (g.double() ** 2).sum(1).numpy(), rtol=1e-5)
 
 
