@@ -1,5 +1,6 @@
 """Only the optional C extension lives here; everything else is declared in pyproject.toml."""
 
+import os
 import sys
 
 from setuptools import Extension, setup
@@ -11,8 +12,9 @@ setup(
             ["mlflow_flux/_fastpath.c"],
             # -O3 vectorises the per-column loops; no -march=native, so a built wheel runs on any CPU of its arch.
             extra_compile_args=[] if sys.platform == "win32" else ["-O3"],
-            # Without a compiler the package still installs: the recorder falls back to torch ops.
-            optional=True,
+            # Without a compiler the package still installs: the recorder falls back to torch ops. The Makefile sets
+            # MLFLOW_FLUX_REQUIRE_FASTPATH=1 so that a compile error stops the install instead of hiding in pip's log.
+            optional=os.environ.get("MLFLOW_FLUX_REQUIRE_FASTPATH") != "1",
         )
     ]
 )

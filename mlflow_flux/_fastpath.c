@@ -117,17 +117,6 @@ static void activations_channels(const float *restrict y, Py_ssize_t outer, Py_s
     }
 }
 
-    const float *y = (const float *)(uintptr_t)y_address;
-    double *sums = (double *)(uintptr_t)sums_address;
-    BEGIN_ALLOW_THREADS_IF(outer * channels * inner >= RELEASE_GIL_ELEMENTS)
-    if (inner == 1)
-        activations_rows(y, outer, channels, sums);
-    else
-        activations_channels(y, outer, channels, inner, sums);
-    END_ALLOW_THREADS_IF
-    Py_RETURN_NONE;
-}
-
 SIMD_CLONES
 static void row_sumsq(const float *restrict g, Py_ssize_t rows, Py_ssize_t cols, double *restrict out)
 {
@@ -146,14 +135,6 @@ static void row_sumsq(const float *restrict g, Py_ssize_t rows, Py_ssize_t cols,
             total += (double)row[c] * row[c];
         out[r] += total;
     }
-}
-
-    const float *g = (const float *)(uintptr_t)g_address;
-    double *out = (double *)(uintptr_t)out_address;
-    BEGIN_ALLOW_THREADS_IF(rows * cols >= RELEASE_GIL_ELEMENTS)
-    row_sumsq(g, rows, cols, out);
-    END_ALLOW_THREADS_IF
-    Py_RETURN_NONE;
 }
 
 SIMD_CLONES
