@@ -1,15 +1,22 @@
 """Only the optional C extension lives here; everything else is declared in pyproject.toml."""
 
+import hashlib
 import os
 import sys
+from pathlib import Path
 
 from setuptools import Extension, setup
+
+SOURCE = "mlflow_flux/_fastpath.c"
+# Baked into the module so a test can tell a stale build (an old in-place .so) from one of the current source.
+SOURCE_SHA256 = hashlib.sha256((Path(__file__).parent / SOURCE).read_bytes()).hexdigest()
 
 setup(
     ext_modules=[
         Extension(
             "mlflow_flux._fastpath",
-            ["mlflow_flux/_fastpath.c"],
+            [SOURCE],
+            define_macros=[("FASTPATH_SOURCE_SHA256", f'"{SOURCE_SHA256}"')],
             # -O3 vectorises the per-column loops; no -march=native, so a built wheel runs on any CPU of its arch.
             extra_compile_args=[] if sys.platform == "win32" else ["-O3"],
             # Without a compiler the package still installs: the recorder falls back to torch ops. The Makefile sets

@@ -26,6 +26,11 @@
 #define BEGIN_ALLOW_THREADS_IF(big) { PyThreadState *_save = (big) ? PyEval_SaveThread() : NULL;
 #define END_ALLOW_THREADS_IF if (_save) PyEval_RestoreThread(_save); }
 
+/* setup.py passes the SHA-256 of this file, so tests can tell a stale build from a current one. */
+#ifndef FASTPATH_SOURCE_SHA256
+#define FASTPATH_SOURCE_SHA256 "unknown"
+#endif
+
 /* Independent partial sums per row reduction: without -ffast-math the compiler will not reassociate one. */
 #define TILE 16
 
@@ -646,7 +651,8 @@ PyMODINIT_FUNC PyInit__fastpath(void)
     Py_INCREF(&TapType);
     Py_INCREF(&ForwardType);
     if (PyModule_AddObject(m, "Tap", (PyObject *)&TapType) < 0
-        || PyModule_AddObject(m, "Forward", (PyObject *)&ForwardType) < 0) {
+        || PyModule_AddObject(m, "Forward", (PyObject *)&ForwardType) < 0
+        || PyModule_AddStringConstant(m, "source_sha256", FASTPATH_SOURCE_SHA256) < 0) {
         Py_DECREF(&TapType);
         Py_DECREF(&ForwardType);
         Py_DECREF(m);

@@ -1,6 +1,8 @@
 """The C fast path against float64 arithmetic done here, and against the torch path on the same training."""
 
+import hashlib
 import os
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -17,6 +19,16 @@ if kernels.fastpath() is None:
     pytest.skip("the optional C extension is not built", allow_module_level=True)
 
 fast = kernels.fastpath()
+
+
+def test_the_loaded_extension_was_built_from_the_current_source():
+    # An editable install builds the .so in place; after a failed rebuild the old one would still load and pass.
+    source = Path(mlflow_flux.__file__).parent / "_fastpath.c"
+    if not source.exists():
+        pytest.skip("installed from a wheel: no source beside the package to compare with")
+    assert fast.source_sha256 == hashlib.sha256(source.read_bytes()).hexdigest(), (
+        "mlflow_flux._fastpath is stale: rebuild it (make install, or pip install -e .)"
+    )
 
 
 def _tap(kind: int, channels: int, sums: torch.Tensor, ndim: int = 0):
