@@ -648,13 +648,10 @@ PyMODINIT_FUNC PyInit__fastpath(void)
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
-    Py_INCREF(&TapType);
-    Py_INCREF(&ForwardType);
-    if (PyModule_AddObject(m, "Tap", (PyObject *)&TapType) < 0
-        || PyModule_AddObject(m, "Forward", (PyObject *)&ForwardType) < 0
+    /* AddObjectRef (3.10+) takes its own reference, so a failure part-way leaves no count to undo. */
+    if (PyModule_AddObjectRef(m, "Tap", (PyObject *)&TapType) < 0
+        || PyModule_AddObjectRef(m, "Forward", (PyObject *)&ForwardType) < 0
         || PyModule_AddStringConstant(m, "source_sha256", FASTPATH_SOURCE_SHA256) < 0) {
-        Py_DECREF(&TapType);
-        Py_DECREF(&ForwardType);
         Py_DECREF(m);
         return NULL;
     }
