@@ -274,9 +274,15 @@ typedef struct {
 static PyObject *TensorType, *Float32, *Strided, *IsGradEnabled, *Detached, *Same;
 static PyObject *s_training, *s_dtype, *s_layout, *s_is_cpu, *s_is_contiguous, *s_shape, *s_data_ptr;
 
-/* 1: t is a CPU, strided, contiguous float32 tensor, and its address and shape (a new reference) are filled in;
- * 0: it is not; -1: an exception is set. */
-static int float32_block(PyObject *t, uintptr_t *address, PyObject **shape)
+/* The size of a shape tuple's dimension, or -1 with an exception set. */
+static Py_ssize_t dimension(PyObject *shape, Py_ssize_t index)
+{
+    return PyLong_AsSsize_t(PyTuple_GET_ITEM(shape, index));
+}
+
+/* 1: t is a CPU, strided, contiguous float32 tensor, and its address, shape (a new reference) and element count are
+ * filled in; 0: it is not; -1: an exception is set. */
+static int float32_block(PyObject *t, uintptr_t *address, PyObject **shape, Py_ssize_t *numel)
 {
     PyObject *names[] = {s_dtype, s_layout, s_is_cpu};
     PyObject *wanted[] = {Float32, Strided, Py_True};
@@ -312,13 +318,16 @@ static int float32_block(PyObject *t, uintptr_t *address, PyObject **shape)
         Py_CLEAR(*shape);
         return 0;
     }
+    *numel = 1;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(*shape); ++i) {
+        Py_ssize_t size = dimension(*shape, i);
+        if (size < 0) {
+            Py_CLEAR(*shape);
+            return PyErr_Occurred() ? -1 : 0;
+        }
+        *numel *= size;
+    }
     return 1;
-}
-
-/* The dimensions of a shape tuple, or -1 with an exception set. */
-static Py_ssize_t dimension(PyObject *shape, Py_ssize_t index)
-{
-    return PyLong_AsSsize_t(PyTuple_GET_ITEM(shape, index));
 }
 
 /* 1 when the tap took the call, 0 when the fallback must, -1 on error. */
@@ -326,19 +335,11 @@ static int take_gradient(Tap *self, PyObject *grad)
 {
     uintptr_t address;
     PyObject *shape = NULL;
-    int found = float32_block(grad, &address, &shape);
+    Py_ssize_t numel;
+    int found = float32_block(grad, &address, &shape, &numel);
     if (found <= 0)
         return found;
-    Py_ssize_t ndim = PyTuple_GET_SIZE(shape), numel = 1;
-    for (Py_ssize_t i = 0; i < ndim; ++i) {
-        Py_ssize_t size = dimension(shape, i);
-        if (size < 0) {
-            Py_DECREF(shape);
-            return PyErr_Occurred() ? -1 : 0;
-        }
-        numel *= size;
-    }
-    Py_ssize_t first = ndim ? dimension(shape, 0) : 0;
+    Py_ssize_t first = PyTuple_GET_SIZE(shape) ? dimension(shape, 0) : 0;
     Py_DECREF(shape);
     if (first != self->channels || numel % self->channels)
         return 0;
@@ -369,18 +370,11 @@ static int take_activations(Tap *self, PyObject *module, PyObject *output)
         return 1;
     uintptr_t address;
     PyObject *shape = NULL;
-    int found = float32_block(output, &address, &shape);
+    Py_ssize_t numel;
+    int found = float32_block(output, &address, &shape, &numel);
     if (found <= 0)
         return found;
-    Py_ssize_t ndim = PyTuple_GET_SIZE(shape), numel = 1, outer = 0, inner = 0;
-    for (Py_ssize_t i = 0; i < ndim; ++i) {
-        Py_ssize_t size = dimension(shape, i);
-        if (size < 0) {
-            Py_DECREF(shape);
-            return PyErr_Occurred() ? -1 : 0;
-        }
-        numel *= size;
-    }
+    Py_ssize_t ndim = PyTuple_GET_SIZE(shape), outer = 0, inner = 0;
     /* Viewed as (outer, neurons, inner): a Linear's outputs are rows of neurons, a conv's are channel planes. */
     if (self->kind == TAP_PLANES && ndim == self->ndim && dimension(shape, 1) == self->channels) {
         outer = dimension(shape, 0);

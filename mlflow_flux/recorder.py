@@ -251,9 +251,7 @@ class _LayerState:
             How many defined values are not finite, or ``None`` when the torch path must take the layer (no
             extension, another device, dtype or memory layout).
         """
-        weight = module.weight.detach()
-        bias = getattr(module, "bias", None)
-        bias = bias.detach() if isinstance(bias, torch.Tensor) else None
+        weight, bias = _weight_and_bias(module)
         # The C code reads and writes these by address: only CPU float32 contiguous memory may reach it.
         tensors = [t for t in (weight, bias, self.previous_weight) if t is not None]
         if self.fast is None or not all(_is_cpu_float32_block(t) for t in tensors):
@@ -277,9 +275,7 @@ class _LayerState:
         are defined: NaN also stands for "not defined" (no bias, no previous snapshot, no samples)."""
         self.drain()
         self.drain_norms()
-        weight = module.weight.detach()
-        bias = getattr(module, "bias", None)
-        bias = bias.detach() if isinstance(bias, torch.Tensor) else None
+        weight, bias = _weight_and_bias(module)
         samples, passes = self.samples, self.backward_passes
         defined = {"w_step": self.previous_weight is not None, "bias": bias is not None, "act_mean": samples > 0,
                    "act_std": samples > 0, "act_rate": samples > 0, "grad_norm": passes > 0}
@@ -319,6 +315,11 @@ class _LayerState:
         if passes:
             values["grad_norm"] = (sums[3] / passes).sqrt()
         return values
+
+
+def _weight_and_bias(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    bias = getattr(module, "bias", None)
+    return module.weight.detach(), bias.detach() if isinstance(bias, torch.Tensor) else None
 
 
 def _is_cpu_float32_block(tensor: torch.Tensor) -> bool:
