@@ -16,8 +16,8 @@ $(BIN)/python:
 
 # Reinstall when the dependency declarations or the C extension change. The editable install builds the extension
 # in place; the old one is removed first so a failed build cannot hide behind it.
-$(STAMP): $(BIN)/python pyproject.toml setup.py constraints.txt mlflow_flux/_fastpath.c
-	rm -f mlflow_flux/_fastpath*.so
+$(STAMP): $(BIN)/python pyproject.toml setup.py constraints.txt mlflow_flux/recording/_fastpath.c
+	rm -f mlflow_flux/recording/_fastpath*.so
 	MLFLOW_FLUX_REQUIRE_FASTPATH=$(REQUIRE_FASTPATH) $(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
@@ -28,8 +28,12 @@ run: $(STAMP)
 	@echo
 	@echo "Open the UI on this store:  $(BIN)/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI)"
 
+# The whole suite under `python -OO` (no docstrings, no asserts: nothing of ours may lean on them), then the doctests
+# and every test not marked slow in plain python: both modes, without running the end-to-end tests twice.
+TEST_ENV := PATH="$(CURDIR)/$(BIN):$$PATH" MLFLOW_FLUX_REQUIRE_FASTPATH=$(REQUIRE_FASTPATH)
 test: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" MLFLOW_FLUX_REQUIRE_FASTPATH=$(REQUIRE_FASTPATH) $(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(TEST_ENV) $(BIN)/python -OO -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+	$(TEST_ENV) $(BIN)/python -m pytest -p no:cacheprovider -m "not slow" $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/recorder.py

@@ -7,14 +7,14 @@ from pathlib import Path
 
 from setuptools import Extension, setup
 
-SOURCE = "mlflow_flux/_fastpath.c"
+SOURCE = "mlflow_flux/recording/_fastpath.c"
 # Baked into the module so a test can tell a stale build (an old in-place .so) from one of the current source.
 SOURCE_SHA256 = hashlib.sha256((Path(__file__).parent / SOURCE).read_bytes()).hexdigest()
 
 setup(
     ext_modules=[
         Extension(
-            "mlflow_flux._fastpath",
+            "mlflow_flux.recording._fastpath",
             [SOURCE],
             define_macros=[("FASTPATH_SOURCE_SHA256", f'"{SOURCE_SHA256}"')],
             # -O3 vectorises the per-column loops; no -march=native, so a built wheel runs on any CPU of its arch.

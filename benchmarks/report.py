@@ -51,8 +51,8 @@ def start_server(root: Path) -> tuple[subprocess.Popen, str]:
 
 
 def synthetic_trace(epochs: int, rng: np.random.Generator) -> pa.Table:
-    from mlflow_flux.recorder import Snapshot, STAT_COLUMNS
-    from mlflow_flux.traces import snapshot_to_batch
+    from mlflow_flux.traces import schema
+    from mlflow_flux.traces.schema import STAT_COLUMNS, Snapshot
 
     names = list(LAYERS)
     sizes = list(LAYERS.values())
@@ -69,7 +69,7 @@ def synthetic_trace(epochs: int, rng: np.random.Generator) -> pa.Table:
         stats[:, STAT_COLUMNS.index("w_std")] = w_std[e]
         stats[:, STAT_COLUMNS.index("bias")] = bias[e]
         stats[:, STAT_COLUMNS.index("act_rate")] *= firing
-        batches.append(snapshot_to_batch(Snapshot(e, names, layer_index, neuron, stats, 0)))
+        batches.append(schema.snapshot_to_batch(Snapshot(e, names, layer_index, neuron, stats, 0)))
     return pa.Table.from_batches(batches)
 
 
@@ -78,7 +78,7 @@ def populate(uri: str, runs: int, epochs: int, workdir: Path) -> str:
     from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
 
-    from mlflow_flux.tracking import write_trace_table
+    from mlflow_flux.traces.schema import write_trace_table
 
     mlflow.set_tracking_uri(uri)
     client = MlflowClient()
@@ -109,12 +109,12 @@ def populate(uri: str, runs: int, epochs: int, workdir: Path) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description="Report build time against a local mlflow server.")
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--epochs", type=int, default=1000)
     args = parser.parse_args()
-    import mlflow_flux
-    import mlflow_flux.comparison
+    from mlflow_flux.report.loading import load_comparison
+    from mlflow_flux.report.render import build
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -124,11 +124,8 @@ def main() -> None:
             steps = sorted({min(args.runs, k) for k in range(10, args.runs + 10, 10)})
             for count in steps:
                 started = time.perf_counter()
-                comparison = mlflow_flux.comparison.load_comparison(filter_string=f"metrics.bench_index < {count}",
-                                                                    experiment="report-bench")
-                from mlflow_flux import report
-
-                report.build(comparison, output=root / f"report-{count}", log_run=False)
+                comparison = load_comparison(filter_string=f"metrics.bench_index < {count}", experiment="report-bench")
+                build(comparison, output=root / f"report-{count}", log_run=False)
                 total = time.perf_counter() - started
                 per = {k: sum(r.seconds[k] for r in comparison.runs) for k in ("fetch", "read", "compute")}
                 t = comparison.timings

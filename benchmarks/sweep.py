@@ -35,7 +35,7 @@ def timed_sweep(store: Path, max_parallel: str, args: argparse.Namespace) -> flo
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description="Sweep wall time: parallel against one variant after another.")
     parser.add_argument("--epochs", type=int, default=50)
     parser.add_argument("--lrs", default="0.01,0.001,0.0001")
     parser.add_argument("--seeds", default="0,1")

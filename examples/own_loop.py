@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import mlflow_flux
-from mlflow_flux.shapes import ShapeSpec, make_shapes
+from mlflow_flux.study.shapes import ShapeSpec, make_shapes
 
 images, labels = make_shapes(ShapeSpec(n_samples=1024, image_size=32))
 x = torch.from_numpy(images).unsqueeze(1)

@@ -22,16 +22,16 @@ _EXPORTS = {
     "FluxError": ".errors",
     "FluxWatcher": ".watcher",
     "watch": ".watcher",
-    "load_traces": ".traces",
-    "compare": ".comparison",
+    "load_traces": ".traces.reader",
+    "compare": ".report.pipeline",
 }
 
 __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:
-    from .comparison import compare
     from .errors import FluxError
-    from .traces import load_traces
+    from .report.pipeline import compare
+    from .traces.reader import load_traces
     from .watcher import FluxWatcher, watch
 
 

@@ -13,12 +13,15 @@ import argparse
 import dataclasses
 import logging
 import sys
+import warnings
 from typing import Sequence
 
-from .config import TrainConfig
 from .errors import FluxError
+from .study.config import TrainConfig
 
 __all__ = ["main"]
+
+DESCRIPTION = "mlflow-flux: train the built-in study, run its sweep, and compare watched runs."
 
 _SWEPT = ("lr", "seed")
 
@@ -39,10 +42,10 @@ def _given(args: argparse.Namespace, names: Sequence[str]) -> dict[str, str]:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .config import parse_train_config
+    from .study.config import parse_train_config
 
     config = parse_train_config(_given(args, [f.name for f in dataclasses.fields(TrainConfig)]))
-    from .train import train
+    from .study.train import train
 
     result = train(config, progress=not args.quiet)
     print(f"run {result.run_id}: loss/final {result.final_loss:.6f} after {result.epochs} epochs")
@@ -50,13 +53,13 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from .sweep import parse_sweep_config, run_sweep
+    from .study.sweep import parse_sweep_config, run_sweep
 
     names = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in _SWEPT]
     config = parse_sweep_config(_given(args, ["lrs", "seeds", "max_parallel", "report", *names]))
     result = run_sweep(config)
     if config.report and len(result.failed) < len(result.variants):
-        from .comparison import compare
+        from .report.pipeline import compare
 
         print_report_summary(compare(result.sweep_run_id))  # failed variants show up as skipped
     if not result.ok:
@@ -70,9 +73,8 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from .comparison import compare
-
-    from .config import parse_floats, parse_ints
+    from .report.pipeline import compare
+    from .study.config import parse_floats, parse_ints
 
     window = parse_ints("window", args.window, minimum=2)[0] if args.window is not None else None
     tau = parse_floats("tau", args.tau)[0] if args.tau is not None else None
@@ -99,7 +101,7 @@ def print_report_summary(report) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mlflow-flux", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="mlflow-flux", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sweep,compare}")
 
     train = sub.add_parser("train", help="train one variant into one MLflow run")
@@ -132,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # MLflow's own import-time warnings (under `python -OO` it warns about its stripped docstrings) are not ours to
+    # show: the terminal is for what mlflow-flux says.
+    warnings.filterwarnings("ignore", module=r"mlflow(\.|$)")
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -4,14 +4,8 @@ No torch, no MLflow, no I/O. The recorder calls these live on a window of the la
 comparison report calls them offline on traces read back from Parquet, so the two can never disagree: both pass
 float32 trace values arranged as ``(windows, window, neurons)`` arrays through the same code.
 
-Definitions (our reading of arXiv 2511.10435, which publishes no formula; see docs/metrics.md):
-
-- spread of neuron *i* at snapshot *t*: ``s[t, i] = w_std[t, i]``, the population std of its incoming weights;
-- spread of the spread over a window of ``W`` snapshots: ``sos[i] = std_t(s[t, i])``;
-- relative fluctuation: ``rel[i] = sos[i] / mean_t(s[t, i])`` (0 where the mean spread is 0);
-- bias fluctuation: ``std_t(bias[t, i])``;
-- fires: ``act_rate[t, i] > 0`` for some *t* in the window; dead: ``act_rate[t, i] == 0`` for every *t*;
-- participates: fires and ``rel[i] >= tau``.
+Definitions (our reading of arXiv 2511.10435, which publishes no formula) are in :data:`DEFINITIONS` and
+docs/metrics.md.
 """
 
 from __future__ import annotations
@@ -23,6 +17,8 @@ import numpy as np
 import pandas as pd
 
 __all__ = [
+    "DEFINITIONS",
+    "INPUT_COLUMNS",
     "DEFAULT_WINDOW",
     "DEFAULT_TAU",
     "SUMMARY_KEYS",
@@ -37,6 +33,18 @@ __all__ = [
     "summaries_over_epochs",
 ]
 
+# What each quantity means, as the report prints it: our reading of the paper, which publishes no formula.
+DEFINITIONS = (
+    ("spread", "s[t, i] = w_std[t, i]: the population std of neuron i's incoming weights at snapshot t"),
+    ("spread of the spread", "sos[i] = std over the window of s[t, i]"),
+    ("relative fluctuation", "rel[i] = sos[i] / mean over the window of s[t, i] (0 where that mean is 0)"),
+    ("bias fluctuation", "std over the window of bias[t, i]"),
+    ("fires", "act_rate[t, i] > 0 at some snapshot t of the window"),
+    ("dead", "act_rate[t, i] == 0 at every snapshot t of the window"),
+    ("participates", "fires and rel[i] >= tau"),
+)
+# The per-neuron trace columns every summary here is computed from (the trace stores them first).
+INPUT_COLUMNS = ("w_std", "bias", "act_rate", "w_step")
 DEFAULT_WINDOW = 10
 DEFAULT_TAU = 1e-4
 # Per-layer summary keys, logged as ``flux/<layer>/<key>`` and ``flux/all/<key>``.
@@ -202,7 +210,7 @@ def windows_of(values: np.ndarray, window: int) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(view, -1, 1))
 
 
-def layer_arrays(trace: pd.DataFrame, columns: tuple[str, ...] = ("w_std", "bias", "act_rate", "w_step")):
+def layer_arrays(trace: pd.DataFrame, columns: tuple[str, ...] = INPUT_COLUMNS):
     """A long trace as ``(epochs, {layer: {column: (E, N) float32 array}})``, layers in order of appearance.
 
     Raises:

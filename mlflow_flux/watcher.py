@@ -20,16 +20,19 @@ from mlflow.entities import Param, RunTag
 from mlflow.tracking import MlflowClient
 from torch import nn
 
-from . import fluctuation, plots
+from . import fluctuation
 from .errors import FluxError
-from .recorder import LayerSpec, NeuronRecorder, Snapshot
-from .tracking import MetricLogger, TraceSink
-from .traces import read_trace_files, snapshot_to_batch
+from .recording.layers import LayerSpec
+from .recording.recorder import NeuronRecorder
+from .report import plots
+from .traces.metrics import MetricLogger
+from .traces.reader import read_trace_files
+from .traces.schema import SUMMARY_COLUMNS, Snapshot, snapshot_to_batch
+from .traces.sink import TraceSink
 
 __all__ = ["FluxWatcher", "watch", "TRACE_DIR_TAG"]
 
 TRACE_DIR_TAG = "mlflow_flux.trace_dir"
-_WINDOW_COLUMNS = ("w_std", "bias", "act_rate", "w_step")  # what the summaries read
 
 
 class FluxWatcher:
@@ -173,14 +176,14 @@ class FluxWatcher:
         """
         for name, recent in self._recent.items():
             rows = snapshot.layer_slice(name)
-            recent.append({c: snapshot.column(c)[rows] for c in _WINDOW_COLUMNS})
+            recent.append({c: snapshot.column(c)[rows] for c in SUMMARY_COLUMNS})
         self._snapshots += 1
         out = {"flux/nonfinite": float(snapshot.nonfinite)} if snapshot.nonfinite else {}
         if (self._snapshots - self.window) % self.summary_every != 0 or self._snapshots < self.window:
             return out
         # The same shaping as the offline recomputation: one stack of the last `window` snapshots per layer.
         layers = {
-            name: {c: np.stack([s[c] for s in recent]) for c in _WINDOW_COLUMNS}
+            name: {c: np.stack([s[c] for s in recent]) for c in SUMMARY_COLUMNS}
             for name, recent in self._recent.items()
         }
         row = fluctuation.window_summaries(layers, self.window, self.tau)
@@ -208,7 +211,7 @@ class FluxWatcher:
                 shutil.rmtree(self.trace_dir, ignore_errors=True)
 
     def _log_figures(self, trace_path: Path) -> None:
-        trace = read_trace_files([trace_path], columns=["w_std", "bias", "act_rate", "w_step"]).to_pandas()
+        trace = read_trace_files([trace_path], columns=SUMMARY_COLUMNS).to_pandas()
         summaries = fluctuation.summaries_over_epochs(trace, self.window, self.tau)
         for name, figure in plots.trace_figures(trace, summaries).items():
             self.client.log_figure(self.run_id, figure, f"figures/{name}.png")

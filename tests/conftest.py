@@ -1,17 +1,13 @@
-"""Shared fixtures: temporary sqlite tracking stores, and helpers to run the CLI as a user would."""
+"""Shared fixtures: temporary sqlite tracking stores, and one real `mlflow server` per test session."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import uuid
-from pathlib import Path
 
 import mlflow
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import MlflowServer
 
 
 @pytest.fixture()
@@ -29,35 +25,10 @@ def store(tmp_path, monkeypatch):
         mlflow.end_run()
 
 
-def subprocess_env(store: dict, **extra: str) -> dict:
-    env = dict(os.environ)
-    env.pop("MLFLOW_EXPERIMENT_ID", None)  # mlflow.set_experiment exports it; the name is what children get
-    env.update(
-        MLFLOW_TRACKING_URI=store["uri"],
-        MLFLOW_EXPERIMENT_NAME=store["experiment_name"],
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-        PYTHONUNBUFFERED="1",
-    )
-    env.update(extra)
-    return env
-
-
-def run_cli(store: dict, *args: str, timeout: float = 300, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    """``mlflow-flux ARGS`` in a child process, as a user runs it."""
-    return subprocess.run(
-        [sys.executable, "-m", "mlflow_flux.cli", *args],
-        cwd=cwd, env=subprocess_env(store), capture_output=True, text=True, timeout=timeout,
-    )
-
-
-def run_mlflow_project(store: dict, *params: str, entry_point: str = "main", timeout: float = 600):
-    """``mlflow run . --env-manager local -e ENTRY -P ...`` from the project root."""
-    args = [sys.executable, "-m", "mlflow", "run", str(ROOT), "--env-manager", "local", "-e", entry_point,
-            "--experiment-name", store["experiment_name"]]
-    for param in params:
-        args += ["-P", param]
-    return subprocess.run(args, cwd=ROOT, env=subprocess_env(store), capture_output=True, text=True, timeout=timeout)
-
-
-def runs_of(store: dict):
-    return mlflow.search_runs(experiment_ids=[store["experiment_id"]], output_format="list")
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    """One real tracking server for the whole session: it takes ~20 s to answer /health here."""
+    root = tmp_path_factory.mktemp("server")
+    running = MlflowServer(root).start()
+    yield {"uri": running.uri, "root": root}
+    running.stop()

@@ -1,10 +1,13 @@
 """The sweep as users run it: `mlflow run .` and `mlflow-flux sweep`, against temporary sqlite stores."""
 
 import mlflow
+import pytest
 
-from .conftest import run_cli, run_mlflow_project, runs_of
+from tests.helpers import run_cli, run_mlflow_project, runs_of
 
 SMALL = ["epochs=3", "n_samples=64", "hidden=32,8", "image_size=16", "window=2"]
+
+pytestmark = pytest.mark.slow
 
 
 def _by_role(runs):

@@ -1,104 +1,34 @@
-"""Hooks and per-epoch snapshots of every neuron of a PyTorch model.
+"""Per-neuron sums and counts of one watched layer between two snapshots, and the statistics they give.
 
-A neuron is an output unit of a ``Linear`` layer or an output channel of a ``Conv1d/2d/3d`` layer. Per step the
-hooks only reduce over the batch and add in place into preallocated per-neuron buffers on the model's device;
-once per snapshot every layer's statistics are stacked into one tensor and copied to the host once.
+Two ways in. With the compiled extension (see :mod:`.fastpath`) on CPU, the hooks are C objects: on float32
+contiguous tensors each is one fused pass over the output or gradient while it is still in cache, into float64
+sums, with no Python frame; anything else they pass to the torch path's ``on_forward``/``on_grad``.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import weakref
-from dataclasses import dataclass
-from typing import Sequence, Union
 
 import numpy as np
 import torch
 from torch import nn
 
-from . import kernels
-from .errors import FluxError
+from ..traces.schema import STAT_COLUMNS
+from . import fastpath as kernels
 
-__all__ = ["DEFAULT_LAYER_TYPES", "STAT_COLUMNS", "Snapshot", "NeuronRecorder", "select_layers"]
-
-DEFAULT_LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-# Float columns of a snapshot, in the order the recorder stacks them and the trace stores them. The four the
-# fluctuation summaries read come first, so in each row group they are one contiguous byte range that a reader
-# fetching over HTTP gets in one request.
-STAT_COLUMNS = ("w_std", "bias", "act_rate", "w_step", "w_mean", "w_norm", "act_mean", "act_std", "grad_norm")
+__all__ = ["LayerAccumulator", "FAST_POSITIONS"]
 
 # Where layer_statistics (C) writes each statistic within a snapshot row.
-_FAST_POSITIONS = tuple(STAT_COLUMNS.index(c) for c in ("w_mean", "w_std", "w_norm", "w_step", "bias", "act_mean",
-                                                        "act_std", "act_rate", "grad_norm"))
-
-LayerSpec = Union[str, type]
+FAST_POSITIONS = tuple(STAT_COLUMNS.index(c) for c in ("w_mean", "w_std", "w_norm", "w_step", "bias", "act_mean",
+                                                       "act_std", "act_rate", "grad_norm"))
 
 
-def select_layers(model: nn.Module, layers: Sequence[LayerSpec] | None = None) -> list[tuple[str, nn.Module]]:
-    """The ``(qualified name, module)`` pairs to watch, in model order.
-
-    Args:
-        model: the model.
-        layers: names, glob patterns (``"encoder.*"``) or module types; ``None`` watches every Linear and Conv.
-
-    Raises:
-        FluxError: nothing matches, or a given name or pattern matches no watchable layer.
-    """
-    candidates = [
-        (name or type(module).__name__, module)  # a model that is itself one layer goes by its class name
-        for name, module in model.named_modules()
-        if isinstance(getattr(module, "weight", None), torch.Tensor) and module.weight.dim() >= 2
-    ]
-    if layers is None:
-        chosen = [(n, m) for n, m in candidates if isinstance(m, DEFAULT_LAYER_TYPES)]
-        if not chosen:
-            raise FluxError(
-                f"{type(model).__name__} has no Linear or Conv layer to watch; pass layers=[...] with module names"
-            )
-        return chosen
-    chosen_names: set[str] = set()
-    for spec in layers:
-        if isinstance(spec, type):
-            hits = [n for n, m in candidates if isinstance(m, spec)]
-        else:
-            hits = [n for n, _ in candidates if n == spec or fnmatch.fnmatchcase(n, spec)]
-        if not hits:
-            names = ", ".join(n for n, _ in candidates) or "none"
-            label = spec.__name__ if isinstance(spec, type) else repr(spec)
-            raise FluxError(f"layer {label} matches no watchable layer of the model; watchable: {names}")
-        chosen_names.update(hits)
-    return [(n, m) for n, m in candidates if n in chosen_names]
-
-
-@dataclass
-class Snapshot:
-    """One snapshot of every watched neuron: row ``r`` is neuron ``neuron[r]`` of layer ``layers[layer_index[r]]``."""
-
-    epoch: int
-    layers: list[str]
-    layer_index: np.ndarray  # int32, one per row
-    neuron: np.ndarray  # int32, one per row
-    stats: np.ndarray  # float32, (rows, len(STAT_COLUMNS))
-    nonfinite: int  # defined values that are NaN or inf
-
-    def column(self, name: str) -> np.ndarray:
-        return self.stats[:, STAT_COLUMNS.index(name)]
-
-    def layer_slice(self, name: str) -> slice:
-        index = self.layers.index(name)
-        rows = np.flatnonzero(self.layer_index == index)
-        return slice(int(rows[0]), int(rows[-1]) + 1)
-
-
-class _LayerState:
+class LayerAccumulator:
     """Per-neuron sums and counts of one layer since the last snapshot; sums merge by adding.
 
-    Two ways in. With the compiled extension (see :mod:`.kernels`) on CPU, the hooks are C objects (the forward
-    one wraps the module's forward, see :class:`_WrappedForward`): on float32 contiguous tensors each is one fused
-    pass over the output or gradient while it is still in cache, into float64 sums, with no Python frame; anything
-    else they pass to ``on_forward``/``on_grad``. Those are the torch path: a Linear layer's outputs are copied
-    into a stash and reduced every few steps, because on thin layers a reduction's cost is the op dispatch, not
-    the arithmetic.
+    The C hooks (taps) take CPU float32 tensors; anything else they pass to ``on_forward``/``on_grad``, the torch
+    path. There a Linear layer's outputs are copied into a stash and reduced every few steps, because on thin
+    layers a reduction's cost is the op dispatch, not the arithmetic.
     """
 
     STASH_STEPS = 8
@@ -267,7 +197,7 @@ class _LayerState:
         return self.fast.layer_statistics(
             weight.data_ptr(), self.previous_weight.data_ptr(), self.size, fan_in, has_previous,
             bias.data_ptr() if bias is not None else 0, self.fast_sums.data_ptr(), self.samples,
-            self.backward_passes, out_address, _FAST_POSITIONS,
+            self.backward_passes, out_address, FAST_POSITIONS,
         )
 
     def stats(self, module: nn.Module) -> tuple[torch.Tensor, np.ndarray]:
@@ -326,132 +256,7 @@ def _is_cpu_float32_block(tensor: torch.Tensor) -> bool:
     return tensor.device.type == "cpu" and tensor.dtype is torch.float32 and tensor.is_contiguous()
 
 
-def _detached_state() -> _LayerState:
-    state = _LayerState.__new__(_LayerState)
+def _detached_state() -> LayerAccumulator:
+    state = LayerAccumulator.__new__(LayerAccumulator)
     state.detached = True
     return state
-
-
-class _WrappedForward:
-    """The handle of a forward the fast path wraps instead of hooking; ``remove()`` puts the module back.
-
-    Any forward hook sends every call of its module through ``nn.Module``'s slow path, about 2.5% of the
-    paper-scale step here; a ``Forward`` in the module's instance dict keeps the fast path. A deep copy or pickle
-    of the watched model gets the original forward (see ``_fastpath.Forward``), so the copy is a plain model.
-    """
-
-    def __init__(self, module: nn.Module, tap: object, fastpath) -> None:
-        self.module_ref = weakref.ref(module)
-        self.own = module.__dict__.get("forward")  # a forward set on the instance before us (another wrapper)
-        self.wrapper = fastpath.Forward(module.forward, module, tap)
-        module.__dict__["forward"] = self.wrapper
-
-    def remove(self) -> None:
-        self.wrapper.deactivate()  # harmless wherever a reference to it survives, e.g. inside a later wrapper
-        module = self.module_ref()
-        if module is not None and module.__dict__.get("forward") is self.wrapper:
-            if self.own is None:
-                del module.__dict__["forward"]
-            else:
-                module.__dict__["forward"] = self.own
-
-
-class NeuronRecorder:
-    """Records per-neuron statistics of a model's layers; a context manager that removes its hooks on exit.
-
-    Args:
-        model: the model to watch.
-        layers: names, glob patterns or module types (see :func:`select_layers`).
-        snapshot_every: take a snapshot on every N-th epoch (epochs are counted by the caller).
-    """
-
-    def __init__(self, model: nn.Module, layers: Sequence[LayerSpec] | None = None, snapshot_every: int = 1) -> None:
-        if snapshot_every < 1:
-            raise FluxError(f"snapshot_every must be >= 1, got {snapshot_every}")
-        self.model = model
-        self.layer_specs = layers
-        self.snapshot_every = snapshot_every
-        self._states: list[_LayerState] = []
-        self._handles: list[torch.utils.hooks.RemovableHandle | _WrappedForward] = []
-        self._rows: tuple[np.ndarray, np.ndarray] | None = None
-
-    @property
-    def layer_names(self) -> list[str]:
-        return [state.name for state in self._states]
-
-    @property
-    def path(self) -> str:
-        """``"c"`` when the compiled fast path serves the layers (CPU), else ``"torch"``."""
-        return "c" if any(state.fast is not None for state in self._states) else "torch"
-
-    @property
-    def attached(self) -> bool:
-        return bool(self._handles)
-
-    def attach(self) -> "NeuronRecorder":
-        """Resolve the layers, allocate buffers and register the hooks."""
-        if self.attached:
-            return self
-        self._states = []
-        fastpath = kernels.fastpath()
-        for name, module in select_layers(self.model, self.layer_specs):
-            state = _LayerState(name, module, fastpath)
-            self._states.append(state)
-            if state.fast is not None:
-                self._handles.append(_WrappedForward(module, state.forward_hook, state.fast))
-            else:
-                self._handles.append(module.register_forward_hook(state.forward_hook))
-            if module.weight.requires_grad:
-                self._handles.append(module.weight.register_hook(state.grad_hook))
-        sizes = [state.size for state in self._states]
-        self._offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(int).tolist()
-        self._rows = (
-            np.repeat(np.arange(len(sizes), dtype=np.int32), sizes),
-            np.concatenate([np.arange(size, dtype=np.int32) for size in sizes]),
-        )
-        return self
-
-    def detach(self) -> None:
-        """Remove every hook; calling it twice is harmless."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-
-    def __enter__(self) -> "NeuronRecorder":
-        return self.attach()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.detach()
-
-    def should_snapshot(self, epoch: int) -> bool:
-        return epoch % self.snapshot_every == 0
-
-    def snapshot(self, epoch: int) -> Snapshot:
-        """Statistics of every watched neuron since the previous snapshot; resets the per-epoch sums."""
-        if self._rows is None:
-            raise FluxError("the recorder is not attached: use it as a context manager or call attach() first")
-        layer_index, neuron = self._rows
-        stats = np.empty((len(neuron), len(STAT_COLUMNS)), dtype=np.float32)
-        nonfinite, torch_path = 0, []
-        with torch.no_grad():
-            for state, start in zip(self._states, self._offsets):
-                module = state.module_ref()
-                if module is None:
-                    raise FluxError(f"layer {state.name!r} no longer exists")
-                counted = state.fast_snapshot(module, stats.ctypes.data + start * stats.strides[0])
-                if counted is None:
-                    torch_path.append((start, *state.stats(module)))
-                else:
-                    nonfinite += counted
-                state.reset()
-            if torch_path:
-                # The snapshot's one device-to-host copy for every layer the fast path did not take.
-                device = torch_path[0][1].device  # a model may span devices
-                host = torch.cat([block.to(device) for _, block, _ in torch_path]).cpu().numpy()
-                row = 0
-                for start, block, mask in torch_path:
-                    part = host[row : row + len(block)]
-                    row += len(block)
-                    stats[start : start + len(block)] = part
-                    nonfinite += int((~np.isfinite(part[:, mask])).sum())
-        return Snapshot(epoch, self.layer_names, layer_index, neuron, stats, nonfinite)

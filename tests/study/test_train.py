@@ -1,10 +1,11 @@
 import mlflow
+import pytest
 from mlflow.tracking import MlflowClient
 
 import mlflow_flux
-from mlflow_flux.config import parse_train_config
-from mlflow_flux.plugin import VERSION_TAG
-from mlflow_flux.train import train
+from mlflow_flux.study.config import parse_train_config
+from mlflow_flux.study.train import train
+from mlflow_flux.traces.runs import VERSION_TAG
 
 TINY = {"epochs": "4", "n_samples": "64", "hidden": "32,8", "image_size": "16", "window": "3", "flush_every": "2",
         "summary_every": "1",
@@ -34,6 +35,7 @@ def test_train_logs_params_metrics_figures_dataset_and_model(store):
     assert sorted(traces["epoch"].unique()) == [0, 1, 2, 3]
 
 
+@pytest.mark.slow
 def test_same_dataset_settings_log_the_same_digest(store):
     a = train(parse_train_config({**TINY, "epochs": "1", "lr": "0.01"}), progress=False)
     b = train(parse_train_config({**TINY, "epochs": "1", "lr": "0.001", "seed": "5"}), progress=False)
@@ -43,7 +45,7 @@ def test_same_dataset_settings_log_the_same_digest(store):
 
 
 def test_a_diverging_lr_fails_the_run_with_the_reason(store):
-    import pytest
+
 
     from mlflow_flux.errors import DivergedError
 
@@ -60,7 +62,7 @@ def test_plugin_tags_only_runs_created_by_mlflow_flux(store):
     with mlflow.start_run() as plain:
         pass
     assert VERSION_TAG not in MlflowClient().get_run(plain.info.run_id).data.tags
-    from mlflow_flux.plugin import creating_runs
+    from mlflow_flux.traces.runs import creating_runs
 
     with creating_runs():
         with mlflow.start_run() as ours:
@@ -71,7 +73,7 @@ def test_plugin_tags_only_runs_created_by_mlflow_flux(store):
 def test_progress_prints_about_every_tenth_when_not_a_terminal():
     import io
 
-    from mlflow_flux.progress import Progress
+    from mlflow_flux.study.progress import Progress
 
     out = io.StringIO()
     bar = Progress(100, stream=out)

@@ -20,14 +20,16 @@ from mlflow.entities import Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from . import plots, tracking
+from ..errors import DivergedError
+from ..report.claims import CLAIMS_TAG, claims_tag_value
+from ..traces import runs as flux_runs
+from ..watcher import watch
+from .claims import PAPER_CLAIMS
 from .config import TrainConfig
-from .errors import DivergedError
+from .figures import image_rows_figure
 from .model import Autoencoder
-from .plugin import creating_runs
 from .progress import Progress
 from .shapes import SHAPES, ShapeSpec, make_shapes
-from .watcher import watch
 
 __all__ = ["TrainResult", "train", "RECORDER_PARAMS"]
 
@@ -62,7 +64,7 @@ def _log_dataset(images: np.ndarray, labels: np.ndarray, spec: ShapeSpec) -> Non
             time.sleep(0.5 * (attempt + 1))
     picks = [np.flatnonzero(labels == c)[:4] for c in range(len(SHAPES))]
     rows = [(f"sample {r + 1}", [images[p[r]] for p in picks if len(p) > r]) for r in range(4)]
-    mlflow.log_figure(plots.image_rows_figure(rows, labels=list(range(len(SHAPES)))), "figures/dataset_preview.png")
+    mlflow.log_figure(image_rows_figure(rows, labels=list(range(len(SHAPES)))), "figures/dataset_preview.png")
 
 
 def _log_reconstructions(model: torch.nn.Module, images: torch.Tensor, labels: np.ndarray, lr: float) -> None:
@@ -71,18 +73,19 @@ def _log_reconstructions(model: torch.nn.Module, images: torch.Tensor, labels: n
     with torch.no_grad():
         rebuilt = model(images[firsts]).cpu().numpy()
     rows = [("original", images[firsts].cpu().numpy()), (f"lr={lr:g}", rebuilt)]
-    figure = plots.image_rows_figure(rows, labels=[int(labels[i]) for i in firsts])
+    figure = image_rows_figure(rows, labels=[int(labels[i]) for i in firsts])
     mlflow.log_figure(figure, "figures/reconstructions.png")
 
 
 def _start_run() -> mlflow.ActiveRun:
     """Resume the run that `mlflow run` or the sweep made for us, or start one tagged as ours."""
-    with creating_runs():
+    with flux_runs.creating_runs():
         run = mlflow.start_run()
     client = MlflowClient()
-    tracking.ensure_runs_view(client, run.info.experiment_id)
+    flux_runs.ensure_runs_view(client, run.info.experiment_id)
     tags = run.data.tags
-    missing = {key: value for key, value in tracking.flux_tags("variant").items() if key not in tags}
+    ours = {**flux_runs.flux_tags("variant"), CLAIMS_TAG: claims_tag_value(PAPER_CLAIMS)}
+    missing = {key: value for key, value in ours.items() if key not in tags}
     if missing:
         client.log_batch(run.info.run_id, tags=[RunTag(k, v) for k, v in missing.items()])
     return run
@@ -166,10 +169,10 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
         return TrainResult(run_id, final, config.epochs)
     except KeyboardInterrupt:
         status = RunStatus.KILLED
-        client.set_tag(run_id, tracking.FAILURE_TAG, "interrupted (Ctrl-C)")
+        client.set_tag(run_id, flux_runs.FAILURE_TAG, "interrupted (Ctrl-C)")
         raise
     except BaseException as exc:
-        client.set_tag(run_id, tracking.FAILURE_TAG, f"{type(exc).__name__}: {exc}"[:5000])
+        client.set_tag(run_id, flux_runs.FAILURE_TAG, f"{type(exc).__name__}: {exc}"[:5000])
         raise
     finally:
         mlflow.end_run(RunStatus.to_string(status))

@@ -11,14 +11,11 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .shapes import SHAPES
-
 __all__ = [
     "trace_figures",
     "neuron_lines_figure",
     "participation_figure",
     "w_step_heatmap_figure",
-    "image_rows_figure",
     "curves_by_group_figure",
     "stacked_images_figure",
 ]
@@ -109,25 +106,6 @@ def trace_figures(trace: pd.DataFrame, summaries: pd.DataFrame) -> dict[str, Fig
         series = {c.rsplit("/", 1)[0]: summaries[c] for c in columns}
         figures["participation"] = participation_figure(series, "Participating neurons over epochs")
     return figures
-
-
-def image_rows_figure(rows: Sequence[tuple[str, np.ndarray]], labels: Sequence[int] | None = None) -> Figure:
-    """A grid of images: one row per ``(row label, images)`` pair, one column per image (e.g. per shape)."""
-    columns = max(len(images) for _, images in rows)
-    fig = Figure(figsize=(1.1 * columns + 0.8, 1.15 * len(rows) + 0.3), layout="constrained")
-    axes = fig.subplots(len(rows), columns, squeeze=False)
-    for r, (row_label, images) in enumerate(rows):
-        for c in range(columns):
-            ax = axes[r, c]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c < len(images):
-                ax.imshow(images[c], cmap="gray", vmin=0.0, vmax=1.0)
-            if c == 0:
-                ax.set_ylabel(row_label, fontsize=8)
-            if r == 0 and labels is not None and c < len(labels):
-                ax.set_title(SHAPES[labels[c]], fontsize=8)
-    return fig
 
 
 def curves_by_group_figure(curves: Mapping[str, Sequence[pd.Series]], title: str, ylabel: str,

@@ -1,5 +1,5 @@
-"""Render a :class:`~mlflow_flux.comparison.Comparison`: tables, figures, the paper's claims, in HTML,
-Markdown, CSV and PNG, written to a directory and logged to a report run."""
+"""Render a :class:`~mlflow_flux.report.loading.Comparison`: tables, figures and claims, in HTML, Markdown, CSV
+and PNG, written to a directory and logged to a report run."""
 
 from __future__ import annotations
 
@@ -15,14 +15,18 @@ import matplotlib.image
 import pandas as pd
 from matplotlib.figure import Figure
 
-from . import fluctuation, plots, tracking
-from .comparison import Claim, Comparison, claims, group_table, run_table
-from .plugin import creating_runs
+from .. import fluctuation
+from ..traces import runs as flux_runs
+from ..traces.mlflow_adapter import PARENT_RUN_ID_TAG
+from . import plots
+from .analysis import group_table, run_table
+from .claims import Claim, evaluate
+from .loading import Comparison
 
 __all__ = ["Report", "build", "REPORT_DIR"]
 
 REPORT_DIR = "report"
-_DEFINITIONS = fluctuation.__doc__.split("Definitions", 1)[1].strip()
+_DEFINITIONS = "\n".join(f"{term}: {meaning}" for term, meaning in fluctuation.DEFINITIONS)
 
 
 @dataclass
@@ -185,7 +189,8 @@ def build(comparison: Comparison, output: str | Path | None = None, log_run: boo
     started = time.perf_counter()
     runs = run_table(comparison)
     groups = group_table(runs)
-    report = Report(runs=runs, groups=groups, claims=claims(groups), skipped=comparison.skipped)
+    report = Report(runs=runs, groups=groups, claims=[evaluate(spec, groups) for spec in comparison.claims],
+                    skipped=comparison.skipped)
     with tempfile.TemporaryDirectory(prefix="mlflow-flux-report-") as tmp:
         directory = Path(output) if output is not None else Path(tmp)
         report.files = _write(directory, comparison, report)
@@ -206,7 +211,7 @@ def _run_made_for_us(client) -> str | None:
         return None
     run = client.get_run(run_id)
     # Inside `mlflow run .` (the sweep) MLFLOW_RUN_ID is the sweep's own run: the report gets a run of its own.
-    if run.info.status == "RUNNING" and run.data.tags.get(tracking.ROLE_TAG) in (None, "report"):
+    if run.info.status == "RUNNING" and run.data.tags.get(flux_runs.ROLE_TAG) in (None, "report"):
         return run_id
     return None
 
@@ -214,18 +219,15 @@ def _run_made_for_us(client) -> str | None:
 def _log(comparison: Comparison, report: Report, directory: Path) -> str:
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
-    from mlflow.tracking.context.registry import resolve_tags
-    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
     client = MlflowClient()
     experiment_id = client.get_run(comparison.runs[0].run_id).info.experiment_id
-    tags = tracking.flux_tags("report", comparison.sweep_id)
+    tags = flux_runs.flux_tags("report", comparison.sweep_id)
     if comparison.sweep_id:
-        tags[MLFLOW_PARENT_RUN_ID] = comparison.sweep_id  # the report sits under its sweep in the UI
+        tags[PARENT_RUN_ID_TAG] = comparison.sweep_id  # the report sits under its sweep in the UI
     run_id = _run_made_for_us(client)
     if run_id is None:
-        with creating_runs():
-            run_id = client.create_run(experiment_id, tags=resolve_tags(tags), run_name="participation report").info.run_id
+        run_id = flux_runs.create_run(client, experiment_id, tags, run_name="participation report").info.run_id
     else:
         client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
     try:

@@ -5,12 +5,9 @@ from __future__ import annotations
 import csv
 import math
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -20,46 +17,11 @@ from mlflow.tracking import MlflowClient
 import mlflow_flux
 from mlflow_flux import fluctuation
 
-from .conftest import ROOT
+from tests.helpers import PYTHON, ROOT, free_port
 
 NASTY = "<script>alert('x')</script> & \"quotes\""
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """One real tracking server for the module: it takes ~20 s to answer /health here."""
-    root = tmp_path_factory.mktemp("server")
-    port = _free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{root / 'server.db'}", "--artifacts-destination", str(root / "artifacts"),
-         "--workers", "1"],
-        stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if urllib.request.urlopen(f"{uri}/health", timeout=2).status == 200:
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        os.killpg(process.pid, signal.SIGKILL)
-        pytest.fail("mlflow server did not answer /health: " + (root / "server.log").read_text()[-2000:])
-    yield {"uri": uri, "root": root}
-    # The server forks workers that outlive a plain kill: stop the whole process group.
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+pytestmark = pytest.mark.slow
 
 
 def _env(uri: str, experiment: str) -> dict:
@@ -70,7 +32,7 @@ def _env(uri: str, experiment: str) -> dict:
 
 
 def _cli(env: dict, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mlflow_flux.cli", *args], cwd=ROOT, env=env,
+    return subprocess.run([*PYTHON, "-m", "mlflow_flux.cli", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -174,7 +136,7 @@ def test_no_matching_runs_is_one_line_and_exit_2(sweep):
 
 
 def test_unreachable_server_fails_fast_naming_the_uri():
-    uri = f"http://127.0.0.1:{_free_port()}"
+    uri = f"http://127.0.0.1:{free_port()}"
     started = time.monotonic()
     result = _cli(_env(uri, "whatever"), "compare", timeout=120)
     elapsed = time.monotonic() - started
@@ -187,11 +149,10 @@ def test_unreachable_server_fails_fast_naming_the_uri():
 def test_the_report_fetches_only_the_column_chunks_it_needs(sweep):
     import pyarrow.parquet as pq
     import torch
-    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-    from mlflow.utils.credentials import get_default_host_creds
 
-    from mlflow_flux.comparison import SUMMARY_COLUMNS
-    from mlflow_flux.traces import _RangedHttpFile
+    from mlflow_flux.traces import mlflow_adapter
+    from mlflow_flux.traces.reader import RangedHttpFile
+    from mlflow_flux.traces.schema import KEY_COLUMNS, SUMMARY_COLUMNS
 
     # a trace of a few MB: pyarrow reads the last 64 KiB for the footer, so a tiny file would come whole
     model = torch.nn.Sequential(torch.nn.Linear(8, 2048), torch.nn.ReLU(), torch.nn.Linear(2048, 8))
@@ -200,9 +161,10 @@ def test_the_report_fetches_only_the_column_chunks_it_needs(sweep):
             for epoch in range(40):
                 model(torch.randn(16, 8)).sum().backward()
                 flux.end_epoch(epoch)
-    repo = get_artifact_repository(run.info.artifact_uri)
-    ranged = _RangedHttpFile(get_default_host_creds(repo.artifact_uri), "/traces/traces.parquet")
-    table = pq.ParquetFile(ranged, pre_buffer=True).read(columns=["epoch", "layer", "neuron", *SUMMARY_COLUMNS])
+    access = mlflow_adapter.artifact_access(run.info.artifact_uri)
+    assert access.kind == "http"
+    ranged = RangedHttpFile(access.location, "/traces/traces.parquet")
+    table = pq.ParquetFile(ranged, pre_buffer=True).read(columns=[*KEY_COLUMNS, *SUMMARY_COLUMNS])
     whole = mlflow_flux.load_traces(run.info.run_id, columns=SUMMARY_COLUMNS)
     assert table.to_pandas().equals(whole)
     assert ranged.fetched < 0.7 * ranged.size(), (ranged.fetched, ranged.size())

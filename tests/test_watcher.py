@@ -9,7 +9,6 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -18,9 +17,9 @@ from torch import nn
 import mlflow_flux
 from mlflow_flux import fluctuation
 from mlflow_flux.errors import FluxError
-from mlflow_flux.traces import read_trace_files
+from mlflow_flux.traces.reader import read_trace_files
 
-from .conftest import subprocess_env
+from tests.helpers import subprocess_env, train_mlp
 
 SCRIPT = Path(__file__).parent / "scripts" / "watched_loop.py"
 
@@ -102,46 +101,17 @@ def test_trace_values_equal_an_independent_computation(store, dtype):
                                            err_msg=f"{column} of {name} at epoch {epoch}")
 
 
-def _train_mlp(epochs, **watch_options):
-    torch.manual_seed(1)
-    model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 10))
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-    x = torch.randn(64, 10)
-    with mlflow.start_run() as run:
-        with mlflow_flux.watch(model, **watch_options) as flux:
-            for epoch in range(epochs):
-                for batch in x.split(16):
-                    optimizer.zero_grad()
-                    nn.functional.mse_loss(model(batch), batch).backward()
-                    optimizer.step()
-                flux.end_epoch(epoch, {"loss/train": 0.0})
-    return run.info.run_id, model
 
 
 @pytest.mark.parametrize("summary_every, logged", [(1, list(range(3, 12))), (3, [3, 6, 9])])
 def test_live_metrics_equal_the_offline_recomputation_to_the_last_digit(store, summary_every, logged):
-    run_id, _ = _train_mlp(12, window=4, tau=0.02, flush_every=5, summary_every=summary_every)
+    run_id, _ = train_mlp(12, window=4, tau=0.02, flush_every=5, summary_every=summary_every)
     offline = fluctuation.summaries_over_epochs(mlflow_flux.load_traces(run_id), window=4, tau=0.02)
     assert offline.index.tolist() == list(range(3, 12))
     client = MlflowClient()
     for column in offline.columns:
         history = {m.step: m.value for m in client.get_metric_history(run_id, f"flux/{column}")}
         assert history == offline[column].loc[logged].to_dict(), column
-
-
-def test_load_traces_options(store):
-    run_id, _ = _train_mlp(6, window=2, snapshot_every=2)
-    full = mlflow_flux.load_traces(run_id)
-    assert sorted(full.epoch.unique()) == [0, 2, 4]
-    assert list(full.columns) == ["epoch", "layer", "neuron", "w_std", "bias", "act_rate", "w_step", "w_mean",
-                                  "w_norm", "act_mean", "act_std", "grad_norm"]
-    part = mlflow_flux.load_traces(run_id, layers=["2"], columns=["w_std"], epochs=slice(2, None))
-    assert list(part.columns) == ["epoch", "layer", "neuron", "w_std"]
-    assert set(part.layer.astype(str)) == {"2"} and sorted(part.epoch.unique()) == [2, 4] and len(part) == 2 * 16
-    table = mlflow_flux.load_traces(run_id, epochs=[4], as_arrow=True)
-    assert table.num_rows == 32 + 16 + 10 and table.schema.field("w_std").type == "float"
-    params = MlflowClient().get_run(run_id).data.params
-    assert params["flux.layers"] == "0,2,4" and params["flux.snapshot_every"] == "2"
 
 
 def test_layer_selection_by_pattern_and_type(store):
@@ -198,19 +168,6 @@ def test_non_finite_values_are_recorded_and_counted_not_raised(store):
     assert 0 not in history and history[1] > 0  # a clean snapshot before the first full window logs nothing
 
 
-def test_duckdb_and_polars_read_the_trace_file(store, tmp_path):
-    run_id, _ = _train_mlp(3, window=2)
-    path = MlflowClient().download_artifacts(run_id, "traces/traces.parquet", str(tmp_path))
-    expected = pd.read_parquet(path)
-    duckdb = pytest.importorskip("duckdb")
-    ((count, epochs),) = duckdb.sql(f"select count(*), count(distinct epoch) from read_parquet('{path}')").fetchall()
-    assert (count, epochs) == (len(expected), 3)
-    polars = pytest.importorskip("polars")
-    frame = polars.read_parquet(path)
-    assert frame.height == len(expected)
-    np.testing.assert_array_equal(frame["w_std"].to_numpy(), expected["w_std"].to_numpy())
-
-
 def _start_loop(store, tmp_path, flush_every, epochs=10_000):
     return subprocess.Popen(
         [sys.executable, str(SCRIPT), str(tmp_path / "spool"), str(flush_every), str(epochs)],
@@ -231,6 +188,7 @@ def _wait_for_epoch(process, epoch, timeout=120):
     return run_id, last
 
 
+@pytest.mark.slow
 def test_sigkill_leaves_every_epoch_but_the_last_flush_every_readable(store, tmp_path):
     flush_every = 3
     process = _start_loop(store, tmp_path, flush_every)
@@ -246,6 +204,7 @@ def test_sigkill_leaves_every_epoch_but_the_last_flush_every_readable(store, tmp
     assert len(remote) == len(set(remote.epoch)) * (16 + 4)
 
 
+@pytest.mark.slow
 def test_ctrl_c_ends_the_run_killed_with_the_whole_trace(store, tmp_path):
     process = _start_loop(store, tmp_path, flush_every=50)
     run_id, last = _wait_for_epoch(process, 5)
@@ -264,6 +223,7 @@ def _rss_bytes() -> int:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs /proc")
 def test_memory_does_not_grow_with_epochs(store):
     """800 more epochs of 1024 neurons would hold ~39 MB if snapshots were kept; the sink must stream them."""
@@ -281,46 +241,3 @@ def test_memory_does_not_grow_with_epochs(store):
     assert late - early < 12 * 2**20, f"grew {(late - early) / 2**20:.1f} MiB over 800 epochs"
 
 
-@pytest.mark.parametrize("fastpath", ["1", "0"])
-def test_an_unbatched_conv_input_counts_as_one_sample(store, monkeypatch, fastpath):
-    monkeypatch.setenv("MLFLOW_FLUX_FASTPATH", fastpath)
-    torch.manual_seed(0)
-    conv = nn.Conv2d(1, 6, 3)  # unbatched (1, 8, 8) -> (6, 6, 6): its second dimension equals the channel count
-    x = torch.randn(1, 8, 8)
-    with mlflow.start_run() as run:
-        with mlflow_flux.watch(conv, window=2, log_figures=False) as flux:
-            conv(x).sum().backward()
-            flux.end_epoch(0)
-    trace = mlflow_flux.load_traces(run.info.run_id)
-    expected = conv(x).detach().reshape(6, -1).double()
-    np.testing.assert_allclose(trace.act_mean, expected.mean(1).numpy(), rtol=2e-5, atol=1e-6)
-    np.testing.assert_allclose(trace.act_rate, (expected > 0).double().mean(1).numpy(), rtol=2e-5)
-
-
-@pytest.mark.parametrize("fastpath", ["1", "0"])
-def test_a_copy_of_a_watched_model_is_a_plain_model_and_detach_restores_it(store, monkeypatch, fastpath):
-    import copy
-    import io
-
-    monkeypatch.setenv("MLFLOW_FLUX_FASTPATH", fastpath)
-    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
-    own_forward = model[2].forward  # a forward set on the instance before watching, as some wrappers do
-    model[2].forward = own_forward
-    x = torch.randn(5, 4)
-    with mlflow.start_run() as run:
-        with mlflow_flux.watch(model, window=2, log_figures=False) as flux:
-            model(x).sum().backward()
-            twin = copy.deepcopy(model)  # e.g. keeping the best model for early stopping
-            buffer = io.BytesIO()
-            torch.save(model, buffer)
-            for copied in (twin, torch.load(io.BytesIO(buffer.getvalue()), weights_only=False)):
-                copied[2].weight.data.zero_()
-                copied[2].bias.data.zero_()
-                assert torch.equal(copied(x), torch.zeros(5, 2))  # its own weights, not the watched model's
-                copied(x).sum().backward()
-            flux.end_epoch(0)
-    trace = mlflow_flux.load_traces(run.info.run_id)
-    act_mean = trace[trace.layer == "0"].act_mean.to_numpy()
-    np.testing.assert_allclose(act_mean, model[0](x).detach().mean(0).numpy(), rtol=2e-5, atol=1e-6)
-    assert "forward" not in model[0].__dict__ and model[2].__dict__["forward"] is own_forward
-    assert not model[0]._forward_hooks and not model[0]._forward_pre_hooks

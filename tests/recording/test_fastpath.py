@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import mlflow_flux
-from mlflow_flux import kernels
+from mlflow_flux.recording import fastpath as kernels
 
 if kernels.fastpath() is None:
     if os.environ.get("MLFLOW_FLUX_REQUIRE_FASTPATH") == "1":
@@ -23,7 +23,7 @@ fast = kernels.fastpath()
 
 def test_the_loaded_extension_was_built_from_the_current_source():
     # An editable install builds the .so in place; after a failed rebuild the old one would still load and pass.
-    source = Path(mlflow_flux.__file__).parent / "_fastpath.c"
+    source = Path(mlflow_flux.__file__).parent / "recording" / "_fastpath.c"
     if not source.exists():
         pytest.skip("installed from a wheel: no source beside the package to compare with")
     assert fast.source_sha256 == hashlib.sha256(source.read_bytes()).hexdigest(), (

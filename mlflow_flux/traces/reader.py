@@ -1,6 +1,6 @@
-"""The trace table: its schema, snapshots to Arrow, and reading traces back from a run.
+"""Reading traces back: from local files, from a run's artifacts, or over HTTP ranges from MLflow's server.
 
-One row per snapshot epoch x layer x neuron. docs/traces.md documents every column.
+The schema comes from :mod:`.schema`; every MLflow-internal call goes through :mod:`.mlflow_adapter`.
 """
 
 from __future__ import annotations
@@ -12,52 +12,15 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from .errors import FluxError
-from .recorder import STAT_COLUMNS, Snapshot
+from ..errors import FluxError
+from . import mlflow_adapter
+from .schema import KEY_COLUMNS, PARTS_DIR, STAT_COLUMNS, TRACE_ARTIFACT_DIR, TRACE_FILE, TRACE_SCHEMA
 
-__all__ = [
-    "TRACE_SCHEMA",
-    "TRACE_ARTIFACT_DIR",
-    "TRACE_FILE",
-    "PARTS_DIR",
-    "snapshot_to_batch",
-    "read_trace_files",
-    "opened_trace",
-    "load_traces",
-]
-
-TRACE_ARTIFACT_DIR = "traces"
-TRACE_FILE = "traces.parquet"  # the compacted trace of a run that closed
-PARTS_DIR = "parts"  # closed segments, uploaded while training; what a killed run leaves
-
-TRACE_SCHEMA = pa.schema(
-    [
-        pa.field("epoch", pa.int32()),
-        pa.field("layer", pa.dictionary(pa.int32(), pa.string())),
-        pa.field("neuron", pa.int32()),
-        *[pa.field(name, pa.float32()) for name in STAT_COLUMNS],
-    ]
-)
-
-
-def snapshot_to_batch(snapshot: Snapshot) -> pa.RecordBatch:
-    """One Arrow record batch with the rows of a snapshot."""
-    rows = len(snapshot.neuron)
-    layer = pa.DictionaryArray.from_arrays(
-        pa.array(snapshot.layer_index, pa.int32()), pa.array(snapshot.layers, pa.string())
-    )
-    columns = [
-        pa.array(np.full(rows, snapshot.epoch, dtype=np.int32)),
-        layer,
-        pa.array(snapshot.neuron),
-        *[pa.array(np.ascontiguousarray(snapshot.stats[:, i])) for i in range(len(STAT_COLUMNS))],
-    ]
-    return pa.RecordBatch.from_arrays(columns, schema=TRACE_SCHEMA)
+__all__ = ["read_trace_files", "opened_trace", "stored_trace", "RangedHttpFile", "load_traces"]
 
 
 def _epoch_filter(epochs: slice | range | Iterable[int] | None) -> ds.Expression | None:
@@ -89,7 +52,7 @@ def read_trace_files(
     order and neuron.
     """
     known = set(TRACE_SCHEMA.names)
-    wanted = ["epoch", "layer", "neuron"] + [c for c in (columns or STAT_COLUMNS) if c not in ("epoch", "layer", "neuron")]
+    wanted = [*KEY_COLUMNS, *(c for c in (columns or STAT_COLUMNS) if c not in KEY_COLUMNS)]
     unknown = [c for c in wanted if c not in known]
     if unknown:
         raise FluxError(f"unknown trace column(s) {', '.join(unknown)}; known: {', '.join(TRACE_SCHEMA.names)}")
@@ -104,14 +67,19 @@ def read_trace_files(
     return table
 
 
-class _RangedHttpFile(io.RawIOBase):
+class RangedHttpFile(io.RawIOBase):
     """A read-only, seekable file over HTTP Range requests: pyarrow fetches the footer and the column chunks it
     needs, not the whole file. MLflow's artifact server answers ranges (206); a server that does not gets read
-    whole, once."""
+    whole, once.
 
-    def __init__(self, host_creds, endpoint: str) -> None:
+    Args:
+        base_uri: the server's base URI (for MLflow's artifact server, the run's artifact URI).
+        endpoint: the file's path under ``base_uri``, starting with ``/``.
+    """
+
+    def __init__(self, base_uri: str, endpoint: str) -> None:
         super().__init__()
-        self._creds = host_creds
+        self._base_uri = base_uri
         self._endpoint = endpoint
         self._position = 0
         self._size: int | None = None
@@ -123,11 +91,10 @@ class _RangedHttpFile(io.RawIOBase):
         """Bytes ``start`` to ``stop`` inclusive."""
         if self._whole is not None:
             return self._whole[start : stop + 1]
-        from mlflow.utils.rest_utils import augmented_raise_for_status, http_request
-
-        response = http_request(self._creds, self._endpoint, "GET", extra_headers={"Range": f"bytes={start}-{stop}"})
+        response = mlflow_adapter.http_get(self._base_uri, self._endpoint, headers={"Range": f"bytes={start}-{stop}"})
         self.requests += 1
-        augmented_raise_for_status(response)
+        if response.status_code not in (200, 206):
+            raise OSError(f"HTTP {response.status_code} reading {self._endpoint}: {response.text[:200]}")
         self.fetched += len(response.content)
         if response.status_code == 206:
             if self._size is None:
@@ -176,31 +143,24 @@ def opened_trace(client, run) -> Iterator[object]:
     Raises:
         FluxError: the run has no traces, or only the segments of a trace that was never closed.
     """
-    import pyarrow as pa
-    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-    from mlflow.store.artifact.http_artifact_repo import HttpArtifactRepository
-    from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
-    from mlflow.utils.credentials import get_default_host_creds
-
     run_id = run.info.run_id
     path = f"{TRACE_ARTIFACT_DIR}/{TRACE_FILE}"
-    stored = _stored_trace(client, run_id)
+    stored = stored_trace(client, run_id)
     if stored is None:
         raise FluxError("no traces")
     if stored != path:
         raise FluxError("partial trace: the run never closed its trace (killed?)")
-    repo = get_artifact_repository(run.info.artifact_uri)
-    if isinstance(repo, LocalArtifactRepository):
-        yield os.path.join(repo.artifact_dir, path)
-    elif isinstance(repo, HttpArtifactRepository):
-        ranged = _RangedHttpFile(get_default_host_creds(repo.artifact_uri), "/" + path)
-        yield pa.PythonFile(ranged, mode="r")
+    access = mlflow_adapter.artifact_access(run.info.artifact_uri)
+    if access.kind == "local":
+        yield os.path.join(access.location, path)
+    elif access.kind == "http":
+        yield pa.PythonFile(RangedHttpFile(access.location, "/" + path), mode="r")
     else:
         with tempfile.TemporaryDirectory(prefix="mlflow-flux-") as tmp:
             yield client.download_artifacts(run_id, path, tmp)
 
 
-def _stored_trace(client, run_id: str) -> str | None:
+def stored_trace(client, run_id: str) -> str | None:
     """What the run holds under ``traces/``: the compacted file's path, the segments' folder, or None."""
     listed = {f.path for f in client.list_artifacts(run_id, TRACE_ARTIFACT_DIR)}
     for candidate in (f"{TRACE_ARTIFACT_DIR}/{TRACE_FILE}", f"{TRACE_ARTIFACT_DIR}/{PARTS_DIR}"):
@@ -210,7 +170,7 @@ def _stored_trace(client, run_id: str) -> str | None:
 
 
 def _trace_paths_of_run(client, run_id: str, dst: str) -> list[Path]:
-    stored = _stored_trace(client, run_id)
+    stored = stored_trace(client, run_id)
     if stored is not None:
         local = Path(client.download_artifacts(run_id, stored, dst))
         parts = [local] if local.is_file() else sorted(local.glob("*.parquet"))
@@ -247,10 +207,9 @@ def load_traces(
     Raises:
         FluxError: unknown run, a run without traces, an unknown column.
     """
-    from mlflow.tracking import MlflowClient
-
     import mlflow
     from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
     try:

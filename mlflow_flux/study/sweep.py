@@ -20,13 +20,11 @@ from typing import Iterator, Mapping
 import mlflow
 from mlflow.entities import Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
-from mlflow.tracking.context.registry import resolve_tags
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
-from . import tracking
+from ..errors import FluxError, InvalidParameter
+from ..traces import runs as flux_runs
+from ..traces.mlflow_adapter import PARENT_RUN_ID_TAG, RUN_NAME_TAG
 from .config import TrainConfig, parse_floats, parse_ints, parse_train_config
-from .errors import FluxError, InvalidParameter
-from .plugin import creating_runs
 
 __all__ = ["SweepConfig", "SweepResult", "Variant", "parse_sweep_config", "run_sweep", "find_project_dir"]
 
@@ -106,7 +104,7 @@ def check_launch_tools() -> None:
 
 def find_project_dir() -> Path:
     """The MLflow Project the children run: the working directory's, else the one this package came from."""
-    for candidate in (Path.cwd(), Path(__file__).resolve().parents[1]):
+    for candidate in (Path.cwd(), Path(__file__).resolve().parents[2]):
         if (candidate / "MLproject").is_file():
             return candidate
     raise FluxError("no MLproject found: run the sweep from a checkout of mlflow-flux (where MLproject is)")
@@ -115,17 +113,12 @@ def find_project_dir() -> Path:
 def _create_children(client: MlflowClient, parent, config: SweepConfig) -> list[Variant]:
     sweep_id = parent.info.run_id
     variants = []
-    with creating_runs():
-        for seed in config.seeds:
-            for lr in config.lrs:
-                label = f"lr={lr:g} seed={seed}"
-                tags = {
-                    **tracking.flux_tags("variant", sweep_id),
-                    MLFLOW_PARENT_RUN_ID: sweep_id,
-                    MLFLOW_RUN_NAME: label,
-                }
-                run = client.create_run(parent.info.experiment_id, tags=resolve_tags(tags), run_name=label)
-                variants.append(Variant(lr, seed, run.info.run_id))
+    for seed in config.seeds:
+        for lr in config.lrs:
+            label = f"lr={lr:g} seed={seed}"
+            tags = {**flux_runs.flux_tags("variant", sweep_id), PARENT_RUN_ID_TAG: sweep_id, RUN_NAME_TAG: label}
+            run = flux_runs.create_run(client, parent.info.experiment_id, tags, run_name=label)
+            variants.append(Variant(lr, seed, run.info.run_id))
     return variants
 
 
@@ -167,12 +160,12 @@ def _launch(project: Path, experiment_id: str, variant: Variant, params: dict[st
 def _settle(client: MlflowClient, variant: Variant, succeeded: bool) -> str | None:
     """The failure reason of a finished child, or None; marks a child that died without a word FAILED."""
     run = client.get_run(variant.run_id)
-    reason = run.data.tags.get(tracking.FAILURE_TAG)
+    reason = run.data.tags.get(flux_runs.FAILURE_TAG)
     if succeeded and run.info.status == "FINISHED":
         return None
     if reason is None:
         reason = "the train process exited with an error (see its output above)"
-        client.set_tag(variant.run_id, tracking.FAILURE_TAG, reason)
+        client.set_tag(variant.run_id, flux_runs.FAILURE_TAG, reason)
     if not RunStatus.is_terminated(run.info.status):
         client.set_terminated(variant.run_id, "FAILED")
     return reason
@@ -188,10 +181,10 @@ def run_sweep(config: SweepConfig) -> SweepResult:
     project = find_project_dir()
     check_launch_tools()
     client = MlflowClient()
-    with creating_runs():
+    with flux_runs.creating_runs():
         parent = mlflow.start_run()
     sweep_id = parent.info.run_id
-    tracking.ensure_runs_view(client, parent.info.experiment_id)
+    flux_runs.ensure_runs_view(client, parent.info.experiment_id)
     shared = {k: v for k, v in config.train.as_params().items() if k not in ("lr", "seed", "threads")}
     existing = parent.data.params
     params = {
@@ -203,7 +196,7 @@ def run_sweep(config: SweepConfig) -> SweepResult:
     client.log_batch(
         sweep_id,
         params=[Param(k, v) for k, v in params.items() if k not in existing],
-        tags=[RunTag(k, v) for k, v in tracking.flux_tags("sweep", sweep_id).items()],
+        tags=[RunTag(k, v) for k, v in flux_runs.flux_tags("sweep", sweep_id).items()],
     )
     variants = _create_children(client, parent, config)
     print(f"sweep {sweep_id}: {len(variants)} variants, {config.parallel} at a time, "
@@ -231,7 +224,7 @@ def run_sweep(config: SweepConfig) -> SweepResult:
             running = still
             time.sleep(0.2)
         if failed:
-            client.set_tag(sweep_id, tracking.FAILURE_TAG, "failed variants: " + "; ".join(failed.values())[:4900])
+            client.set_tag(sweep_id, flux_runs.FAILURE_TAG, "failed variants: " + "; ".join(failed.values())[:4900])
         else:
             status = RunStatus.FINISHED
         client.log_metric(sweep_id, "sweep/failed_variants", len(failed))
@@ -243,7 +236,7 @@ def run_sweep(config: SweepConfig) -> SweepResult:
             submitted.cancel()
         for variant in [v for v, _ in running] + pending:
             if not interrupted:
-                client.set_tag(variant.run_id, tracking.FAILURE_TAG, f"the sweep stopped: {type(exc).__name__}: {exc}")
+                client.set_tag(variant.run_id, flux_runs.FAILURE_TAG, f"the sweep stopped: {type(exc).__name__}: {exc}")
             client.set_terminated(variant.run_id, RunStatus.to_string(status))
         raise
     finally:

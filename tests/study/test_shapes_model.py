@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from mlflow_flux.model import Autoencoder
-from mlflow_flux.shapes import SHAPES, ShapeSpec, make_shapes
+from mlflow_flux.study.model import Autoencoder
+from mlflow_flux.study.shapes import SHAPES, ShapeSpec, make_shapes
 
 
 def test_same_settings_give_bit_identical_images():

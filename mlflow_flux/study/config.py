@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Mapping
 
-from .errors import InvalidParameter
+from ..errors import InvalidParameter
 
 __all__ = ["TrainConfig", "OPTIMIZERS", "parse_floats", "parse_ints", "parse_train_config"]
 

@@ -3,8 +3,8 @@
  * On a thin model a hook's cost is memory passes and op dispatch, not arithmetic: the torch formulation of one
  * layer's activation statistics is six ops and four passes over the output, this is one call and one pass while the
  * output is still in cache. The hooks (Tap, Forward) check device, dtype, layout and shape before touching memory;
- * layer_statistics takes raw addresses, and its caller (recorder.py) checks first. Semantics match
- * the torch path in recorder.py, NaN and inf included.
+ * layer_statistics takes raw addresses, and its caller (accumulators.py) checks first. Semantics match
+ * the torch path in accumulators.py, NaN and inf included.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

@@ -1,11 +1,11 @@
 
 import pytest
 
-from mlflow_flux.config import TrainConfig, parse_train_config
+from mlflow_flux.study.config import TrainConfig, parse_train_config
 from mlflow_flux.errors import InvalidParameter
-from mlflow_flux.sweep import parse_sweep_config
+from mlflow_flux.study.sweep import parse_sweep_config
 
-from .conftest import ROOT, run_cli
+from tests.helpers import ROOT, run_cli
 
 
 def test_overrides_are_parsed_against_the_defaults():
@@ -38,6 +38,7 @@ def test_bad_sweep_values_name_the_parameter(name, value):
     [["train", "--lr", "abc"], ["train", "--lr", "-1"], ["train", "--epochs", "0"], ["train", "--optimizer", "lbfgs"],
      ["train", "--hidden", "64,x"], ["sweep", "--lrs", "0.01,fast"], ["sweep", "--epochs", "0"]],
 )
+@pytest.mark.slow
 def test_cli_bad_input_is_one_line_and_exit_2(store, args):
     result = run_cli(store, *args, timeout=60)
     assert result.returncode == 2, result.stderr

@@ -1,0 +1,66 @@
+"""Pure comparisons over the loaded runs: one row per run, one row per group with 95% intervals over seeds."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from .loading import Comparison
+
+__all__ = ["interval", "run_table", "group_table"]
+
+# Columns whose interval bounds the claims quote.
+_INTERVAL_COLUMNS = ("loss_final", "all/participating_frac", "all/dead_frac", "all/participating")
+
+
+def interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """Mean and two-sided Student-t confidence interval over the finite values; NaN bounds with fewer than two.
+
+    >>> mean, low, high = interval([1.0, 3.0])
+    >>> mean, round(high - mean, 3)
+    (2.0, 12.706)
+    """
+    values = np.asarray([v for v in values if np.isfinite(v)], dtype=float)
+    if len(values) == 0:
+        return math.nan, math.nan, math.nan
+    mean = float(values.mean())
+    if len(values) < 2:
+        return mean, math.nan, math.nan
+    t = float(stats.t.ppf(0.5 + confidence / 2, df=len(values) - 1))
+    half = t * float(values.std(ddof=1)) / math.sqrt(len(values))
+    return mean, mean - half, mean + half
+
+
+def run_table(comparison: Comparison) -> pd.DataFrame:
+    """One row per run: the values of its final window, exactly as the recorder's metrics would give them."""
+    rows = []
+    for run in comparison.runs:
+        last = run.summaries.iloc[-1]
+        row = {"run_id": run.run_id, "name": run.name, "lr": run.lr, "seed": run.seed,
+               "epochs": int(run.params.get("epochs", run.summaries.index[-1] + 1)),
+               "final_epoch": int(run.summaries.index[-1]), "loss_final": run.final_loss}
+        for key in ("participating", "participating_frac", "dead_frac", "sos_median", "bias_fluct_median"):
+            row[f"all/{key}"] = float(last[f"all/{key}"])
+        for layer in run.layers:
+            row[f"{layer}/participating"] = float(last[f"{layer}/participating"])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def group_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per learning rate: means and 95% intervals over seeds."""
+    rows = []
+    numeric = [c for c in runs.columns if c not in ("run_id", "name", "lr", "seed", "final_epoch")]
+    for lr, group in runs.groupby("lr", sort=False):
+        row = {"lr": lr, "seeds": ",".join(map(str, group["seed"])), "n": len(group)}
+        for column in numeric:
+            mean, low, high = interval(group[column].to_numpy(dtype=float))
+            row[column] = mean
+            if column in _INTERVAL_COLUMNS:
+                row[f"{column} ci_low"], row[f"{column} ci_high"] = low, high
+        rows.append(row)
+    return pd.DataFrame(rows).sort_values("lr", ascending=False).reset_index(drop=True)

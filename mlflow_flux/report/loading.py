@@ -1,0 +1,168 @@
+"""Load the selected runs into memory: each run's loss history and the summaries recomputed from its trace.
+
+The summaries are recomputed with the same functions the recorder logged them with (:mod:`mlflow_flux.fluctuation`),
+with each run's own window and tau, so the report and the runs' metrics agree to the last digit. Only the key
+columns and the four the summaries read are fetched.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from .. import fluctuation
+from ..errors import FluxError
+from ..traces.reader import opened_trace
+from ..traces.schema import KEY_COLUMNS, SUMMARY_COLUMNS
+from .claims import ClaimSpec, claims_declared_by
+from .selection import check_reachable, select_runs
+
+_log = logging.getLogger(__name__)
+
+__all__ = ["RunData", "Comparison", "load_comparison", "TAU_GRID"]
+
+TAU_GRID = tuple(float(t) for t in np.logspace(-6, -1, 16))
+
+
+@dataclass
+class RunData:
+    """One variant run: its identity, its loss, and the summaries recomputed from its trace."""
+
+    run_id: str
+    name: str
+    lr: float
+    seed: str
+    params: dict
+    final_loss: float
+    loss: pd.Series  # loss/train by epoch
+    summaries: pd.DataFrame  # fluctuation.summaries_over_epochs
+    tau_curve: pd.Series  # participating fraction (all) at the final window, by tau
+    layers: list[str]
+    reconstruction_png: bytes | None = None
+    seconds: dict[str, float] = field(default_factory=dict)  # fetch, read, compute
+
+
+@dataclass
+class Comparison:
+    """The loaded runs, the ones skipped with a reason, and how they were chosen."""
+
+    runs: list[RunData]
+    skipped: list[tuple[str, str, str]]  # (run id, name, reason)
+    selection: str
+    sweep_id: str | None
+    tracking_uri: str
+    claims: tuple[ClaimSpec, ...] = ()  # what the runs say should hold between their groups
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _load_run(client, run, window: int | None, tau: float | None) -> RunData:
+    run_id = run.info.run_id
+    if run.info.status != "FINISHED":
+        raise FluxError(f"run status {run.info.status}")
+    params = run.data.params
+    window = window or int(params.get("flux.window", fluctuation.DEFAULT_WINDOW))
+    tau = tau or float(params.get("flux.tau", fluctuation.DEFAULT_TAU))
+    clock = time.perf_counter()
+    seconds = {}
+    with opened_trace(client, run) as source:
+        try:
+            # Only the key columns and the four the summaries need are fetched (one range per row group).
+            table = pq.ParquetFile(source, pre_buffer=True).read(columns=[*KEY_COLUMNS, *SUMMARY_COLUMNS])
+        except Exception as exc:  # noqa: BLE001 -- a corrupt file is a skipped run, not a failed report
+            raise FluxError(f"unreadable trace ({type(exc).__name__}: {exc})") from None
+    seconds["fetch"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    trace = table.to_pandas()
+    seconds["read"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    try:
+        epochs, layers = fluctuation.layer_arrays(trace)
+    except ValueError as exc:
+        raise FluxError(f"unusable trace: {exc}") from None
+    summaries = fluctuation.summaries_from_arrays(epochs, layers, window, tau)
+    if summaries.empty:
+        raise FluxError(f"fewer snapshots than one window ({window})")
+    # The final window shaped once, then summarised per tau (summaries_from_arrays would rebuild it 16 times).
+    last = {name: {c: a[-window:][None] for c, a in arrays.items() if c != "w_step"} | {"w_step": arrays["w_step"][-1:]}
+            for name, arrays in layers.items()}
+    tau_curve = pd.Series({t: float(fluctuation.summarize(last, t)["all/participating_frac"][0]) for t in TAU_GRID},
+                          name=run_id)
+    seconds["compute"] = time.perf_counter() - clock
+    history = client.get_metric_history(run_id, "loss/train")
+    loss = pd.Series({m.step: m.value for m in history}, dtype=float).sort_index()
+    return RunData(
+        run_id=run_id,
+        name=run.data.tags.get("mlflow.runName", run_id[:8]),
+        lr=float(params.get("lr", "nan")),
+        seed=params.get("seed", "?"),
+        params=dict(params),
+        final_loss=float(run.data.metrics.get("loss/final", math.nan)),
+        loss=loss,
+        summaries=summaries,
+        tau_curve=tau_curve,
+        layers=list(layers),
+        seconds=seconds,
+    )
+
+
+def _attach_reconstruction(client, run: RunData) -> None:
+    path = "figures/reconstructions.png"
+    try:
+        if any(f.path == path for f in client.list_artifacts(run.run_id, "figures")):
+            with tempfile.TemporaryDirectory(prefix="mlflow-flux-") as tmp:
+                run.reconstruction_png = Path(client.download_artifacts(run.run_id, path, tmp)).read_bytes()
+    except Exception as exc:  # noqa: BLE001 -- a missing picture leaves a gap in the grid, not a failed report
+        _log.warning("no reconstruction figure for run %s: %s", run.run_id, exc)
+
+
+def load_comparison(
+    sweep_id: str | None = None,
+    experiment: str | None = None,
+    filter_string: str | None = None,
+    window: int | None = None,
+    tau: float | None = None,
+    workers: int = 8,
+) -> Comparison:
+    """Select the runs and load them (in parallel threads: the time is network and Parquet decoding)."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    tracking_uri = mlflow.get_tracking_uri()
+    check_reachable(tracking_uri)
+    client = MlflowClient()
+    started = time.perf_counter()
+    runs, description, sweep_id = select_runs(client, sweep_id, experiment, filter_string)
+    queried = time.perf_counter()
+
+    def load(run):
+        try:
+            return _load_run(client, run, window, tau), None
+        except FluxError as exc:
+            return None, (run.info.run_id, run.data.tags.get("mlflow.runName", ""), str(exc))
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = list(pool.map(load, runs))
+    declared = claims_declared_by(runs)
+    loaded = [r for r, _ in results if r is not None]
+    skipped = [s for _, s in results if s is not None]
+    firsts = {}
+    for run in loaded:  # the report shows one reconstruction per learning rate
+        firsts.setdefault(run.lr, run)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(lambda run: _attach_reconstruction(client, run), firsts.values()))
+    done = time.perf_counter()
+    if not loaded:
+        reasons = "; ".join(f"{name or rid}: {why}" for rid, name, why in skipped)
+        raise FluxError(f"none of the {len(runs)} runs of {description} has a readable trace ({reasons})")
+    loaded.sort(key=lambda r: (-r.lr, r.seed))
+    return Comparison(loaded, skipped, description, sweep_id, tracking_uri, declared,
+                      {"query": queried - started, "load": done - queried})

@@ -1,0 +1,83 @@
+"""Which runs a report compares: by sweep, experiment or filter string, asked of the tracking server."""
+
+from __future__ import annotations
+
+from ..errors import FluxError, InvalidParameter, NoRunsMatch
+from ..traces import mlflow_adapter
+from ..traces.runs import ROLE_TAG, SWEEP_TAG
+
+__all__ = ["check_reachable", "select_runs"]
+
+
+def check_reachable(tracking_uri: str, timeout: float = 5.0) -> None:
+    """Fail within seconds, naming the URI, when an HTTP tracking server does not answer.
+
+    MLflow's client alone retries for minutes against a dead address.
+    """
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    try:
+        response = mlflow_adapter.http_get(tracking_uri, "/health", timeout=timeout, max_retries=0)
+    except Exception as exc:  # noqa: BLE001 -- any failure to connect means the same thing to the user
+        raise FluxError(f"cannot reach the tracking server at {tracking_uri}: {type(exc).__name__}") from None
+    if response.status_code != 200:
+        raise FluxError(f"the tracking server at {tracking_uri} answered /health with HTTP {response.status_code}")
+
+
+def _experiment_ids(client, experiment: str | None) -> list[str]:
+    import mlflow
+
+    if experiment is None:
+        return [mlflow_adapter.current_experiment_id()]
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        try:
+            found = client.get_experiment(experiment)
+        except Exception:  # noqa: BLE001
+            found = None
+    if found is None:
+        raise NoRunsMatch(f"no experiment named {experiment!r} at {mlflow.get_tracking_uri()}")
+    return [found.experiment_id]
+
+
+def select_runs(client, sweep_id: str | None = None, experiment: str | None = None,
+                filter_string: str | None = None) -> tuple[list, str, str | None]:
+    """The variant runs to compare, a description of the choice, and the sweep they belong to (if one).
+
+    By sweep (a parent run id), by experiment, by filter string; by default the latest sweep of the experiment.
+    """
+    variant = f"tags.`{ROLE_TAG}` = 'variant'"
+    if sweep_id is not None:
+        try:
+            sweep = client.get_run(sweep_id)
+        except Exception:  # noqa: BLE001
+            raise NoRunsMatch(f"no run with id {sweep_id!r}") from None
+        ids = [sweep.info.experiment_id]
+        query = f"{variant} and tags.`{SWEEP_TAG}` = '{sweep_id}'"
+        description = f"sweep {sweep_id}"
+    else:
+        ids = _experiment_ids(client, experiment)
+        if filter_string:
+            # MLflow's filter grammar has AND only and no parentheses, so joining needs no grouping.
+            query = filter_string if ROLE_TAG in filter_string else f"{variant} and {filter_string}"
+            description = f"filter {filter_string!r}"
+        elif experiment is not None:
+            query, description = variant, f"experiment {experiment!r}"
+        else:
+            latest = client.search_runs(ids, f"tags.`{ROLE_TAG}` = 'sweep'", max_results=1,
+                                        order_by=["attributes.start_time DESC"])
+            if not latest:
+                raise NoRunsMatch("no sweep runs in the experiment: pass --sweep, --experiment or --filter")
+            sweep_id = latest[0].info.run_id
+            query = f"{variant} and tags.`{SWEEP_TAG}` = '{sweep_id}'"
+            description = f"latest sweep {sweep_id}"
+    try:
+        runs = client.search_runs(ids, query, max_results=5000, order_by=["attributes.start_time ASC"])
+    except Exception as exc:  # noqa: BLE001 -- a malformed filter string is the usual cause
+        message = getattr(exc, "message", str(exc))
+        if filter_string:
+            raise InvalidParameter("filter", filter_string, message) from None
+        raise FluxError(f"the run search failed ({description}): {message}") from None
+    if not runs:
+        raise NoRunsMatch(f"no variant runs match {description}")
+    return runs, description, sweep_id

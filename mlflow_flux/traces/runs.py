@@ -1,0 +1,74 @@
+"""How mlflow-flux names, tags and creates its runs in MLflow.
+
+Runs the study creates carry a role (``sweep`` | ``variant`` | ``report``), their sweep's id and the package
+version; runs of a user's own ``watch()`` carry none of these. MLflow asks our run-context provider plugin for tags
+whenever a run is created; it answers only inside :func:`creating_runs`, so the user's other runs stay untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from typing import Iterator, Mapping
+
+from . import mlflow_adapter
+
+__all__ = [
+    "ROLE_TAG",
+    "SWEEP_TAG",
+    "FAILURE_TAG",
+    "VERSION_TAG",
+    "flux_tags",
+    "creating_runs",
+    "is_creating_runs",
+    "create_run",
+    "ensure_runs_view",
+]
+
+ROLE_TAG = "mlflow_flux.role"  # sweep | variant | report
+SWEEP_TAG = "mlflow_flux.sweep_id"
+FAILURE_TAG = "mlflow_flux.failure"
+VERSION_TAG = "mlflow_flux.version"
+_KIND_TAG = "mlflow.experimentKind"
+
+_creating = contextvars.ContextVar("mlflow_flux_creating_runs", default=False)
+
+
+def flux_tags(role: str, sweep_id: str | None = None) -> dict[str, str]:
+    """The tags every run mlflow-flux creates carries."""
+    from .. import __version__
+
+    tags = {ROLE_TAG: role, VERSION_TAG: __version__}
+    if sweep_id is not None:
+        tags[SWEEP_TAG] = sweep_id
+    return tags
+
+
+@contextlib.contextmanager
+def creating_runs() -> Iterator[None]:
+    """Runs created inside this block get mlflow-flux's tags from the run-context provider plugin."""
+    token = _creating.set(True)
+    try:
+        yield
+    finally:
+        _creating.reset(token)
+
+
+def is_creating_runs() -> bool:
+    return _creating.get()
+
+
+def create_run(client, experiment_id: str, tags: Mapping[str, str], run_name: str | None = None):
+    """``client.create_run`` with the tags ``mlflow.start_run`` would add (user, source, git, our version)."""
+    with creating_runs():
+        return client.create_run(experiment_id, tags=mlflow_adapter.resolve_run_tags(tags), run_name=run_name)
+
+
+def ensure_runs_view(client, experiment_id: str) -> None:
+    """Make MLflow 3's UI open the experiment as a runs table (it would otherwise guess its GenAI view).
+
+    Only an experiment without a kind is changed: a kind someone chose is kept.
+    """
+    experiment = client.get_experiment(experiment_id)
+    if _KIND_TAG not in experiment.tags:
+        client.set_experiment_tag(experiment_id, _KIND_TAG, "custom_model_development")

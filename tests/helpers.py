@@ -1,0 +1,121 @@
+"""Helpers the tests share: running the CLI and `mlflow run .` as a user would, and a real `mlflow server`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import torch
+from torch import nn
+
+import mlflow_flux
+
+ROOT = Path(__file__).resolve().parents[1]
+# Under `python -OO -m pytest` our own child processes run optimised too, so both modes are exercised end to end.
+PYTHON = [sys.executable, *(["-OO"] if sys.flags.optimize >= 2 else [])]
+
+
+def subprocess_env(store: dict, **extra: str) -> dict:
+    env = dict(os.environ)
+    env.pop("MLFLOW_EXPERIMENT_ID", None)  # mlflow.set_experiment exports it; the name is what children get
+    env.update(
+        MLFLOW_TRACKING_URI=store["uri"],
+        MLFLOW_EXPERIMENT_NAME=store["experiment_name"],
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+def run_cli(store: dict, *args: str, timeout: float = 300, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """``mlflow-flux ARGS`` in a child process, as a user runs it."""
+    return subprocess.run(
+        [*PYTHON, "-m", "mlflow_flux.cli", *args],
+        cwd=cwd, env=subprocess_env(store), capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def run_mlflow_project(store: dict, *params: str, entry_point: str = "main", timeout: float = 600):
+    """``mlflow run . --env-manager local -e ENTRY -P ...`` from the project root."""
+    args = [sys.executable, "-m", "mlflow", "run", str(ROOT), "--env-manager", "local", "-e", entry_point,
+            "--experiment-name", store["experiment_name"]]
+    for param in params:
+        args += ["-P", param]
+    return subprocess.run(args, cwd=ROOT, env=subprocess_env(store), capture_output=True, text=True, timeout=timeout)
+
+
+def runs_of(store: dict):
+    return mlflow.search_runs(experiment_ids=[store["experiment_id"]], output_format="list")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MlflowServer:
+    """A real `mlflow server` on 127.0.0.1 (sqlite backend, artifacts served by the server), in its own process
+    group: its workers outlive a plain kill of the parent, so it is stopped by group."""
+
+    def __init__(self, root: Path, port: int | None = None) -> None:
+        self.root = root
+        self.port = port or free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 120) -> "MlflowServer":
+        log = open(self.root / "server.log", "a")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
+             "--backend-store-uri", f"sqlite:///{self.root / 'server.db'}",
+             "--artifacts-destination", str(self.root / "artifacts"), "--workers", "1"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if urllib.request.urlopen(f"{self.uri}/health", timeout=2).status == 200:
+                    return self
+            except OSError:
+                time.sleep(0.5)
+        self.stop()
+        raise RuntimeError("mlflow server did not answer /health: " + (self.root / "server.log").read_text()[-2000:])
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        except ProcessLookupError:
+            pass
+        self.process = None
+
+
+def train_mlp(epochs: int, **watch_options) -> tuple[str, nn.Module]:
+    """A small MLP trained under ``watch()`` in a new run of the current store; returns the run id and the model."""
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 10))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    x = torch.randn(64, 10)
+    with mlflow.start_run() as run:
+        with mlflow_flux.watch(model, **watch_options) as flux:
+            for epoch in range(epochs):
+                for batch in x.split(16):
+                    optimizer.zero_grad()
+                    nn.functional.mse_loss(model(batch), batch).backward()
+                    optimizer.step()
+                flux.end_epoch(epoch, {"loss/train": 0.0})
+    return run.info.run_id, model
