@@ -33,8 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import mlflow_flux  # noqa: E402
-from mlflow_flux.model import Autoencoder  # noqa: E402
-from mlflow_flux.shapes import ShapeSpec, make_shapes  # noqa: E402
+from mlflow_flux.study.model import Autoencoder  # noqa: E402
+from mlflow_flux.study.shapes import ShapeSpec, make_shapes  # noqa: E402
 
 
 def paper_scale(n_samples: int = 2048):
@@ -81,7 +81,8 @@ def train_step(model, optimizer, xb, yb):
     return loss.detach()
 
 
-def overhead(name: str, build, pairs: int, watched: bool = True) -> float:
+def overhead(name: str, build, pairs: int, watched: bool = True, quiet: bool = False, totals: dict | None = None,
+             **watch_options) -> float:
     """Median over epochs of watched/plain epoch time; ``watched=False`` times plain against plain (the noise floor).
 
     The two models step in turn, step by step, and each epoch of the watched one ends with ``end_epoch``: on this
@@ -95,8 +96,10 @@ def overhead(name: str, build, pairs: int, watched: bool = True) -> float:
     data = batches(x, y)
     ratios, plain_times = [], []
     label = name if watched else f"{name} A/A"
+    cpu_start = time.process_time()
     with mlflow.start_run(run_name=f"bench-{label}"):
-        flux = mlflow_flux.watch(other_model, log_figures=False) if watched else contextlib.nullcontext()
+        options = {"log_figures": False, **watch_options}
+        flux = mlflow_flux.watch(other_model, **options) if watched else contextlib.nullcontext()
         with flux:
             for epoch in range(pairs + 2):
                 times = {"plain": 0.0, "other": 0.0}
@@ -117,9 +120,16 @@ def overhead(name: str, build, pairs: int, watched: bool = True) -> float:
                 if epoch >= 2:  # the first epochs warm caches and allocators
                     ratios.append(times["other"] / times["plain"])
                     plain_times.append(times["plain"])
+                    if totals is not None:
+                        for key in ("plain", "other"):
+                            totals[key] = totals.get(key, 0.0) + times[key]
+    if totals is not None:  # CPU time of the whole process, close() included: what the watch cost in work
+        totals["cpu"] = time.process_time() - cpu_start
     median = statistics.median(ratios)
     q1, _, q3 = statistics.quantiles(ratios, n=4)
     what = "watched/plain" if watched else "plain/plain  "
+    if quiet:
+        return median
     print(f"{label:16s} {what} epoch time: median {median:.3f}x over {len(ratios)} pairs "
           f"(quartiles {q1:.3f}-{q3:.3f}), plain epoch {statistics.median(plain_times) * 1000:.0f} ms")
     return median
@@ -156,7 +166,7 @@ def peak_memory(epochs: int) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description="What watching costs: watched vs plain training time, trace size, memory.")
     parser.add_argument("--pairs", type=int, default=41)
     parser.add_argument("--bytes-epochs", type=int, default=100)
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
@@ -170,7 +180,7 @@ def main() -> None:
         if args.memory_child:
             peak_memory_child(args.memory_child)
             return
-        from mlflow_flux import kernels
+        from mlflow_flux.recording import fastpath as kernels
 
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, "
               f"recorder path: {'C extension' if kernels.fastpath() else 'torch ops'}")
