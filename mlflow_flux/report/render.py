@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import html
 import io
+import re
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -97,16 +99,31 @@ def _groups_for_display(groups: pd.DataFrame) -> pd.DataFrame:
     return groups[[c for c in groups.columns if "ci_" not in c]]
 
 
+# What acts mid-line in Markdown (text from a run never starts a line here): emphasis, code, links, tables.
+_MARKDOWN_SPECIALS = re.compile(r"([\\`*_\[\]|~])")
+
+
+def md_escape(value: object) -> str:
+    """Text that came from a run (names, tags, params, layer names), made inert in Markdown: HTML is escaped (a
+    renderer would pass ``<img onerror=...>`` through), emphasis, code, link and table marks are backslashed,
+    lines are joined.
+
+    >>> print(md_escape("<img src=x onerror=alert(1)> [a](b) | *c* lr 0.01"))
+    &lt;img src=x onerror=alert(1)&gt; \\[a\\](b) \\| \\*c\\* lr 0.01
+    """
+    text = html.escape(str(value), quote=False).replace("\r", " ").replace("\n", " ")
+    return _MARKDOWN_SPECIALS.sub(r"\\\1", text)
+
+
 def _md_table(frame: pd.DataFrame, index: bool = False, header: bool = True) -> str:
-    """A Markdown table (pandas' to_markdown would need the tabulate package)."""
+    """A Markdown table (pandas' to_markdown would need the tabulate package); every cell and header escaped."""
     frame = frame.reset_index() if index else frame
 
     def cell(value) -> str:
-        text = f"{value:.6g}" if isinstance(value, float) else str(value)
-        return text.replace("|", "\\|").replace("\n", " ")
+        return f"{value:.6g}" if isinstance(value, float) else md_escape(value)
 
     rows = [[cell(v) for v in row] for row in frame.itertuples(index=False)]
-    head = [str(c) for c in frame.columns] if header else [""] * frame.shape[1]
+    head = [md_escape(c) for c in frame.columns] if header else [""] * frame.shape[1]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * frame.shape[1]]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
@@ -114,18 +131,20 @@ def _md_table(frame: pd.DataFrame, index: bool = False, header: bool = True) -> 
 def markdown(comparison: Comparison, report: Report, settings: pd.DataFrame, pngs: list[str]) -> str:
     lines = [
         "# mlflow-flux participation report", "",
-        f"Runs: {comparison.selection} at {comparison.tracking_uri} ({len(comparison.runs)} compared, "
-        f"{len(report.skipped)} skipped).", "",
+        f"Runs: {md_escape(comparison.selection)} at {md_escape(comparison.tracking_uri)} "
+        f"({len(comparison.runs)} compared, {len(report.skipped)} skipped).", "",
         "## The paper's claims against our runs", "",
     ]
-    for claim in report.claims:
-        lines += [f"- **({claim.name}) {claim.text}**: **{claim.verdict}**. {claim.evidence}"]
+    for claim in report.claims:  # claims come from the runs' tags: escaped like everything else from a run
+        lines += [f"- **({md_escape(claim.name)}) {md_escape(claim.text)}**: **{md_escape(claim.verdict)}**. "
+                  f"{md_escape(claim.evidence)}"]
     lines += ["", "Verdicts compare 95% intervals over seeds; overlapping intervals are inconclusive. "
               "The measures are our definitions (below), not the paper's, which it does not publish.", "",
               "## Per learning rate (final window)", "", _md_table(_groups_for_display(report.groups)),
               "", "## Per run", "", _md_table(report.runs), ""]
     if report.skipped:
-        lines += ["## Skipped runs", ""] + [f"- {name or rid} (`{rid}`): {why}" for rid, name, why in report.skipped]
+        lines += ["## Skipped runs", ""] + [f"- {md_escape(name or rid)} ({md_escape(rid)}): {md_escape(why)}"
+                                            for rid, name, why in report.skipped]
         lines += [""]
     lines += ["## Figures", ""] + [f"![{p}]({p})" for p in pngs]
     lines += ["", "## Definitions (ours; see docs/metrics.md)", "", "```", _DEFINITIONS, "```", "",
@@ -169,7 +188,7 @@ definitions (below), not the paper's, which it does not publish.</p>
 
 
 def _write(directory: Path, comparison: Comparison, report: Report) -> list[str]:
-    directory.mkdir(parents=True, exist_ok=True)
+    """Write the report's files into an empty ``directory``; returns their names."""
     images = {name: _png(figure) for name, figure in figures(comparison).items()}
     pngs = []
     for name, png in images.items():
@@ -181,24 +200,31 @@ def _write(directory: Path, comparison: Comparison, report: Report) -> list[str]
     pd.DataFrame(report.skipped, columns=["run_id", "name", "reason"]).to_csv(directory / "skipped.csv", index=False)
     (directory / "report.md").write_text(markdown(comparison, report, settings, pngs))
     (directory / "report.html").write_text(html_page(comparison, report, settings, images))
-    return sorted(p.name for p in directory.iterdir())
+    return sorted([*pngs, "summary.csv", "runs.csv", "skipped.csv", "report.md", "report.html"])
 
 
 def build(comparison: Comparison, output: str | Path | None = None, log_run: bool = True) -> Report:
-    """Compute the tables and claims, write the files, and log them to a report run."""
+    """Compute the tables and claims, write the files, and log them to a report run.
+
+    The files are written into a fresh temporary directory and only they are uploaded; ``output`` gets copies, so
+    whatever else that directory holds never reaches the tracking server.
+    """
     started = time.perf_counter()
     runs = run_table(comparison)
     groups = group_table(runs)
     report = Report(runs=runs, groups=groups, claims=[evaluate(spec, groups) for spec in comparison.claims],
                     skipped=comparison.skipped)
     with tempfile.TemporaryDirectory(prefix="mlflow-flux-report-") as tmp:
-        directory = Path(output) if output is not None else Path(tmp)
-        report.files = _write(directory, comparison, report)
+        written = Path(tmp)
+        report.files = _write(written, comparison, report)
         if output is not None:
-            report.directory = directory
+            report.directory = Path(output)
+            report.directory.mkdir(parents=True, exist_ok=True)
+            for name in report.files:
+                shutil.copyfile(written / name, report.directory / name)
         comparison.timings["render"] = time.perf_counter() - started
         if log_run:
-            report.run_id = _log(comparison, report, directory)
+            report.run_id = _log(comparison, report, written)
     return report
 
 

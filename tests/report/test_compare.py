@@ -19,7 +19,8 @@ from mlflow_flux import fluctuation
 
 from tests.helpers import PYTHON, ROOT, free_port
 
-NASTY = "<script>alert('x')</script> & \"quotes\""
+NASTY = "<script>alert('x')</script> <img src=x onerror=alert(1)> & \"quotes\" | *x*"
+NASTY_LAYER = "<img src=y onerror=alert(2)>"
 
 pytestmark = pytest.mark.slow
 
@@ -63,12 +64,13 @@ def sweep(server):
     with mlflow.start_run(run_id=extra[NASTY]):
         import torch
 
-        model = torch.nn.Linear(3, 2)
+        model = torch.nn.ModuleDict({NASTY_LAYER: torch.nn.Linear(3, 2)})
         with mlflow_flux.watch(model, window=2, summary_every=1, log_figures=False) as flux:
             for epoch in range(3):
-                model(torch.randn(4, 3)).sum().backward()
+                model[NASTY_LAYER](torch.randn(4, 3)).sum().backward()
                 flux.end_epoch(epoch)
         mlflow.log_metric("loss/final", 0.5)
+        mlflow.log_param("optimizer", "<b onmouseover=alert(3)>adam</b>")
     for run_id in extra.values():
         if client.get_run(run_id).info.status == "RUNNING":
             client.set_terminated(run_id, "FINISHED")
@@ -117,12 +119,30 @@ def test_runs_without_or_with_broken_traces_are_skipped_with_a_reason(sweep, tmp
     assert {r["name"] for r in skipped} == {"no traces", "corrupt"}
 
 
-def test_html_escapes_what_came_from_runs(sweep, tmp_path):
+def test_html_and_markdown_escape_what_came_from_runs(sweep, tmp_path):
     mlflow_flux.compare(sweep["sweep_id"], output=tmp_path, log_run=False)
     page = (tmp_path / "report.html").read_text()
-    assert "<script>" not in page
-    assert "&lt;script&gt;alert(" in page
+    assert "<script>" not in page and "<img src=" not in page and "<b onmouseover" not in page
+    assert "&lt;script&gt;alert(" in page and "&lt;img src=y onerror=alert(2)&gt;" in page
     assert page.count("data:image/png;base64,") >= 5  # self-contained
+    markdown = (tmp_path / "report.md").read_text()
+    for raw in ("<script>", "<img src=x", "<img src=y", "<b onmouseover", "| *x*"):
+        assert raw not in markdown, raw  # a run's name, a layer's name, a param: all came from runs
+    assert "&lt;img src=x onerror=alert(1)&gt;" in markdown and "&lt;img src=y onerror=alert(2)&gt;" in markdown
+    assert "&lt;b onmouseover=alert(3)&gt;adam&lt;/b&gt;" in markdown
+
+
+def test_compare_output_uploads_only_the_files_the_report_wrote(sweep, tmp_path):
+    out = tmp_path / "out"
+    (out / ".ssh").mkdir(parents=True)
+    (out / ".ssh" / "id_rsa").write_text("-----BEGIN PRIVATE KEY-----")
+    (out / ".env").write_text("TOKEN=secret")
+    report = mlflow_flux.compare(sweep["sweep_id"], output=out, log_run=True)
+    client = sweep["client"]
+    uploaded = {f.path.split("/", 1)[1] for f in client.list_artifacts(report.run_id, "report")}
+    assert uploaded == set(report.files) and "report.html" in uploaded
+    assert not {".env", ".ssh"} & uploaded
+    assert (out / ".env").exists() and (out / "report.html").exists()  # the directory keeps both
 
 
 def test_no_matching_runs_is_one_line_and_exit_2(sweep):
