@@ -16,6 +16,15 @@ from ..errors import InvalidParameter
 __all__ = ["TrainConfig", "OPTIMIZERS", "parse_floats", "parse_ints", "parse_train_config"]
 
 OPTIMIZERS = ("adam", "sgd")
+# Upper bounds where a larger value would exhaust memory (or overflow an int32 trace column) before any useful run;
+# products of parameters are bounded in parse_train_config.
+MAXIMUMS = {"image_size": 512, "n_samples": 1_000_000, "batch_size": 65_536, "epochs": 10_000_000,
+            "seed": 2**32 - 1, "threads": 1024, "window": 100_000, "snapshot_every": 10_000_000,
+            "summary_every": 10_000_000, "flush_every": 1000}
+MAX_WIDTH = 65_536
+MAX_DATASET_VALUES = 1 << 28  # n_samples x image_size^2 float32 pixels: 1 GiB
+MAX_PARAMETERS = 200_000_000  # weights and biases of the autoencoder: 0.8 GB, x4 with Adam's state and gradients
+MAX_BATCH_VALUES = 1 << 28  # batch_size x the widest layer: the largest activation tensor, 1 GiB
 
 
 @dataclass(frozen=True)
@@ -70,6 +79,8 @@ def _int_at_least(name: str, raw: str, minimum: int) -> int:
 
 def parse_floats(name: str, raw: str) -> tuple[float, ...]:
     """Parse a comma-separated list of positive numbers, e.g. ``0.01,0.001``."""
+    if len(str(raw)) > 10_000:
+        raise InvalidParameter(name, str(raw)[:40] + "...", "expected a short comma-separated list")
     items = [part.strip() for part in str(raw).split(",")]
     if not items or any(not part for part in items):
         raise InvalidParameter(name, raw, "expected comma-separated positive numbers, e.g. 0.01,0.001")
@@ -78,6 +89,8 @@ def parse_floats(name: str, raw: str) -> tuple[float, ...]:
 
 def parse_ints(name: str, raw: str, minimum: int = 1) -> tuple[int, ...]:
     """Parse a comma-separated list of integers, e.g. ``256,64,16``."""
+    if len(str(raw)) > 10_000:
+        raise InvalidParameter(name, str(raw)[:40] + "...", "expected a short comma-separated list")
     items = [part.strip() for part in str(raw).split(",")]
     if not items or any(not part for part in items):
         raise InvalidParameter(name, raw, f"expected comma-separated integers >= {minimum}, e.g. 256,64,16")
@@ -106,7 +119,10 @@ def _parse_field(name: str, raw: str) -> object:
     if name in ("lr", "tau"):
         return _positive_float(name, raw)
     minimums = {"seed": 0, "threads": 0, "image_size": 8, "window": 2}
-    return _int_at_least(name, raw, minimums.get(name, 1))
+    value = _int_at_least(name, raw, minimums.get(name, 1))
+    if name in MAXIMUMS and value > MAXIMUMS[name]:
+        raise InvalidParameter(name, raw, f"expected an integer from {minimums.get(name, 1)} to {MAXIMUMS[name]}")
+    return value
 
 
 def parse_train_config(overrides: Mapping[str, str], base: TrainConfig | None = None) -> TrainConfig:
@@ -125,4 +141,25 @@ def parse_train_config(overrides: Mapping[str, str], base: TrainConfig | None = 
     config = dataclasses.replace(base, **values)
     if config.n_samples < 8:
         raise InvalidParameter("n_samples", config.n_samples, "expected at least one image per shape (>= 8)")
+    _check_sizes(config)
     return config
+
+
+def _check_sizes(config: TrainConfig) -> None:
+    """Refuse settings whose data, model or activations would not fit in memory, naming what to change."""
+    if any(width > MAX_WIDTH for width in config.hidden):
+        raise InvalidParameter("hidden", ",".join(map(str, config.hidden)), f"expected widths up to {MAX_WIDTH}")
+    pixels = config.image_size**2
+    if config.n_samples * pixels > MAX_DATASET_VALUES:
+        raise InvalidParameter("n_samples", str(config.n_samples), f"n_samples x image_size^2 must stay under "
+                                                              f"{MAX_DATASET_VALUES:,} pixels (1 GiB) at image_size "
+                                                              f"{config.image_size}")
+    widths = [pixels, *config.hidden]
+    parameters = 2 * sum(a * b + b for a, b in zip(widths[:-1], widths[1:]))  # the decoder mirrors the encoder
+    if parameters > MAX_PARAMETERS:
+        raise InvalidParameter("hidden", ",".join(map(str, config.hidden)), f"the autoencoder would have "
+                                                                           f"{parameters:,} parameters; at most "
+                                                                           f"{MAX_PARAMETERS:,}")
+    if min(config.batch_size, config.n_samples) * max(widths) > MAX_BATCH_VALUES:
+        raise InvalidParameter("batch_size", str(config.batch_size), f"batch_size x the widest layer ({max(widths)}) "
+                                                                f"must stay under {MAX_BATCH_VALUES:,} values")

@@ -18,7 +18,10 @@ def test_overrides_are_parsed_against_the_defaults():
     "name, value",
     [("lr", "abc"), ("lr", "-0.1"), ("lr", "0"), ("lr", "nan"), ("epochs", "0"), ("epochs", "1.5"),
      ("optimizer", "rmsprop"), ("hidden", "256,,16"), ("hidden", "a,b"), ("hidden", "64,0"), ("batch_size", "0"),
-     ("colour", "red")],
+     ("colour", "red"),
+     # values that would exhaust memory before anything useful happens
+     ("image_size", "100000"), ("hidden", "100000"), ("hidden", "60000,60000"), ("n_samples", "1000000"),
+     ("flush_every", "100000"), ("threads", "5000")],
 )
 def test_bad_train_values_name_the_parameter(name, value):
     with pytest.raises(InvalidParameter) as info:
@@ -27,7 +30,7 @@ def test_bad_train_values_name_the_parameter(name, value):
 
 
 @pytest.mark.parametrize("name, value", [("lrs", "0.01,x"), ("lrs", ""), ("lrs", "0.1,-1"), ("seeds", "1,,2"),
-                                         ("max_parallel", "0.5"), ("lr", "0.1")])
+                                         ("max_parallel", "0.5"), ("lr", "0.1"), ("lrs", ",".join(["0.1"] * 1001))])
 def test_bad_sweep_values_name_the_parameter(name, value):
     with pytest.raises(InvalidParameter, match=name):
         parse_sweep_config({name: value})
@@ -36,7 +39,8 @@ def test_bad_sweep_values_name_the_parameter(name, value):
 @pytest.mark.parametrize(
     "args",
     [["train", "--lr", "abc"], ["train", "--lr", "-1"], ["train", "--epochs", "0"], ["train", "--optimizer", "lbfgs"],
-     ["train", "--hidden", "64,x"], ["sweep", "--lrs", "0.01,fast"], ["sweep", "--epochs", "0"]],
+     ["train", "--hidden", "64,x"], ["sweep", "--lrs", "0.01,fast"], ["sweep", "--epochs", "0"],
+     ["sweep", "--lr", "0.1"], ["train", "--image-size", "100000"]],
 )
 @pytest.mark.slow
 def test_cli_bad_input_is_one_line_and_exit_2(store, args):
@@ -57,3 +61,19 @@ def test_mlproject_defaults_match_the_config():
         for name, spec in project["entry_points"][entry]["parameters"].items():
             if name in params:
                 assert str(spec["default"]) == params[name], (entry, name)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["sweep", "--lr", "0.1"], "invalid value for 'lr': '0.1' (the sweep varies it: pass lrs= instead)"),
+    (["sweep", "--seed=3"], "invalid value for 'seed': '3' (the sweep varies it: pass seeds= instead)"),
+    (["train", "--epoch", "3"], "unknown option --epoch 3 for 'mlflow-flux train'"),  # no prefix matching
+    (["compare", "--exp", "x"], "unknown option --exp x for 'mlflow-flux compare'"),
+    (["train", "--epochs"], "argument --epochs: expected one argument"),
+    (["frobnicate"], "argument {train,sweep,compare}: invalid choice: 'frobnicate'"),
+])
+def test_parsers_refuse_abbreviations_and_unknown_options_in_one_line(args, message, capsys):
+    from mlflow_flux.cli import main
+
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"mlflow-flux: error: {message}"), err
