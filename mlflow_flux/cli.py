@@ -12,11 +12,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 import warnings
 from typing import Sequence
 
-from .errors import FluxError
+from .errors import FluxError, InvalidParameter, UsageError
+from .interrupts import exit_code, stop_on_signals, stop_with_parent
 from .study.config import TrainConfig
 
 __all__ = ["main"]
@@ -24,6 +26,69 @@ __all__ = ["main"]
 DESCRIPTION = "mlflow-flux: train the built-in study, run its sweep, and compare watched runs."
 
 _SWEPT = ("lr", "seed")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that takes whole option names only (``--lr`` is not ``--lrs``) and turns its errors into one line
+    that :func:`main` prints, exit code 2."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def _unknown_options(args: argparse.Namespace, unknown: list[str]) -> FluxError:
+    """One error for options the command does not take; the swept ones of ``sweep`` say what to pass instead."""
+    option = next((item for item in unknown if item.startswith("--")), unknown[0])
+    name = option.lstrip("-").split("=", 1)[0].replace("-", "_")
+    if args.command == "sweep" and name in _SWEPT:
+        position = unknown.index(option)
+        value = option.split("=", 1)[1] if "=" in option else (unknown[position + 1:] or [""])[0]
+        return InvalidParameter(name, value, f"the sweep varies it: pass {name}s= instead")
+    return UsageError(f"unknown option {' '.join(unknown)} for 'mlflow-flux {args.command}' "
+                      f"(see mlflow-flux {args.command} --help)")
+
+
+def _fail_the_mlflow_run(message: str) -> None:
+    """Under ``mlflow run`` (which made a run for this process), bad input ends that run FAILED with the reason."""
+    import os
+
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if not run_id:
+        return
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from .traces.runs import FAILURE_TAG
+    from .traces.server import check_reachable
+
+    try:
+        check_reachable(mlflow.get_tracking_uri())
+        client = MlflowClient()
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_tag(run_id, FAILURE_TAG, message[:5000])
+            client.set_terminated(run_id, "FAILED")
+    except Exception:  # noqa: BLE001 -- the one-line error is already printed; the run is MLflow's to end then
+        pass
+
+
+def _keep_killed(run_id: str, mlflow_run_pid: int) -> None:
+    """Under ``mlflow run``: keep the KILLED status we set, which ``mlflow run`` would overwrite with FAILED."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from .traces.mlflow_adapter import keep_status_past_mlflow_run
+    from .traces.server import check_reachable
+
+    try:
+        check_reachable(mlflow.get_tracking_uri())
+        if MlflowClient().get_run(run_id).info.status == "KILLED":
+            keep_status_past_mlflow_run(run_id, "KILLED", mlflow_run_pid)
+    except Exception:  # noqa: BLE001 -- the run keeps MLflow's FAILED; our tag still says why it stopped
+        pass
 
 
 def _add_train_options(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
@@ -101,7 +166,7 @@ def print_report_summary(report) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mlflow-flux", description=DESCRIPTION)
+    parser = _Parser(prog="mlflow-flux", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sweep,compare}")
 
     train = sub.add_parser("train", help="train one variant into one MLflow run")
@@ -132,20 +197,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit code."""
+    """Run the CLI; returns the exit code: 0 done, 1 failed, 2 bad input, 3 the tracking server was lost (results
+    kept locally), 130 Ctrl-C, 143 SIGTERM."""
+    stop_with_parent()
+    made_by_mlflow_run = os.environ.get("MLFLOW_RUN_ID")  # read now: mlflow.end_run() unsets it
+    parent = os.getppid()  # `mlflow run`, when it started us; read now, before it can die
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # MLflow's own import-time warnings (under `python -OO` it warns about its stripped docstrings) are not ours to
     # show: the terminal is for what mlflow-flux says.
     warnings.filterwarnings("ignore", module=r"mlflow(\.|$)")
-    args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with stop_on_signals():  # SIGTERM (a scheduler, `timeout`, `docker stop`) is handled like Ctrl-C
+            args, unknown = build_parser().parse_known_args(argv)
+            if unknown:
+                raise _unknown_options(args, unknown)
+            return args.func(args)
     except FluxError as exc:
         print(f"mlflow-flux: error: {exc}", file=sys.stderr)
+        if exc.exit_code == 2:
+            _fail_the_mlflow_run(f"bad input: {exc}")
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("mlflow-flux: interrupted; finished epochs are logged, the run is marked KILLED", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        print("mlflow-flux: interrupted; finished epochs are logged, the runs are marked KILLED", file=sys.stderr)
+        if made_by_mlflow_run:
+            _keep_killed(made_by_mlflow_run, parent)
+        return exit_code(exc)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["FluxError", "InvalidParameter", "DivergedError", "NoRunsMatch"]
+__all__ = ["FluxError", "InvalidParameter", "UsageError", "DivergedError", "NoRunsMatch", "TrackingLost"]
 
 
 class FluxError(Exception):
@@ -22,6 +22,12 @@ class InvalidParameter(FluxError, ValueError):
         self.value = value
 
 
+class UsageError(FluxError):
+    """A command line that does not parse (an unknown or incomplete option)."""
+
+    exit_code = 2
+
+
 class DivergedError(FluxError):
     """Training produced a non-finite loss: the learning rate is too large for this setup."""
 
@@ -30,3 +36,9 @@ class NoRunsMatch(FluxError):
     """A run selection that matches nothing: bad input, so the same exit code as a bad parameter."""
 
     exit_code = 2
+
+
+class TrackingLost(FluxError):
+    """The tracking server stopped answering: training went on, but the run does not hold everything it made."""
+
+    exit_code = 3

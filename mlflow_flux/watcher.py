@@ -10,29 +10,99 @@
 from __future__ import annotations
 
 import collections
-import shutil
+import contextlib
+import logging
+import math
+import numbers
+import os
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
-from mlflow.entities import Param, RunTag
+from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 from torch import nn
 
 from . import fluctuation
-from .errors import FluxError
+from .errors import FluxError, InvalidParameter
+from .interrupts import stop_on_signals
 from .recording.layers import LayerSpec
 from .recording.recorder import NeuronRecorder
-from .report import plots
+from .report.plots import RunFigureData
 from .traces.metrics import MetricLogger
-from .traces.reader import read_trace_files
+from .traces.mlflow_adapter import abandon_active_run
 from .traces.schema import SUMMARY_COLUMNS, Snapshot, snapshot_to_batch
-from .traces.sink import TraceSink
+from .traces.server import check_reachable, health_probe
+from .traces.sink import TraceSink, TraceWriteError
 
-__all__ = ["FluxWatcher", "watch", "TRACE_DIR_TAG"]
+__all__ = ["FluxWatcher", "WatchResult", "watch", "DEFAULT_UPLOAD_TIMEOUT", "UPLOAD_TIMEOUT_ENV", "default_upload_timeout"]
 
-TRACE_DIR_TAG = "mlflow_flux.trace_dir"
+_log = logging.getLogger(__name__)
+
+DEFAULT_UPLOAD_TIMEOUT = 60.0  # seconds close() waits for uploads once training is over
+UPLOAD_TIMEOUT_ENV = "MLFLOW_FLUX_UPLOAD_TIMEOUT"  # sets that default, e.g. for every variant of a sweep
+
+
+def default_upload_timeout() -> float:
+    """Seconds close() waits for uploads: ``$MLFLOW_FLUX_UPLOAD_TIMEOUT``, else 60."""
+    raw = os.environ.get(UPLOAD_TIMEOUT_ENV)
+    return DEFAULT_UPLOAD_TIMEOUT if raw is None else _positive_option(UPLOAD_TIMEOUT_ENV, _number(raw))
+
+
+def _number(raw: str) -> object:
+    try:
+        return float(raw)
+    except ValueError:
+        return raw
+
+
+def _int_option(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise InvalidParameter(name, value, f"expected an integer >= {minimum}")
+    return int(value)
+
+
+def _positive_option(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (math.isfinite(value) and value > 0):
+        raise InvalidParameter(name, value, "expected a positive number")
+    return float(value)
+
+
+def _layers_option(layers: object) -> list[LayerSpec] | None:
+    if layers is None:
+        return None
+    if isinstance(layers, (str, type)):
+        raise InvalidParameter("layers", layers, f"expected a list, e.g. layers=[{layers!r}]"
+                               if isinstance(layers, str) else f"expected a list, e.g. layers=[{layers.__name__}]")
+    try:
+        specs = list(layers)
+    except TypeError:
+        raise InvalidParameter("layers", layers, "expected a list of names, glob patterns or module types") from None
+    if not specs:
+        raise InvalidParameter("layers", layers, "expected at least one name, pattern or type; None watches every "
+                                                 "Linear and Conv layer")
+    for spec in specs:
+        if not isinstance(spec, (str, type)):
+            raise InvalidParameter("layers", spec, "expected a name, a glob pattern or a module type")
+    return specs
+
+
+@dataclass(frozen=True)
+class WatchResult:
+    """What reached the run when the watcher closed."""
+
+    run_id: str
+    uploaded: bool  # the compacted trace is confirmed in the run
+    kept_trace: Path | None  # where the trace stayed on local disk (the run does not have it all)
+    lost_metrics: int  # metrics the run did not get
+    offline: bool  # the tracking server stopped answering
+
+    @property
+    def complete(self) -> bool:
+        return self.uploaded and not self.lost_metrics and not self.offline
 
 
 class FluxWatcher:
@@ -49,34 +119,41 @@ class FluxWatcher:
         tau: float = fluctuation.DEFAULT_TAU,
         summary_every: int = 10,
         flush_every: int = 10,
-        trace_dir: str | Path | None = None,
+        trace_dir: str | os.PathLike | None = None,
         log_figures: bool = True,
         metrics_interval: float = 5.0,
+        upload_timeout: float | None = None,
     ) -> None:
-        if window < 2:
-            raise FluxError(f"window must be >= 2 snapshots, got {window}")
-        if not (tau > 0 and np.isfinite(tau)):
-            raise FluxError(f"tau must be a positive number, got {tau!r}")
-        if flush_every < 1:
-            raise FluxError(f"flush_every must be >= 1, got {flush_every}")
-        if summary_every < 1:
-            raise FluxError(f"summary_every must be >= 1, got {summary_every}")
-        self.recorder = NeuronRecorder(model, layers=layers, snapshot_every=snapshot_every)
+        if not isinstance(model, nn.Module):
+            raise InvalidParameter("model", type(model).__name__, "expected a torch.nn.Module")
+        if run_id is not None and not isinstance(run_id, str):
+            raise InvalidParameter("run_id", run_id, "expected a run id string")
+        if trace_dir is not None and not isinstance(trace_dir, (str, os.PathLike)):
+            raise InvalidParameter("trace_dir", trace_dir, "expected a directory path")
+        if not isinstance(log_figures, bool):
+            raise InvalidParameter("log_figures", log_figures, "expected True or False")
+        self.recorder = NeuronRecorder(model, layers=_layers_option(layers),
+                                       snapshot_every=_int_option("snapshot_every", snapshot_every, 1))
         self.run_id = run_id
-        self.window = window
-        self.tau = tau
-        self.summary_every = summary_every
-        self.flush_every = flush_every
+        self.window = _int_option("window", window, 2)
+        self.tau = _positive_option("tau", tau)
+        self.summary_every = _int_option("summary_every", summary_every, 1)
+        self.flush_every = _int_option("flush_every", flush_every, 1)
         self.trace_dir = Path(trace_dir) if trace_dir is not None else None
         self.log_figures = log_figures
-        self.metrics_interval = metrics_interval
+        self.metrics_interval = _positive_option("metrics_interval", metrics_interval)
+        self.upload_timeout = (default_upload_timeout() if upload_timeout is None
+                               else _positive_option("upload_timeout", upload_timeout))
         self.client: MlflowClient | None = None
         self.metrics: MetricLogger | None = None
         self.sink: TraceSink | None = None
+        self.result: WatchResult | None = None
+        self._figures: RunFigureData | None = None
         self._recent: dict[str, collections.deque] = {}
         self._last_epoch: int | None = None
         self._snapshots = 0
         self._closed = False
+        self._signals: contextlib.ExitStack | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
@@ -89,6 +166,8 @@ class FluxWatcher:
             if active is None:
                 raise FluxError("no active MLflow run: call mlflow.start_run() first, or pass run_id=...")
             self.run_id = active.info.run_id
+        tracking_uri = mlflow.get_tracking_uri()
+        check_reachable(tracking_uri)
         self.client = MlflowClient()
         if "flux.layers" in self.client.get_run(self.run_id).data.params:
             raise FluxError(
@@ -97,18 +176,25 @@ class FluxWatcher:
             )
         self.recorder.attach()
         try:
-            self._open_sinks()
+            self._open_sinks(health_probe(tracking_uri))
         except BaseException:
             self.recorder.detach()  # a watcher that failed to start leaves no hook on the user's model
             raise
         return self
 
-    def _open_sinks(self) -> None:
+    def _open_sinks(self, reachable) -> None:
         if self.trace_dir is None:
             self.trace_dir = Path(tempfile.gettempdir()) / "mlflow-flux" / self.run_id
-        self.sink = TraceSink(self.client, self.run_id, self.trace_dir, flush_every=self.flush_every).start()
-        self.metrics = MetricLogger(self.client, self.run_id, interval=self.metrics_interval).start()
+        self.metrics = MetricLogger(self.client, self.run_id, interval=self.metrics_interval, reachable=reachable)
+        # Every summary key is mapped for MLflow now, so a clash between two layer names fails here, not later.
+        for scope in [*self.recorder.layer_names, "all"]:
+            for key in fluctuation.SUMMARY_KEYS:
+                self.metrics.names.key(f"flux/{scope}/{key}")
+        self.sink = TraceSink(self.client, self.run_id, self.trace_dir, flush_every=self.flush_every,
+                              reachable=reachable).start()
+        self.metrics.start()
         self._recent = {name: collections.deque(maxlen=self.window) for name in self.recorder.layer_names}
+        self._figures = RunFigureData(list(zip(self.recorder.layer_names, self.recorder.layer_sizes)))
         self.client.log_batch(
             self.run_id,
             params=[
@@ -120,21 +206,33 @@ class FluxWatcher:
                 Param("flux.layers", ",".join(self.recorder.layer_names)[:6000]),
                 Param("flux.fastpath", self.recorder.path),
             ],
-            tags=[RunTag(TRACE_DIR_TAG, str(self.trace_dir))],
         )
 
     def __enter__(self) -> "FluxWatcher":
-        return self.start()
+        self._signals = contextlib.ExitStack()
+        self._signals.enter_context(stop_on_signals())  # SIGTERM, like Ctrl-C, ends the run KILLED with its trace
+        try:
+            return self.start()
+        except BaseException:
+            self._signals.close()
+            raise
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.close()
-        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
-            self._end_run_killed()
+        interrupted = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
+        try:
+            self.close(interrupted=interrupted)
+            if interrupted:
+                self._end_run_killed()
+        finally:
+            if self._signals is not None:
+                self._signals.close()
 
     def _end_run_killed(self) -> None:
-        """Ctrl-C: the run ends KILLED (MLflow's own context manager would record FAILED)."""
+        """Ctrl-C or SIGTERM: the run ends KILLED (MLflow's own context manager would record FAILED)."""
         import mlflow
 
+        if self.result is not None and self.result.offline:
+            return  # the server does not answer: the run's status cannot be set
         active = mlflow.active_run()
         if active is not None and active.info.run_id == self.run_id:
             mlflow.end_run("KILLED")  # popped from the fluent stack, so start_run's __exit__ leaves it alone
@@ -144,29 +242,39 @@ class FluxWatcher:
     # -- per epoch ---------------------------------------------------------------------------------------------
 
     def end_epoch(self, epoch: int, metrics: Mapping[str, float] | None = None) -> dict[str, float]:
-        """Close an epoch: log ``metrics`` (e.g. the loss) and, on snapshot epochs, one trace snapshot and summaries.
+        """Close an epoch (or a span of steps): log ``metrics`` (e.g. the loss) and, on snapshot epochs, one trace
+        snapshot and summaries.
+
+        ``epoch`` is the snapshot's index in the trace: an epoch, or a global step for runs snapshot every N steps.
 
         Returns:
-            The metrics queued for this epoch, ``flux/...`` summaries included.
+            The metrics queued for this epoch under the keys they are logged with, ``flux/...`` summaries included.
 
         Raises:
-            FluxError: the watcher is not started, or ``epoch`` does not increase.
+            FluxError: the watcher is not started, ``epoch`` does not increase, a metric is not a number, or the
+                trace can no longer be written (the recorder then stops).
         """
         if self.sink is None or self.metrics is None or self._closed:
             raise FluxError("end_epoch() outside the watcher: use `with mlflow_flux.watch(model) as flux:`")
-        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+        if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral) or epoch < 0:
             raise FluxError(f"end_epoch() takes a non-negative integer epoch, got {epoch!r}")
         if self._last_epoch is not None and epoch <= self._last_epoch:
             raise FluxError(f"end_epoch({epoch}) after end_epoch({self._last_epoch}): epochs must increase")
+        if metrics is not None and not isinstance(metrics, Mapping):
+            raise FluxError(f"end_epoch() takes metrics as a mapping of name to number, got {type(metrics).__name__}")
         self._last_epoch = int(epoch)
-        logged = {key: float(value) for key, value in (metrics or {}).items()}
+        logged = dict(metrics or {})
         if self.recorder.should_snapshot(epoch):
             snapshot = self.recorder.snapshot(int(epoch))
-            self.sink.write(snapshot_to_batch(snapshot))
+            try:
+                self.sink.write(snapshot_to_batch(snapshot))
+            except TraceWriteError:
+                self.recorder.detach()  # the recorder stops: one error, not one per epoch
+                raise
             logged.update(self._summaries(snapshot))
         if logged:
             self.metrics.log(logged, step=int(epoch))
-        return logged
+        return {self.metrics.names.key(name): value for name, value in logged.items()}
 
     def _summaries(self, snapshot: Snapshot) -> dict[str, float]:
         """Summary metrics of the window ending at this snapshot, on every ``summary_every``-th snapshot.
@@ -174,9 +282,13 @@ class FluxWatcher:
         Each ``log_batch`` costs MLflow's sqlite store ~0.2 ms per metric: a few dozen keys every epoch would
         cost more than the hooks. The trace keeps every snapshot, and the report recomputes every epoch.
         """
+        columns = []
         for name, recent in self._recent.items():
             rows = snapshot.layer_slice(name)
-            recent.append({c: snapshot.column(c)[rows] for c in SUMMARY_COLUMNS})
+            layer = {c: snapshot.column(c)[rows] for c in SUMMARY_COLUMNS}
+            recent.append(layer)
+            columns.append(layer)
+        self._figures.add(snapshot.epoch, columns)
         self._snapshots += 1
         out = {"flux/nonfinite": float(snapshot.nonfinite)} if snapshot.nonfinite else {}
         if (self._snapshots - self.window) % self.summary_every != 0 or self._snapshots < self.window:
@@ -186,35 +298,64 @@ class FluxWatcher:
             name: {c: np.stack([s[c] for s in recent]) for c in SUMMARY_COLUMNS}
             for name, recent in self._recent.items()
         }
-        row = fluctuation.window_summaries(layers, self.window, self.tau)
+        row = {key: float(values[0]) for key, values in fluctuation.window_summaries(layers, self.window,
+                                                                                   self.tau).items()}
+        self._figures.add_summaries(snapshot.epoch, row)
         out["flux/nonfinite"] = float(snapshot.nonfinite)
-        out.update((f"flux/{key}", float(values[0])) for key, values in row.items())
+        out.update((f"flux/{key}", value) for key, value in row.items())
         return out
 
     # -- closing -----------------------------------------------------------------------------------------------
 
-    def close(self) -> None:
-        """Remove the hooks, flush metrics, compact and log the trace, and log the figures. Idempotent."""
+    def close(self, interrupted: bool = False) -> WatchResult | None:
+        """Remove the hooks, flush metrics, compact and log the trace, and log the figures. Idempotent.
+
+        Uploads get at most ``upload_timeout`` seconds once this is called; what does not reach the run by then
+        stays on local disk, and :attr:`result` (also returned) says where. An interrupted watcher skips figures.
+        """
         if self._closed:
-            return
+            return self.result
         self._closed = True
         self.recorder.detach()
         if self.sink is None or self.metrics is None:
-            return
-        try:
-            self.metrics.close()
-            trace_path = self.sink.close(upload=True)
-            if trace_path is not None and self.log_figures:
-                self._log_figures(trace_path)
-        finally:
-            if self.sink.trace_path is not None and self.trace_dir is not None:
-                shutil.rmtree(self.trace_dir, ignore_errors=True)
+            return None
+        deadline = time.monotonic() + self.upload_timeout
+        self.metrics.flush()
+        self.sink.finish()  # the compaction runs on the writer thread while the figures are drawn here
+        if self.log_figures and not interrupted and self.sink.write_error is None:
+            self._save_figures()
+        sink = self.sink.wait(max(0.0, deadline - time.monotonic()))
+        metrics_done = self.metrics.close(max(0.0, deadline - time.monotonic()))
+        offline = self.sink.offline or self.metrics.offline or not metrics_done
+        self.result = WatchResult(self.run_id, sink.uploaded, sink.kept, self.metrics.lost, offline)
+        self._report(self.result)
+        return self.result
 
-    def _log_figures(self, trace_path: Path) -> None:
-        trace = read_trace_files([trace_path], columns=SUMMARY_COLUMNS).to_pandas()
-        summaries = fluctuation.summaries_over_epochs(trace, self.window, self.tau)
-        for name, figure in plots.trace_figures(trace, summaries).items():
-            self.client.log_figure(self.run_id, figure, f"figures/{name}.png")
+    def _save_figures(self) -> None:
+        directory = self.trace_dir / "figures"
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            for name, figure in self._figures.figures().items():
+                path = directory / f"{name}.png"
+                figure.savefig(path, dpi=100)
+                self.sink.upload(path, "figures")
+        except OSError as exc:  # a figure is worth less than the trace: never fail the close for one
+            _log.warning("figures of run %s not saved: %s", self.run_id, exc)
+
+    def _report(self, result: WatchResult) -> None:
+        if result.lost_metrics and not result.offline:
+            self.metrics.tag_losses()
+        if result.offline and abandon_active_run(self.run_id):
+            # The run cannot be ended on a server that does not answer; MLflow's end_run (and its atexit hook)
+            # would retry for minutes and hold the user's process at exit.
+            _log.warning("run %s stays RUNNING: the tracking server does not answer", self.run_id)
+        if result.kept_trace is not None:
+            _log.warning("the trace of run %s did not reach the run and is kept at %s; upload it later with: "
+                         "mlflow artifacts log-artifacts --run-id %s --local-dir %s --artifact-path traces",
+                         self.run_id, result.kept_trace, self.run_id, result.kept_trace)
+        if result.lost_metrics:
+            _log.warning("run %s lost %d metric values (%s)", self.run_id, result.lost_metrics,
+                         "the tracking server stopped answering" if result.offline else "refused by the store")
 
 
 def watch(model: nn.Module, **options) -> FluxWatcher:
@@ -222,17 +363,22 @@ def watch(model: nn.Module, **options) -> FluxWatcher:
 
     Args:
         model: any ``nn.Module``; by default every ``Linear`` and ``Conv1d/2d/3d`` layer is watched.
-        **options: ``layers`` (names, glob patterns or module types), ``snapshot_every`` (epochs),
+        **options: ``layers`` (a list of names, glob patterns or module types), ``snapshot_every`` (epochs),
             ``window`` (snapshots per fluctuation window), ``tau`` (participation threshold),
             ``summary_every`` (log the ``flux/...`` summaries on every N-th snapshot, from the first full window),
             ``flush_every`` (snapshots per closed trace segment: what a SIGKILL can lose), ``run_id``,
-            ``trace_dir`` (local spool), ``log_figures``.
+            ``trace_dir`` (local spool), ``log_figures``, ``upload_timeout`` (seconds ``close()`` waits for
+            uploads; default 60, or ``$MLFLOW_FLUX_UPLOAD_TIMEOUT``).
 
     Returns:
         A :class:`FluxWatcher`; use it as a context manager and call ``end_epoch(epoch)`` once per epoch.
 
+    Raises:
+        FluxError: a bad option (one line naming it), no active run, or an unreachable tracking server.
+
     While watched, each watched layer has a tensor hook on its weight and, on CPU with the compiled fast path, a
     wrapper as its ``forward`` (elsewhere a forward hook); all are taken out on exit. A ``copy.deepcopy`` or
-    ``torch.save`` of the model meanwhile gives a plain, unwatched model.
+    ``torch.save`` of the model meanwhile gives a plain, unwatched model. Inside the ``with`` block SIGTERM is
+    handled like Ctrl-C (unless the program installed its own handler): the run ends KILLED with its trace.
     """
     return FluxWatcher(model, **options)

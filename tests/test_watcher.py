@@ -241,3 +241,43 @@ def test_memory_does_not_grow_with_epochs(store):
     assert late - early < 12 * 2**20, f"grew {(late - early) / 2**20:.1f} MiB over 800 epochs"
 
 
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"layers": "enc"}, r"invalid value for 'layers': 'enc' \(expected a list, e\.g\. layers=\['enc'\]\)"),
+    ({"layers": nn.Linear}, r"expected a list, e\.g\. layers=\[Linear\]"),
+    ({"layers": []}, r"'layers': \[\] \(expected at least one name"),
+    ({"layers": [3]}, r"'layers': 3 \(expected a name, a glob pattern or a module type\)"),
+    ({"tau": "abc"}, r"'tau': 'abc' \(expected a positive number\)"),
+    ({"tau": float("nan")}, r"'tau': nan"),
+    ({"window": 1}, r"'window': 1 \(expected an integer >= 2\)"),
+    ({"window": 2.5}, r"'window': 2\.5"),
+    ({"flush_every": True}, r"'flush_every': True"),
+    ({"log_figures": "no"}, r"'log_figures': 'no' \(expected True or False\)"),
+    ({"upload_timeout": -1}, r"'upload_timeout': -1"),
+])
+def test_watch_options_are_type_checked_with_one_line_errors(options, message):
+    with pytest.raises(FluxError, match=message) as raised:
+        mlflow_flux.watch(nn.Linear(2, 2), **options)
+    assert "\n" not in str(raised.value)
+
+
+def test_a_model_that_is_not_a_module_and_bad_metrics_are_one_line_errors(store):
+    with pytest.raises(FluxError, match="'model': 'str' \\(expected a torch.nn.Module\\)"):
+        mlflow_flux.watch("model")
+    with mlflow.start_run():
+        with mlflow_flux.watch(nn.Linear(2, 2), log_figures=False) as flux:
+            with pytest.raises(FluxError, match="metric 'acc' must be a number, got 'high'"):
+                flux.end_epoch(0, {"acc": "high"})
+            with pytest.raises(FluxError, match="takes metrics as a mapping"):
+                flux.end_epoch(1, [("acc", 1.0)])
+            flux.end_epoch(2, {"acc": np.float32(0.5), "n": torch.tensor(3)})  # numpy and torch scalars are numbers
+
+
+def test_load_traces_arguments_are_type_checked(store):
+    for options, message in (({"layers": "fc"}, "layers=\\['fc'\\]"), ({"columns": []}, "non-empty list"),
+                             ({"epochs": "last"}, "slice, a range or a list")):
+        with pytest.raises(FluxError, match=message):
+            mlflow_flux.load_traces("0123456789abcdef", **options)
+    with pytest.raises(FluxError, match="'run_id': None"):
+        mlflow_flux.load_traces(None)

@@ -70,6 +70,11 @@ class NeuronRecorder:
         return [state.name for state in self._states]
 
     @property
+    def layer_sizes(self) -> list[int]:
+        """Neurons per watched layer, in the order of :attr:`layer_names`."""
+        return [state.size for state in self._states]
+
+    @property
     def path(self) -> str:
         """``"c"`` when the compiled fast path serves the layers (CPU), else ``"torch"``."""
         return "c" if any(state.fast is not None for state in self._states) else "torch"

@@ -24,7 +24,8 @@ from ..errors import FluxError
 from ..traces.reader import opened_trace
 from ..traces.schema import KEY_COLUMNS, SUMMARY_COLUMNS
 from .claims import ClaimSpec, claims_declared_by
-from .selection import check_reachable, select_runs
+from ..traces.server import check_reachable
+from .selection import select_runs
 
 _log = logging.getLogger(__name__)
 

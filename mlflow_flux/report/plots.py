@@ -12,7 +12,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 __all__ = [
-    "trace_figures",
+    "RunFigureData",
     "neuron_lines_figure",
     "participation_figure",
     "w_step_heatmap_figure",
@@ -21,11 +21,8 @@ __all__ = [
 ]
 
 _MAX_LINES = 48  # neurons drawn per panel: enough to see the spread, few enough to see anything
-_MAX_COLUMNS = 400  # heatmap epochs: longer runs are averaged into this many bins
-
-
-def _layers(trace: pd.DataFrame) -> list[str]:
-    return list(pd.unique(trace["layer"].astype(str)))
+_MAX_COLUMNS = 400  # heatmap columns: longer runs are averaged into at most this many bins of snapshots
+_MAX_ROWS = 256  # heatmap rows: wider layers are averaged into this many bins of neurons
 
 
 def _panels(count: int, title: str) -> tuple[Figure, list]:
@@ -39,16 +36,109 @@ def _panels(count: int, title: str) -> tuple[Figure, list]:
     return fig, axes[:count]
 
 
-def neuron_lines_figure(trace: pd.DataFrame, column: str, title: str, ylabel: str) -> Figure:
+class _LayerFigureData:
+    """One layer's share of :class:`RunFigureData`."""
+
+    def __init__(self, name: str, width: int) -> None:
+        self.name = name
+        self.width = width
+        self.sample = np.arange(0, width, max(1, width // _MAX_LINES))[:_MAX_LINES]
+        self.lines: dict[str, list[np.ndarray]] = {"w_std": [], "bias": []}
+        self.medians: dict[str, list[float]] = {"w_std": [], "bias": []}
+        # w_step heatmap: neurons averaged into row bins, snapshots into column bins of `span` snapshots each
+        self.row_starts = np.linspace(0, width, min(width, _MAX_ROWS) + 1).astype(int)[:-1]
+        self.row_sizes = np.diff(np.r_[self.row_starts, width])
+        self.columns: list[np.ndarray] = []  # finished bins: mean log-free w_step per row bin
+        self.column_epochs: list[int] = []  # first epoch of each finished bin
+        self.span = 1
+        self._partial = np.zeros((2, len(self.row_starts)))  # sum and count of finite values in the open bin
+        self._partial_snapshots = 0
+        self._partial_epoch = 0
+
+    def add(self, epoch: int, columns: Mapping[str, np.ndarray]) -> None:
+        for name in ("w_std", "bias"):
+            values = columns[name]
+            self.lines[name].append(values[self.sample].astype(np.float32))
+            finite = values[np.isfinite(values)]
+            self.medians[name].append(float(np.median(finite)) if finite.size else np.nan)
+        step = columns["w_step"].astype(np.float64)
+        finite = np.isfinite(step)
+        if self._partial_snapshots == 0:
+            self._partial_epoch = epoch
+        self._partial[0] += np.add.reduceat(np.where(finite, step, 0.0), self.row_starts)
+        self._partial[1] += np.add.reduceat(finite.astype(np.float64), self.row_starts)
+        self._partial_snapshots += 1
+        if self._partial_snapshots == self.span:
+            self._finish_column()
+
+    def _finish_column(self) -> None:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            self.columns.append(self._partial[0] / self._partial[1])
+        self.column_epochs.append(self._partial_epoch)
+        self._partial[:] = 0
+        self._partial_snapshots = 0
+        if len(self.columns) == _MAX_COLUMNS:  # halve the resolution: memory stays flat however long the run
+            pairs = [np.nanmean(np.stack(self.columns[i : i + 2]), axis=0) for i in range(0, _MAX_COLUMNS, 2)]
+            self.columns, self.column_epochs = pairs, self.column_epochs[::2]
+            self.span *= 2
+
+    def heatmap(self) -> tuple[np.ndarray, list[int]]:
+        columns, epochs = list(self.columns), list(self.column_epochs)
+        if self._partial_snapshots:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                columns.append(self._partial[0] / self._partial[1])
+            epochs.append(self._partial_epoch)
+        return (np.stack(columns, axis=1) if columns else np.empty((len(self.row_starts), 0))), epochs
+
+
+class RunFigureData:
+    """What one run's figures draw, gathered snapshot by snapshot, so that drawing them never reads the trace back.
+
+    Per layer it keeps ``w_std`` and ``bias`` of at most 48 neurons and the layer median, and a ``w_step`` grid of
+    at most 256 neuron bins x 400 snapshot bins; plus the participating fractions of the live summaries. Memory
+    grows with the number of snapshots by a few hundred bytes per layer, never with the layer's width.
+    """
+
+    def __init__(self, layers: Sequence[tuple[str, int]]) -> None:
+        self.layers = [_LayerFigureData(name, width) for name, width in layers]
+        self.epochs: list[int] = []
+        self.participation: dict[str, dict[int, float]] = {}
+
+    def add(self, epoch: int, layer_columns: Sequence[Mapping[str, np.ndarray]]) -> None:
+        """One snapshot: per layer (in the order given at construction) its ``w_std``, ``bias``, ``w_step``."""
+        self.epochs.append(epoch)
+        for layer, columns in zip(self.layers, layer_columns):
+            layer.add(epoch, columns)
+
+    def add_summaries(self, epoch: int, summaries: Mapping[str, float]) -> None:
+        """The live summaries at ``epoch`` (keys ``<layer>/<key>`` and ``all/<key>``)."""
+        for key, value in summaries.items():
+            if key.endswith("/participating_frac"):
+                self.participation.setdefault(key.rsplit("/", 1)[0], {})[epoch] = float(value)
+
+    def figures(self) -> dict[str, Figure]:
+        """The figures of the run, keyed by file stem (none before the first snapshot)."""
+        if not self.epochs:
+            return {}
+        figures = {
+            "weight_fluctuations": neuron_lines_figure(
+                self, "w_std", "Weight fluctuations: spread (std of incoming weights) per neuron", "w_std"),
+            "bias_fluctuations": neuron_lines_figure(self, "bias", "Bias fluctuations per neuron", "bias"),
+            "w_step_heatmap": w_step_heatmap_figure(self),
+        }
+        if self.participation:
+            series = {name: pd.Series(values).sort_index() for name, values in self.participation.items()}
+            figures["participation"] = participation_figure(series, "Participating neurons over epochs")
+        return figures
+
+
+def neuron_lines_figure(data: RunFigureData, column: str, title: str, ylabel: str) -> Figure:
     """Per layer, ``column`` of a sample of neurons over epochs (thin) and the layer median (thick)."""
-    layers = _layers(trace)
-    fig, axes = _panels(len(layers), title)
-    for ax, name in zip(axes, layers):
-        wide = trace[trace["layer"].astype(str) == name].pivot(index="epoch", columns="neuron", values=column)
-        step = max(1, wide.shape[1] // _MAX_LINES)
-        ax.plot(wide.index, wide.iloc[:, ::step].to_numpy(), lw=0.5, alpha=0.5)
-        ax.plot(wide.index, wide.median(axis=1).to_numpy(), color="black", lw=1.8, label="median")
-        ax.set_title(f"{name} ({wide.shape[1]} neurons)", fontsize=9)
+    fig, axes = _panels(len(data.layers), title)
+    for ax, layer in zip(axes, data.layers):
+        ax.plot(data.epochs, np.stack(layer.lines[column]), lw=0.5, alpha=0.5)
+        ax.plot(data.epochs, layer.medians[column], color="black", lw=1.8, label="median")
+        ax.set_title(f"{layer.name} ({layer.width} neurons)", fontsize=9)
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
     return fig
@@ -67,45 +157,22 @@ def participation_figure(series: Mapping[str, pd.Series], title: str, ylabel: st
     return fig
 
 
-def w_step_heatmap_figure(trace: pd.DataFrame) -> Figure:
-    """Per layer, a neuron x epoch heatmap of log10 ``w_step`` (epochs binned to at most 400 columns)."""
-    layers = _layers(trace)
-    fig, axes = _panels(len(layers), "Weight step per neuron and epoch (log10 of the L2 norm)")
-    for ax, name in zip(axes, layers):
-        wide = trace[trace["layer"].astype(str) == name].pivot(index="neuron", columns="epoch", values="w_step")
-        values = wide.to_numpy(dtype=np.float64)
-        epochs = wide.columns.to_numpy()
-        if values.shape[1] > _MAX_COLUMNS:
-            bins = np.array_split(np.arange(values.shape[1]), _MAX_COLUMNS)
-            values = np.stack([np.nanmean(values[:, b], axis=1) for b in bins], axis=1)
+def w_step_heatmap_figure(data: RunFigureData) -> Figure:
+    """Per layer, a neuron x epoch heatmap of log10 ``w_step`` (neurons and snapshots averaged into bins)."""
+    fig, axes = _panels(len(data.layers), "Weight step per neuron and epoch (log10 of the L2 norm)")
+    last = data.epochs[-1] + 1
+    for ax, layer in zip(axes, data.layers):
+        grid, epochs = layer.heatmap()
         with np.errstate(divide="ignore", invalid="ignore"):
-            logged = np.log10(values)
+            logged = np.log10(grid)
         logged[~np.isfinite(logged)] = np.nan
-        image = ax.imshow(
-            logged, aspect="auto", interpolation="nearest", cmap="viridis",
-            extent=(float(epochs[0]), float(epochs[-1]) + 1, values.shape[0], 0),
-        )
+        image = ax.imshow(logged, aspect="auto", interpolation="nearest", cmap="viridis",
+                          extent=(float(epochs[0]) if epochs else 0.0, float(last), layer.width, 0))
         fig.colorbar(image, ax=ax, shrink=0.8)
-        ax.set_title(name, fontsize=9)
+        ax.set_title(layer.name, fontsize=9)
         ax.set_xlabel("epoch")
         ax.set_ylabel("neuron")
     return fig
-
-
-def trace_figures(trace: pd.DataFrame, summaries: pd.DataFrame) -> dict[str, Figure]:
-    """The figures of one watched run, keyed by file stem."""
-    figures = {
-        "weight_fluctuations": neuron_lines_figure(
-            trace, "w_std", "Weight fluctuations: spread (std of incoming weights) per neuron", "w_std"
-        ),
-        "bias_fluctuations": neuron_lines_figure(trace, "bias", "Bias fluctuations per neuron", "bias"),
-        "w_step_heatmap": w_step_heatmap_figure(trace),
-    }
-    if not summaries.empty:
-        columns = [c for c in summaries.columns if c.endswith("/participating_frac")]
-        series = {c.rsplit("/", 1)[0]: summaries[c] for c in columns}
-        figures["participation"] = participation_figure(series, "Participating neurons over epochs")
-    return figures
 
 
 def curves_by_group_figure(curves: Mapping[str, Sequence[pd.Series]], title: str, ylabel: str,

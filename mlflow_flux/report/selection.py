@@ -6,22 +6,7 @@ from ..errors import FluxError, InvalidParameter, NoRunsMatch
 from ..traces import mlflow_adapter
 from ..traces.runs import ROLE_TAG, SWEEP_TAG
 
-__all__ = ["check_reachable", "select_runs"]
-
-
-def check_reachable(tracking_uri: str, timeout: float = 5.0) -> None:
-    """Fail within seconds, naming the URI, when an HTTP tracking server does not answer.
-
-    MLflow's client alone retries for minutes against a dead address.
-    """
-    if not tracking_uri.startswith(("http://", "https://")):
-        return
-    try:
-        response = mlflow_adapter.http_get(tracking_uri, "/health", timeout=timeout, max_retries=0)
-    except Exception as exc:  # noqa: BLE001 -- any failure to connect means the same thing to the user
-        raise FluxError(f"cannot reach the tracking server at {tracking_uri}: {type(exc).__name__}") from None
-    if response.status_code != 200:
-        raise FluxError(f"the tracking server at {tracking_uri} answered /health with HTTP {response.status_code}")
+__all__ = ["select_runs"]
 
 
 def _experiment_ids(client, experiment: str | None) -> list[str]:

@@ -3,30 +3,56 @@
     mlflow run . --env-manager local                       # defaults: lrs 0.01,0.001,0.0001, seed 0, 1000 epochs
     mlflow run . --env-manager local -P epochs=50 -P seeds=0,1
 
-Children are launched through ``mlflow.projects.run`` (the ``train`` entry point), in parallel processes with a
-fair share of threads each, so moving them to a cluster backend is a configuration change, not a rewrite.
+Each variant is a child process of the sweep (``python -m mlflow_flux.cli train``, one interpreter), started when
+a slot is free; its run is created as it starts, so a queued variant has no clock running. Ctrl-C or SIGTERM stops
+every child the way it stops one ``train`` (its run ends KILLED with its trace), waits for them, and ends the sweep
+KILLED; a child also stops if the sweep itself dies (Linux parent-death signal). No process outlives the sweep.
 """
 
 from __future__ import annotations
 
-import contextlib
+import math
 import os
-import shutil
+import signal
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Mapping
 
 import mlflow
 from mlflow.entities import Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
-from ..errors import FluxError, InvalidParameter
+from ..errors import InvalidParameter, TrackingLost
+from ..interrupts import PARENT_PID_ENV
 from ..traces import runs as flux_runs
-from ..traces.mlflow_adapter import PARENT_RUN_ID_TAG, RUN_NAME_TAG
+from ..traces.mlflow_adapter import PARENT_RUN_ID_TAG, RUN_NAME_TAG, abandon_active_run
+from ..traces.server import check_reachable, health_probe
+from ..watcher import default_upload_timeout
 from .config import TrainConfig, parse_floats, parse_ints, parse_train_config
 
-__all__ = ["SweepConfig", "SweepResult", "Variant", "parse_sweep_config", "run_sweep", "find_project_dir"]
+__all__ = ["SweepConfig", "SweepResult", "Variant", "parse_sweep_config", "run_sweep", "auto_parallel"]
+# A stopping child saves its trace, which may wait for uploads up to their timeout; then it is killed.
+GRACE_MARGIN = 30.0
+MAX_VARIANTS = 1000
+
+
+def auto_parallel(variants: int, cores: int) -> int:
+    """How many equal variants to run at once on ``cores`` cores (one thread each when more than the cores) so that
+    the sweep finishes soonest; of equal choices, the fewest processes.
+
+    Three variants on two cores all at once share the cores and finish in 1.5 variant-times, where two then one
+    take 2.
+
+    >>> auto_parallel(3, 2), auto_parallel(6, 2), auto_parallel(7, 2), auto_parallel(1, 2), auto_parallel(18, 2)
+    (3, 2, 7, 1, 2)
+    """
+    if variants <= cores:
+        return max(1, variants)
+    return min(range(cores, variants + 1), key=lambda k: (math.ceil(variants / k) * k / cores, k))
+
 
 @dataclass(frozen=True)
 class SweepConfig:
@@ -39,9 +65,16 @@ class SweepConfig:
     report: bool = True
 
     @property
+    def variants(self) -> int:
+        return len(self.lrs) * len(self.seeds)
+
+    @property
     def parallel(self) -> int:
-        wanted = self.max_parallel or os.cpu_count() or 1
-        return max(1, min(wanted, len(self.lrs) * len(self.seeds)))
+        """Variants at a time: ``max_parallel``, or by default the count that finishes soonest (see
+        :func:`auto_parallel`)."""
+        if self.max_parallel:
+            return max(1, min(self.max_parallel, self.variants))
+        return auto_parallel(self.variants, os.cpu_count() or 1)
 
     @property
     def threads_per_variant(self) -> int:
@@ -89,85 +122,71 @@ def parse_sweep_config(overrides: Mapping[str, str]) -> SweepConfig:
     for name in ("lr", "seed"):
         if name in overrides:
             raise InvalidParameter(name, overrides[name], f"the sweep varies it: pass {name}s= instead")
+    if len(lrs) * len(seeds) > MAX_VARIANTS:
+        raise InvalidParameter("lrs", ",".join(map(str, lrs)),
+                               f"expected at most {MAX_VARIANTS} variants (lrs x seeds), got {len(lrs) * len(seeds)}")
     return SweepConfig(lrs=lrs, seeds=seeds, max_parallel=max_parallel, train=parse_train_config(overrides), report=report)
 
 
-def check_launch_tools() -> None:
-    """MLflow launches each child as `mlflow run ...` and then `python -m ...`, both looked up on PATH."""
-    for tool in ("mlflow", "python"):
-        if shutil.which(tool) is None:
-            raise FluxError(
-                f"'{tool}' is not on PATH, and MLflow starts each variant through it: activate the environment "
-                f"mlflow-flux is installed in (e.g. `source .venv/bin/activate`), or use `make run`"
-            )
-
-
-def find_project_dir() -> Path:
-    """The MLflow Project the children run: the working directory's, else the one this package came from."""
-    for candidate in (Path.cwd(), Path(__file__).resolve().parents[2]):
-        if (candidate / "MLproject").is_file():
-            return candidate
-    raise FluxError("no MLproject found: run the sweep from a checkout of mlflow-flux (where MLproject is)")
-
-
-def _create_children(client: MlflowClient, parent, config: SweepConfig) -> list[Variant]:
+def _start_variant(client: MlflowClient, parent, config: SweepConfig, lr: float, seed: int) -> "_Child":
+    """Create the variant's run (its clock starts now) and its process."""
     sweep_id = parent.info.run_id
-    variants = []
-    for seed in config.seeds:
-        for lr in config.lrs:
-            label = f"lr={lr:g} seed={seed}"
-            tags = {**flux_runs.flux_tags("variant", sweep_id), PARENT_RUN_ID_TAG: sweep_id, RUN_NAME_TAG: label}
-            run = flux_runs.create_run(client, parent.info.experiment_id, tags, run_name=label)
-            variants.append(Variant(lr, seed, run.info.run_id))
-    return variants
-
-
-def _train_parameters(config: SweepConfig, variant: Variant) -> dict[str, str]:
+    label = f"lr={lr:g} seed={seed}"
+    tags = {**flux_runs.flux_tags("variant", sweep_id), PARENT_RUN_ID_TAG: sweep_id, RUN_NAME_TAG: label}
+    run = flux_runs.create_run(client, parent.info.experiment_id, tags, run_name=label)
+    variant = Variant(lr, seed, run.info.run_id)
     params = config.train.as_params()
-    params.update(lr=repr(variant.lr), seed=str(variant.seed), threads=str(config.threads_per_variant))
-    return params
+    params.update(lr=repr(lr), seed=str(seed), threads=str(config.threads_per_variant))
+    command = [sys.executable, "-m", "mlflow_flux.cli", "train"]
+    for name, value in params.items():
+        command += [f"--{name.replace('_', '-')}", value]
+    env = dict(os.environ)
+    env.pop("MLFLOW_EXPERIMENT_NAME", None)  # the id below names the experiment; both set make MLflow refuse
+    package_root = str(Path(__file__).resolve().parents[2])  # the child imports the same mlflow_flux as we do
+    env.update(
+        MLFLOW_RUN_ID=variant.run_id,
+        MLFLOW_EXPERIMENT_ID=parent.info.experiment_id,
+        MLFLOW_TRACKING_URI=mlflow.get_tracking_uri(),
+        PYTHONPATH=os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p),
+        **{PARENT_PID_ENV: str(os.getpid())},
+    )
+    return _Child(variant, subprocess.Popen(command, env=env))
 
 
-@contextlib.contextmanager
-def _experiment_name_hidden() -> Iterator[None]:
-    """Hide MLFLOW_EXPERIMENT_NAME while MLflow spawns a child.
-
-    MLflow launches an asynchronous project run as `mlflow run --experiment-id ...`, whose child inherits our
-    environment; `mlflow run` itself exported MLFLOW_EXPERIMENT_ID to us, and with a user's
-    MLFLOW_EXPERIMENT_NAME beside it the child's CLI refuses to start. The id we pass names the same experiment.
-    """
-    name = os.environ.pop("MLFLOW_EXPERIMENT_NAME", None)
-    try:
-        yield
-    finally:
-        if name is not None:
-            os.environ["MLFLOW_EXPERIMENT_NAME"] = name
+@dataclass
+class _Child:
+    variant: Variant
+    process: subprocess.Popen
 
 
-def _launch(project: Path, experiment_id: str, variant: Variant, params: dict[str, str]):
-    with _experiment_name_hidden():
-        return mlflow.projects.run(
-            str(project),
-            entry_point="train",
-            parameters=params,
-            experiment_id=experiment_id,
-            run_id=variant.run_id,
-            env_manager="local",
-            synchronous=False,
-        )
+def _stop(children: list[_Child], grace: float | None = None) -> None:
+    """SIGTERM every child still running (a second signal is only noted by one already stopping), wait for them to
+    save their traces, and kill what is left after ``grace`` seconds."""
+    for child in children:
+        if child.process.poll() is None:
+            child.process.send_signal(signal.SIGTERM)
+    grace = default_upload_timeout() + GRACE_MARGIN if grace is None else grace
+    deadline = time.monotonic() + grace
+    for child in children:
+        try:
+            child.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.process.kill()
+            child.process.wait()
 
 
-def _settle(client: MlflowClient, variant: Variant, succeeded: bool) -> str | None:
-    """The failure reason of a finished child, or None; marks a child that died without a word FAILED."""
+def _settle(client: MlflowClient, variant: Variant, code: int, killed: bool = False) -> str | None:
+    """The failure reason of a finished child, or None; gives a child that died without a word its status."""
     run = client.get_run(variant.run_id)
-    reason = run.data.tags.get(flux_runs.FAILURE_TAG)
-    if succeeded and run.info.status == "FINISHED":
+    if code == 0 and run.info.status == "FINISHED":
         return None
+    reason = run.data.tags.get(flux_runs.FAILURE_TAG)
     if reason is None:
-        reason = "the train process exited with an error (see its output above)"
+        how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+        reason = f"the train process {how} (see its output above)"
         client.set_tag(variant.run_id, flux_runs.FAILURE_TAG, reason)
     if not RunStatus.is_terminated(run.info.status):
-        client.set_terminated(variant.run_id, "FAILED")
+        client.set_terminated(variant.run_id, "KILLED" if killed else "FAILED")
     return reason
 
 
@@ -177,9 +196,14 @@ def run_sweep(config: SweepConfig) -> SweepResult:
     Returns:
         The parent run, the variants and the failed ones with their reasons. The parent ends FAILED (with the
         failed variants named in ``mlflow_flux.failure``) when any child failed.
+
+    Raises:
+        KeyboardInterrupt: Ctrl-C or SIGTERM; every running variant is stopped and ends KILLED with its trace.
+        TrackingLost: the tracking server stopped answering; the variants that finished keep what reached it.
     """
-    project = find_project_dir()
-    check_launch_tools()
+    tracking_uri = mlflow.get_tracking_uri()
+    check_reachable(tracking_uri)
+    server_answers = health_probe(tracking_uri) or (lambda: True)
     client = MlflowClient()
     with flux_runs.creating_runs():
         parent = mlflow.start_run()
@@ -198,29 +222,33 @@ def run_sweep(config: SweepConfig) -> SweepResult:
         params=[Param(k, v) for k, v in params.items() if k not in existing],
         tags=[RunTag(k, v) for k, v in flux_runs.flux_tags("sweep", sweep_id).items()],
     )
-    variants = _create_children(client, parent, config)
-    print(f"sweep {sweep_id}: {len(variants)} variants, {config.parallel} at a time, "
+    print(f"sweep {sweep_id}: {config.variants} variants, {config.parallel} at a time, "
           f"{config.threads_per_variant} thread(s) each", flush=True)
 
-    pending = list(variants)
-    running: list[tuple[Variant, object]] = []
+    pending = [(lr, seed) for seed in config.seeds for lr in config.lrs]
+    running: list[_Child] = []
+    variants: list[Variant] = []
     failed: dict[str, str] = {}
-    status = RunStatus.FAILED
+    status: RunStatus | None = RunStatus.FAILED
     try:
         while pending or running:
             while pending and len(running) < config.parallel:
-                variant = pending.pop(0)
-                running.append((variant, _launch(project, parent.info.experiment_id, variant,
-                                                 _train_parameters(config, variant))))
+                child = _start_variant(client, parent, config, *pending.pop(0))
+                variants.append(child.variant)
+                running.append(child)
             still = []
-            for variant, submitted in running:
-                if submitted.get_status() == "RUNNING":
-                    still.append((variant, submitted))
+            for child in running:
+                code = child.process.poll()
+                if code is None:
+                    still.append(child)
                     continue
-                reason = _settle(client, variant, submitted.wait())
+                if code == TrackingLost.exit_code or not server_answers():
+                    raise TrackingLost(f"the tracking server at {tracking_uri} stopped answering during the sweep "
+                                       f"(variant {child.variant.label})")
+                reason = _settle(client, child.variant, code)
                 if reason is not None:
-                    failed[variant.run_id] = f"{variant.label}: {reason}"
-                    print(f"variant {variant.label} FAILED: {reason}", flush=True)
+                    failed[child.variant.run_id] = f"{child.variant.label}: {reason}"
+                    print(f"variant {child.variant.label} FAILED: {reason}", flush=True)
             running = still
             time.sleep(0.2)
         if failed:
@@ -228,17 +256,27 @@ def run_sweep(config: SweepConfig) -> SweepResult:
         else:
             status = RunStatus.FINISHED
         client.log_metric(sweep_id, "sweep/failed_variants", len(failed))
+    except TrackingLost:
+        status = None
+        _stop(running)
+        raise
     except BaseException as exc:
-        # Ctrl-C, or a child that could not be launched: no variant may stay RUNNING forever.
+        # Ctrl-C, SIGTERM, or a child that could not be launched: no process and no variant may stay RUNNING.
         interrupted = isinstance(exc, KeyboardInterrupt)
         status = RunStatus.KILLED if interrupted else RunStatus.FAILED
-        for _, submitted in running:
-            submitted.cancel()
-        for variant in [v for v, _ in running] + pending:
-            if not interrupted:
-                client.set_tag(variant.run_id, flux_runs.FAILURE_TAG, f"the sweep stopped: {type(exc).__name__}: {exc}")
-            client.set_terminated(variant.run_id, RunStatus.to_string(status))
+        _stop(running)
+        if server_answers():
+            for child in running:
+                if not interrupted:
+                    client.set_tag(child.variant.run_id, flux_runs.FAILURE_TAG,
+                                   f"the sweep stopped: {type(exc).__name__}: {exc}")
+                _settle(client, child.variant, child.process.returncode, killed=interrupted)
+        else:
+            status = None
         raise
     finally:
-        mlflow.end_run(RunStatus.to_string(status))
+        if status is not None:
+            mlflow.end_run(RunStatus.to_string(status))
+        else:
+            abandon_active_run(sweep_id)
     return SweepResult(sweep_id, tuple(variants), failed)

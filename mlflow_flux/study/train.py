@@ -20,9 +20,11 @@ from mlflow.entities import Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from ..errors import DivergedError
+from ..errors import DivergedError, TrackingLost
 from ..report.claims import CLAIMS_TAG, claims_tag_value
 from ..traces import runs as flux_runs
+from ..traces.mlflow_adapter import abandon_active_run
+from ..traces.server import check_reachable
 from ..watcher import watch
 from .claims import PAPER_CLAIMS
 from .config import TrainConfig
@@ -96,10 +98,13 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
 
     Raises:
         DivergedError: the loss became NaN or infinite; the run ends FAILED with the reason in a tag.
-        KeyboardInterrupt: the run ends KILLED, with every finished epoch's trace logged.
+        KeyboardInterrupt: Ctrl-C or SIGTERM; the run ends KILLED, with every finished epoch's trace logged.
+        TrackingLost: the tracking server stopped answering; the run keeps what reached it, the rest is on disk.
     """
     if config.threads > 0:
         torch.set_num_threads(config.threads)
+    tracking_uri = mlflow.get_tracking_uri()
+    check_reachable(tracking_uri)
 
     # -- data: the same images for every variant of a sweep (the seed varies only init and batch order) --------
     spec = ShapeSpec(n_samples=config.n_samples, image_size=config.image_size, noise=config.noise)
@@ -118,7 +123,12 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     # `mlflow run` may have logged the raw parameter strings already; MLflow refuses to change a param.
     params = {k: v for k, v in config.as_params().items() if k not in RECORDER_PARAMS and k not in run.data.params}
     client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
-    status = RunStatus.FAILED
+    status: RunStatus | None = RunStatus.FAILED
+    flux = None
+
+    def server_answers() -> bool:  # after the watcher found the server gone, no MLflow call may wait on it
+        return flux is None or flux.result is None or not flux.result.offline
+
     try:
         _log_dataset(images_np, labels, spec)
         bar = Progress(config.epochs, label=f"lr={config.lr:g} seed={config.seed}") if progress else None
@@ -151,6 +161,14 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
                         f"loss became {epoch_loss} at epoch {epoch} with lr={config.lr:g}: "
                         "the learning rate is too large for this setup"
                     )
+        if not server_answers():
+            kept = flux.result.kept_trace
+            raise TrackingLost(
+                f"the tracking server at {tracking_uri} stopped answering during run {run_id}: training finished, "
+                f"but the run does not hold everything"
+                + (f"; the trace is kept at {kept} (upload it with: mlflow artifacts log-artifacts --run-id {run_id} "
+                   f"--local-dir {kept} --artifact-path traces)" if kept else "")
+            )
 
         # -- final evaluation on the whole dataset ---------------------------------------------------------------
         model.eval()
@@ -167,13 +185,22 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
         )
         status = RunStatus.FINISHED
         return TrainResult(run_id, final, config.epochs)
-    except KeyboardInterrupt:
+    except TrackingLost:
+        status = None
+        raise
+    except KeyboardInterrupt as exc:
         status = RunStatus.KILLED
-        client.set_tag(run_id, flux_runs.FAILURE_TAG, "interrupted (Ctrl-C)")
+        if server_answers():
+            how = f"stopped by {exc.args[0]}" if hasattr(exc, "signum") else "interrupted (Ctrl-C)"
+            client.set_tag(run_id, flux_runs.FAILURE_TAG, how)
         raise
     except BaseException as exc:
-        client.set_tag(run_id, flux_runs.FAILURE_TAG, f"{type(exc).__name__}: {exc}"[:5000])
+        if server_answers():
+            client.set_tag(run_id, flux_runs.FAILURE_TAG, f"{type(exc).__name__}: {exc}"[:5000])
         raise
     finally:
-        mlflow.end_run(RunStatus.to_string(status))
+        if status is not None and server_answers():
+            mlflow.end_run(RunStatus.to_string(status))
+        else:
+            abandon_active_run(run_id)  # the run cannot be ended; MLflow's atexit hook must not wait on it
         sys.stderr.flush()

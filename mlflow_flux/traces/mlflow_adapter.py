@@ -25,6 +25,8 @@ __all__ = [
     "ArtifactAccess",
     "artifact_access",
     "delete_artifacts",
+    "abandon_active_run",
+    "keep_status_past_mlflow_run",
 ]
 
 # MLflow's documented system tags.
@@ -101,3 +103,60 @@ def delete_artifacts(artifact_uri: str, path: str) -> None:
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
     get_artifact_repository(artifact_uri).delete_artifacts(path)
+
+
+def abandon_active_run(run_id: str) -> bool:
+    """Take run ``run_id`` off the fluent API's stack without a request to the server, which does not answer.
+
+    ``mlflow.end_run()`` and MLflow's own ``atexit`` hook would otherwise try to end it, retrying for minutes. The
+    run stays RUNNING on the server; returns whether it was the active run.
+    """
+    from mlflow.environment_variables import MLFLOW_RUN_ID
+    from mlflow.tracking import fluent
+
+    stack = fluent._active_run_stack.get()
+    if not stack or stack[-1].info.run_id != run_id:
+        return False
+    stack.pop()
+    MLFLOW_RUN_ID.unset()
+    return True
+
+
+# Run by a short-lived helper process: wait for `mlflow run` (the parent) to exit, then put the status back.
+_RESTORE_STATUS = """
+import os, signal, sys, time
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+parent, run_id, status, deadline = int(sys.argv[1]), sys.argv[2], sys.argv[3], time.monotonic() + float(sys.argv[4])
+while time.monotonic() < deadline:
+    try:
+        os.kill(parent, 0)
+    except ProcessLookupError:
+        break
+    time.sleep(0.1)
+from mlflow.tracking import MlflowClient
+client = MlflowClient()
+if client.get_run(run_id).info.status != status:
+    client.set_terminated(run_id, status)
+"""
+
+
+def keep_status_past_mlflow_run(run_id: str, status: str, mlflow_run_pid: int, timeout: float = 60.0) -> None:
+    """Make ``status`` (KILLED) stick on the run ``mlflow run`` made for this process.
+
+    MLflow 3.17's ``mlflow run``, once its child exits, ends the run FAILED unless it is already terminated, but its
+    check passes the status string to ``RunStatus.is_terminated``, which expects the enum's integer, so it always
+    overwrites (``mlflow/projects/__init__.py``, ``_maybe_set_run_terminated``). A status set by this process can
+    only stick if it is written again after ``mlflow run`` exits: a helper process waits for that (at most
+    ``timeout`` seconds, ignoring further signals) and writes it back. It is in the same process group as us.
+    Nothing is started when ``mlflow run`` (``mlflow_run_pid``, our parent when we started) is already gone.
+    """
+    import subprocess
+    import sys
+
+    try:
+        os.kill(mlflow_run_pid, 0)
+    except ProcessLookupError:
+        return
+    subprocess.Popen([sys.executable, "-c", _RESTORE_STATUS, str(mlflow_run_pid), run_id, status, str(timeout)],
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

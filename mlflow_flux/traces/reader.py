@@ -16,9 +16,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from ..errors import FluxError
+from ..errors import FluxError, InvalidParameter
 from . import mlflow_adapter
 from .schema import KEY_COLUMNS, PARTS_DIR, STAT_COLUMNS, TRACE_ARTIFACT_DIR, TRACE_FILE, TRACE_SCHEMA
+from .server import check_reachable
 
 __all__ = ["read_trace_files", "opened_trace", "stored_trace", "RangedHttpFile", "load_traces"]
 
@@ -181,6 +182,21 @@ def _trace_paths_of_run(client, run_id: str, dst: str) -> list[Path]:
     )
 
 
+def _names_option(name: str, value: object) -> list[str] | None:
+    """A list of names, refusing the common slips (one string read letter by letter, an empty list)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        raise InvalidParameter(name, value, f"expected a list, e.g. {name}=[{value!r}]")
+    try:
+        names = list(value)
+    except TypeError:
+        raise InvalidParameter(name, value, "expected a list of names") from None
+    if not names or not all(isinstance(n, str) for n in names):
+        raise InvalidParameter(name, value, "expected a non-empty list of names")
+    return names
+
+
 def load_traces(
     run_id: str,
     *,
@@ -205,17 +221,28 @@ def load_traces(
         epochs its closed trace segments hold.
 
     Raises:
-        FluxError: unknown run, a run without traces, an unknown column.
+        FluxError: a bad argument, an unreachable server, an unknown run, a run without traces, an unknown column.
     """
     import mlflow
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    if not isinstance(run_id, str) or not run_id:
+        raise InvalidParameter("run_id", run_id, "expected a run id string")
+    layers = _names_option("layers", layers)
+    columns = _names_option("columns", columns)
+    if epochs is not None and not isinstance(epochs, (slice, range)):
+        try:
+            epochs = [int(e) for e in epochs]
+        except (TypeError, ValueError):
+            raise InvalidParameter("epochs", epochs, "expected a slice, a range or a list of epochs") from None
+    uri = tracking_uri or mlflow.get_tracking_uri()
+    check_reachable(uri)
     client = MlflowClient(tracking_uri)
     try:
         client.get_run(run_id)
     except MlflowException:
-        raise FluxError(f"no run with id {run_id!r} at {tracking_uri or mlflow.get_tracking_uri()}") from None
+        raise FluxError(f"no run with id {run_id!r} at {uri}") from None
     with tempfile.TemporaryDirectory(prefix="mlflow-flux-") as tmp:
         paths = _trace_paths_of_run(client, run_id, tmp)
         table = read_trace_files(paths, layers=layers, columns=columns, epochs=epochs)

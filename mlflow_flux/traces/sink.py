@@ -1,27 +1,53 @@
 """The streaming trace sink: snapshots become closed Parquet segments on local disk and in the run's artifacts.
 
-Constructors only store settings; ``start()`` opens the directory and the upload thread; ``close()`` compacts the
-segments into one file and logs it.
+Two background threads: one writes segments to the local spool (never waits on the network), one uploads them
+(waits while the tracking server is unreachable). Constructors only store settings; ``start()`` opens the spool
+and the threads; ``close()`` compacts the segments into one file and logs it.
+
+What is kept, whatever happens: a local file is deleted only once its content is elsewhere on local disk (segments,
+once compacted and checked) or confirmed in the run (the compacted trace). A segment that cannot be written (a
+full disk) stops the sink with one error; everything written before stays.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..errors import FluxError
 from . import mlflow_adapter
 from .background import Worker
 from .schema import PARQUET_OPTIONS, PARTS_DIR, TRACE_ARTIFACT_DIR, TRACE_FILE, TRACE_SCHEMA, write_trace_table
 
-__all__ = ["TraceSink", "ROW_GROUP_ROWS"]
+__all__ = ["TraceSink", "TraceWriteError", "SinkResult", "ROW_GROUP_ROWS"]
 
 _log = logging.getLogger(__name__)
 
 ROW_GROUP_ROWS = 1 << 20  # ~1M rows: ~600 epochs of the paper's model per row group
+
+
+class TraceWriteError(FluxError):
+    """The local spool cannot take another segment (a full disk, a lost mount): the recorder stops."""
+
+
+@dataclass(frozen=True)
+class SinkResult:
+    """What ``close()`` left, and where."""
+
+    local_dir: Path
+    trace_path: Path | None  # the compacted trace on local disk (None: no snapshot, or compaction failed)
+    uploaded: bool  # the compacted trace is confirmed in the run, and the local copy was removed
+
+    @property
+    def kept(self) -> Path | None:
+        """The local directory that still holds the trace, or None when the run has it all."""
+        return None if self.uploaded or not self.local_dir.exists() else self.local_dir
 
 
 class TraceSink:
@@ -34,13 +60,8 @@ class TraceSink:
     removes the uploaded segments where the artifact store allows deletion.
     """
 
-    def __init__(
-        self,
-        client,
-        run_id: str,
-        local_dir: str | Path,
-        flush_every: int = 10,
-    ) -> None:
+    def __init__(self, client, run_id: str, local_dir: str | Path, flush_every: int = 10,
+                 reachable: Callable[[], bool] | None = None) -> None:
         if flush_every < 1:
             raise ValueError(f"flush_every must be >= 1, got {flush_every}")
         self.client = client
@@ -49,23 +70,48 @@ class TraceSink:
         self.flush_every = flush_every
         self._buffer: list[pa.RecordBatch] = []
         self._parts: list[Path] = []
-        self._worker = Worker("mlflow-flux-traces")
-        self.trace_path: Path | None = None
+        self._writer = Worker("mlflow-flux-trace-writer", retries=0)
+        self._uploader = Worker("mlflow-flux-trace-upload", reachable=reachable)
+        self._write_error: OSError | None = None
+        self._trace_path: Path | None = None
+        self._trace_confirmed = False
 
     @property
     def parts_dir(self) -> Path:
         return self.local_dir / PARTS_DIR
 
+    @property
+    def offline(self) -> bool:
+        return self._uploader.offline
+
     def start(self) -> "TraceSink":
-        self.parts_dir.mkdir(parents=True, exist_ok=True)
-        self._worker.start()
+        try:
+            self.parts_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise FluxError(f"cannot create the trace spool {self.parts_dir}: {exc.strerror or exc}") from None
+        self._writer.start()
+        self._uploader.start()
         return self
 
     def write(self, batch: pa.RecordBatch) -> None:
-        """Add one snapshot's rows; every ``flush_every`` snapshots a segment is closed and uploaded."""
+        """Add one snapshot's rows; every ``flush_every`` snapshots a segment is closed and uploaded.
+
+        Raises:
+            TraceWriteError: an earlier segment could not be written; nothing more is taken.
+        """
+        self._raise_write_error()
         self._buffer.append(batch)
         if len(self._buffer) >= self.flush_every:
             self._close_segment()
+
+    def _raise_write_error(self) -> None:
+        error = self._write_error
+        if error is not None:
+            written = [p.name for p in self._parts if p.exists()]
+            raise TraceWriteError(
+                f"cannot write the trace to {self.parts_dir}: {error.strerror or error}; the recorder stopped. "
+                f"{len(written)} segment(s) written before are kept there" + (" and in the run" if written else "")
+            )
 
     def _close_segment(self) -> None:
         if not self._buffer:
@@ -73,44 +119,117 @@ class TraceSink:
         batches, self._buffer = self._buffer, []
         path = self.parts_dir / f"part-{len(self._parts):05d}.parquet"
         self._parts.append(path)
+        self._writer.submit(lambda: self._write_segment(path, batches))
 
-        def write_and_upload() -> None:
-            if not path.exists():
-                tmp = path.with_suffix(".tmp")
-                write_trace_table(pa.Table.from_batches(batches, TRACE_SCHEMA), tmp)
-                tmp.rename(path)  # a reader never sees half a segment
-            self.client.log_artifact(self.run_id, str(path), f"{TRACE_ARTIFACT_DIR}/{PARTS_DIR}")
-
-        self._worker.submit(write_and_upload)
-
-    def close(self, upload: bool = True) -> Path | None:
-        """Close the last segment, compact all segments into one file and (by default) log it to the run."""
-        self._close_segment()
-        self._worker.close()
-        parts = [p for p in self._parts if p.exists()]
-        if not parts:
-            return None
-        self.trace_path = self.local_dir / TRACE_FILE
-        with pq.ParquetWriter(self.trace_path, TRACE_SCHEMA, **PARQUET_OPTIONS) as writer:
-            # Segments are merged into row groups of about ROW_GROUP_ROWS rows: few row groups mean few requests
-            # for a reader over HTTP, while memory stays bounded by one row group whatever the number of epochs.
-            pending: list[pa.Table] = []
-            for part in parts:
-                pending.append(pq.read_table(part, schema=TRACE_SCHEMA))
-                if sum(t.num_rows for t in pending) >= ROW_GROUP_ROWS:
-                    writer.write_table(pa.concat_tables(pending), row_group_size=ROW_GROUP_ROWS * 2)
-                    pending = []
-            if pending:
-                writer.write_table(pa.concat_tables(pending), row_group_size=ROW_GROUP_ROWS * 2)
-        if upload:
-            self.client.log_artifact(self.run_id, str(self.trace_path), TRACE_ARTIFACT_DIR)
-            self._delete_uploaded_parts()
-        shutil.rmtree(self.parts_dir, ignore_errors=True)
-        return self.trace_path
-
-    def _delete_uploaded_parts(self) -> None:
+    def _write_segment(self, path: Path, batches: list[pa.RecordBatch]) -> None:
+        if self._write_error is not None:
+            return
+        tmp = path.with_suffix(".tmp")
         try:
+            write_trace_table(pa.Table.from_batches(batches, TRACE_SCHEMA), tmp)
+            tmp.rename(path)  # a reader never sees half a segment
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            self._write_error = exc
+            _log.error("cannot write trace segment %s: %s", path, exc)
+            return
+        self._uploader.submit(lambda: self._upload_segment(path))
+
+    def _upload_segment(self, path: Path) -> None:
+        if not path.exists():  # compacted and removed meanwhile: the compacted file carries these rows
+            return
+        self.client.log_artifact(self.run_id, str(path), f"{TRACE_ARTIFACT_DIR}/{PARTS_DIR}")
+
+    @property
+    def write_error(self) -> OSError | None:
+        return self._write_error
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until every segment closed so far is written and uploaded (at most ``timeout`` seconds for the
+        uploads); the sink stays open. True when nothing is left."""
+        self._writer.wait()
+        return self._uploader.wait(timeout)
+
+    def upload(self, path: Path, artifact_dir: str) -> None:
+        """Queue another local file for the run's artifacts (e.g. a figure written into the spool)."""
+        self._uploader.submit(lambda: self.client.log_artifact(self.run_id, str(path), artifact_dir))
+
+    def finish(self) -> None:
+        """Close the last segment and queue the compaction (writer thread) and its upload (uploader thread).
+
+        Returns at once: the caller can do other work (figures) while both run; :meth:`wait` collects the result.
+        """
+        if self._write_error is None:
+            self._close_segment()
+        self._writer.submit(self._compact_and_queue_upload)
+
+    def _compact_and_queue_upload(self) -> None:
+        parts = [p for p in self._parts if p.exists()]
+        if parts and self._write_error is None:
+            self._trace_path = self._compact(parts)
+        if self._trace_path is not None:
+            self._uploader.submit(lambda: self._upload_trace(self._trace_path))
+
+    def wait(self, timeout: float | None = None) -> SinkResult:
+        """Wait for local writes, then at most ``timeout`` seconds for uploads. Without a confirmed upload the
+        local directory stays, with the compacted trace (or the segments) in it."""
+        self._writer.close()
+        done = self._uploader.close(timeout)
+        uploaded = done and self._trace_confirmed
+        if uploaded:
+            shutil.rmtree(self.local_dir, ignore_errors=True)
+        return SinkResult(self.local_dir, self._trace_path, uploaded)
+
+    def close(self, timeout: float | None = None) -> SinkResult:
+        """:meth:`finish`, then :meth:`wait`."""
+        self.finish()
+        return self.wait(timeout)
+
+    def _compact(self, parts: list[Path]) -> Path | None:
+        """Merge the segments into one file (row groups of about ROW_GROUP_ROWS rows: few requests for a reader over
+        HTTP, memory bounded by one row group whatever the number of epochs); the segments go once it is checked."""
+        path = self.local_dir / TRACE_FILE
+        tmp = path.with_suffix(".tmp")
+        try:
+            rows = 0
+            with pq.ParquetWriter(tmp, TRACE_SCHEMA, **PARQUET_OPTIONS) as writer:
+                pending: list[pa.Table] = []
+                for part in parts:
+                    pending.append(pq.read_table(part, schema=TRACE_SCHEMA))
+                    rows += pending[-1].num_rows
+                    if sum(t.num_rows for t in pending) >= ROW_GROUP_ROWS:
+                        writer.write_table(pa.concat_tables(pending), row_group_size=ROW_GROUP_ROWS * 2)
+                        pending = []
+                if pending:
+                    writer.write_table(pa.concat_tables(pending), row_group_size=ROW_GROUP_ROWS * 2)
+            if pq.ParquetFile(tmp).metadata.num_rows != rows:
+                raise OSError(f"the compacted trace does not hold the {rows} rows of its segments")
+            tmp.rename(path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            _log.error("cannot compact the trace in %s (%s): its segments are kept there", self.local_dir, exc)
+            return None
+        for part in parts:
+            part.unlink()
+        return path
+
+    def _upload_trace(self, path: Path) -> None:
+        self.client.log_artifact(self.run_id, str(path), TRACE_ARTIFACT_DIR)
+        self._trace_confirmed = self._confirmed(path)
+        if not self._trace_confirmed:
+            return  # the segments in the run stay: they are then the run's copy
+        try:  # readers prefer traces.parquet; segments left in the run are harmless
             run = self.client.get_run(self.run_id)
             mlflow_adapter.delete_artifacts(run.info.artifact_uri, f"{TRACE_ARTIFACT_DIR}/{PARTS_DIR}")
-        except Exception as exc:  # noqa: BLE001 -- readers prefer traces.parquet; leftover segments are harmless
+        except Exception as exc:  # noqa: BLE001 -- e.g. a store that does not delete
             _log.info("kept traces/%s in the run (the artifact store did not delete them: %s)", PARTS_DIR, exc)
+
+    def _confirmed(self, path: Path) -> bool:
+        """The run lists the compacted trace with its size (a store that lists no sizes is taken at its word)."""
+        try:
+            listed = {f.path: f.file_size for f in self.client.list_artifacts(self.run_id, TRACE_ARTIFACT_DIR)}
+        except Exception as exc:  # noqa: BLE001 -- unconfirmed: keep the local copy
+            _log.warning("could not confirm the trace upload of run %s: %s", self.run_id, exc)
+            return False
+        key = f"{TRACE_ARTIFACT_DIR}/{TRACE_FILE}"
+        return key in listed and listed[key] in (None, path.stat().st_size)
