@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+import torch
 from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 from torch import nn
@@ -29,6 +30,7 @@ from torch import nn
 from . import fluctuation
 from .errors import FluxError, InvalidParameter
 from .interrupts import stop_on_signals
+from .recording import distributed
 from .recording.layers import LayerSpec
 from .recording.recorder import NeuronRecorder
 from .report.plots import RunFigureData
@@ -123,6 +125,7 @@ class FluxWatcher:
         log_figures: bool = True,
         metrics_interval: float = 5.0,
         upload_timeout: float | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise InvalidParameter("model", type(model).__name__, "expected a torch.nn.Module")
@@ -132,8 +135,11 @@ class FluxWatcher:
             raise InvalidParameter("trace_dir", trace_dir, "expected a directory path")
         if not isinstance(log_figures, bool):
             raise InvalidParameter("log_figures", log_figures, "expected True or False")
+        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+            raise InvalidParameter("optimizer", type(optimizer).__name__, "expected a torch.optim.Optimizer")
         self.recorder = NeuronRecorder(model, layers=_layers_option(layers),
-                                       snapshot_every=_int_option("snapshot_every", snapshot_every, 1))
+                                       snapshot_every=_int_option("snapshot_every", snapshot_every, 1),
+                                       optimizer=optimizer)
         self.run_id = run_id
         self.window = _int_option("window", window, 2)
         self.tau = _positive_option("tau", tau)
@@ -157,10 +163,21 @@ class FluxWatcher:
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
+    @property
+    def writes(self) -> bool:
+        """Whether this process writes the run: always, except on ranks other than 0 under torch.distributed."""
+        return self.recorder.rank == 0
+
     def start(self) -> "FluxWatcher":
-        """Resolve the run, attach the hooks, open the sinks, and log the recorder's settings as params."""
+        """Resolve the run, attach the hooks, open the sinks, and log the recorder's settings as params.
+
+        Under torch.distributed every rank calls it; only rank 0 needs an active run and writes.
+        """
         import mlflow
 
+        if distributed.world()[0] != 0:
+            self.recorder.attach()  # records, and joins each snapshot's all_gather; rank 0 writes
+            return self
         if self.run_id is None:
             active = mlflow.active_run()
             if active is None:
@@ -254,7 +271,7 @@ class FluxWatcher:
             FluxError: the watcher is not started, ``epoch`` does not increase, a metric is not a number, or the
                 trace can no longer be written (the recorder then stops).
         """
-        if self.sink is None or self.metrics is None or self._closed:
+        if self._closed or not self.recorder.attached:
             raise FluxError("end_epoch() outside the watcher: use `with mlflow_flux.watch(model) as flux:`")
         if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral) or epoch < 0:
             raise FluxError(f"end_epoch() takes a non-negative integer epoch, got {epoch!r}")
@@ -263,6 +280,10 @@ class FluxWatcher:
         if metrics is not None and not isinstance(metrics, Mapping):
             raise FluxError(f"end_epoch() takes metrics as a mapping of name to number, got {type(metrics).__name__}")
         self._last_epoch = int(epoch)
+        if not self.writes:
+            if self.recorder.should_snapshot(epoch):
+                self.recorder.snapshot(int(epoch))  # this rank's sums join rank 0's snapshot
+            return {}
         logged = dict(metrics or {})
         if self.recorder.should_snapshot(epoch):
             snapshot = self.recorder.snapshot(int(epoch))
@@ -275,6 +296,11 @@ class FluxWatcher:
         if logged:
             self.metrics.log(logged, step=int(epoch))
         return {self.metrics.names.key(name): value for name, value in logged.items()}
+
+    def end_step(self, step: int, metrics: Mapping[str, float] | None = None) -> dict[str, float]:
+        """:meth:`end_epoch` under the name that fits long single-epoch training: the trace's ``epoch`` column then
+        holds global steps (e.g. ``watch(model, snapshot_every=100)`` and ``end_step(step)`` after every step)."""
+        return self.end_epoch(step, metrics)
 
     def _summaries(self, snapshot: Snapshot) -> dict[str, float]:
         """Summary metrics of the window ending at this snapshot, on every ``summary_every``-th snapshot.
@@ -368,7 +394,9 @@ def watch(model: nn.Module, **options) -> FluxWatcher:
             ``summary_every`` (log the ``flux/...`` summaries on every N-th snapshot, from the first full window),
             ``flush_every`` (snapshots per closed trace segment: what a SIGKILL can lose), ``run_id``,
             ``trace_dir`` (local spool), ``log_figures``, ``upload_timeout`` (seconds ``close()`` waits for
-            uploads; default 60, or ``$MLFLOW_FLUX_UPLOAD_TIMEOUT``).
+            uploads; default 60, or ``$MLFLOW_FLUX_UPLOAD_TIMEOUT``), ``optimizer`` (read gradients as this
+            optimizer applies them: unscaled under a GradScaler, once per step under gradient accumulation,
+            synchronized under DDP; required under torch.distributed).
 
     Returns:
         A :class:`FluxWatcher`; use it as a context manager and call ``end_epoch(epoch)`` once per epoch.

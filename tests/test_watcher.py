@@ -130,7 +130,7 @@ def test_bad_input_gives_one_clear_error_each(store):
     with pytest.raises(FluxError, match="no active MLflow run"):
         mlflow_flux.watch(nn.Linear(2, 2)).start()
     with mlflow.start_run() as run:
-        with pytest.raises(FluxError, match="no Linear or Conv layer"):
+        with pytest.raises(FluxError, match="has no layer to watch: mlflow-flux records Linear, Conv1d"):
             mlflow_flux.watch(nn.Sequential(nn.ReLU())).start()
         with pytest.raises(FluxError, match="matches no watchable layer.*watchable: 0, 1"):
             mlflow_flux.watch(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)), layers=["decoder.*"]).start()

@@ -1,10 +1,16 @@
-/* Fused per-neuron reductions for the recorder's hooks on CPU float32 tensors.
+/* Fused per-neuron reductions for the recorder on CPU tensors.
  *
  * On a thin model a hook's cost is memory passes and op dispatch, not arithmetic: the torch formulation of one
- * layer's activation statistics is six ops and four passes over the output, this is one call and one pass while the
- * output is still in cache. The hooks (Tap, Forward) check device, dtype, layout and shape before touching memory;
- * layer_statistics takes raw addresses, and its caller (accumulators.py) checks first. Semantics match
- * the torch path in accumulators.py, NaN and inf included.
+ * layer's activation statistics is several ops and passes over the output, this is one call and one pass while the
+ * output is still in cache. A Tap checks device, dtype, layout and shape before touching memory; layer_statistics
+ * takes raw addresses, and its caller (accumulators.py) checks first. The arithmetic is the torch path's in
+ * accumulators.py (one definition per statistic), NaN and inf included.
+ *
+ * Every layer keeps one float64 block of SUM_ROWS rows of `channels` values (the layout accumulators.py declares):
+ * sample count, sum and sum of squares of (output - shift), outputs above zero, sum of squared gradient norms, and
+ * gradient passes; plus a float32 shift per neuron. Shifted sums keep the variance exact whatever the outputs'
+ * common offset: the shift is the mean of the window's first batch, so the sums stay near zero (an output of 1e3
+ * with a spread of 1e-3 loses nothing, where E[x^2] - E[x]^2 would lose every digit).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -41,8 +47,20 @@
 #define SIMD_CLONES
 #endif
 
+/* The rows of a layer's float64 sums (accumulators.SUM_ROWS, in this order). */
+enum { COUNT, SHIFTED_SUM, SHIFTED_SUMSQ, POSITIVE, GRAD_SUMSQ, GRAD_PASSES, SUM_ROWS };
+
 /* relu(v).sign() in torch: 1 above zero, else 0; NaN does not fire (its sums turn NaN and are counted). */
 static inline float fires(float v) { return v > 0.0f ? 1.0f : 0.0f; }
+
+/* bfloat16 is the top half of a float32: CPU autocast gives Linear outputs in it. */
+static inline float bf16_to_float(uint16_t h)
+{
+    uint32_t bits = (uint32_t)h << 16;
+    float value;
+    memcpy(&value, &bits, sizeof value);
+    return value;
+}
 
 /* Eight floats the compiler keeps in registers (one AVX register, two SSE ones), for reductions along contiguous
  * memory (conv planes, weight rows): written out, because left to itself the auto-vectoriser picked the outer loop. */
@@ -52,23 +70,69 @@ typedef int32_t mask_lanes __attribute__((vector_size(32)));
 /* fires() on eight lanes: a comparison gives all-ones masks, which select the bits of 1.0f. */
 #define FIRES(v, one) ((lanes)((mask_lanes)(one) & ((v) > 0.0f)))
 
-SIMD_CLONES
-static void activations_rows(const float *restrict y, Py_ssize_t rows, Py_ssize_t channels, double *restrict sums)
+/* Lanes added up in double. */
+static inline double lanes_total(lanes x)
 {
-    double *sum = sums, *sumsq = sums + channels, *pos = sums + 2 * channels;
+    double total = 0.0;
+    for (int k = 0; k < 8; ++k)
+        total += x[k];
+    return total;
+}
+
+/* ---- Activations ------------------------------------------------------------------------------------------- */
+
+/* (rows, channels) outputs, float32 or bfloat16 (`half` set): the window's first batch sets the shift to its mean. */
+SIMD_CLONES
+static void rows_shift(const void *restrict data, int half, Py_ssize_t rows, Py_ssize_t channels, float *restrict shift)
+{
+    double total[CHUNK];
+    for (Py_ssize_t c0 = 0; c0 < channels; c0 += CHUNK) {
+        Py_ssize_t width = channels - c0 < CHUNK ? channels - c0 : CHUNK;
+        for (Py_ssize_t c = 0; c < width; ++c)
+            total[c] = 0.0;
+        for (Py_ssize_t r = 0; r < rows; ++r) {
+            Py_ssize_t at = r * channels + c0;
+            for (Py_ssize_t c = 0; c < width; ++c)
+                total[c] += half ? bf16_to_float(((const uint16_t *)data)[at + c]) : ((const float *)data)[at + c];
+        }
+        for (Py_ssize_t c = 0; c < width; ++c)
+            shift[c0 + c] = rows ? (float)(total[c] / rows) : 0.0f;
+    }
+}
+
+SIMD_CLONES
+static void activations_rows(const void *restrict data, int half, Py_ssize_t rows, Py_ssize_t channels,
+                             const float *restrict shift, double *restrict sums)
+{
+    double *sum = sums + SHIFTED_SUM * channels, *sumsq = sums + SHIFTED_SUMSQ * channels;
+    double *pos = sums + POSITIVE * channels;
     float s[CHUNK], q[CHUNK], p[CHUNK];
     for (Py_ssize_t start = 0; start < rows; start += BLOCK_ROWS) {
         Py_ssize_t stop = start + BLOCK_ROWS < rows ? start + BLOCK_ROWS : rows;
         for (Py_ssize_t c0 = 0; c0 < channels; c0 += CHUNK) {
             Py_ssize_t width = channels - c0 < CHUNK ? channels - c0 : CHUNK;
+            const float *centre = shift + c0;
             for (Py_ssize_t c = 0; c < width; ++c)
                 s[c] = q[c] = p[c] = 0.0f;
-            for (Py_ssize_t r = start; r < stop; ++r) {
-                const float *v = y + r * channels + c0;
-                for (Py_ssize_t c = 0; c < width; ++c) {
-                    s[c] += v[c];
-                    q[c] += v[c] * v[c];
-                    p[c] += fires(v[c]);
+            if (half) {
+                for (Py_ssize_t r = start; r < stop; ++r) {
+                    const uint16_t *v = (const uint16_t *)data + r * channels + c0;
+                    for (Py_ssize_t c = 0; c < width; ++c) {
+                        float x = bf16_to_float(v[c]), d = x - centre[c];
+                        s[c] += d;
+                        q[c] += d * d;
+                        p[c] += fires(x);
+                    }
+                }
+            } else {
+                for (Py_ssize_t r = start; r < stop; ++r) {
+                    const float *v = (const float *)data + r * channels + c0;
+                    for (Py_ssize_t c = 0; c < width; ++c) {
+                        float d = v[c] - centre[c];
+                        s[c] += d;
+                        q[c] += d * d;
+                        p[c] += fires(v[c]);
+                    }
                 }
             }
             for (Py_ssize_t c = 0; c < width; ++c) {
@@ -80,40 +144,49 @@ static void activations_rows(const float *restrict y, Py_ssize_t rows, Py_ssize_
     }
 }
 
-/* Lanes added up in double. */
-static inline double lanes_total(lanes x)
+/* (outer, channels, inner) float32 outputs of a conv: each channel's plane is contiguous. */
+SIMD_CLONES
+static void planes_shift(const float *restrict y, Py_ssize_t outer, Py_ssize_t channels, Py_ssize_t inner,
+                         float *restrict shift)
 {
-    double total = 0.0;
-    for (int k = 0; k < 8; ++k)
-        total += x[k];
-    return total;
+    for (Py_ssize_t c = 0; c < channels; ++c) {
+        double total = 0.0;
+        for (Py_ssize_t o = 0; o < outer; ++o) {
+            const float *plane = y + (o * channels + c) * inner;
+            for (Py_ssize_t i = 0; i < inner; ++i)
+                total += plane[i];
+        }
+        shift[c] = outer * inner ? (float)(total / (outer * inner)) : 0.0f;
+    }
 }
 
 SIMD_CLONES
-static void activations_channels(const float *restrict y, Py_ssize_t outer, Py_ssize_t channels, Py_ssize_t inner,
-                                 double *restrict sums)
+static void activations_planes(const float *restrict y, Py_ssize_t outer, Py_ssize_t channels, Py_ssize_t inner,
+                               const float *restrict shift, double *restrict sums)
 {
-    double *sum = sums, *sumsq = sums + channels, *pos = sums + 2 * channels;
+    double *sum = sums + SHIFTED_SUM * channels, *sumsq = sums + SHIFTED_SUMSQ * channels;
+    double *pos = sums + POSITIVE * channels;
     const lanes zero = {0}, one = zero + 1.0f;
     Py_ssize_t vector_inner = inner - inner % 8;
     for (Py_ssize_t o = 0; o < outer; ++o) {
         for (Py_ssize_t c = 0; c < channels; ++c) {
             const float *plane = y + (o * channels + c) * inner;
-            lanes s = zero, q = zero, p = zero;
+            lanes s = zero, q = zero, p = zero, centre = zero + shift[c];
             Py_ssize_t i = 0;
             for (; i < vector_inner; i += 8) {
                 lanes v;
-                memcpy(&v, plane + i, sizeof v);  /* an unaligned load */
-                s += v;
-                q += v * v;
+                memcpy(&v, plane + i, sizeof v); /* an unaligned load */
+                lanes d = v - centre;
+                s += d;
+                q += d * d;
                 p += FIRES(v, one);
             }
             double ts = lanes_total(s), tq = lanes_total(q), tp = lanes_total(p);
             for (; i < inner; ++i) {
-                float v = plane[i];
-                ts += v;
-                tq += v * v;
-                tp += fires(v);
+                float d = plane[i] - shift[c];
+                ts += d;
+                tq += d * d;
+                tp += fires(plane[i]);
             }
             sum[c] += ts;
             sumsq[c] += tq;
@@ -122,12 +195,14 @@ static void activations_channels(const float *restrict y, Py_ssize_t outer, Py_s
     }
 }
 
+/* ---- Gradients --------------------------------------------------------------------------------------------- */
+
+/* A (channels, cols) gradient: one neuron per row (Linear, conv). */
 SIMD_CLONES
-static void row_sumsq(const float *restrict g, Py_ssize_t rows, Py_ssize_t cols, double *restrict out)
+static void gradient_rows(const float *restrict g, Py_ssize_t rows, Py_ssize_t cols, double *restrict out)
 {
     for (Py_ssize_t r = 0; r < rows; ++r) {
         const float *row = g + r * cols;
-        /* Independent partial sums: without -ffast-math the compiler will not reassociate a single one. */
         float a[TILE] = {0};
         Py_ssize_t c = 0;
         for (; c + TILE <= cols; c += TILE)
@@ -141,6 +216,36 @@ static void row_sumsq(const float *restrict g, Py_ssize_t rows, Py_ssize_t cols,
         out[r] += total;
     }
 }
+
+/* A (rows, channels) gradient: one neuron per column (transformers' Conv1D keeps its weight as (in, out)). */
+SIMD_CLONES
+static void gradient_columns(const float *restrict g, Py_ssize_t rows, Py_ssize_t channels, double *restrict out)
+{
+    float q[CHUNK];
+    for (Py_ssize_t start = 0; start < rows; start += BLOCK_ROWS) {
+        Py_ssize_t stop = start + BLOCK_ROWS < rows ? start + BLOCK_ROWS : rows;
+        for (Py_ssize_t c0 = 0; c0 < channels; c0 += CHUNK) {
+            Py_ssize_t width = channels - c0 < CHUNK ? channels - c0 : CHUNK;
+            for (Py_ssize_t c = 0; c < width; ++c)
+                q[c] = 0.0f;
+            for (Py_ssize_t r = start; r < stop; ++r) {
+                const float *v = g + r * channels + c0;
+                for (Py_ssize_t c = 0; c < width; ++c)
+                    q[c] += v[c] * v[c];
+            }
+            for (Py_ssize_t c = 0; c < width; ++c)
+                out[c0 + c] += q[c];
+        }
+    }
+}
+
+static void add_to_row(double *row, Py_ssize_t channels, double value)
+{
+    for (Py_ssize_t c = 0; c < channels; ++c)
+        row[c] += value;
+}
+
+/* ---- Snapshot ---------------------------------------------------------------------------------------------- */
 
 SIMD_CLONES
 static void weight_stats(const float *restrict w, float *restrict previous, Py_ssize_t rows, Py_ssize_t cols,
@@ -194,17 +299,16 @@ enum { W_MEAN, W_STD, W_NORM, W_STEP, BIAS, ACT_MEAN, ACT_STD, ACT_RATE, GRAD_NO
 
 static PyObject *layer_statistics(PyObject *self, PyObject *args)
 {
-    unsigned long long w_address, previous_address, bias_address, sums_address, out_address;
+    unsigned long long w_address, previous_address, bias_address, sums_address, shift_address, out_address;
     Py_ssize_t rows, cols;
-    long long samples, passes;
     int has_previous, at[N_STATS];
-    if (!PyArg_ParseTuple(args, "KKnnpKKLLK(iiiiiiiii)", &w_address, &previous_address, &rows, &cols, &has_previous,
-                          &bias_address, &sums_address, &samples, &passes, &out_address, &at[W_MEAN], &at[W_STD],
+    if (!PyArg_ParseTuple(args, "KKnnpKKKK(iiiiiiiii)", &w_address, &previous_address, &rows, &cols, &has_previous,
+                          &bias_address, &sums_address, &shift_address, &out_address, &at[W_MEAN], &at[W_STD],
                           &at[W_NORM], &at[W_STEP], &at[BIAS], &at[ACT_MEAN], &at[ACT_STD], &at[ACT_RATE],
                           &at[GRAD_NORM]))
         return NULL;
-    if (rows < 0 || cols < 0 || samples < 0 || passes < 0) {
-        PyErr_SetString(PyExc_ValueError, "rows, cols, samples and passes must be >= 0");
+    if (rows < 0 || cols < 0) {
+        PyErr_SetString(PyExc_ValueError, "rows and cols must be >= 0");
         return NULL;
     }
     for (int k = 0; k < N_STATS; ++k)
@@ -216,63 +320,64 @@ static PyObject *layer_statistics(PyObject *self, PyObject *args)
     if (weights == NULL)
         return PyErr_NoMemory();
     const float *bias = (const float *)(uintptr_t)bias_address;
+    const float *shift = (const float *)(uintptr_t)shift_address;
     double *sums = (double *)(uintptr_t)sums_address;
     float *out = (float *)(uintptr_t)out_address;
     long long nonfinite = 0;
     BEGIN_ALLOW_THREADS_IF(rows * cols >= RELEASE_GIL_ELEMENTS)
     weight_stats((const float *)(uintptr_t)w_address, (float *)(uintptr_t)previous_address, rows, cols, has_previous,
                  weights);
-    /* NaN also stands for "not defined" (no bias, no previous snapshot, no samples): only defined values count. */
-    const int defined[N_STATS] = {1, 1, 1, has_previous, bias != NULL, samples > 0, samples > 0, samples > 0,
-                                  passes > 0};
     for (Py_ssize_t r = 0; r < rows; ++r) {
-        double value[N_STATS];
+        double n = sums[COUNT * rows + r], passes = sums[GRAD_PASSES * rows + r], value[N_STATS];
+        /* NaN also stands for "not defined" (no bias, no previous snapshot, no samples): only defined values count. */
+        const int defined[N_STATS] = {1, 1, 1, has_previous, bias != NULL, n > 0, n > 0, n > 0, passes > 0};
         value[W_MEAN] = weights[r];
         value[W_STD] = weights[rows + r];
         value[W_NORM] = weights[2 * rows + r];
         value[W_STEP] = weights[3 * rows + r];
         value[BIAS] = bias ? bias[r] : NAN;
-        if (samples) {
-            double mean = sums[r] / samples, variance = sums[rows + r] / samples - mean * mean;
-            value[ACT_MEAN] = mean;
+        if (n > 0) {
+            double centred = sums[SHIFTED_SUM * rows + r] / n;
+            double variance = sums[SHIFTED_SUMSQ * rows + r] / n - centred * centred;
+            value[ACT_MEAN] = shift[r] + centred;
             value[ACT_STD] = variance < 0 ? 0.0 : sqrt(variance); /* rounding below 0 is 0; NaN stays NaN */
-            value[ACT_RATE] = sums[2 * rows + r] / samples;
+            value[ACT_RATE] = sums[POSITIVE * rows + r] / n;
         } else {
             value[ACT_MEAN] = value[ACT_STD] = value[ACT_RATE] = NAN;
         }
-        value[GRAD_NORM] = passes ? sqrt(sums[3 * rows + r] / passes) : NAN;
+        value[GRAD_NORM] = passes > 0 ? sqrt(sums[GRAD_SUMSQ * rows + r] / passes) : NAN;
         for (int k = 0; k < N_STATS; ++k) {
             float stored = (float)value[k];
             out[r * N_STATS + at[k]] = stored;
             nonfinite += defined[k] && !isfinite(stored);
         }
     }
-    memset(sums, 0, 4 * (size_t)rows * sizeof(double));
+    memset(sums, 0, SUM_ROWS * (size_t)rows * sizeof(double));
     END_ALLOW_THREADS_IF
     PyMem_RawFree(weights);
     return PyLong_FromLongLong(nonfinite);
 }
 
-/* ---- Hooks in C ---------------------------------------------------------------------------------------------
- * A Tap is a forward hook (module, inputs, output) or a tensor hook (grad) that takes the fast path itself, so the
- * training step pays for no Python frame: on the paper-scale model the hooks' Python bodies cost as much as the
- * reductions. Anything it does not take (not a CPU float32 contiguous tensor of the expected shape) goes to the
- * Python fallback it was built with, which holds the torch path. */
+/* ---- Taps: the reductions as callables ----------------------------------------------------------------------
+ * A Tap takes one tensor (a layer's output, or its weight's gradient) and reduces it into its layer's sums without
+ * a Python frame. Anything it does not take (not a CPU, strided, contiguous tensor of the expected dtype and shape,
+ * or a deactivated tap) goes to the Python fallback it was built with, which holds the torch path. */
 
-enum { TAP_ROWS = 0, TAP_PLANES = 1, TAP_GRADIENT = 2 };
+enum { TAP_ROWS = 0, TAP_PLANES = 1, TAP_GRADIENT_ROWS = 2, TAP_GRADIENT_COLUMNS = 3 };
 
 typedef struct {
     PyObject_HEAD
     PyObject *fallback;
-    double *sums;
+    double *sums;    /* SUM_ROWS x channels */
+    float *shift;    /* channels */
     Py_ssize_t channels;
     int kind;
     int ndim;        /* a conv's batched output rank (its weight's rank); an unbatched output goes to the fallback */
-    long long count; /* samples (activations) or backward passes (gradients) the tap has added */
+    int active;
 } Tap;
 
-static PyObject *TensorType, *Float32, *Strided, *IsGradEnabled, *Detached, *Same;
-static PyObject *s_training, *s_dtype, *s_layout, *s_is_cpu, *s_is_contiguous, *s_shape, *s_data_ptr;
+static PyObject *TensorType, *Float32, *BFloat16, *Strided, *Detached, *Same;
+static PyObject *s_dtype, *s_layout, *s_is_cpu, *s_is_contiguous, *s_shape, *s_data_ptr;
 
 /* The size of a shape tuple's dimension, or -1 with an exception set. */
 static Py_ssize_t dimension(PyObject *shape, Py_ssize_t index)
@@ -280,15 +385,23 @@ static Py_ssize_t dimension(PyObject *shape, Py_ssize_t index)
     return PyLong_AsSsize_t(PyTuple_GET_ITEM(shape, index));
 }
 
-/* 1: t is a CPU, strided, contiguous float32 tensor, and its address, shape (a new reference) and element count are
- * filled in; 0: it is not; -1: an exception is set. */
-static int float32_block(PyObject *t, uintptr_t *address, PyObject **shape, Py_ssize_t *numel)
+/* 1: t is a CPU, strided, contiguous tensor of float32 (or bfloat16 when `allow_half`), and its address, shape (a
+ * new reference), element count and whether it is bfloat16 are filled in; 0: it is not; -1: an exception is set. */
+static int cpu_block(PyObject *t, int allow_half, uintptr_t *address, PyObject **shape, Py_ssize_t *numel, int *half)
 {
-    PyObject *names[] = {s_dtype, s_layout, s_is_cpu};
-    PyObject *wanted[] = {Float32, Strided, Py_True};
     if (!PyObject_TypeCheck(t, (PyTypeObject *)TensorType))
         return 0;
-    for (int i = 0; i < 3; ++i) {
+    PyObject *dtype = PyObject_GetAttr(t, s_dtype);
+    if (dtype == NULL)
+        return -1;
+    *half = dtype == BFloat16;
+    int accepted = dtype == Float32 || (allow_half && *half);
+    Py_DECREF(dtype);
+    if (!accepted)
+        return 0;
+    PyObject *names[] = {s_layout, s_is_cpu};
+    PyObject *wanted[] = {Strided, Py_True};
+    for (int i = 0; i < 2; ++i) {
         PyObject *value = PyObject_GetAttr(t, names[i]);
         if (value == NULL)
             return -1;
@@ -330,48 +443,40 @@ static int float32_block(PyObject *t, uintptr_t *address, PyObject **shape, Py_s
     return 1;
 }
 
-/* 1 when the tap took the call, 0 when the fallback must, -1 on error. */
+/* 1 when the tap took the gradient, 0 when the fallback must, -1 on error. */
 static int take_gradient(Tap *self, PyObject *grad)
 {
     uintptr_t address;
     PyObject *shape = NULL;
     Py_ssize_t numel;
-    int found = float32_block(grad, &address, &shape, &numel);
+    int half;
+    int found = cpu_block(grad, 0, &address, &shape, &numel, &half);
     if (found <= 0)
         return found;
-    Py_ssize_t first = PyTuple_GET_SIZE(shape) ? dimension(shape, 0) : 0;
+    Py_ssize_t ndim = PyTuple_GET_SIZE(shape);
+    Py_ssize_t first = ndim ? dimension(shape, 0) : 0, last = ndim ? dimension(shape, ndim - 1) : 0;
     Py_DECREF(shape);
-    if (first != self->channels || numel % self->channels)
+    int rows_kind = self->kind == TAP_GRADIENT_ROWS;
+    if (rows_kind ? (first != self->channels || numel % self->channels) : (ndim != 2 || last != self->channels))
         return 0;
-    Py_ssize_t cols = numel / self->channels;
     BEGIN_ALLOW_THREADS_IF(numel >= RELEASE_GIL_ELEMENTS)
-    row_sumsq((const float *)address, self->channels, cols, self->sums);
+    if (rows_kind)
+        gradient_rows((const float *)address, self->channels, numel / self->channels, self->sums + GRAD_SUMSQ * self->channels);
+    else
+        gradient_columns((const float *)address, numel / self->channels, self->channels,
+                         self->sums + GRAD_SUMSQ * self->channels);
+    add_to_row(self->sums + GRAD_PASSES * self->channels, self->channels, 1.0);
     END_ALLOW_THREADS_IF
-    self->count += 1;
     return 1;
 }
 
-static int take_activations(Tap *self, PyObject *module, PyObject *output)
+static int take_activations(Tap *self, PyObject *output)
 {
-    /* Only training steps count: evaluation passes would mix another distribution into the epoch's activity. */
-    PyObject *training = PyObject_GetAttr(module, s_training);
-    if (training == NULL)
-        return -1;
-    int is_training = PyObject_IsTrue(training);
-    Py_DECREF(training);
-    if (is_training <= 0)
-        return is_training < 0 ? -1 : 1;
-    PyObject *enabled = PyObject_CallNoArgs(IsGradEnabled);
-    if (enabled == NULL)
-        return -1;
-    int grad_enabled = enabled == Py_True;
-    Py_DECREF(enabled);
-    if (!grad_enabled)
-        return 1;
     uintptr_t address;
     PyObject *shape = NULL;
     Py_ssize_t numel;
-    int found = float32_block(output, &address, &shape, &numel);
+    int half;
+    int found = cpu_block(output, self->kind == TAP_ROWS, &address, &shape, &numel, &half);
     if (found <= 0)
         return found;
     Py_ssize_t ndim = PyTuple_GET_SIZE(shape), outer = 0, inner = 0;
@@ -384,27 +489,31 @@ static int take_activations(Tap *self, PyObject *module, PyObject *output)
         inner = 1;
     }
     Py_DECREF(shape);
-    if (inner <= 0)
-        return 0;
+    if (inner <= 0 || outer == 0)
+        return outer == 0 && inner > 0; /* an empty batch adds nothing */
+    double *count = self->sums + COUNT * self->channels;
     BEGIN_ALLOW_THREADS_IF(numel >= RELEASE_GIL_ELEMENTS)
+    if (count[0] == 0.0) { /* the window's first batch: its mean becomes the shift */
+        if (inner == 1)
+            rows_shift((const void *)address, half, outer, self->channels, self->shift);
+        else
+            planes_shift((const float *)address, outer, self->channels, inner, self->shift);
+    }
     if (inner == 1)
-        activations_rows((const float *)address, outer, self->channels, self->sums);
+        activations_rows((const void *)address, half, outer, self->channels, self->shift, self->sums);
     else
-        activations_channels((const float *)address, outer, self->channels, inner, self->sums);
+        activations_planes((const float *)address, outer, self->channels, inner, self->shift, self->sums);
+    add_to_row(count, self->channels, (double)(outer * inner));
     END_ALLOW_THREADS_IF
-    self->count += outer * inner;
     return 1;
 }
 
 static PyObject *tap_call(Tap *self, PyObject *args, PyObject *kwargs)
 {
-    Py_ssize_t nargs = PyTuple_GET_SIZE(args);
     int taken = 0;
-    if (kwargs == NULL || PyDict_GET_SIZE(kwargs) == 0) {
-        if (self->kind == TAP_GRADIENT && nargs == 1)
-            taken = take_gradient(self, PyTuple_GET_ITEM(args, 0));
-        else if (self->kind != TAP_GRADIENT && nargs == 3)
-            taken = take_activations(self, PyTuple_GET_ITEM(args, 0), PyTuple_GET_ITEM(args, 2));
+    if (self->active && PyTuple_GET_SIZE(args) == 1 && (kwargs == NULL || PyDict_GET_SIZE(kwargs) == 0)) {
+        PyObject *tensor = PyTuple_GET_ITEM(args, 0);
+        taken = self->kind >= TAP_GRADIENT_ROWS ? take_gradient(self, tensor) : take_activations(self, tensor);
     }
     if (taken < 0)
         return NULL;
@@ -415,27 +524,34 @@ static PyObject *tap_call(Tap *self, PyObject *args, PyObject *kwargs)
 
 static int tap_init(Tap *self, PyObject *args, PyObject *kwargs)
 {
-    static char *keywords[] = {"kind", "channels", "sums", "fallback", "ndim", NULL};
-    unsigned long long sums;
+    static char *keywords[] = {"kind", "channels", "sums", "shift", "fallback", "ndim", NULL};
+    unsigned long long sums, shift;
     PyObject *fallback;
     self->ndim = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "inKO|i", keywords, &self->kind, &self->channels, &sums, &fallback,
-                                     &self->ndim))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "inKKO|i", keywords, &self->kind, &self->channels, &sums, &shift,
+                                     &fallback, &self->ndim))
         return -1;
     if (TensorType == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "call _fastpath.setup(...) before building a Tap");
         return -1;
     }
-    if (self->kind < TAP_ROWS || self->kind > TAP_GRADIENT || self->channels <= 0 || !PyCallable_Check(fallback)
+    if (self->kind < TAP_ROWS || self->kind > TAP_GRADIENT_COLUMNS || self->channels <= 0 || !PyCallable_Check(fallback)
         || (self->kind == TAP_PLANES && self->ndim < 3)) {
-        PyErr_SetString(PyExc_ValueError, "kind must be 0, 1 or 2, channels > 0, fallback callable, ndim >= 3 for 1");
+        PyErr_SetString(PyExc_ValueError, "kind must be 0 to 3, channels > 0, fallback callable, ndim >= 3 for kind 1");
         return -1;
     }
     self->sums = (double *)(uintptr_t)sums;
-    self->count = 0;
+    self->shift = (float *)(uintptr_t)shift;
+    self->active = 1;
     Py_INCREF(fallback);
     Py_XSETREF(self->fallback, fallback);
     return 0;
+}
+
+static PyObject *tap_deactivate(Tap *self, PyObject *unused)
+{
+    self->active = 0; /* every call goes to the fallback: the sums' memory may be gone (a model moved to a GPU) */
+    Py_RETURN_NONE;
 }
 
 static int tap_traverse(Tap *self, visitproc visit, void *arg)
@@ -465,21 +581,23 @@ static PyObject *tap_reduce(Tap *self, PyObject *unused)
 }
 
 static PyMethodDef tap_methods[] = {
+    {"deactivate", (PyCFunction)tap_deactivate, METH_NOARGS, "Hand every later call to the fallback."},
     {"__reduce__", (PyCFunction)tap_reduce, METH_NOARGS, "A detached, do-nothing hook in the copy."},
     {NULL, NULL, 0, NULL},
 };
 
 static PyMemberDef tap_members[] = {
-    {"count", T_LONGLONG, offsetof(Tap, count), 0, "samples or backward passes added since it was last zeroed"},
+    {"active", T_INT, offsetof(Tap, active), READONLY, "whether the tap takes calls itself"},
     {NULL, 0, 0, 0, NULL},
 };
 
 static PyTypeObject TapType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "mlflow_flux._fastpath.Tap",
-    .tp_doc = "Tap(kind, channels, sums, fallback, ndim=0): a hook adding into float64 sums at address `sums`; "
-              "kind 0: a Linear's outputs, 1: a conv's batched outputs of rank ndim (forward hooks), 2: weight "
-              "gradients (tensor hook). Calls it cannot take go to fallback.",
+    .tp_name = "mlflow_flux.recording._fastpath.Tap",
+    .tp_doc = "Tap(kind, channels, sums, shift, fallback, ndim=0): called with one tensor, adds it into the float64 "
+              "sums (6 rows of `channels`) at address `sums`, with the float32 shift at `shift`. kind 0: a Linear's "
+              "outputs (float32 or bfloat16), 1: a conv's batched outputs of rank ndim, 2: a gradient with one neuron "
+              "per row, 3: a gradient with one neuron per column. Calls it cannot take go to fallback.",
     .tp_basicsize = sizeof(Tap),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_new = PyType_GenericNew,
@@ -492,121 +610,14 @@ static PyTypeObject TapType = {
     .tp_methods = tap_methods,
 };
 
-/* A module's forward, wrapped: the original runs, then its tap sees (module, args, output). The recorder puts it in
- * the module's instance dict instead of registering a forward hook, because any forward hook sends every call of
- * the module through nn.Module's slow path (about 2.5% of the paper-scale step, measured). A copy (deepcopy or
- * pickle) reduces to the original forward, so a copied model is a plain one bound to the copy. */
-typedef struct {
-    PyObject_HEAD
-    PyObject *original;
-    PyObject *module;
-    PyObject *tap;
-    int active;
-} Forward;
-
-static PyObject *forward_call(Forward *self, PyObject *args, PyObject *kwargs)
-{
-    PyObject *output = PyObject_Call(self->original, args, kwargs);
-    if (output == NULL || !self->active)
-        return output;
-    PyObject *result = PyObject_CallFunctionObjArgs(self->tap, self->module, args, output, NULL);
-    if (result == NULL) {
-        Py_DECREF(output);
-        return NULL;
-    }
-    Py_DECREF(result);
-    return output;
-}
-
-static int forward_init(Forward *self, PyObject *args, PyObject *kwargs)
-{
-    static char *keywords[] = {"original", "module", "tap", NULL};
-    PyObject *original, *module, *tap;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO", keywords, &original, &module, &tap))
-        return -1;
-    if (!PyCallable_Check(original) || !PyCallable_Check(tap)) {
-        PyErr_SetString(PyExc_TypeError, "original and tap must be callable");
-        return -1;
-    }
-    Py_INCREF(original);
-    Py_XSETREF(self->original, original);
-    Py_INCREF(module);
-    Py_XSETREF(self->module, module);
-    Py_INCREF(tap);
-    Py_XSETREF(self->tap, tap);
-    self->active = 1;
-    return 0;
-}
-
-static PyObject *forward_deactivate(Forward *self, PyObject *unused)
-{
-    self->active = 0; /* from now on a plain pass-through, wherever a reference to it still lives */
-    Py_RETURN_NONE;
-}
-
-static PyObject *forward_reduce(Forward *self, PyObject *unused)
-{
-    return Py_BuildValue("(O(O))", Same, self->original);
-}
-
-static int forward_traverse(Forward *self, visitproc visit, void *arg)
-{
-    Py_VISIT(self->original);
-    Py_VISIT(self->module);
-    Py_VISIT(self->tap);
-    return 0;
-}
-
-static int forward_clear(Forward *self)
-{
-    Py_CLEAR(self->original);
-    Py_CLEAR(self->module);
-    Py_CLEAR(self->tap);
-    return 0;
-}
-
-static void forward_dealloc(Forward *self)
-{
-    PyObject_GC_UnTrack(self);
-    forward_clear(self);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
-static PyMethodDef forward_methods[] = {
-    {"deactivate", (PyCFunction)forward_deactivate, METH_NOARGS, "Stop calling the tap; only pass calls through."},
-    {"__reduce__", (PyCFunction)forward_reduce, METH_NOARGS, "The original forward, in the copy."},
-    {NULL, NULL, 0, NULL},
-};
-
-static PyMemberDef forward_members[] = {
-    {"original", T_OBJECT, offsetof(Forward, original), READONLY, "the wrapped forward"},
-    {NULL, 0, 0, 0, NULL},
-};
-
-static PyTypeObject ForwardType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "mlflow_flux._fastpath.Forward",
-    .tp_doc = "Forward(original, module, tap): calls original(*args, **kwargs), then tap(module, args, output).",
-    .tp_basicsize = sizeof(Forward),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)forward_init,
-    .tp_call = (ternaryfunc)forward_call,
-    .tp_traverse = (traverseproc)forward_traverse,
-    .tp_clear = (inquiry)forward_clear,
-    .tp_dealloc = (destructor)forward_dealloc,
-    .tp_methods = forward_methods,
-    .tp_members = forward_members,
-};
-
 static PyObject *setup(PyObject *self, PyObject *args)
 {
-    PyObject *tensor_type, *float32, *strided, *is_grad_enabled, *detached, *same;
-    if (!PyArg_ParseTuple(args, "O!OOOOO", &PyType_Type, &tensor_type, &float32, &strided, &is_grad_enabled,
-                          &detached, &same))
+    PyObject *tensor_type, *float32, *bfloat16, *strided, *detached, *same;
+    if (!PyArg_ParseTuple(args, "O!OOOOO", &PyType_Type, &tensor_type, &float32, &bfloat16, &strided, &detached,
+                          &same))
         return NULL;
-    PyObject *given[] = {tensor_type, float32, strided, is_grad_enabled, detached, same};
-    PyObject **slots[] = {&TensorType, &Float32, &Strided, &IsGradEnabled, &Detached, &Same};
+    PyObject *given[] = {tensor_type, float32, bfloat16, strided, detached, same};
+    PyObject **slots[] = {&TensorType, &Float32, &BFloat16, &Strided, &Detached, &Same};
     for (int i = 0; i < 6; ++i) {
         Py_INCREF(given[i]);
         Py_XSETREF(*slots[i], given[i]);
@@ -616,15 +627,15 @@ static PyObject *setup(PyObject *self, PyObject *args)
 
 static PyMethodDef methods[] = {
     {"layer_statistics", layer_statistics, METH_VARARGS,
-     "layer_statistics(w, previous, rows, cols, has_previous, bias, sums, samples, passes, out, positions): one "
-     "layer's snapshot. Weight mean, population std, L2 norm and step from previous (which then takes w's values) of "
-     "a float32 (rows, cols) block, bias from a float32 vector (address 0: none), activation mean, std and rate and "
-     "gradient RMS norm from the float64 (4, rows) sums (then zeroed), written as float32 into rows of 9 at `out` in "
-     "the column positions given for (w_mean, w_std, w_norm, w_step, bias, act_mean, act_std, act_rate, grad_norm). "
-     "Returns how many defined values are not finite."},
+     "layer_statistics(w, previous, rows, cols, has_previous, bias, sums, shift, out, positions): one layer's "
+     "snapshot. Weight mean, population std, L2 norm and step from previous (which then takes w's values) of a "
+     "float32 (rows, cols) block, bias from a float32 vector (address 0: none), activation mean, std and rate and "
+     "gradient RMS norm from the float64 (6, rows) sums (then zeroed) and the float32 shift, written as float32 into "
+     "rows of 9 at `out` in the column positions given for (w_mean, w_std, w_norm, w_step, bias, act_mean, act_std, "
+     "act_rate, grad_norm). Returns how many defined values are not finite."},
     {"setup", setup, METH_VARARGS,
-     "setup(torch.Tensor, torch.float32, torch.strided, torch.is_grad_enabled, detached, same): what the taps "
-     "compare against, the factory a copied tap reduces to, and the identity a copied Forward reduces through."},
+     "setup(torch.Tensor, torch.float32, torch.bfloat16, torch.strided, detached, same): what the taps compare "
+     "against, the factory a copied tap reduces to, and the identity a copied wrapper reduces through."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -632,19 +643,19 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_fastpath", NULL, -1
 
 PyMODINIT_FUNC PyInit__fastpath(void)
 {
-    const char *names[] = {"training", "dtype", "layout", "is_cpu", "is_contiguous", "shape", "data_ptr"};
-    PyObject **slots[] = {&s_training, &s_dtype, &s_layout, &s_is_cpu, &s_is_contiguous, &s_shape, &s_data_ptr};
-    for (int i = 0; i < 7; ++i)
+    const char *names[] = {"dtype", "layout", "is_cpu", "is_contiguous", "shape", "data_ptr"};
+    PyObject **slots[] = {&s_dtype, &s_layout, &s_is_cpu, &s_is_contiguous, &s_shape, &s_data_ptr};
+    for (int i = 0; i < 6; ++i)
         if ((*slots[i] = PyUnicode_InternFromString(names[i])) == NULL)
             return NULL;
-    if (PyType_Ready(&TapType) < 0 || PyType_Ready(&ForwardType) < 0)
+    if (PyType_Ready(&TapType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
     /* AddObjectRef (3.10+) takes its own reference, so a failure part-way leaves no count to undo. */
     if (PyModule_AddObjectRef(m, "Tap", (PyObject *)&TapType) < 0
-        || PyModule_AddObjectRef(m, "Forward", (PyObject *)&ForwardType) < 0
+        || PyModule_AddIntConstant(m, "SUM_ROWS", SUM_ROWS) < 0
         || PyModule_AddStringConstant(m, "source_sha256", FASTPATH_SOURCE_SHA256) < 0) {
         Py_DECREF(m);
         return NULL;

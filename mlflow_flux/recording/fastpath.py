@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 from types import ModuleType
 
-__all__ = ["fastpath", "TAP_ROWS", "TAP_PLANES", "TAP_GRADIENT"]
-
 import torch
+
+__all__ = ["fastpath", "TAP_ROWS", "TAP_PLANES", "TAP_GRADIENT_ROWS", "TAP_GRADIENT_COLUMNS", "detached_hook"]
 
 
 def detached_hook(*args: object, **kwargs: object) -> None:
@@ -33,11 +33,12 @@ try:
 except ImportError:  # built without a compiler: the torch path stands in
     _extension = None
 else:
-    # What the C hooks compare a tensor's attributes against, by identity.
-    _extension.setup(torch.Tensor, torch.float32, torch.strided, torch.is_grad_enabled, _detached, _same)
+    # What the C taps compare a tensor's attributes against, by identity.
+    _extension.setup(torch.Tensor, torch.float32, torch.bfloat16, torch.strided, _detached, _same)
 
-# Tap kinds: a Linear's outputs (rows of neurons), a conv's outputs (channel planes), weight gradients.
-TAP_ROWS, TAP_PLANES, TAP_GRADIENT = 0, 1, 2
+# Tap kinds: a Linear's outputs (rows of neurons), a conv's outputs (channel planes), weight gradients with a
+# neuron per row (Linear, conv) or per column (transformers' Conv1D, whose weight is (in, out)).
+TAP_ROWS, TAP_PLANES, TAP_GRADIENT_ROWS, TAP_GRADIENT_COLUMNS = 0, 1, 2, 3
 
 
 def fastpath() -> ModuleType | None:

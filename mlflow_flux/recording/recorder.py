@@ -1,12 +1,19 @@
-"""The recorder: hooks on the watched layers, and per-epoch snapshots of every neuron.
+"""The recorder: hooks on the watched layers, and snapshots of every neuron.
 
-Per step the hooks only reduce over the batch and add in place into preallocated per-neuron buffers on the
-model's device (:mod:`.accumulators`); once per snapshot every layer's statistics are stacked into one tensor and
-copied to the host once.
+Per step the hooks only reduce over the batch and add in place into per-neuron buffers on the model's device
+(:mod:`.accumulators`), with no host synchronisation; once per snapshot the statistics of every layer are computed
+and copied to the host once (or written by the C extension on CPU), after one ``all_gather`` across ranks under
+torch.distributed.
+
+A watched layer's ``forward`` is wrapped (:class:`WatchedForward`) rather than hooked: any forward hook sends every
+call of its module through ``nn.Module``'s slow path (about 2.5% of the paper-scale step, measured), and the wrapper
+is plain Python that ``torch.compile`` traces into its graph. Weight gradients come from a tensor hook per weight,
+or, with ``optimizer=``, from the gradients each optimizer step applies.
 """
 
 from __future__ import annotations
 
+import logging
 import weakref
 from typing import Sequence
 
@@ -16,28 +23,70 @@ from torch import nn
 
 from ..errors import FluxError
 from ..traces.schema import STAT_COLUMNS, Snapshot
+from . import distributed
 from . import fastpath as kernels
-from .accumulators import LayerAccumulator
+from .accumulators import LayerAccumulator, weight_and_bias
 from .layers import LayerSpec, select_layers
 
-__all__ = ["NeuronRecorder"]
+__all__ = ["NeuronRecorder", "WatchedForward", "unwrap"]
 
-class _WrappedForward:
-    """The handle of a forward the fast path wraps instead of hooking; ``remove()`` puts the module back.
+_log = logging.getLogger(__name__)
 
-    Any forward hook sends every call of its module through ``nn.Module``'s slow path, about 2.5% of the
-    paper-scale step here; a ``Forward`` in the module's instance dict keeps the fast path. A deep copy or pickle
-    of the watched model gets the original forward (see ``_fastpath.Forward``), so the copy is a plain model.
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The user's model inside ``DistributedDataParallel`` or ``torch.compile``'s wrapper, whose names are the
+    user's (``encoder.fc1``, not ``module.encoder.fc1`` or ``_orig_mod.encoder.fc1``)."""
+    while True:
+        name = type(model).__name__
+        if name == "DistributedDataParallel" and isinstance(getattr(model, "module", None), nn.Module):
+            model = model.module
+        elif name == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+class WatchedForward:
+    """A watched layer's ``forward``: the original runs, then its output goes to the layer's accumulator.
+
+    Eagerly the output goes to the C tap (or the torch path it falls back to); under ``torch.compile`` the torch
+    path's tensor ops are traced into the graph. Only training passes count: an evaluation pass (``eval()`` or
+    ``no_grad``) would mix another distribution into the epoch's activity. A deep copy or pickle of the model gets
+    the original forward back (``__reduce__``), so the copy is a plain model.
     """
 
-    def __init__(self, module: nn.Module, tap: object, fastpath) -> None:
+    __slots__ = ("original", "module", "accumulator", "active")
+
+    def __init__(self, module: nn.Module, accumulator: LayerAccumulator) -> None:
+        self.original = module.forward
+        self.module = module
+        self.accumulator = accumulator
+        self.active = True
+
+    def __call__(self, *args, **kwargs):
+        output = self.original(*args, **kwargs)
+        if self.active and self.module.training and torch.is_grad_enabled() and isinstance(output, torch.Tensor):
+            if torch.compiler.is_compiling():
+                self.accumulator.add_output(output)
+            else:
+                self.accumulator.forward_tap(output)
+        return output
+
+    def __reduce__(self):
+        return (kernels._same, (self.original,))
+
+
+class _ForwardHandle:
+    """Puts a module's forward back; removing twice is harmless."""
+
+    def __init__(self, module: nn.Module, wrapper: WatchedForward) -> None:
         self.module_ref = weakref.ref(module)
         self.own = module.__dict__.get("forward")  # a forward set on the instance before us (another wrapper)
-        self.wrapper = fastpath.Forward(module.forward, module, tap)
-        module.__dict__["forward"] = self.wrapper
+        self.wrapper = wrapper
+        module.__dict__["forward"] = wrapper
 
     def remove(self) -> None:
-        self.wrapper.deactivate()  # harmless wherever a reference to it survives, e.g. inside a later wrapper
+        self.wrapper.active = False  # harmless wherever a reference to it survives, e.g. inside a later wrapper
         module = self.module_ref()
         if module is not None and module.__dict__.get("forward") is self.wrapper:
             if self.own is None:
@@ -50,20 +99,31 @@ class NeuronRecorder:
     """Records per-neuron statistics of a model's layers; a context manager that removes its hooks on exit.
 
     Args:
-        model: the model to watch.
-        layers: names, glob patterns or module types (see :func:`select_layers`).
-        snapshot_every: take a snapshot on every N-th epoch (epochs are counted by the caller).
+        model: the model to watch (plain, or wrapped by ``DistributedDataParallel`` or ``torch.compile``).
+        layers: names, glob patterns or module types (see :func:`~mlflow_flux.recording.layers.select_layers`).
+        snapshot_every: take a snapshot on every N-th index given to :meth:`should_snapshot`.
+        optimizer: read gradients as this optimizer applies them (unscaled under a GradScaler, once per step under
+            gradient accumulation, synchronized under DDP, not at all for a step the scaler skips); without it, a
+            tensor hook adds each backward pass's gradient.
+
+    Raises:
+        FluxError: (at :meth:`attach`) a layer kind the recorder does not define, a sharded (FSDP) model, or
+            torch.distributed without ``optimizer=``.
     """
 
-    def __init__(self, model: nn.Module, layers: Sequence[LayerSpec] | None = None, snapshot_every: int = 1) -> None:
+    def __init__(self, model: nn.Module, layers: Sequence[LayerSpec] | None = None, snapshot_every: int = 1,
+                 optimizer: torch.optim.Optimizer | None = None) -> None:
         if snapshot_every < 1:
             raise FluxError(f"snapshot_every must be >= 1, got {snapshot_every}")
         self.model = model
         self.layer_specs = layers
         self.snapshot_every = snapshot_every
+        self.optimizer = optimizer
+        self.rank, self.world_size = 0, 1
         self._states: list[LayerAccumulator] = []
-        self._handles: list[torch.utils.hooks.RemovableHandle | _WrappedForward] = []
+        self._handles: list = []
         self._rows: tuple[np.ndarray, np.ndarray] | None = None
+        self._warned_unseen: set[str] = set()
 
     @property
     def layer_names(self) -> list[str]:
@@ -84,27 +144,44 @@ class NeuronRecorder:
         return bool(self._handles)
 
     def attach(self) -> "NeuronRecorder":
-        """Resolve the layers, allocate buffers and register the hooks."""
+        """Resolve the layers, allocate buffers and install the hooks."""
         if self.attached:
             return self
-        self._states = []
+        model = unwrap(self.model)
+        distributed.refuse_sharded(model)
+        self.rank, self.world_size = distributed.world()
+        if self.world_size > 1 and self.optimizer is None:
+            raise FluxError("under torch.distributed, pass watch(model, optimizer=optimizer): gradients are read as "
+                            "the optimizer applies them, once DDP has synchronized them")
+        layers = select_layers(model, self.layer_specs)
         fastpath = kernels.fastpath()
-        for name, module in select_layers(self.model, self.layer_specs):
-            state = LayerAccumulator(name, module, fastpath)
-            self._states.append(state)
-            if state.fast is not None:
-                self._handles.append(_WrappedForward(module, state.forward_hook, state.fast))
-            else:
-                self._handles.append(module.register_forward_hook(state.forward_hook))
-            if module.weight.requires_grad:
-                self._handles.append(module.weight.register_hook(state.grad_hook))
-        sizes = [state.size for state in self._states]
+        self._states = [LayerAccumulator(layer, fastpath) for layer in layers]
+        try:
+            for layer, state in zip(layers, self._states):
+                self._handles.append(_ForwardHandle(layer.module, WatchedForward(layer.module, state)))
+                if self.optimizer is None and layer.module.weight.requires_grad:
+                    self._handles.append(layer.module.weight.register_hook(state.grad_tap))
+            if self.optimizer is not None:
+                self._handles.append(self.optimizer.register_step_pre_hook(self._on_optimizer_step))
+        except BaseException:
+            self.detach()
+            raise
+        sizes = self.layer_sizes
         self._offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(int).tolist()
         self._rows = (
             np.repeat(np.arange(len(sizes), dtype=np.int32), sizes),
             np.concatenate([np.arange(size, dtype=np.int32) for size in sizes]),
         )
         return self
+
+    def _on_optimizer_step(self, optimizer, args, kwargs) -> None:
+        # A fused optimizer under a GradScaler unscales itself: the scaler hands it these two tensors.
+        scale, found_inf = getattr(optimizer, "grad_scale", None), getattr(optimizer, "found_inf", None)
+        for state in self._states:
+            module = state.module_ref()
+            grad = module.weight.grad if module is not None else None
+            if grad is not None:
+                state.add_applied_gradient(grad, scale, found_inf)
 
     def detach(self) -> None:
         """Remove every hook; calling it twice is harmless."""
@@ -118,35 +195,64 @@ class NeuronRecorder:
     def __exit__(self, *exc_info: object) -> None:
         self.detach()
 
-    def should_snapshot(self, epoch: int) -> bool:
-        return epoch % self.snapshot_every == 0
+    def should_snapshot(self, index: int) -> bool:
+        return index % self.snapshot_every == 0
 
-    def snapshot(self, epoch: int) -> Snapshot:
-        """Statistics of every watched neuron since the previous snapshot; resets the per-epoch sums."""
+    def snapshot(self, epoch: int) -> Snapshot | None:
+        """Statistics of every watched neuron since the previous snapshot; resets the sums.
+
+        Under torch.distributed every rank must call it at the same index (it gathers all ranks' sums once); only
+        rank 0 gets the snapshot, the others None.
+        """
         if self._rows is None:
             raise FluxError("the recorder is not attached: use it as a context manager or call attach() first")
+        with torch.no_grad():
+            if self.world_size > 1:
+                distributed.pool(self._states)
+                if self.rank != 0:
+                    for state in self._states:
+                        state.reset()
+                    return None
+            return self._snapshot(epoch)
+
+    def _snapshot(self, epoch: int) -> Snapshot:
         layer_index, neuron = self._rows
         stats = np.empty((len(neuron), len(STAT_COLUMNS)), dtype=np.float32)
         nonfinite, torch_path = 0, []
-        with torch.no_grad():
-            for state, start in zip(self._states, self._offsets):
-                module = state.module_ref()
-                if module is None:
-                    raise FluxError(f"layer {state.name!r} no longer exists")
-                counted = state.fast_snapshot(module, stats.ctypes.data + start * stats.strides[0])
-                if counted is None:
-                    torch_path.append((start, *state.stats(module)))
-                else:
-                    nonfinite += counted
-                state.reset()
-            if torch_path:
-                # The snapshot's one device-to-host copy for every layer the fast path did not take.
-                device = torch_path[0][1].device  # a model may span devices
-                host = torch.cat([block.to(device) for _, block, _ in torch_path]).cpu().numpy()
-                row = 0
-                for start, block, mask in torch_path:
-                    part = host[row : row + len(block)]
-                    row += len(block)
-                    stats[start : start + len(block)] = part
-                    nonfinite += int((~np.isfinite(part[:, mask])).sum())
+        for state, start in zip(self._states, self._offsets):
+            module = state.module_ref()
+            if module is None:
+                raise FluxError(f"layer {state.name!r} no longer exists")
+            counted = state.fast_snapshot(module, stats.ctypes.data + start * stats.strides[0])
+            if counted is None:
+                has_previous = state.previous_weight is not None
+                has_bias = weight_and_bias(module)[1] is not None
+                torch_path.append((start, state, state.stats(module), has_previous, has_bias))
+            else:
+                nonfinite += counted
+        if torch_path:
+            # The snapshot's one device-to-host copy for every layer the fast path did not take.
+            device = torch_path[0][2].device  # a model may span devices
+            host = torch.cat([block.to(device) for _, _, block, _, _ in torch_path]).cpu().numpy()
+            row = 0
+            for start, state, block, has_previous, has_bias in torch_path:
+                part = host[row : row + len(block)]
+                row += len(block)
+                stats[start : start + len(block)] = part[:, : len(STAT_COLUMNS)]
+                mask = LayerAccumulator.defined_mask(part, has_previous, has_bias)
+                nonfinite += int((~np.isfinite(part[:, : len(STAT_COLUMNS)]) & mask).sum())
+        self._warn_unseen(stats)
         return Snapshot(epoch, self.layer_names, layer_index, neuron, stats, nonfinite)
+
+    def _warn_unseen(self, stats: np.ndarray) -> None:
+        """A layer with gradients but no training forward pass was most likely compiled before watch() saw it."""
+        act_rate, grad_norm = STAT_COLUMNS.index("act_rate"), STAT_COLUMNS.index("grad_norm")
+        for state, start in zip(self._states, self._offsets):
+            if state.name in self._warned_unseen:
+                continue
+            rows = stats[start : start + state.size]
+            if np.isnan(rows[:, act_rate]).all() and np.isfinite(rows[:, grad_norm]).any():
+                self._warned_unseen.add(state.name)
+                _log.warning("layer %r had gradients but no training forward pass since the last snapshot; if the "
+                             "model was compiled and run before watch(), activity is not recorded: call "
+                             "mlflow_flux.watch(model) before torch.compile(model) runs it", state.name)

@@ -31,89 +31,121 @@ def test_the_loaded_extension_was_built_from_the_current_source():
     )
 
 
-def _tap(kind: int, channels: int, sums: torch.Tensor, ndim: int = 0):
-    """A tap writing into ``sums`` whose fallback fails the test: every call here must be taken in C."""
+ROWS = 6  # count, shifted sum, shifted sum of squares, positives, squared gradient norms, gradient passes
+
+
+def _buffers(channels: int):
+    return torch.zeros(ROWS, channels, dtype=torch.float64), torch.zeros(channels, dtype=torch.float32)
+
+
+def _tap(kind: int, channels: int, sums: torch.Tensor, shift: torch.Tensor, ndim: int = 0):
+    """A tap writing into ``sums``/``shift`` whose fallback fails the test: every call here must be taken in C."""
     def fallback(*args):
         raise AssertionError(f"the tap handed {len(args)} arguments to its fallback")
-    return fast.Tap(kind, channels, sums.data_ptr(), fallback, ndim)
+    return fast.Tap(kind, channels, sums.data_ptr(), shift.data_ptr(), fallback, ndim)
 
 
-TRAINING_MODULE = nn.Identity()  # in training mode: a forward tap counts its outputs
+def _activity(sums: torch.Tensor, shift: torch.Tensor) -> np.ndarray:
+    """(count, mean, std, positives) per neuron, the way layer_statistics reads the sums."""
+    n = sums[0]
+    centred = sums[1] / n
+    return torch.stack([n, shift.double() + centred, (sums[2] / n - centred**2).clamp_min(0).sqrt(), sums[3]]).numpy()
 
 
-def _expected_activations(y: np.ndarray) -> np.ndarray:
-    """(3, channels): sum, sum of squares, and how many are above zero."""
+def _expected(y: np.ndarray) -> np.ndarray:
     y = y.astype(np.float64)
-    return np.stack([y.sum(0), (y * y).sum(0), (y > 0).sum(0)])
+    return np.stack([np.full(y.shape[1], len(y)), y.mean(0), y.std(0), (y > 0).sum(0)])
 
 
 @pytest.mark.parametrize("rows, channels", [(1, 1), (3, 7), (64, 1024), (70, 515), (5000, 9)])
 def test_activation_rows_match_float64(rows, channels):
     y = torch.randn(rows, channels) * 3
     y[0, 0] = 0.0  # exactly zero does not fire
-    sums = torch.full((3, channels), 0.5, dtype=torch.float64)  # adds into what is there
-    tap = _tap(kernels.TAP_ROWS, channels, sums)
-    tap(TRAINING_MODULE, (), y)
-    assert tap.count == rows
-    np.testing.assert_allclose(sums.numpy() - 0.5, _expected_activations(y.numpy()), rtol=1e-5, atol=1e-4)
+    sums, shift = _buffers(channels)
+    _tap(kernels.TAP_ROWS, channels, sums, shift)(y)
+    np.testing.assert_allclose(_activity(sums, shift), _expected(y.numpy()), rtol=1e-5, atol=1e-5)
+
+
+def test_a_large_common_offset_loses_nothing():
+    # E[x^2] - E[x]^2 over float32 sums gave 0.0 or 0.23 here; the shifted sums give the spread.
+    torch.manual_seed(0)
+    y = (1000.0 + 1e-3 * torch.randn(2000, 5)).float()
+    sums, shift = _buffers(5)
+    tap = _tap(kernels.TAP_ROWS, 5, sums, shift)
+    for block in y.split(64):  # many steps: the first one sets the shift
+        tap(block)
+    np.testing.assert_allclose(_activity(sums, shift)[2], y.double().std(0, unbiased=False).numpy(), rtol=1e-4)
+    np.testing.assert_allclose(_activity(sums, shift)[1], y.double().mean(0).numpy(), rtol=1e-7)
+
+
+def test_bfloat16_outputs_are_reduced_in_float32():
+    y = torch.randn(33, 40).bfloat16()
+    sums, shift = _buffers(40)
+    _tap(kernels.TAP_ROWS, 40, sums, shift)(y)
+    np.testing.assert_allclose(_activity(sums, shift), _expected(y.float().numpy()), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 5, 5), (4, 16, 8, 8), (1, 2, 3), (3, 5, 2, 3, 4)])
 def test_activation_channel_planes_match_float64(shape):
     y = torch.randn(shape)
-    sums = torch.zeros(3, shape[1], dtype=torch.float64)
-    tap = _tap(kernels.TAP_PLANES, shape[1], sums, ndim=len(shape))
-    tap(TRAINING_MODULE, (), y)
-    assert tap.count == shape[0] * int(np.prod(shape[2:]))
+    sums, shift = _buffers(shape[1])
+    _tap(kernels.TAP_PLANES, shape[1], sums, shift, ndim=len(shape))(y)
     per_channel = y.transpose(0, 1).reshape(shape[1], -1).T.numpy()
-    np.testing.assert_allclose(sums.numpy(), _expected_activations(per_channel), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(_activity(sums, shift), _expected(per_channel), rtol=1e-5, atol=1e-5)
 
 
 def test_nan_and_inf_follow_the_torch_path():
     y = torch.tensor([[1.0, float("nan"), float("inf"), -float("inf"), -2.0]] * 9)
-    sums = torch.zeros(3, 5, dtype=torch.float64)
-    _tap(kernels.TAP_ROWS, 5, sums)(TRAINING_MODULE, (), y)
-    torch_path = torch.stack([y.sum(0), (y * y).sum(0), torch.relu(y).sign_().sum(0)]).double()
-    np.testing.assert_array_equal(sums.numpy(), torch_path.numpy())
+    sums, shift = _buffers(5)
+    _tap(kernels.TAP_ROWS, 5, sums, shift)(y)
+    activity = _activity(sums, shift)
+    assert activity[3].tolist() == [9.0, 0.0, 9.0, 0.0, 0.0]  # NaN does not fire
+    assert np.isfinite(activity[1, [0, 4]]).all() and not np.isfinite(activity[1, 1:4]).any()
 
 
 @pytest.mark.parametrize("rows, cols", [(1, 1), (256, 1024), (33, 17), (7, 8)])
-def test_row_sums_of_squares_match_float64(rows, cols):
+def test_gradient_rows_and_columns_match_float64(rows, cols):
     g = torch.randn(rows, cols)
-    out = torch.ones(rows, dtype=torch.float64)
-    tap = _tap(kernels.TAP_GRADIENT, rows, out)
-    tap(g)
-    assert tap.count == 1
-    np.testing.assert_allclose(out.numpy() - 1, (g.double() ** 2).sum(1).numpy(), rtol=1e-5)
+    by_row, shift = _buffers(rows)
+    _tap(kernels.TAP_GRADIENT_ROWS, rows, by_row, shift)(g)
+    np.testing.assert_allclose(by_row[4].numpy(), (g.double() ** 2).sum(1).numpy(), rtol=1e-5)
+    assert by_row[5].tolist() == [1.0] * rows
+    by_column, shift = _buffers(cols)  # transformers' Conv1D: a neuron per column of its (in, out) weight
+    _tap(kernels.TAP_GRADIENT_COLUMNS, cols, by_column, shift)(g)
+    np.testing.assert_allclose(by_column[4].numpy(), (g.double() ** 2).sum(0).numpy(), rtol=1e-5)
 
 
 @pytest.mark.parametrize("rows, cols", [(1, 1), (64, 256), (5, 13)])
 def test_layer_statistics_match_float64_copy_the_weights_and_zero_the_sums(rows, cols):
     w, previous, bias = torch.randn(rows, cols) + 0.3, torch.randn(rows, cols), torch.randn(rows)
     before = previous.double().clone()
-    sums = torch.rand(4, rows, dtype=torch.float64) * 10
+    sums = torch.rand(ROWS, rows, dtype=torch.float64) * 10
+    sums[0], sums[5] = 5.0, 2.0
+    shift = torch.randn(rows)
     expected_sums = sums.clone()
     positions = (8, 7, 6, 5, 4, 3, 2, 1, 0)  # written in reverse, to check they are honoured
     out = np.empty((rows, 9), dtype=np.float32)
     nonfinite = fast.layer_statistics(w.data_ptr(), previous.data_ptr(), rows, cols, True, bias.data_ptr(),
-                                      sums.data_ptr(), 5, 2, out.ctypes.data, positions)
-    wd, (s, q, p, g) = w.double(), expected_sums
+                                      sums.data_ptr(), shift.data_ptr(), out.ctypes.data, positions)
+    wd, (n, s1, s2, p, g, m) = w.double(), expected_sums
     expected = [wd.mean(1), wd.std(1, unbiased=False), wd.norm(dim=1), (wd - before).norm(dim=1), bias.double(),
-                s / 5, (q / 5 - (s / 5) ** 2).clamp_min(0).sqrt(), p / 5, (g / 2).sqrt()]
+                shift.double() + s1 / n, (s2 / n - (s1 / n) ** 2).clamp_min(0).sqrt(), p / n, (g / m).sqrt()]
     np.testing.assert_allclose(out[:, ::-1].T, torch.stack(expected).numpy(), rtol=1e-5, atol=1e-6)
     assert nonfinite == 0 and torch.equal(previous, w) and not sums.any()
     # Nothing to compare with, no bias, no samples, no passes: NaN, and not counted as non-finite.
-    nonfinite = fast.layer_statistics(w.data_ptr(), previous.data_ptr(), rows, cols, False, 0, sums.data_ptr(), 0, 0,
-                                      out.ctypes.data, tuple(range(9)))
+    nonfinite = fast.layer_statistics(w.data_ptr(), previous.data_ptr(), rows, cols, False, 0, sums.data_ptr(),
+                                      shift.data_ptr(), out.ctypes.data, tuple(range(9)))
     assert nonfinite == 0 and np.isnan(out[:, 3:]).all() and np.isfinite(out[:, :3]).all()
 
 
 def test_layer_statistics_count_defined_values_that_are_not_finite():
     w, previous = torch.tensor([[1.0, float("inf")], [1.0, 2.0]]), torch.zeros(2, 2)
-    sums = torch.tensor([[1.0, float("nan")], [1.0, 1.0], [1.0, 1.0], [4.0, 4.0]], dtype=torch.float64)
+    sums = torch.tensor([[1.0, 1.0], [1.0, float("nan")], [1.0, 1.0], [1.0, 1.0], [4.0, 4.0], [1.0, 1.0]],
+                        dtype=torch.float64)
+    shift = torch.zeros(2)
     out = np.empty((2, 9), dtype=np.float32)
-    nonfinite = fast.layer_statistics(w.data_ptr(), previous.data_ptr(), 2, 2, True, 0, sums.data_ptr(), 1, 1,
-                                      out.ctypes.data, tuple(range(9)))
+    nonfinite = fast.layer_statistics(w.data_ptr(), previous.data_ptr(), 2, 2, True, 0, sums.data_ptr(),
+                                      shift.data_ptr(), out.ctypes.data, tuple(range(9)))
     # Row 0: mean, std (inf - inf), norm, step of the inf weight; row 1: act_mean and act_std of the NaN sum.
     assert nonfinite == int((~np.isfinite(out[:, [0, 1, 2, 3, 5, 6, 7, 8]])).sum()) == 6
 
