@@ -65,10 +65,10 @@ def synthetic_trace(epochs: int, rng: np.random.Generator) -> pa.Table:
     firing = (rng.random(n) > 0.25).astype(np.float32)
     batches = []
     for e in range(epochs):
-        stats = rng.random((n, len(STAT_COLUMNS)), dtype=np.float32)
-        stats[:, STAT_COLUMNS.index("w_std")] = w_std[e]
-        stats[:, STAT_COLUMNS.index("bias")] = bias[e]
-        stats[:, STAT_COLUMNS.index("act_rate")] *= firing
+        stats = rng.random((len(STAT_COLUMNS), n), dtype=np.float32)
+        stats[STAT_COLUMNS.index("w_std")] = w_std[e]
+        stats[STAT_COLUMNS.index("bias")] = bias[e]
+        stats[STAT_COLUMNS.index("act_rate")] *= firing
         batches.append(schema.snapshot_to_batch(Snapshot(e, names, layer_index, neuron, stats, 0)))
     return pa.Table.from_batches(batches)
 

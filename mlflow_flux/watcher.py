@@ -36,7 +36,7 @@ from .recording.recorder import NeuronRecorder
 from .report.plots import RunFigureData
 from .traces.metrics import MetricLogger
 from .traces.mlflow_adapter import abandon_active_run
-from .traces.schema import SUMMARY_COLUMNS, Snapshot, snapshot_to_batch
+from .traces.schema import SUMMARY_COLUMNS, BatchBuilder, Snapshot
 from .traces.server import check_reachable, health_probe
 from .traces.sink import TraceSink, TraceWriteError
 
@@ -155,6 +155,7 @@ class FluxWatcher:
         self.sink: TraceSink | None = None
         self.result: WatchResult | None = None
         self._figures: RunFigureData | None = None
+        self._batches = BatchBuilder()
         self._recent: dict[str, collections.deque] = {}
         self._last_epoch: int | None = None
         self._snapshots = 0
@@ -288,7 +289,7 @@ class FluxWatcher:
         if self.recorder.should_snapshot(epoch):
             snapshot = self.recorder.snapshot(int(epoch))
             try:
-                self.sink.write(snapshot_to_batch(snapshot))
+                self.sink.write(self._batches(snapshot))
             except TraceWriteError:
                 self.recorder.detach()  # the recorder stops: one error, not one per epoch
                 raise

@@ -42,7 +42,7 @@
 
 /* On x86-64 Linux, GCC builds an AVX2 clone beside the baseline one and picks at load time. */
 #if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__) && !defined(__clang__)
-#define SIMD_CLONES __attribute__((target_clones("avx2", "default")))
+#define SIMD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define SIMD_CLONES
 #endif
@@ -100,6 +100,41 @@ static void rows_shift(const void *restrict data, int half, Py_ssize_t rows, Py_
     }
 }
 
+/* One value of a Linear's output, float32 or bfloat16. */
+static inline float load_value(const void *data, int half, Py_ssize_t at)
+{
+    return half ? bf16_to_float(((const uint16_t *)data)[at]) : ((const float *)data)[at];
+}
+
+/* The rows kernel's body, for float32 (HALF 0) or bfloat16 (HALF 1): four rows per pass over a chunk of columns,
+ * so the shift is loaded and each partial sum updated once per four rows (the loop is memory bound in L1). */
+#define ROWS_KERNEL(HALF)                                                                                          \
+    {                                                                                                              \
+        Py_ssize_t r = start;                                                                                      \
+        for (; r + 4 <= stop; r += 4) {                                                                            \
+            Py_ssize_t at = r * channels + c0;                                                                     \
+            for (Py_ssize_t c = 0; c < width; ++c) {                                                               \
+                float a = centre[c];                                                                               \
+                float x0 = load_value(data, HALF, at + c), x1 = load_value(data, HALF, at + channels + c);          \
+                float x2 = load_value(data, HALF, at + 2 * channels + c);                                          \
+                float x3 = load_value(data, HALF, at + 3 * channels + c);                                          \
+                float d0 = x0 - a, d1 = x1 - a, d2 = x2 - a, d3 = x3 - a;                                          \
+                s[c] += (d0 + d1) + (d2 + d3);                                                                     \
+                q[c] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);                                                 \
+                p[c] += (fires(x0) + fires(x1)) + (fires(x2) + fires(x3));                                         \
+            }                                                                                                      \
+        }                                                                                                          \
+        for (; r < stop; ++r) {                                                                                    \
+            Py_ssize_t at = r * channels + c0;                                                                     \
+            for (Py_ssize_t c = 0; c < width; ++c) {                                                               \
+                float x = load_value(data, HALF, at + c), d = x - centre[c];                                       \
+                s[c] += d;                                                                                         \
+                q[c] += d * d;                                                                                     \
+                p[c] += fires(x);                                                                                  \
+            }                                                                                                      \
+        }                                                                                                          \
+    }
+
 SIMD_CLONES
 static void activations_rows(const void *restrict data, int half, Py_ssize_t rows, Py_ssize_t channels,
                              const float *restrict shift, double *restrict sums)
@@ -114,27 +149,10 @@ static void activations_rows(const void *restrict data, int half, Py_ssize_t row
             const float *centre = shift + c0;
             for (Py_ssize_t c = 0; c < width; ++c)
                 s[c] = q[c] = p[c] = 0.0f;
-            if (half) {
-                for (Py_ssize_t r = start; r < stop; ++r) {
-                    const uint16_t *v = (const uint16_t *)data + r * channels + c0;
-                    for (Py_ssize_t c = 0; c < width; ++c) {
-                        float x = bf16_to_float(v[c]), d = x - centre[c];
-                        s[c] += d;
-                        q[c] += d * d;
-                        p[c] += fires(x);
-                    }
-                }
-            } else {
-                for (Py_ssize_t r = start; r < stop; ++r) {
-                    const float *v = (const float *)data + r * channels + c0;
-                    for (Py_ssize_t c = 0; c < width; ++c) {
-                        float d = v[c] - centre[c];
-                        s[c] += d;
-                        q[c] += d * d;
-                        p[c] += fires(v[c]);
-                    }
-                }
-            }
+            if (half)
+                ROWS_KERNEL(1)
+            else
+                ROWS_KERNEL(0)
             for (Py_ssize_t c = 0; c < width; ++c) {
                 sum[c0 + c] += s[c];
                 sumsq[c0 + c] += q[c];
@@ -247,9 +265,48 @@ static void add_to_row(double *row, Py_ssize_t channels, double value)
 
 /* ---- Snapshot ---------------------------------------------------------------------------------------------- */
 
+/* A row's mean, then the centred squares: torch's two passes (a first snapshot, or a row whose mean moved). */
 SIMD_CLONES
-static void weight_stats(const float *restrict w, float *restrict previous, Py_ssize_t rows, Py_ssize_t cols,
-                         int has_previous, double *restrict out)
+static void row_moments(const float *restrict row, Py_ssize_t cols, double *mean, double *sumsq_centred)
+{
+    const lanes zero = {0};
+    Py_ssize_t vector_cols = cols - cols % 8, c;
+    lanes sum = zero;
+    for (c = 0; c < vector_cols; c += 8) {
+        lanes v;
+        memcpy(&v, row + c, sizeof v);
+        sum += v;
+    }
+    double total = lanes_total(sum);
+    for (; c < cols; ++c)
+        total += row[c];
+    double m = cols ? total / cols : 0.0;
+    lanes centred = zero, fm = zero + (float)m;
+    for (c = 0; c < vector_cols; c += 8) {
+        lanes v;
+        memcpy(&v, row + c, sizeof v);
+        lanes d = v - fm;
+        centred += d * d;
+    }
+    double sc = lanes_total(centred);
+    for (; c < cols; ++c) {
+        double d = row[c] - (float)m;
+        sc += d * d;
+    }
+    /* Centred on float(m), not m: correct the sum by the difference (exactly what the second pass of torch's
+     * std does in float64). */
+    double off = (float)m - m;
+    *mean = m;
+    *sumsq_centred = sc - cols * off * off;
+}
+
+/* Weight mean, population std, L2 norm and step of each row, in one pass over the weights and their previous copy
+ * (which then takes their values): the sums are centred on the row's mean at the previous snapshot (`means`,
+ * updated here), which weights move little from between two snapshots, so they lose nothing to cancellation. A
+ * row whose mean moved by more than half its spread is measured again in two passes: exact either way. */
+SIMD_CLONES
+static void weight_stats(const float *restrict w, float *restrict previous, double *restrict means, Py_ssize_t rows,
+                         Py_ssize_t cols, int has_previous, double *restrict out)
 {
     double *mean = out, *std = out + rows, *norm = out + 2 * rows, *step = out + 3 * rows;
     const lanes zero = {0};
@@ -257,40 +314,40 @@ static void weight_stats(const float *restrict w, float *restrict previous, Py_s
         const float *row = w + r * cols;
         float *before = previous + r * cols;
         Py_ssize_t vector_cols = cols - cols % 8, c;
-        lanes sum = zero;
-        for (c = 0; c < vector_cols; c += 8) {
-            lanes v;
-            memcpy(&v, row + c, sizeof v);
-            sum += v;
-        }
-        double total = lanes_total(sum);
-        for (; c < cols; ++c)
-            total += row[c];
-        double m = cols ? total / cols : 0.0;
-        /* Second pass, as torch's std: the centred squares, the plain squares for the norm, the step's squares. */
-        lanes centred = zero, squares = zero, moved = zero, fm = zero + (float)m;
+        float centre = has_previous ? (float)means[r] : 0.0f;
+        lanes s = zero, q = zero, moved = zero, fc = zero + centre;
         for (c = 0; c < vector_cols; c += 8) {
             lanes v, b;
             memcpy(&v, row + c, sizeof v);
             memcpy(&b, before + c, sizeof b);
-            lanes d = v - fm, s = v - b;
-            centred += d * d;
-            squares += v * v;
-            moved += s * s;
+            lanes d = v - fc, m = v - b;
+            s += d;
+            q += d * d;
+            moved += m * m;
             memcpy(before + c, &v, sizeof v);
         }
-        double sc = lanes_total(centred), sq = lanes_total(squares), sm = lanes_total(moved);
+        double ts = lanes_total(s), tq = lanes_total(q), tm = lanes_total(moved);
         for (; c < cols; ++c) {
-            double v = row[c], d = v - (float)m, s = v - before[c];
-            sc += d * d;
-            sq += v * v;
-            sm += s * s;
+            double d = row[c] - centre, m = row[c] - before[c];
+            ts += d;
+            tq += d * d;
+            tm += m * m;
             before[c] = row[c];
         }
+        double m = cols ? centre + ts / cols : 0.0, centred = cols ? ts / cols : 0.0;
+        double variance = cols ? tq / cols - centred * centred : 0.0;
+        if (!has_previous || centred * centred > 0.25 * (tq / (cols ? cols : 1))) {
+            double sc;
+            row_moments(row, cols, &m, &sc);
+            variance = cols ? sc / cols : 0.0;
+        }
+        if (variance < 0)
+            variance = 0.0; /* rounding below 0 is 0; NaN stays NaN */
+        means[r] = m;
         mean[r] = m;
-        std[r] = cols ? sqrt(sc / cols) : 0.0;
-        norm[r] = sqrt(sq);
-        step[r] = has_previous ? sqrt(sm) : NAN;
+        std[r] = sqrt(variance);
+        norm[r] = sqrt(cols * (variance + m * m));
+        step[r] = has_previous ? sqrt(tm) : NAN;
     }
 }
 
@@ -299,16 +356,17 @@ enum { W_MEAN, W_STD, W_NORM, W_STEP, BIAS, ACT_MEAN, ACT_STD, ACT_RATE, GRAD_NO
 
 static PyObject *layer_statistics(PyObject *self, PyObject *args)
 {
-    unsigned long long w_address, previous_address, bias_address, sums_address, shift_address, out_address;
-    Py_ssize_t rows, cols;
+    unsigned long long w_address, previous_address, means_address, bias_address, sums_address, shift_address;
+    unsigned long long out_address;
+    Py_ssize_t rows, cols, stride;
     int has_previous, at[N_STATS];
-    if (!PyArg_ParseTuple(args, "KKnnpKKKK(iiiiiiiii)", &w_address, &previous_address, &rows, &cols, &has_previous,
-                          &bias_address, &sums_address, &shift_address, &out_address, &at[W_MEAN], &at[W_STD],
-                          &at[W_NORM], &at[W_STEP], &at[BIAS], &at[ACT_MEAN], &at[ACT_STD], &at[ACT_RATE],
-                          &at[GRAD_NORM]))
+    if (!PyArg_ParseTuple(args, "KKnnpKKKKKn(iiiiiiiii)", &w_address, &previous_address, &rows, &cols, &has_previous,
+                          &means_address, &bias_address, &sums_address, &shift_address, &out_address, &stride,
+                          &at[W_MEAN], &at[W_STD], &at[W_NORM], &at[W_STEP], &at[BIAS], &at[ACT_MEAN], &at[ACT_STD],
+                          &at[ACT_RATE], &at[GRAD_NORM]))
         return NULL;
-    if (rows < 0 || cols < 0) {
-        PyErr_SetString(PyExc_ValueError, "rows and cols must be >= 0");
+    if (rows < 0 || cols < 0 || stride < rows) {
+        PyErr_SetString(PyExc_ValueError, "rows and cols must be >= 0, and stride >= rows");
         return NULL;
     }
     for (int k = 0; k < N_STATS; ++k)
@@ -325,8 +383,8 @@ static PyObject *layer_statistics(PyObject *self, PyObject *args)
     float *out = (float *)(uintptr_t)out_address;
     long long nonfinite = 0;
     BEGIN_ALLOW_THREADS_IF(rows * cols >= RELEASE_GIL_ELEMENTS)
-    weight_stats((const float *)(uintptr_t)w_address, (float *)(uintptr_t)previous_address, rows, cols, has_previous,
-                 weights);
+    weight_stats((const float *)(uintptr_t)w_address, (float *)(uintptr_t)previous_address,
+                 (double *)(uintptr_t)means_address, rows, cols, has_previous, weights);
     for (Py_ssize_t r = 0; r < rows; ++r) {
         double n = sums[COUNT * rows + r], passes = sums[GRAD_PASSES * rows + r], value[N_STATS];
         /* NaN also stands for "not defined" (no bias, no previous snapshot, no samples): only defined values count. */
@@ -348,7 +406,7 @@ static PyObject *layer_statistics(PyObject *self, PyObject *args)
         value[GRAD_NORM] = passes > 0 ? sqrt(sums[GRAD_SUMSQ * rows + r] / passes) : NAN;
         for (int k = 0; k < N_STATS; ++k) {
             float stored = (float)value[k];
-            out[r * N_STATS + at[k]] = stored;
+            out[at[k] * stride + r] = stored; /* column-major: each statistic is one contiguous column */
             nonfinite += defined[k] && !isfinite(stored);
         }
     }
@@ -627,12 +685,13 @@ static PyObject *setup(PyObject *self, PyObject *args)
 
 static PyMethodDef methods[] = {
     {"layer_statistics", layer_statistics, METH_VARARGS,
-     "layer_statistics(w, previous, rows, cols, has_previous, bias, sums, shift, out, positions): one layer's "
-     "snapshot. Weight mean, population std, L2 norm and step from previous (which then takes w's values) of a "
-     "float32 (rows, cols) block, bias from a float32 vector (address 0: none), activation mean, std and rate and "
-     "gradient RMS norm from the float64 (6, rows) sums (then zeroed) and the float32 shift, written as float32 into "
-     "rows of 9 at `out` in the column positions given for (w_mean, w_std, w_norm, w_step, bias, act_mean, act_std, "
-     "act_rate, grad_norm). Returns how many defined values are not finite."},
+     "layer_statistics(w, previous, rows, cols, has_previous, means, bias, sums, shift, out, stride, positions): "
+     "one layer's snapshot. Weight mean, population std, L2 norm and step from previous (which then takes w's "
+     "values) of a float32 (rows, cols) block, centred on the float64 row means of the last snapshot (then updated), "
+     "bias from a float32 vector (address 0: none), activation mean, std and rate "
+     "and gradient RMS norm from the float64 (6, rows) sums (then zeroed) and the float32 shift, written as float32 "
+     "column-major at `out` (statistic k of row r at out[positions[k] * stride + r]) for (w_mean, w_std, w_norm, "
+     "w_step, bias, act_mean, act_std, act_rate, grad_norm). Returns how many defined values are not finite."},
     {"setup", setup, METH_VARARGS,
      "setup(torch.Tensor, torch.float32, torch.bfloat16, torch.strided, detached, same): what the taps compare "
      "against, the factory a copied tap reduces to, and the identity a copied wrapper reduces through."},

@@ -181,9 +181,9 @@ class LayerAccumulator:
     def reset(self) -> None:
         self.sums.zero_()
 
-    def fast_snapshot(self, module: nn.Module, out_address: int) -> int | None:
-        """Write this layer's snapshot rows (float32, ``len(STAT_COLUMNS)`` per neuron) at ``out_address`` in C, and
-        zero the sums.
+    def fast_snapshot(self, module: nn.Module, out_address: int, stride: int) -> int | None:
+        """Write this layer's statistics (float32, column-major: ``stride`` values from one statistic to the next)
+        at ``out_address`` in C, and zero the sums.
 
         Returns:
             How many defined values are not finite, or ``None`` when the torch path must take the layer (no
@@ -200,10 +200,11 @@ class LayerAccumulator:
         fan_in = weight.numel() // self.size
         if not has_previous:
             self.previous_weight = torch.empty(self.size, fan_in, dtype=torch.float32)
+            self._row_means = torch.empty(self.size, dtype=torch.float64)  # the C code centres the next snapshot here
         return self.fast.layer_statistics(
             weight.data_ptr(), self.previous_weight.data_ptr(), self.size, fan_in, has_previous,
-            bias.data_ptr() if bias is not None else 0, self.sums.data_ptr(), self.shift.data_ptr(), out_address,
-            FAST_POSITIONS,
+            self._row_means.data_ptr(), bias.data_ptr() if bias is not None else 0, self.sums.data_ptr(), self.shift.data_ptr(), out_address,
+            stride, FAST_POSITIONS,
         )
 
     def stats(self, module: nn.Module) -> torch.Tensor:

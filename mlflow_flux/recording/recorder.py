@@ -124,6 +124,7 @@ class NeuronRecorder:
         self._handles: list = []
         self._rows: tuple[np.ndarray, np.ndarray] | None = None
         self._warned_unseen: set[str] = set()
+        self._snapshots = 0
 
     @property
     def layer_names(self) -> list[str]:
@@ -168,6 +169,7 @@ class NeuronRecorder:
             raise
         sizes = self.layer_sizes
         self._offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(int).tolist()
+        self._slices = tuple(slice(start, start + size) for start, size in zip(self._offsets, sizes))
         self._rows = (
             np.repeat(np.arange(len(sizes), dtype=np.int32), sizes),
             np.concatenate([np.arange(size, dtype=np.int32) for size in sizes]),
@@ -217,13 +219,14 @@ class NeuronRecorder:
 
     def _snapshot(self, epoch: int) -> Snapshot:
         layer_index, neuron = self._rows
-        stats = np.empty((len(neuron), len(STAT_COLUMNS)), dtype=np.float32)
+        # Column-major: each statistic is one contiguous column, which Arrow takes without a copy.
+        stats = np.empty((len(STAT_COLUMNS), len(neuron)), dtype=np.float32)
         nonfinite, torch_path = 0, []
         for state, start in zip(self._states, self._offsets):
             module = state.module_ref()
             if module is None:
                 raise FluxError(f"layer {state.name!r} no longer exists")
-            counted = state.fast_snapshot(module, stats.ctypes.data + start * stats.strides[0])
+            counted = state.fast_snapshot(module, stats.ctypes.data + start * stats.itemsize, len(neuron))
             if counted is None:
                 has_previous = state.previous_weight is not None
                 has_bias = weight_and_bias(module)[1] is not None
@@ -238,20 +241,21 @@ class NeuronRecorder:
             for start, state, block, has_previous, has_bias in torch_path:
                 part = host[row : row + len(block)]
                 row += len(block)
-                stats[start : start + len(block)] = part[:, : len(STAT_COLUMNS)]
+                stats[:, start : start + len(block)] = part[:, : len(STAT_COLUMNS)].T
                 mask = LayerAccumulator.defined_mask(part, has_previous, has_bias)
                 nonfinite += int((~np.isfinite(part[:, : len(STAT_COLUMNS)]) & mask).sum())
-        self._warn_unseen(stats)
-        return Snapshot(epoch, self.layer_names, layer_index, neuron, stats, nonfinite)
+        self._snapshots += 1
+        if self._snapshots <= 2:  # what the check catches shows from the first snapshot on
+            self._warn_unseen(stats)
+        return Snapshot(epoch, self.layer_names, layer_index, neuron, stats, nonfinite, self._slices)
 
     def _warn_unseen(self, stats: np.ndarray) -> None:
         """A layer with gradients but no training forward pass was most likely compiled before watch() saw it."""
         act_rate, grad_norm = STAT_COLUMNS.index("act_rate"), STAT_COLUMNS.index("grad_norm")
-        for state, start in zip(self._states, self._offsets):
+        for state, rows in zip(self._states, self._slices):
             if state.name in self._warned_unseen:
                 continue
-            rows = stats[start : start + state.size]
-            if np.isnan(rows[:, act_rate]).all() and np.isfinite(rows[:, grad_norm]).any():
+            if np.isnan(stats[act_rate, rows]).all() and np.isfinite(stats[grad_norm, rows]).any():
                 self._warned_unseen.add(state.name)
                 _log.warning("layer %r had gradients but no training forward pass since the last snapshot; if the "
                              "model was compiled and run before watch(), activity is not recorded: call "

@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from ..fluctuation import median
+
 __all__ = [
     "RunFigureData",
     "neuron_lines_figure",
@@ -21,6 +23,7 @@ __all__ = [
 ]
 
 _MAX_LINES = 48  # neurons drawn per panel: enough to see the spread, few enough to see anything
+_MEDIAN_SAMPLE = 256  # neurons whose median is the thick line: all of them up to this width
 _MAX_COLUMNS = 400  # heatmap columns: longer runs are averaged into at most this many bins of snapshots
 _MAX_ROWS = 256  # heatmap rows: wider layers are averaged into this many bins of neurons
 
@@ -43,8 +46,11 @@ class _LayerFigureData:
         self.name = name
         self.width = width
         self.sample = np.arange(0, width, max(1, width // _MAX_LINES))[:_MAX_LINES]
+        self.median_sample = np.linspace(0, width - 1, min(width, _MEDIAN_SAMPLE)).astype(int)
         self.lines: dict[str, list[np.ndarray]] = {"w_std": [], "bias": []}
-        self.medians: dict[str, list[float]] = {"w_std": [], "bias": []}
+        # Medians are taken when drawing, from these columns: a selection per layer per snapshot was the largest
+        # part of a snapshot's cost.
+        self.median_columns: dict[str, list[np.ndarray]] = {"w_std": [], "bias": []}
         # w_step heatmap: neurons averaged into row bins, snapshots into column bins of `span` snapshots each
         self.row_starts = np.linspace(0, width, min(width, _MAX_ROWS) + 1).astype(int)[:-1]
         self.row_sizes = np.diff(np.r_[self.row_starts, width])
@@ -59,14 +65,17 @@ class _LayerFigureData:
         for name in ("w_std", "bias"):
             values = columns[name]
             self.lines[name].append(values[self.sample].astype(np.float32))
-            finite = values[np.isfinite(values)]
-            self.medians[name].append(float(np.median(finite)) if finite.size else np.nan)
+            self.median_columns[name].append(values[self.median_sample].astype(np.float32))
         step = columns["w_step"].astype(np.float64)
         finite = np.isfinite(step)
         if self._partial_snapshots == 0:
             self._partial_epoch = epoch
-        self._partial[0] += np.add.reduceat(np.where(finite, step, 0.0), self.row_starts)
-        self._partial[1] += np.add.reduceat(finite.astype(np.float64), self.row_starts)
+        if len(self.row_starts) == self.width:  # a row per neuron: nothing to bin (reduceat costs ~50 us a call)
+            self._partial[0] += np.where(finite, step, 0.0)
+            self._partial[1] += finite
+        else:
+            self._partial[0] += np.add.reduceat(np.where(finite, step, 0.0), self.row_starts)
+            self._partial[1] += np.add.reduceat(finite.astype(np.float64), self.row_starts)
         self._partial_snapshots += 1
         if self._partial_snapshots == self.span:
             self._finish_column()
@@ -82,6 +91,10 @@ class _LayerFigureData:
             self.columns, self.column_epochs = pairs, self.column_epochs[::2]
             self.span *= 2
 
+    def medians(self, name: str) -> np.ndarray:
+        """The layer's median of ``name`` at each snapshot (over up to 256 evenly spaced neurons)."""
+        return median(np.stack(self.median_columns[name]))
+
     def heatmap(self) -> tuple[np.ndarray, list[int]]:
         columns, epochs = list(self.columns), list(self.column_epochs)
         if self._partial_snapshots:
@@ -94,9 +107,10 @@ class _LayerFigureData:
 class RunFigureData:
     """What one run's figures draw, gathered snapshot by snapshot, so that drawing them never reads the trace back.
 
-    Per layer it keeps ``w_std`` and ``bias`` of at most 48 neurons and the layer median, and a ``w_step`` grid of
-    at most 256 neuron bins x 400 snapshot bins; plus the participating fractions of the live summaries. Memory
-    grows with the number of snapshots by a few hundred bytes per layer, never with the layer's width.
+    Per layer it keeps ``w_std`` and ``bias`` of at most 48 neurons (the thin lines) and of at most 256 evenly spaced
+    ones (their median is the thick line: the layer's median up to that width), and a ``w_step`` grid of at most
+    256 neuron bins x 400 snapshot bins; plus the participating fractions of the live summaries. Memory grows with
+    the number of snapshots by a few kilobytes per layer, never with the layer's width.
     """
 
     def __init__(self, layers: Sequence[tuple[str, int]]) -> None:
@@ -137,7 +151,7 @@ def neuron_lines_figure(data: RunFigureData, column: str, title: str, ylabel: st
     fig, axes = _panels(len(data.layers), title)
     for ax, layer in zip(axes, data.layers):
         ax.plot(data.epochs, np.stack(layer.lines[column]), lw=0.5, alpha=0.5)
-        ax.plot(data.epochs, layer.medians[column], color="black", lw=1.8, label="median")
+        ax.plot(data.epochs, layer.medians(column), color="black", lw=1.8, label="median")
         ax.set_title(f"{layer.name} ({layer.width} neurons)", fontsize=9)
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)

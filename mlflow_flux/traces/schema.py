@@ -26,6 +26,7 @@ __all__ = [
     "PARTS_DIR",
     "PARQUET_OPTIONS",
     "Snapshot",
+    "BatchBuilder",
     "snapshot_to_batch",
     "write_trace_table",
 ]
@@ -61,37 +62,59 @@ PARQUET_OPTIONS = {
 
 @dataclass
 class Snapshot:
-    """One snapshot of every watched neuron: row ``r`` is neuron ``neuron[r]`` of layer ``layers[layer_index[r]]``."""
+    """One snapshot of every watched neuron: row ``r`` is neuron ``neuron[r]`` of layer ``layers[layer_index[r]]``.
+
+    ``stats`` is column-major, ``(len(STAT_COLUMNS), rows)``: each statistic is one contiguous array, which Arrow
+    takes without a copy. ``slices`` gives each layer's rows (the recorder knows them; None: found here).
+    """
 
     epoch: int
     layers: list[str]
     layer_index: np.ndarray  # int32, one per row
     neuron: np.ndarray  # int32, one per row
-    stats: np.ndarray  # float32, (rows, len(STAT_COLUMNS))
+    stats: np.ndarray  # float32, (len(STAT_COLUMNS), rows)
     nonfinite: int  # defined values that are NaN or inf
+    slices: tuple[slice, ...] | None = None  # each layer's rows, in the order of `layers`
 
     def column(self, name: str) -> np.ndarray:
-        return self.stats[:, STAT_COLUMNS.index(name)]
+        return self.stats[STAT_COLUMNS.index(name)]
 
     def layer_slice(self, name: str) -> slice:
         index = self.layers.index(name)
+        if self.slices is not None:
+            return self.slices[index]
         rows = np.flatnonzero(self.layer_index == index)
         return slice(int(rows[0]), int(rows[-1]) + 1)
 
 
+class BatchBuilder:
+    """Snapshots to Arrow record batches. The layer and neuron columns are the same in every snapshot of a recorder,
+    so they are built once; the statistics' columns are taken without a copy."""
+
+    def __init__(self) -> None:
+        self._layout: tuple | None = None  # (the arrays they were built from, the layer names, the Arrow columns)
+
+    def __call__(self, snapshot: Snapshot) -> pa.RecordBatch:
+        layout = self._layout
+        if (layout is None or layout[0][0] is not snapshot.layer_index or layout[0][1] is not snapshot.neuron
+                or layout[1] != snapshot.layers):
+            layer = pa.DictionaryArray.from_arrays(pa.array(snapshot.layer_index, pa.int32()),
+                                                   pa.array(snapshot.layers, pa.string()))
+            layout = self._layout = ((snapshot.layer_index, snapshot.neuron), list(snapshot.layers),
+                                     (layer, pa.array(snapshot.neuron)))
+        layer, neuron = layout[2]
+        columns = [
+            pa.array(np.full(len(snapshot.neuron), snapshot.epoch, dtype=np.int32)),
+            layer,
+            neuron,
+            *[pa.array(np.ascontiguousarray(snapshot.stats[i])) for i in range(len(STAT_COLUMNS))],
+        ]
+        return pa.RecordBatch.from_arrays(columns, schema=TRACE_SCHEMA)
+
+
 def snapshot_to_batch(snapshot: Snapshot) -> pa.RecordBatch:
     """One Arrow record batch with the rows of a snapshot."""
-    rows = len(snapshot.neuron)
-    layer = pa.DictionaryArray.from_arrays(
-        pa.array(snapshot.layer_index, pa.int32()), pa.array(snapshot.layers, pa.string())
-    )
-    columns = [
-        pa.array(np.full(rows, snapshot.epoch, dtype=np.int32)),
-        layer,
-        pa.array(snapshot.neuron),
-        *[pa.array(np.ascontiguousarray(snapshot.stats[:, i])) for i in range(len(STAT_COLUMNS))],
-    ]
-    return pa.RecordBatch.from_arrays(columns, schema=TRACE_SCHEMA)
+    return BatchBuilder()(snapshot)
 
 
 def write_trace_table(table: pa.Table, path: str | Path) -> None:

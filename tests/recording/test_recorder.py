@@ -41,7 +41,7 @@ def test_a_snapshot_equals_float64_arithmetic_on_the_same_tensors(monkeypatch, f
         np.testing.assert_allclose(snap.column(column)[rows], values.numpy(), rtol=2e-5, atol=1e-7, err_msg=column)
     assert np.isnan(first.column("act_mean")).all() and np.isnan(first.column("w_step")).all()
     assert first.nonfinite == 0 and snap.nonfinite == 0
-    assert list(snap.layers) == ["0", "2"] and snap.stats.shape == (8, len(STAT_COLUMNS))
+    assert list(snap.layers) == ["0", "2"] and snap.stats.shape == (len(STAT_COLUMNS), 8)
 
 
 @pytest.mark.parametrize("fastpath", ["1", "0"])

@@ -20,8 +20,8 @@ from mlflow_flux.traces.sink import TraceSink, TraceWriteError
 
 
 def _snapshot(epoch: int) -> Snapshot:
-    stats = np.full((5, len(STAT_COLUMNS)), float(epoch), dtype=np.float32)
-    stats[:, 0] = np.arange(5) + epoch / 10
+    stats = np.full((len(STAT_COLUMNS), 5), float(epoch), dtype=np.float32)
+    stats[0] = np.arange(5) + epoch / 10
     return Snapshot(epoch, ["a", "b"], np.array([0, 0, 0, 1, 1], np.int32), np.array([0, 1, 2, 0, 1], np.int32),
                     stats, 0)
 
