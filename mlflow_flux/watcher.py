@@ -36,7 +36,7 @@ from .recording.recorder import NeuronRecorder
 from .report.plots import RunFigureData
 from .traces.metrics import MetricLogger
 from .traces.mlflow_adapter import abandon_active_run
-from .traces.schema import SUMMARY_COLUMNS, BatchBuilder, Snapshot
+from .traces.schema import SUMMARY_COLUMNS, Snapshot
 from .traces.server import check_reachable, health_probe
 from .traces.sink import TraceSink, TraceWriteError
 
@@ -155,7 +155,6 @@ class FluxWatcher:
         self.sink: TraceSink | None = None
         self.result: WatchResult | None = None
         self._figures: RunFigureData | None = None
-        self._batches = BatchBuilder()
         self._recent: dict[str, collections.deque] = {}
         self._last_epoch: int | None = None
         self._snapshots = 0
@@ -289,7 +288,7 @@ class FluxWatcher:
         if self.recorder.should_snapshot(epoch):
             snapshot = self.recorder.snapshot(int(epoch))
             try:
-                self.sink.write(self._batches(snapshot))
+                self.sink.write(snapshot)
             except TraceWriteError:
                 self.recorder.detach()  # the recorder stops: one error, not one per epoch
                 raise
@@ -309,13 +308,10 @@ class FluxWatcher:
         Each ``log_batch`` costs MLflow's sqlite store ~0.2 ms per metric: a few dozen keys every epoch would
         cost more than the hooks. The trace keeps every snapshot, and the report recomputes every epoch.
         """
-        columns = []
         for name, recent in self._recent.items():
             rows = snapshot.layer_slice(name)
-            layer = {c: snapshot.column(c)[rows] for c in SUMMARY_COLUMNS}
-            recent.append(layer)
-            columns.append(layer)
-        self._figures.add(snapshot.epoch, columns)
+            recent.append({c: snapshot.column(c)[rows] for c in SUMMARY_COLUMNS})
+        self._figures.add(snapshot)
         self._snapshots += 1
         out = {"flux/nonfinite": float(snapshot.nonfinite)} if snapshot.nonfinite else {}
         if (self._snapshots - self.window) % self.summary_every != 0 or self._snapshots < self.window:

@@ -39,71 +39,6 @@ def _panels(count: int, title: str) -> tuple[Figure, list]:
     return fig, axes[:count]
 
 
-class _LayerFigureData:
-    """One layer's share of :class:`RunFigureData`."""
-
-    def __init__(self, name: str, width: int) -> None:
-        self.name = name
-        self.width = width
-        self.sample = np.arange(0, width, max(1, width // _MAX_LINES))[:_MAX_LINES]
-        self.median_sample = np.linspace(0, width - 1, min(width, _MEDIAN_SAMPLE)).astype(int)
-        self.lines: dict[str, list[np.ndarray]] = {"w_std": [], "bias": []}
-        # Medians are taken when drawing, from these columns: a selection per layer per snapshot was the largest
-        # part of a snapshot's cost.
-        self.median_columns: dict[str, list[np.ndarray]] = {"w_std": [], "bias": []}
-        # w_step heatmap: neurons averaged into row bins, snapshots into column bins of `span` snapshots each
-        self.row_starts = np.linspace(0, width, min(width, _MAX_ROWS) + 1).astype(int)[:-1]
-        self.row_sizes = np.diff(np.r_[self.row_starts, width])
-        self.columns: list[np.ndarray] = []  # finished bins: mean log-free w_step per row bin
-        self.column_epochs: list[int] = []  # first epoch of each finished bin
-        self.span = 1
-        self._partial = np.zeros((2, len(self.row_starts)))  # sum and count of finite values in the open bin
-        self._partial_snapshots = 0
-        self._partial_epoch = 0
-
-    def add(self, epoch: int, columns: Mapping[str, np.ndarray]) -> None:
-        for name in ("w_std", "bias"):
-            values = columns[name]
-            self.lines[name].append(values[self.sample].astype(np.float32))
-            self.median_columns[name].append(values[self.median_sample].astype(np.float32))
-        step = columns["w_step"].astype(np.float64)
-        finite = np.isfinite(step)
-        if self._partial_snapshots == 0:
-            self._partial_epoch = epoch
-        if len(self.row_starts) == self.width:  # a row per neuron: nothing to bin (reduceat costs ~50 us a call)
-            self._partial[0] += np.where(finite, step, 0.0)
-            self._partial[1] += finite
-        else:
-            self._partial[0] += np.add.reduceat(np.where(finite, step, 0.0), self.row_starts)
-            self._partial[1] += np.add.reduceat(finite.astype(np.float64), self.row_starts)
-        self._partial_snapshots += 1
-        if self._partial_snapshots == self.span:
-            self._finish_column()
-
-    def _finish_column(self) -> None:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            self.columns.append(self._partial[0] / self._partial[1])
-        self.column_epochs.append(self._partial_epoch)
-        self._partial[:] = 0
-        self._partial_snapshots = 0
-        if len(self.columns) == _MAX_COLUMNS:  # halve the resolution: memory stays flat however long the run
-            pairs = [np.nanmean(np.stack(self.columns[i : i + 2]), axis=0) for i in range(0, _MAX_COLUMNS, 2)]
-            self.columns, self.column_epochs = pairs, self.column_epochs[::2]
-            self.span *= 2
-
-    def medians(self, name: str) -> np.ndarray:
-        """The layer's median of ``name`` at each snapshot (over up to 256 evenly spaced neurons)."""
-        return median(np.stack(self.median_columns[name]))
-
-    def heatmap(self) -> tuple[np.ndarray, list[int]]:
-        columns, epochs = list(self.columns), list(self.column_epochs)
-        if self._partial_snapshots:
-            with np.errstate(invalid="ignore", divide="ignore"):
-                columns.append(self._partial[0] / self._partial[1])
-            epochs.append(self._partial_epoch)
-        return (np.stack(columns, axis=1) if columns else np.empty((len(self.row_starts), 0))), epochs
-
-
 class RunFigureData:
     """What one run's figures draw, gathered snapshot by snapshot, so that drawing them never reads the trace back.
 
@@ -111,24 +46,96 @@ class RunFigureData:
     ones (their median is the thick line: the layer's median up to that width), and a ``w_step`` grid of at most
     256 neuron bins x 400 snapshot bins; plus the participating fractions of the live summaries. Memory grows with
     the number of snapshots by a few kilobytes per layer, never with the layer's width.
+
+    Each snapshot costs a handful of numpy calls over all layers at once (the indices are built here, once): per
+    layer it would be a hundred small calls, most of a snapshot's cost.
     """
 
     def __init__(self, layers: Sequence[tuple[str, int]]) -> None:
-        self.layers = [_LayerFigureData(name, width) for name, width in layers]
+        self.names = [name for name, _ in layers]
+        self.widths = [width for _, width in layers]
+        offsets = np.concatenate([[0], np.cumsum(self.widths)[:-1]]).astype(int)
+        lines = [np.arange(0, w, max(1, w // _MAX_LINES))[:_MAX_LINES] for w in self.widths]
+        medians = [np.linspace(0, w - 1, min(w, _MEDIAN_SAMPLE)).astype(int) for w in self.widths]
+        bins = [np.linspace(0, w, min(w, _MAX_ROWS) + 1).astype(int)[:-1] for w in self.widths]
+        self._line_index, self.line_slices = self._global(lines, offsets)
+        self._median_index, self.median_slices = self._global(medians, offsets)
+        self._bin_starts, self.bin_slices = self._global(bins, offsets)
+        self._bins_are_neurons = len(self._bin_starts) == sum(self.widths)
         self.epochs: list[int] = []
+        self.lines: dict[str, list[np.ndarray]] = {"w_std": [], "bias": []}
+        self.median_columns: dict[str, list[np.ndarray]] = {"w_std": [], "bias": []}
         self.participation: dict[str, dict[int, float]] = {}
+        # w_step heatmap: finished columns, each the mean over `span` snapshots; the open one as (sum, count)
+        self._columns: list[np.ndarray] = []
+        self._column_epochs: list[int] = []
+        self._span = 1
+        self._partial = np.zeros((2, len(self._bin_starts)))
+        self._partial_snapshots = 0
+        self._partial_epoch = 0
 
-    def add(self, epoch: int, layer_columns: Sequence[Mapping[str, np.ndarray]]) -> None:
-        """One snapshot: per layer (in the order given at construction) its ``w_std``, ``bias``, ``w_step``."""
-        self.epochs.append(epoch)
-        for layer, columns in zip(self.layers, layer_columns):
-            layer.add(epoch, columns)
+    @staticmethod
+    def _global(per_layer: list[np.ndarray], offsets: np.ndarray) -> tuple[np.ndarray, list[slice]]:
+        index = np.concatenate([positions + offset for positions, offset in zip(per_layer, offsets)])
+        stops = np.cumsum([len(positions) for positions in per_layer])
+        return index, [slice(int(stop - len(p)), int(stop)) for p, stop in zip(per_layer, stops)]
+
+    def add(self, snapshot) -> None:
+        """One snapshot (a :class:`~mlflow_flux.traces.schema.Snapshot` of the layers given at construction)."""
+        self.epochs.append(snapshot.epoch)
+        for name in ("w_std", "bias"):
+            values = snapshot.column(name)
+            self.lines[name].append(values[self._line_index])
+            self.median_columns[name].append(values[self._median_index])
+        step = snapshot.column("w_step").astype(np.float64)
+        finite = np.isfinite(step)
+        if self._partial_snapshots == 0:
+            self._partial_epoch = snapshot.epoch
+        if self._bins_are_neurons:  # a row per neuron: nothing to bin
+            self._partial[0] += np.where(finite, step, 0.0)
+            self._partial[1] += finite
+        else:
+            self._partial[0] += np.add.reduceat(np.where(finite, step, 0.0), self._bin_starts)
+            self._partial[1] += np.add.reduceat(finite.astype(np.float64), self._bin_starts)
+        self._partial_snapshots += 1
+        if self._partial_snapshots == self._span:
+            self._finish_column()
+
+    def _finish_column(self) -> None:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            self._columns.append(self._partial[0] / self._partial[1])
+        self._column_epochs.append(self._partial_epoch)
+        self._partial[:] = 0
+        self._partial_snapshots = 0
+        if len(self._columns) == _MAX_COLUMNS:  # halve the resolution: memory stays flat however long the run
+            self._columns = [np.nanmean(np.stack(self._columns[i : i + 2]), axis=0) for i in range(0, _MAX_COLUMNS, 2)]
+            self._column_epochs = self._column_epochs[::2]
+            self._span *= 2
 
     def add_summaries(self, epoch: int, summaries: Mapping[str, float]) -> None:
         """The live summaries at ``epoch`` (keys ``<layer>/<key>`` and ``all/<key>``)."""
         for key, value in summaries.items():
             if key.endswith("/participating_frac"):
                 self.participation.setdefault(key.rsplit("/", 1)[0], {})[epoch] = float(value)
+
+    def layer_lines(self, layer: int, name: str) -> np.ndarray:
+        """``(snapshots, sampled neurons)`` values of ``name`` of one layer."""
+        return np.stack(self.lines[name])[:, self.line_slices[layer]]
+
+    def layer_medians(self, layer: int, name: str) -> np.ndarray:
+        """The layer's median of ``name`` at each snapshot (over up to 256 evenly spaced neurons)."""
+        return median(np.stack(self.median_columns[name])[:, self.median_slices[layer]])
+
+    def layer_heatmap(self, layer: int) -> tuple[np.ndarray, list[int]]:
+        """``(neuron bins, snapshot bins)`` mean ``w_step`` of one layer, and each column's first epoch."""
+        columns, epochs = list(self._columns), list(self._column_epochs)
+        if self._partial_snapshots:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                columns.append(self._partial[0] / self._partial[1])
+            epochs.append(self._partial_epoch)
+        rows = self.bin_slices[layer]
+        grid = np.stack(columns, axis=1)[rows] if columns else np.empty((rows.stop - rows.start, 0))
+        return grid, epochs
 
     def figures(self) -> dict[str, Figure]:
         """The figures of the run, keyed by file stem (none before the first snapshot)."""
@@ -148,11 +155,11 @@ class RunFigureData:
 
 def neuron_lines_figure(data: RunFigureData, column: str, title: str, ylabel: str) -> Figure:
     """Per layer, ``column`` of a sample of neurons over epochs (thin) and the layer median (thick)."""
-    fig, axes = _panels(len(data.layers), title)
-    for ax, layer in zip(axes, data.layers):
-        ax.plot(data.epochs, np.stack(layer.lines[column]), lw=0.5, alpha=0.5)
-        ax.plot(data.epochs, layer.medians(column), color="black", lw=1.8, label="median")
-        ax.set_title(f"{layer.name} ({layer.width} neurons)", fontsize=9)
+    fig, axes = _panels(len(data.names), title)
+    for layer, (ax, name, width) in enumerate(zip(axes, data.names, data.widths)):
+        ax.plot(data.epochs, data.layer_lines(layer, column), lw=0.5, alpha=0.5)
+        ax.plot(data.epochs, data.layer_medians(layer, column), color="black", lw=1.8, label="median")
+        ax.set_title(f"{name} ({width} neurons)", fontsize=9)
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
     return fig
@@ -173,17 +180,17 @@ def participation_figure(series: Mapping[str, pd.Series], title: str, ylabel: st
 
 def w_step_heatmap_figure(data: RunFigureData) -> Figure:
     """Per layer, a neuron x epoch heatmap of log10 ``w_step`` (neurons and snapshots averaged into bins)."""
-    fig, axes = _panels(len(data.layers), "Weight step per neuron and epoch (log10 of the L2 norm)")
+    fig, axes = _panels(len(data.names), "Weight step per neuron and epoch (log10 of the L2 norm)")
     last = data.epochs[-1] + 1
-    for ax, layer in zip(axes, data.layers):
-        grid, epochs = layer.heatmap()
+    for layer, (ax, name, width) in enumerate(zip(axes, data.names, data.widths)):
+        grid, epochs = data.layer_heatmap(layer)
         with np.errstate(divide="ignore", invalid="ignore"):
             logged = np.log10(grid)
         logged[~np.isfinite(logged)] = np.nan
         image = ax.imshow(logged, aspect="auto", interpolation="nearest", cmap="viridis",
-                          extent=(float(epochs[0]) if epochs else 0.0, float(last), layer.width, 0))
+                          extent=(float(epochs[0]) if epochs else 0.0, float(last), width, 0))
         fig.colorbar(image, ax=ax, shrink=0.8)
-        ax.set_title(layer.name, fontsize=9)
+        ax.set_title(name, fontsize=9)
         ax.set_xlabel("epoch")
         ax.set_ylabel("neuron")
     return fig

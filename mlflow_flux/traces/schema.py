@@ -26,7 +26,7 @@ __all__ = [
     "PARTS_DIR",
     "PARQUET_OPTIONS",
     "Snapshot",
-    "BatchBuilder",
+    "snapshots_to_table",
     "snapshot_to_batch",
     "write_trace_table",
 ]
@@ -87,34 +87,29 @@ class Snapshot:
         return slice(int(rows[0]), int(rows[-1]) + 1)
 
 
-class BatchBuilder:
-    """Snapshots to Arrow record batches. The layer and neuron columns are the same in every snapshot of a recorder,
-    so they are built once; the statistics' columns are taken without a copy."""
+def snapshots_to_table(snapshots: list[Snapshot]) -> pa.Table:
+    """The trace rows of consecutive snapshots of one recorder (same layers and neurons), as one Arrow table.
 
-    def __init__(self) -> None:
-        self._layout: tuple | None = None  # (the arrays they were built from, the layer names, the Arrow columns)
-
-    def __call__(self, snapshot: Snapshot) -> pa.RecordBatch:
-        layout = self._layout
-        if (layout is None or layout[0][0] is not snapshot.layer_index or layout[0][1] is not snapshot.neuron
-                or layout[1] != snapshot.layers):
-            layer = pa.DictionaryArray.from_arrays(pa.array(snapshot.layer_index, pa.int32()),
-                                                   pa.array(snapshot.layers, pa.string()))
-            layout = self._layout = ((snapshot.layer_index, snapshot.neuron), list(snapshot.layers),
-                                     (layer, pa.array(snapshot.neuron)))
-        layer, neuron = layout[2]
-        columns = [
-            pa.array(np.full(len(snapshot.neuron), snapshot.epoch, dtype=np.int32)),
-            layer,
-            neuron,
-            *[pa.array(np.ascontiguousarray(snapshot.stats[i])) for i in range(len(STAT_COLUMNS))],
-        ]
-        return pa.RecordBatch.from_arrays(columns, schema=TRACE_SCHEMA)
+    Built once per segment on the sink's writer thread, not once per snapshot on the training thread: the
+    statistics become one contiguous column each (taken by Arrow without a copy), the keys are tiled.
+    """
+    first = snapshots[0]
+    count, rows = len(snapshots), len(first.neuron)
+    stats = np.concatenate([s.stats for s in snapshots], axis=1) if count > 1 else first.stats
+    layer = pa.DictionaryArray.from_arrays(pa.array(np.tile(first.layer_index, count), pa.int32()),
+                                           pa.array(first.layers, pa.string()))
+    columns = [
+        pa.array(np.repeat(np.array([s.epoch for s in snapshots], dtype=np.int32), rows)),
+        layer,
+        pa.array(np.tile(first.neuron, count)),
+        *[pa.array(stats[i]) for i in range(len(STAT_COLUMNS))],
+    ]
+    return pa.Table.from_arrays(columns, schema=TRACE_SCHEMA)
 
 
 def snapshot_to_batch(snapshot: Snapshot) -> pa.RecordBatch:
     """One Arrow record batch with the rows of a snapshot."""
-    return BatchBuilder()(snapshot)
+    return snapshots_to_table([snapshot]).to_batches()[0]
 
 
 def write_trace_table(table: pa.Table, path: str | Path) -> None:

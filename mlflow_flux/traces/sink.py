@@ -23,7 +23,8 @@ import pyarrow.parquet as pq
 from ..errors import FluxError
 from . import mlflow_adapter
 from .background import Worker
-from .schema import PARQUET_OPTIONS, PARTS_DIR, TRACE_ARTIFACT_DIR, TRACE_FILE, TRACE_SCHEMA, write_trace_table
+from .schema import (PARQUET_OPTIONS, PARTS_DIR, TRACE_ARTIFACT_DIR, TRACE_FILE, TRACE_SCHEMA, Snapshot,
+                     snapshots_to_table, write_trace_table)
 
 __all__ = ["TraceSink", "TraceWriteError", "SinkResult", "ROW_GROUP_ROWS"]
 
@@ -68,7 +69,7 @@ class TraceSink:
         self.run_id = run_id
         self.local_dir = Path(local_dir)
         self.flush_every = flush_every
-        self._buffer: list[pa.RecordBatch] = []
+        self._buffer: list[Snapshot] = []
         self._parts: list[Path] = []
         self._writer = Worker("mlflow-flux-trace-writer", retries=0)
         self._uploader = Worker("mlflow-flux-trace-upload", reachable=reachable)
@@ -93,14 +94,15 @@ class TraceSink:
         self._uploader.start()
         return self
 
-    def write(self, batch: pa.RecordBatch) -> None:
-        """Add one snapshot's rows; every ``flush_every`` snapshots a segment is closed and uploaded.
+    def write(self, snapshot: Snapshot) -> None:
+        """Add one snapshot (the sink keeps it: it must not change afterwards); every ``flush_every`` snapshots a
+        segment is written and uploaded, on the background threads.
 
         Raises:
             TraceWriteError: an earlier segment could not be written; nothing more is taken.
         """
         self._raise_write_error()
-        self._buffer.append(batch)
+        self._buffer.append(snapshot)
         if len(self._buffer) >= self.flush_every:
             self._close_segment()
 
@@ -116,17 +118,17 @@ class TraceSink:
     def _close_segment(self) -> None:
         if not self._buffer:
             return
-        batches, self._buffer = self._buffer, []
+        snapshots, self._buffer = self._buffer, []
         path = self.parts_dir / f"part-{len(self._parts):05d}.parquet"
         self._parts.append(path)
-        self._writer.submit(lambda: self._write_segment(path, batches))
+        self._writer.submit(lambda: self._write_segment(path, snapshots))
 
-    def _write_segment(self, path: Path, batches: list[pa.RecordBatch]) -> None:
+    def _write_segment(self, path: Path, snapshots: list[Snapshot]) -> None:
         if self._write_error is not None:
             return
         tmp = path.with_suffix(".tmp")
         try:
-            write_trace_table(pa.Table.from_batches(batches, TRACE_SCHEMA), tmp)
+            write_trace_table(snapshots_to_table(snapshots), tmp)
             tmp.rename(path)  # a reader never sees half a segment
         except OSError as exc:
             tmp.unlink(missing_ok=True)

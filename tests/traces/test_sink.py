@@ -15,7 +15,7 @@ import mlflow_flux
 
 from mlflow_flux.traces.background import Worker
 from mlflow_flux.traces.reader import read_trace_files
-from mlflow_flux.traces.schema import STAT_COLUMNS, Snapshot, snapshot_to_batch
+from mlflow_flux.traces.schema import STAT_COLUMNS, Snapshot
 from mlflow_flux.traces.sink import TraceSink, TraceWriteError
 
 
@@ -35,7 +35,7 @@ def test_segments_reach_the_run_while_training_and_compact_at_close(store, tmp_p
     run_id = client.create_run(store["experiment_id"]).info.run_id
     sink = TraceSink(client, run_id, tmp_path / "spool", flush_every=3).start()
     for epoch in range(7):
-        sink.write(snapshot_to_batch(_snapshot(epoch)))
+        sink.write(_snapshot(epoch))
     assert sink.drain(timeout=30)  # the background writes and uploads of the two closed segments
     assert _artifacts(client, run_id, "traces/parts") == {"traces/parts/part-00000.parquet",
                                                           "traces/parts/part-00001.parquet"}
@@ -72,7 +72,7 @@ def test_an_upload_that_fails_twice_is_retried_and_lands(store, tmp_path):
     client = _FlakyClient(failures=2)
     run_id = client.create_run(store["experiment_id"]).info.run_id
     sink = TraceSink(client, run_id, tmp_path / "spool", flush_every=1).start()
-    sink.write(snapshot_to_batch(_snapshot(0)))
+    sink.write(_snapshot(0))
     assert sink.drain(timeout=30)
     assert client.attempts == 3
     assert _artifacts(client.client, run_id, "traces/parts") == {"traces/parts/part-00000.parquet"}
