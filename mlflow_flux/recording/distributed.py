@@ -31,7 +31,8 @@ def world() -> tuple[int, int]:
 def refuse_sharded(model: nn.Module) -> None:
     """FSDP shards each layer's weight across ranks: no rank holds a whole neuron's weights, so it is refused."""
     for module in model.modules():
-        if type(module).__name__ in ("FullyShardedDataParallel", "FSDPModule") or any(
+        classes = {cls.__name__ for cls in type(module).__mro__}  # FSDP2 makes a subclass per module (FSDPLinear)
+        if classes & {"FullyShardedDataParallel", "FSDPModule"} or any(
             type(p).__name__ == "DTensor" for p in module.parameters(recurse=False)
         ):
             raise FluxError("the model is sharded (FSDP or DTensor parameters): mlflow-flux needs every layer's "

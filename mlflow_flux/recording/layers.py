@@ -4,7 +4,8 @@ A neuron is an output unit of a ``Linear`` layer (a row of its weight), an outpu
 layer, or an output unit of ``transformers``' ``Conv1D`` (GPT-2's linear maps, whose weight is stored as (in, out):
 a column). Every leading position of a Linear's input is a sample (a token counts as one); every position of a
 conv's output is a sample of its channel. Any other kind of module is refused when it is named, with one error,
-before a hook is attached: never an error inside the user's forward or backward pass.
+before a hook is attached: never an error inside the user's forward or backward pass. By default
+``nn.MultiheadAttention``'s ``out_proj`` is left out: its weight is used without calling its forward.
 """
 
 from __future__ import annotations
@@ -94,6 +95,10 @@ def select_layers(model: nn.Module, layers: Sequence[LayerSpec] | None = None) -
     modules = [(name or type(module).__name__, module) for name, module in model.named_modules()]
     supported = [(name, module) for name, module in modules if layer_kind(module) is not None]
     if layers is None:
+        # nn.MultiheadAttention uses its out_proj's weight in a functional call, never through out_proj.forward: by
+        # default it would be a layer with gradients and no activity. Named explicitly, it is watched.
+        skipped = {id(m.out_proj) for _, m in modules if isinstance(m, nn.MultiheadAttention)}
+        supported = [(name, module) for name, module in supported if id(module) not in skipped]
         if not supported:
             raise FluxError(f"{type(model).__name__} has no layer to watch: mlflow-flux records {SUPPORTED} layers; "
                             "pass layers=[...] to name them")

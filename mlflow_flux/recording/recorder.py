@@ -257,6 +257,7 @@ class NeuronRecorder:
                 continue
             if np.isnan(stats[act_rate, rows]).all() and np.isfinite(stats[grad_norm, rows]).any():
                 self._warned_unseen.add(state.name)
-                _log.warning("layer %r had gradients but no training forward pass since the last snapshot; if the "
-                             "model was compiled and run before watch(), activity is not recorded: call "
-                             "mlflow_flux.watch(model) before torch.compile(model) runs it", state.name)
+                _log.warning("layer %r had gradients but no training forward call since the last snapshot: its "
+                             "weight is used without calling its forward, or the model was compiled and run before "
+                             "watch() (call mlflow_flux.watch(model) before torch.compile(model) runs it)",
+                             state.name)
