@@ -7,6 +7,8 @@ export MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
 # 1: the C fast path must build and load (a compile error fails the install, and its tests fail rather than skip).
 # On a machine without a C compiler: make test REQUIRE_FASTPATH=0 (the recorder then uses torch ops).
 REQUIRE_FASTPATH ?= 1
+# The tests run the integrations too (Lightning, transformers, Ray, the browser test's Playwright).
+EXTRAS ?= test,lightning,transformers,ray,browser
 
 .PHONY: run test bench install clean
 
@@ -18,7 +20,7 @@ $(BIN)/python:
 # in place; the old one is removed first so a failed build cannot hide behind it.
 $(STAMP): $(BIN)/python pyproject.toml setup.py constraints.txt mlflow_flux/recording/_fastpath.c
 	rm -f mlflow_flux/recording/_fastpath*.so
-	MLFLOW_FLUX_REQUIRE_FASTPATH=$(REQUIRE_FASTPATH) $(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
+	MLFLOW_FLUX_REQUIRE_FASTPATH=$(REQUIRE_FASTPATH) $(BIN)/pip install --quiet -c constraints.txt -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -28,12 +30,13 @@ run: $(STAMP)
 	@echo
 	@echo "Open the UI on this store:  $(BIN)/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI)"
 
-# The whole suite under `python -OO` (no docstrings, no asserts: nothing of ours may lean on them), then the doctests
-# and every test not marked slow in plain python: both modes, without running the end-to-end tests twice.
+# The whole suite under `python -OO` (no docstrings, no asserts: nothing of ours may lean on them), then the doctests,
+# every test not marked slow, and those that need docstrings (transformers' models) in plain python: both modes,
+# without running the end-to-end tests twice.
 TEST_ENV := PATH="$(CURDIR)/$(BIN):$$PATH" MLFLOW_FLUX_REQUIRE_FASTPATH=$(REQUIRE_FASTPATH)
 test: $(STAMP)
 	$(TEST_ENV) $(BIN)/python -OO -m pytest -p no:cacheprovider $(PYTEST_ARGS)
-	$(TEST_ENV) $(BIN)/python -m pytest -p no:cacheprovider -m "not slow" $(PYTEST_ARGS)
+	$(TEST_ENV) $(BIN)/python -m pytest -p no:cacheprovider -m "not slow or docstrings" $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/recorder.py

@@ -12,8 +12,9 @@ and across ranks by :mod:`.distributed`:
   the eager torch path and a compiled graph always agree on it.
 
 Three ways in, one definition per statistic: the C taps (CPU float32 and bfloat16 tensors, one fused pass, no
-Python frame), the torch path (any device or dtype, and what ``torch.compile`` traces into its graph: tensor ops
-only, no Python state), and, with ``optimizer=``, the gradients the optimizer applies.
+Python frame), the torch path (any device or dtype; a ``torch.compile`` graph calls it as one custom operator,
+``mlflow_flux::accumulate_outputs``, that declares the sums it mutates), and, with ``optimizer=``, the gradients
+the optimizer applies.
 """
 
 from __future__ import annotations
@@ -46,6 +47,42 @@ def weight_and_bias(module: nn.Module, weight_axis: int = 0) -> tuple[torch.Tens
         weight = weight.t().contiguous()
     bias = getattr(module, "bias", None)
     return weight, bias.data if isinstance(bias, torch.Tensor) else None
+
+
+@torch.library.custom_op("mlflow_flux::accumulate_outputs", mutates_args=("sums", "shift"))
+def accumulate_outputs(output: torch.Tensor, sums: torch.Tensor, shift: torch.Tensor, planes: bool,
+                       weight_dim: int) -> None:
+    """Add one call's outputs into ``sums`` (the torch path: any device or dtype).
+
+    A Linear's output counts every leading position as a sample (``planes`` false); a conv's counts every position
+    of every plane (``planes`` true; ``weight_dim - 1`` dimensions is an unbatched sample). The window's first batch
+    sets ``shift`` (the count is still zero), so the C taps and this path agree on it.
+    """
+    size = sums.shape[1]
+    if planes:
+        if output.dim() == weight_dim - 1:  # an unbatched input: one sample
+            output = output.unsqueeze(0)
+        dims = (0, *range(2, output.dim()))
+        view = (1, size, *([1] * (output.dim() - 2)))
+    else:
+        output = output.reshape(-1, size)
+        dims, view = (0,), (1, size)
+    x = output.float()  # bfloat16/float16 under autocast: reduced in float32, added into float64
+    samples = x.numel() // size
+    if samples == 0:
+        return
+    # A tensor select, not a Python branch: no host sync on an accelerator.
+    shift.copy_(torch.where(sums[COUNT, 0] == 0, x.mean(dims), shift))
+    d = x - shift.reshape(view)
+    sums[COUNT].add_(samples)
+    sums[SHIFTED_SUM].add_(d.sum(dims))
+    sums[SHIFTED_SUMSQ].add_((d * d).sum(dims))
+    sums[POSITIVE].add_((x > 0).sum(dims))
+
+
+@accumulate_outputs.register_fake
+def _(output, sums, shift, planes, weight_dim) -> None:
+    return None
 
 
 def _is_cpu_float32_block(tensor: torch.Tensor) -> bool:
@@ -111,36 +148,26 @@ class LayerAccumulator:
         if self.previous_weight is not None:
             self.previous_weight = self.previous_weight.to(device)
 
-    # -- the torch path: tensor ops only, so torch.compile traces it into the graph -----------------------------
+    # -- the torch path: any device or dtype, and the operator a compiled graph calls -------------------------------
 
     def add_output(self, output: torch.Tensor) -> None:
         """Add one call's outputs: every leading position of a Linear's output, every position of a conv's."""
         if self.detached:
             return
-        out = output.detach()
-        if out.device != self.sums.device:
-            self._move_to(out.device)
-        if self.kind.outputs == "planes":
-            if out.dim() == self.weight_dim - 1:  # an unbatched input: one sample
-                out = out.unsqueeze(0)
-            dims = (0, *range(2, out.dim()))
-            view = (1, self.size, *([1] * (out.dim() - 2)))
-        else:
-            out = out.reshape(-1, self.size)
-            dims, view = (0,), (1, self.size)
-        x = out.float()  # bfloat16/float16 under autocast: reduced in float32, added into float64
-        samples = x.numel() // self.size
-        if samples == 0:
+        if output.device != self.sums.device:
+            self._move_to(output.device)
+        accumulate_outputs(output.detach(), self.sums, self.shift, self.kind.outputs == "planes", self.weight_dim)
+
+    def add_output_compiled(self, output: torch.Tensor) -> None:
+        """What a ``torch.compile`` graph calls: the same reduction as one opaque operator that declares the sums it
+        mutates. Inlined as plain tensor ops, Inductor's CPU code generation (torch 2.13) can drop the store of a
+        row-wise in-place add into a graph input, and the activations are then never counted."""
+        if self.detached:
             return
-        # The window's first batch sets the shift; a tensor select rather than a Python branch, so a compiled graph
-        # needs no recompilation when the window turns over.
-        shift = torch.where(self.sums[COUNT, 0] == 0, x.mean(dims), self.shift)
-        self.shift.copy_(shift)
-        d = x - shift.reshape(view)
-        self.sums[COUNT].add_(samples)
-        self.sums[SHIFTED_SUM].add_(d.sum(dims))
-        self.sums[SHIFTED_SUMSQ].add_((d * d).sum(dims))
-        self.sums[POSITIVE].add_((x > 0).sum(dims))
+        if output.device != self.sums.device:
+            self._move_to(output.device)
+        torch.ops.mlflow_flux.accumulate_outputs(output.detach(), self.sums, self.shift,
+                                                 self.kind.outputs == "planes", self.weight_dim)
 
     def _squared_norms(self, grad: torch.Tensor) -> torch.Tensor:
         g = grad.detach().float()

@@ -49,8 +49,8 @@ def unwrap(model: nn.Module) -> nn.Module:
 class WatchedForward:
     """A watched layer's ``forward``: the original runs, then its output goes to the layer's accumulator.
 
-    Eagerly the output goes to the C tap (or the torch path it falls back to); under ``torch.compile`` the torch
-    path's tensor ops are traced into the graph. Only training passes count: an evaluation pass (``eval()`` or
+    Eagerly the output goes to the C tap (or the torch path it falls back to); under ``torch.compile`` the graph
+    calls the torch path as one custom operator. Only training passes count: an evaluation pass (``eval()`` or
     ``no_grad``) would mix another distribution into the epoch's activity. A deep copy or pickle of the model gets
     the original forward back (``__reduce__``), so the copy is a plain model.
     """
@@ -67,7 +67,7 @@ class WatchedForward:
         output = self.original(*args, **kwargs)
         if self.active and self.module.training and torch.is_grad_enabled() and isinstance(output, torch.Tensor):
             if torch.compiler.is_compiling():
-                self.accumulator.add_output(output)
+                self.accumulator.add_output_compiled(output)
             else:
                 self.accumulator.forward_tap(output)
         return output
