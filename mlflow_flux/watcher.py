@@ -33,7 +33,7 @@ from .interrupts import stop_on_signals
 from .recording import distributed
 from .recording.layers import LayerSpec
 from .recording.recorder import NeuronRecorder
-from .report.plots import RunFigureData
+from .report.plots import RunFigureData, save_png
 from .traces.metrics import MetricLogger
 from .traces.mlflow_adapter import abandon_active_run
 from .traces.schema import SUMMARY_COLUMNS, Snapshot
@@ -356,14 +356,20 @@ class FluxWatcher:
 
     def _save_figures(self) -> None:
         directory = self.trace_dir / "figures"
+        # A figure is worth less than the trace: one that cannot be drawn or saved never fails the close.
         try:
             directory.mkdir(parents=True, exist_ok=True)
-            for name, figure in self._figures.figures().items():
-                path = directory / f"{name}.png"
-                figure.savefig(path, dpi=100)
-                self.sink.upload(path, "figures")
-        except OSError as exc:  # a figure is worth less than the trace: never fail the close for one
+        except OSError as exc:
             _log.warning("figures of run %s not saved: %s", self.run_id, exc)
+            return
+        for name, draw in self._figures.figures().items():
+            path = directory / f"{name}.png"
+            try:
+                save_png(draw(), path)
+            except Exception as exc:  # noqa: BLE001 - matplotlib's errors have no common base but Exception
+                _log.warning("figure %s of run %s not saved: %s", name, self.run_id, exc)
+                continue
+            self.sink.upload(path, "figures")
 
     def _report(self, result: WatchResult) -> None:
         if result.lost_metrics and not result.offline:

@@ -5,47 +5,34 @@ Figures are built with ``matplotlib.figure.Figure`` directly, so no pyplot state
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ..fluctuation import median
-
 __all__ = [
     "RunFigureData",
-    "neuron_lines_figure",
+    "save_png",
+    "neuron_bands_figure",
     "participation_figure",
     "w_step_heatmap_figure",
     "curves_by_group_figure",
     "stacked_images_figure",
 ]
 
-_MAX_LINES = 48  # neurons drawn per panel: enough to see the spread, few enough to see anything
-_MEDIAN_SAMPLE = 256  # neurons whose median is the thick line: all of them up to this width
+_SAMPLE = 256  # neurons per layer whose median and 10-90% band are drawn: all of them up to this width
 _MAX_COLUMNS = 400  # heatmap columns: longer runs are averaged into at most this many bins of snapshots
 _MAX_ROWS = 256  # heatmap rows: wider layers are averaged into this many bins of neurons
-
-
-def _panels(count: int, title: str) -> tuple[Figure, list]:
-    cols = min(3, count)
-    rows = -(-count // cols)
-    fig = Figure(figsize=(4.2 * cols, 2.8 * rows), layout="constrained")
-    axes = fig.subplots(rows, cols, squeeze=False).ravel().tolist()
-    for ax in axes[count:]:
-        ax.set_visible(False)
-    fig.suptitle(title)
-    return fig, axes[:count]
 
 
 class RunFigureData:
     """What one run's figures draw, gathered snapshot by snapshot, so that drawing them never reads the trace back.
 
-    Per layer it keeps ``w_std`` and ``bias`` of at most 48 neurons (the thin lines) and of at most 256 evenly spaced
-    ones (their median is the thick line: the layer's median up to that width), and a ``w_step`` grid of at most
-    256 neuron bins x 400 snapshot bins; plus the participating fractions of the live summaries. Memory grows with
-    the number of snapshots by a few kilobytes per layer, never with the layer's width.
+    Per layer it keeps ``w_std`` and ``bias`` of at most 256 evenly spaced neurons (all of them up to that width),
+    whose median and 10-90% band are drawn, and a ``w_step`` grid of at most 256 neuron bins x 400 snapshot bins;
+    plus the participating fractions of the live summaries. Memory grows with the number of snapshots by a few
+    kilobytes per layer, never with the layer's width.
 
     Each snapshot costs a handful of numpy calls over all layers at once (the indices are built here, once): per
     layer it would be a hundred small calls, most of a snapshot's cost.
@@ -55,16 +42,13 @@ class RunFigureData:
         self.names = [name for name, _ in layers]
         self.widths = [width for _, width in layers]
         offsets = np.concatenate([[0], np.cumsum(self.widths)[:-1]]).astype(int)
-        lines = [np.arange(0, w, max(1, w // _MAX_LINES))[:_MAX_LINES] for w in self.widths]
-        medians = [np.linspace(0, w - 1, min(w, _MEDIAN_SAMPLE)).astype(int) for w in self.widths]
+        samples = [np.linspace(0, w - 1, min(w, _SAMPLE)).astype(int) for w in self.widths]
         bins = [np.linspace(0, w, min(w, _MAX_ROWS) + 1).astype(int)[:-1] for w in self.widths]
-        self._line_index, self.line_slices = self._global(lines, offsets)
-        self._median_index, self.median_slices = self._global(medians, offsets)
+        self._sample_index, self.sample_slices = self._global(samples, offsets)
         self._bin_starts, self.bin_slices = self._global(bins, offsets)
         self._bins_are_neurons = len(self._bin_starts) == sum(self.widths)
         self.epochs: list[int] = []
-        self.lines: dict[str, list[np.ndarray]] = {"w_std": [], "bias": []}
-        self.median_columns: dict[str, list[np.ndarray]] = {"w_std": [], "bias": []}
+        self.samples: dict[str, list[np.ndarray]] = {"w_std": [], "bias": []}
         self.participation: dict[str, dict[int, float]] = {}
         # w_step heatmap: finished columns, each the mean over `span` snapshots; the open one as (sum, count)
         self._columns: list[np.ndarray] = []
@@ -84,9 +68,7 @@ class RunFigureData:
         """One snapshot (a :class:`~mlflow_flux.traces.schema.Snapshot` of the layers given at construction)."""
         self.epochs.append(snapshot.epoch)
         for name in ("w_std", "bias"):
-            values = snapshot.column(name)
-            self.lines[name].append(values[self._line_index])
-            self.median_columns[name].append(values[self._median_index])
+            self.samples[name].append(snapshot.column(name)[self._sample_index])
         step = snapshot.column("w_step").astype(np.float64)
         finite = np.isfinite(step)
         if self._partial_snapshots == 0:
@@ -118,81 +100,124 @@ class RunFigureData:
             if key.endswith("/participating_frac"):
                 self.participation.setdefault(key.rsplit("/", 1)[0], {})[epoch] = float(value)
 
-    def layer_lines(self, layer: int, name: str) -> np.ndarray:
-        """``(snapshots, sampled neurons)`` values of ``name`` of one layer."""
-        return np.stack(self.lines[name])[:, self.line_slices[layer]]
+    def layer_band(self, layer: int, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The layer's 10th percentile, median and 90th percentile of ``name`` at each snapshot (NaN ignored)."""
+        values = np.stack(self.samples[name])[:, self.sample_slices[layer]].astype(np.float64)
+        return tuple(_quantiles(values, (0.1, 0.5, 0.9)))
 
-    def layer_medians(self, layer: int, name: str) -> np.ndarray:
-        """The layer's median of ``name`` at each snapshot (over up to 256 evenly spaced neurons)."""
-        return median(np.stack(self.median_columns[name])[:, self.median_slices[layer]])
-
-    def layer_heatmap(self, layer: int) -> tuple[np.ndarray, list[int]]:
-        """``(neuron bins, snapshot bins)`` mean ``w_step`` of one layer, and each column's first epoch."""
+    def heatmap(self) -> tuple[np.ndarray, list[int]]:
+        """``(neuron bins of every layer, snapshot bins)`` mean ``w_step``, and each column's first epoch."""
         columns, epochs = list(self._columns), list(self._column_epochs)
         if self._partial_snapshots:
             with np.errstate(invalid="ignore", divide="ignore"):
                 columns.append(self._partial[0] / self._partial[1])
             epochs.append(self._partial_epoch)
-        rows = self.bin_slices[layer]
-        grid = np.stack(columns, axis=1)[rows] if columns else np.empty((rows.stop - rows.start, 0))
-        return grid, epochs
+        return (np.stack(columns, axis=1) if columns else np.empty((len(self._bin_starts), 0))), epochs
 
-    def figures(self) -> dict[str, Figure]:
-        """The figures of the run, keyed by file stem (none before the first snapshot)."""
+    def figures(self) -> dict[str, Callable[[], Figure]]:
+        """How to draw each figure of the run, keyed by file stem (none before the first snapshot): one figure that
+        cannot be drawn then costs only itself."""
         if not self.epochs:
             return {}
-        figures = {
-            "weight_fluctuations": neuron_lines_figure(
-                self, "w_std", "Weight fluctuations: spread (std of incoming weights) per neuron", "w_std"),
-            "bias_fluctuations": neuron_lines_figure(self, "bias", "Bias fluctuations per neuron", "bias"),
-            "w_step_heatmap": w_step_heatmap_figure(self),
+        figures: dict[str, Callable[[], Figure]] = {
+            "weight_fluctuations": lambda: neuron_bands_figure(
+                self, "w_std", "Weight fluctuations: spread of each neuron's incoming weights", "w_std (log)",
+                log_y=True),
+            "bias_fluctuations": lambda: neuron_bands_figure(self, "bias", "Bias fluctuations", "bias"),
+            "w_step_heatmap": lambda: w_step_heatmap_figure(self),
         }
         if self.participation:
             series = {name: pd.Series(values).sort_index() for name, values in self.participation.items()}
-            figures["participation"] = participation_figure(series, "Participating neurons over epochs")
+            figures["participation"] = lambda: participation_figure(series, "Participating neurons over epochs")
         return figures
 
 
-def neuron_lines_figure(data: RunFigureData, column: str, title: str, ylabel: str) -> Figure:
-    """Per layer, ``column`` of a sample of neurons over epochs (thin) and the layer median (thick)."""
-    fig, axes = _panels(len(data.names), title)
-    for layer, (ax, name, width) in enumerate(zip(axes, data.names, data.widths)):
-        ax.plot(data.epochs, data.layer_lines(layer, column), lw=0.5, alpha=0.5)
-        ax.plot(data.epochs, data.layer_medians(layer, column), color="black", lw=1.8, label="median")
-        ax.set_title(f"{name} ({width} neurons)", fontsize=9)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(ylabel)
+def _single(title: str, size: tuple[float, float] = (7.5, 4.2)) -> tuple[Figure, object]:
+    # One axes and a fixed layout: matplotlib's cost is per axes (ticks, text) and per layout pass, ~0.8 s for the
+    # six-panel figures these replaced; at close() that was most of a watched run's end.
+    fig = Figure(figsize=size)
+    ax = fig.subplots()
+    ax.set_title(title)
+    return fig, ax
+
+
+def save_png(figure: Figure, path) -> None:
+    """Write ``figure`` as PNG quickly: zlib level 1 writes several times faster than the default for ~10% more bytes."""
+    figure.savefig(path, format="png", dpi=100, pil_kwargs={"compress_level": 1})
+
+
+def _quantiles(values: np.ndarray, fractions: Sequence[float]) -> list[np.ndarray]:
+    """Per row of ``values``, each quantile (linear interpolation) of its non-NaN entries; NaN for a row of NaN.
+
+    One sort for all rows: np.nanpercentile loops over rows in Python, half a second for a run's figures.
+    """
+    ordered = np.sort(values, axis=1)  # NaN sorts last
+    counts = (~np.isnan(values)).sum(axis=1)
+    rows = np.arange(len(values))
+    out = []
+    for fraction in fractions:
+        position = fraction * np.maximum(counts - 1, 0)
+        below = np.floor(position).astype(int)
+        above = np.minimum(below + 1, np.maximum(counts - 1, 0))
+        weight = position - below
+        low, high = ordered[rows, below], ordered[rows, above]
+        with np.errstate(invalid="ignore"):  # inf * 0 where a diverged run holds inf: the exact order statistic
+            value = np.where(weight == 0, low, low * (1 - weight) + high * weight)
+        out.append(np.where(counts > 0, value, np.nan))
+    return out
+
+
+def neuron_bands_figure(data: RunFigureData, column: str, title: str, ylabel: str, log_y: bool = False) -> Figure:
+    """Every layer in one axes: the median of ``column`` over its neurons (line) and the 10-90% band, by epoch."""
+    fig, ax = _single(title, size=(9.0, 4.2))
+    drawn = []
+    for layer, (name, width) in enumerate(zip(data.names, data.widths)):
+        low, middle, high = data.layer_band(layer, column)
+        line = ax.plot(data.epochs, middle, lw=1.5, label=f"{name} ({width})")[0]
+        ax.fill_between(data.epochs, low, high, color=line.get_color(), alpha=0.18, linewidth=0)
+        drawn.extend((low, middle, high))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    if log_y:
+        values = np.concatenate(drawn) if drawn else np.empty(0)
+        positive = values[np.isfinite(values) & (values > 0)]
+        if positive.size:  # limits from the finite positive values: a diverged run (NaN, inf, 0) keeps its figure
+            ax.set_yscale("log")
+            ax.set_ylim(positive.min() / 1.2, positive.max() * 1.2)
+    # A fixed place outside the data: loc="best" tests every candidate position against every path drawn.
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="layer (neurons):\nmedian, 10-90%",
+              title_fontsize=7, frameon=False)
+    fig.subplots_adjust(left=0.1, right=0.74, bottom=0.12, top=0.9)
     return fig
 
 
 def participation_figure(series: Mapping[str, pd.Series], title: str, ylabel: str = "participating fraction") -> Figure:
     """One line per named series (index: epoch)."""
-    fig = Figure(figsize=(7, 4), layout="constrained")
-    ax = fig.subplots()
+    fig, ax = _single(title, size=(9.0, 4.2))
     for label, values in series.items():
         ax.plot(values.index, values.to_numpy(), label=label, lw=1.5 if label == "all" else 1.0)
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.legend(fontsize=8, ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.subplots_adjust(left=0.1, right=0.74, bottom=0.12, top=0.9)
     return fig
 
 
 def w_step_heatmap_figure(data: RunFigureData) -> Figure:
-    """Per layer, a neuron x epoch heatmap of log10 ``w_step`` (neurons and snapshots averaged into bins)."""
-    fig, axes = _panels(len(data.names), "Weight step per neuron and epoch (log10 of the L2 norm)")
-    last = data.epochs[-1] + 1
-    for layer, (ax, name, width) in enumerate(zip(axes, data.names, data.widths)):
-        grid, epochs = data.layer_heatmap(layer)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            logged = np.log10(grid)
-        logged[~np.isfinite(logged)] = np.nan
-        image = ax.imshow(logged, aspect="auto", interpolation="nearest", cmap="viridis",
-                          extent=(float(epochs[0]) if epochs else 0.0, float(last), width, 0))
-        fig.colorbar(image, ax=ax, shrink=0.8)
-        ax.set_title(name, fontsize=9)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("neuron")
+    """log10 ``w_step`` of every neuron (averaged into bins) by epoch, the layers stacked top to bottom."""
+    grid, epochs = data.heatmap()
+    fig, ax = _single("Weight step per neuron and epoch (log10 of the L2 norm)", size=(7.5, 4.8))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logged = np.log10(grid)
+    logged[~np.isfinite(logged)] = np.nan
+    image = ax.imshow(logged, aspect="auto", interpolation="nearest", cmap="viridis",
+                      extent=(float(epochs[0]) if epochs else 0.0, float(data.epochs[-1] + 1), len(grid), 0))
+    for rows in data.bin_slices[1:]:
+        ax.axhline(rows.start, color="white", lw=0.8)
+    ax.set_yticks([(rows.start + rows.stop) / 2 for rows in data.bin_slices], data.names, fontsize=7)
+    ax.set_xlabel("epoch")
+    fig.colorbar(image, ax=ax, shrink=0.85)
+    fig.subplots_adjust(left=0.2, right=0.98, bottom=0.1, top=0.92)
     return fig
 
 
