@@ -49,15 +49,9 @@ def weight_and_bias(module: nn.Module, weight_axis: int = 0) -> tuple[torch.Tens
     return weight, bias.data if isinstance(bias, torch.Tensor) else None
 
 
-@torch.library.custom_op("mlflow_flux::accumulate_outputs", mutates_args=("sums", "shift"))
-def accumulate_outputs(output: torch.Tensor, sums: torch.Tensor, shift: torch.Tensor, planes: bool,
-                       weight_dim: int) -> None:
-    """Add one call's outputs into ``sums`` (the torch path: any device or dtype).
-
-    A Linear's output counts every leading position as a sample (``planes`` false); a conv's counts every position
-    of every plane (``planes`` true; ``weight_dim - 1`` dimensions is an unbatched sample). The window's first batch
-    sets ``shift`` (the count is still zero), so the C taps and this path agree on it.
-    """
+def _accumulate_with_torch(output: torch.Tensor, sums: torch.Tensor, shift: torch.Tensor, planes: bool,
+                           weight_dim: int) -> None:
+    """The torch path: any device or dtype."""
     size = sums.shape[1]
     if planes:
         if output.dim() == weight_dim - 1:  # an unbatched input: one sample
@@ -78,6 +72,27 @@ def accumulate_outputs(output: torch.Tensor, sums: torch.Tensor, shift: torch.Te
     sums[SHIFTED_SUM].add_(d.sum(dims))
     sums[SHIFTED_SUMSQ].add_((d * d).sum(dims))
     sums[POSITIVE].add_((x > 0).sum(dims))
+
+
+@torch.library.custom_op("mlflow_flux::accumulate_outputs", mutates_args=("sums", "shift"))
+def accumulate_outputs(output: torch.Tensor, sums: torch.Tensor, shift: torch.Tensor, planes: bool,
+                       weight_dim: int) -> None:
+    """Add one call's outputs into ``sums``: what a ``torch.compile`` graph calls.
+
+    A Linear's output counts every leading position as a sample (``planes`` false); a conv's counts every position
+    of every plane (``planes`` true; ``weight_dim - 1`` dimensions is an unbatched sample). The window's first
+    batch sets ``shift`` (the count is still zero). On CPU the C tap does it in one pass over the output, writing
+    into the tensors this call was given (the compiler may hand a copy of the buffers); elsewhere the torch path.
+    """
+    extension = kernels.fastpath()
+    if extension is not None and sums.device.type == "cpu" and sums.dtype is torch.float64 and sums.is_contiguous():
+        def fallback(out: torch.Tensor) -> None:
+            _accumulate_with_torch(out, sums, shift, planes, weight_dim)
+
+        kind = kernels.TAP_PLANES if planes else kernels.TAP_ROWS
+        extension.Tap(kind, sums.shape[1], sums.data_ptr(), shift.data_ptr(), fallback, weight_dim)(output)
+        return
+    _accumulate_with_torch(output, sums, shift, planes, weight_dim)
 
 
 @accumulate_outputs.register_fake
@@ -156,7 +171,8 @@ class LayerAccumulator:
             return
         if output.device != self.sums.device:
             self._move_to(output.device)
-        accumulate_outputs(output.detach(), self.sums, self.shift, self.kind.outputs == "planes", self.weight_dim)
+        _accumulate_with_torch(output.detach(), self.sums, self.shift, self.kind.outputs == "planes",
+                               self.weight_dim)
 
     def add_output_compiled(self, output: torch.Tensor) -> None:
         """What a ``torch.compile`` graph calls: the same reduction as one opaque operator that declares the sums it

@@ -103,8 +103,9 @@ class NeuronRecorder:
         layers: names, glob patterns or module types (see :func:`~mlflow_flux.recording.layers.select_layers`).
         snapshot_every: take a snapshot on every N-th index given to :meth:`should_snapshot`.
         optimizer: read gradients as this optimizer applies them (unscaled under a GradScaler, once per step under
-            gradient accumulation, synchronized under DDP, not at all for a step the scaler skips); without it, a
-            tensor hook adds each backward pass's gradient.
+            gradient accumulation, synchronized under DDP, not at all for a step the scaler skips; after the step
+            when ``step(closure)`` computes them, as Lightning does); without it, a tensor hook adds each backward
+            pass's gradient.
 
     Raises:
         FluxError: (at :meth:`attach`) a layer kind the recorder does not define, a sharded (FSDP) model, or
@@ -125,6 +126,7 @@ class NeuronRecorder:
         self._rows: tuple[np.ndarray, np.ndarray] | None = None
         self._warned_unseen: set[str] = set()
         self._snapshots = 0
+        self._closure_step = False
 
     @property
     def layer_names(self) -> list[str]:
@@ -164,6 +166,7 @@ class NeuronRecorder:
                     self._handles.append(layer.module.weight.register_hook(state.grad_tap))
             if self.optimizer is not None:
                 self._handles.append(self.optimizer.register_step_pre_hook(self._on_optimizer_step))
+                self._handles.append(self.optimizer.register_step_post_hook(self._after_closure_step))
         except BaseException:
             self.detach()
             raise
@@ -177,6 +180,18 @@ class NeuronRecorder:
         return self
 
     def _on_optimizer_step(self, optimizer, args, kwargs) -> None:
+        if args or kwargs.get("closure") is not None:
+            # step(closure) computes the gradients inside the step (Lightning, LBFGS): they are read after it.
+            self._closure_step = True
+            return
+        self._read_applied_gradients(optimizer)
+
+    def _after_closure_step(self, optimizer, args, kwargs) -> None:
+        if self._closure_step:
+            self._closure_step = False
+            self._read_applied_gradients(optimizer)
+
+    def _read_applied_gradients(self, optimizer) -> None:
         # A fused optimizer under a GradScaler unscales itself: the scaler hands it these two tensors.
         scale, found_inf = getattr(optimizer, "grad_scale", None), getattr(optimizer, "found_inf", None)
         for state in self._states:
