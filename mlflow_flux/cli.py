@@ -144,7 +144,8 @@ def _compare(args: argparse.Namespace) -> int:
     window = parse_ints("window", args.window, minimum=2)[0] if args.window is not None else None
     tau = parse_floats("tau", args.tau)[0] if args.tau is not None else None
     report = compare(args.sweep, experiment=args.experiment, filter_string=args.filter, output=args.output,
-                     log_run=not args.no_log, window=window, tau=tau)
+                     log_run=not args.no_log, window=window, tau=tau, group_by=args.group_by or None,
+                     loss_key=args.loss_key or None)
     print_report_summary(report)
     return 0
 
@@ -152,8 +153,11 @@ def _compare(args: argparse.Namespace) -> int:
 def print_report_summary(report) -> None:
     groups = report.groups
     print(f"compared {len(report.runs)} runs ({len(report.skipped)} skipped)")
+    key = groups.columns[0]  # the grouping parameter
     for _, row in groups.iterrows():
-        print(f"  lr {row['lr']:g}: loss/final {row['loss_final']:.5f}, participating "
+        value = row[key]
+        shown = f"{value:g}" if isinstance(value, float) else str(value)
+        print(f"  {key} {shown}: loss {row['loss_final']:.5f}, participating "
               f"{row['all/participating_frac']:.3f}, dead {row['all/dead_frac']:.3f} (n={row['n']})")
     for claim in report.claims:
         print(f"  claim ({claim.name}) {claim.text}: {claim.verdict.upper()}")
@@ -186,12 +190,16 @@ def build_parser() -> argparse.ArgumentParser:
     compare = sub.add_parser("compare", help="the cross-run participation report, from the tracking server")
     which = compare.add_mutually_exclusive_group()
     which.add_argument("--sweep", metavar="RUN_ID", help="the sweep's parent run (default: the latest sweep)")
-    which.add_argument("--experiment", metavar="NAME", help="every variant run of this experiment")
-    which.add_argument("--filter", metavar="FILTER", help="an MLflow filter string over variant runs")
+    which.add_argument("--experiment", metavar="NAME", help="every run of this experiment that holds a trace")
+    which.add_argument("--filter", metavar="FILTER", help="an MLflow filter string over the runs that hold a trace")
     compare.add_argument("--output", metavar="DIR", help="also write the report files here")
     compare.add_argument("--no-log", action="store_true", help="do not log a report run")
     compare.add_argument("--window", metavar="N", help="override each run's window (metrics then differ)")
     compare.add_argument("--tau", metavar="T", help="override each run's tau (metrics then differ)")
+    compare.add_argument("--group-by", metavar="PARAM",
+                         help="the parameter whose values form the groups (default: lr when the runs have it)")
+    compare.add_argument("--loss-key", metavar="METRIC",
+                         help="the metric reported as the loss (default: loss/final, else the last loss/train)")
     compare.set_defaults(func=_compare)
     return parser
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .loading import Comparison
+from .loading import Comparison, group_value
 
 __all__ = ["interval", "run_table", "group_table"]
 
@@ -40,7 +40,7 @@ def run_table(comparison: Comparison) -> pd.DataFrame:
     rows = []
     for run in comparison.runs:
         last = run.summaries.iloc[-1]
-        row = {"run_id": run.run_id, "name": run.name, "lr": run.lr, "seed": run.seed,
+        row = {"run_id": run.run_id, "name": run.name, comparison.group_by: group_value(run.group), "seed": run.seed,
                "epochs": int(run.params.get("epochs", run.summaries.index[-1] + 1)),
                "final_epoch": int(run.summaries.index[-1]), "loss_final": run.final_loss}
         for key in ("participating", "participating_frac", "dead_frac", "sos_median", "bias_fluct_median"):
@@ -51,16 +51,16 @@ def run_table(comparison: Comparison) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def group_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per learning rate: means and 95% intervals over seeds."""
+def group_table(runs: pd.DataFrame, group_by: str = "lr") -> pd.DataFrame:
+    """One row per value of ``group_by`` (in the order of ``runs``): means and 95% intervals over its runs."""
     rows = []
-    numeric = [c for c in runs.columns if c not in ("run_id", "name", "lr", "seed", "final_epoch")]
-    for lr, group in runs.groupby("lr", sort=False):
-        row = {"lr": lr, "seeds": ",".join(map(str, group["seed"])), "n": len(group)}
+    numeric = [c for c in runs.columns if c not in ("run_id", "name", group_by, "seed", "final_epoch")]
+    for value, group in runs.groupby(group_by, sort=False):
+        row = {group_by: value, "seeds": ",".join(map(str, group["seed"])), "n": len(group)}
         for column in numeric:
             mean, low, high = interval(group[column].to_numpy(dtype=float))
             row[column] = mean
             if column in _INTERVAL_COLUMNS:
                 row[f"{column} ci_low"], row[f"{column} ci_high"] = low, high
         rows.append(row)
-    return pd.DataFrame(rows).sort_values("lr", ascending=False).reset_index(drop=True)
+    return pd.DataFrame(rows)

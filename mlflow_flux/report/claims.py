@@ -16,7 +16,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["CLAIMS_TAG", "ClaimSpec", "Claim", "claims_tag_value", "claims_declared_by", "evaluate", "verdict"]
+__all__ = ["CLAIMS_TAG", "ClaimSpec", "Claim", "claims_tag_value", "claims_declared_by", "evaluate", "matches_group",
+           "verdict"]
 
 _log = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ def claims_declared_by(runs: Iterable) -> tuple[ClaimSpec, ...]:
     return tuple(seen.values())
 
 
-def _matches(values: pd.Series, wanted) -> np.ndarray:
+def matches_group(values: pd.Series, wanted) -> np.ndarray:
     try:
         return np.isclose(values.astype(float), float(wanted), rtol=1e-9, atol=0)
     except (TypeError, ValueError):
@@ -133,7 +134,7 @@ def evaluate(spec: ClaimSpec, groups: pd.DataFrame) -> Claim:
     key, label = spec.group_by, spec.label or spec.metric
     if key not in groups.columns or spec.metric not in groups.columns:
         return Claim(spec.name, spec.text, "not testable", f"the runs have no {key!r} groups with {spec.metric!r}")
-    hits = _matches(groups[key], spec.subject)
+    hits = matches_group(groups[key], spec.subject)
     subject = groups[hits].iloc[0] if hits.any() else None
     if spec.against is None:
         rivals = groups[~hits]
@@ -144,7 +145,7 @@ def evaluate(spec: ClaimSpec, groups: pd.DataFrame) -> Claim:
         rival = rivals.loc[values.idxmin() if spec.better == "lower" else values.idxmax()]
         rival_label = f"best other, {key} {_show(rival[key])},"
     else:
-        matches = _matches(groups[key], spec.against)
+        matches = matches_group(groups[key], spec.against)
         rival = groups[matches].iloc[0] if matches.any() else None
         if subject is None or rival is None:
             return Claim(spec.name, spec.text, "not testable",

@@ -29,7 +29,7 @@ from .selection import select_runs
 
 _log = logging.getLogger(__name__)
 
-__all__ = ["RunData", "Comparison", "load_comparison", "TAU_GRID"]
+__all__ = ["RunData", "Comparison", "load_comparison", "group_value", "TAU_GRID"]
 
 TAU_GRID = tuple(float(t) for t in np.logspace(-6, -1, 16))
 
@@ -40,11 +40,11 @@ class RunData:
 
     run_id: str
     name: str
-    lr: float
+    group: str  # the run's value of the grouping parameter (or its name when runs are not grouped)
     seed: str
     params: dict
     final_loss: float
-    loss: pd.Series  # loss/train by epoch
+    loss: pd.Series  # the loss metric's history, by step
     summaries: pd.DataFrame  # fluctuation.summaries_over_epochs
     tau_curve: pd.Series  # participating fraction (all) at the final window, by tau
     layers: list[str]
@@ -63,13 +63,40 @@ class Comparison:
     tracking_uri: str
     claims: tuple[ClaimSpec, ...] = ()  # what the runs say should hold between their groups
     timings: dict[str, float] = field(default_factory=dict)
+    group_by: str = "lr"  # the parameter whose values form the groups; "run": every run is its own group
+    loss_key: str = "loss/train"  # the metric shown as the loss
+
+    def group_order(self, values) -> list:
+        """Groups in display order: learning rates from large to small (the study's order), other numbers from
+        small to large, text alphabetically."""
+        return sorted(set(values), key=lambda v: _sort_key(v, descending=self.group_by == "lr"))
 
 
-def _load_run(client, run, window: int | None, tau: float | None) -> RunData:
+def _sort_key(value: str, descending: bool) -> tuple:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return (1, 0.0, str(value))
+    return (0, -number if descending else number, "")
+
+
+def group_value(value: str):
+    """A group's value as the tables show it: a number when it reads as one."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return value
+
+
+def _load_run(client, run, window: int | None, tau: float | None, group_by: str,
+              loss_key: str | None) -> RunData:
     run_id = run.info.run_id
+    params = run.data.params
+    name = run.data.tags.get("mlflow.runName", run_id[:8])
+    if group_by != "run" and group_by not in params:
+        raise FluxError(f"no parameter {group_by!r} to group by")
     if run.info.status != "FINISHED":
         raise FluxError(f"run status {run.info.status}")
-    params = run.data.params
     window = window or int(params.get("flux.window", fluctuation.DEFAULT_WINDOW))
     tau = tau or float(params.get("flux.tau", fluctuation.DEFAULT_TAU))
     clock = time.perf_counter()
@@ -98,15 +125,20 @@ def _load_run(client, run, window: int | None, tau: float | None) -> RunData:
     tau_curve = pd.Series({t: float(fluctuation.summarize(last, t)["all/participating_frac"][0]) for t in TAU_GRID},
                           name=run_id)
     seconds["compute"] = time.perf_counter() - clock
-    history = client.get_metric_history(run_id, "loss/train")
+    history = client.get_metric_history(run_id, loss_key or "loss/train")
     loss = pd.Series({m.step: m.value for m in history}, dtype=float).sort_index()
+    metrics = run.data.metrics
+    if loss_key is not None:
+        final = metrics.get(loss_key, math.nan)
+    else:  # the study logs loss/final; anyone else's run: the last loss/train
+        final = metrics.get("loss/final", metrics.get("loss/train", math.nan))
     return RunData(
         run_id=run_id,
-        name=run.data.tags.get("mlflow.runName", run_id[:8]),
-        lr=float(params.get("lr", "nan")),
+        name=name,
+        group=name if group_by == "run" else params[group_by],
         seed=params.get("seed", "?"),
         params=dict(params),
-        final_loss=float(run.data.metrics.get("loss/final", math.nan)),
+        final_loss=float(final),
         loss=loss,
         summaries=summaries,
         tau_curve=tau_curve,
@@ -131,9 +163,16 @@ def load_comparison(
     filter_string: str | None = None,
     window: int | None = None,
     tau: float | None = None,
+    group_by: str | None = None,
+    loss_key: str | None = None,
     workers: int = 8,
 ) -> Comparison:
-    """Select the runs and load them (in parallel threads: the time is network and Parquet decoding)."""
+    """Select the runs and load them (in parallel threads: the time is network and Parquet decoding).
+
+    ``group_by`` names the parameter whose values form the groups (default ``lr`` when any run has it, else every
+    run is its own group); ``loss_key`` the metric reported as the loss (default ``loss/final``, else the last
+    ``loss/train``).
+    """
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -143,10 +182,12 @@ def load_comparison(
     started = time.perf_counter()
     runs, description, sweep_id = select_runs(client, sweep_id, experiment, filter_string)
     queried = time.perf_counter()
+    if group_by is None:
+        group_by = "lr" if any("lr" in run.data.params for run in runs) else "run"
 
     def load(run):
         try:
-            return _load_run(client, run, window, tau), None
+            return _load_run(client, run, window, tau, group_by, loss_key), None
         except FluxError as exc:
             return None, (run.info.run_id, run.data.tags.get("mlflow.runName", ""), str(exc))
 
@@ -156,14 +197,16 @@ def load_comparison(
     loaded = [r for r, _ in results if r is not None]
     skipped = [s for _, s in results if s is not None]
     firsts = {}
-    for run in loaded:  # the report shows one reconstruction per learning rate
-        firsts.setdefault(run.lr, run)
+    for run in loaded:  # the report shows one reconstruction per group
+        firsts.setdefault(run.group, run)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         list(pool.map(lambda run: _attach_reconstruction(client, run), firsts.values()))
     done = time.perf_counter()
     if not loaded:
         reasons = "; ".join(f"{name or rid}: {why}" for rid, name, why in skipped)
         raise FluxError(f"none of the {len(runs)} runs of {description} has a readable trace ({reasons})")
-    loaded.sort(key=lambda r: (-r.lr, r.seed))
-    return Comparison(loaded, skipped, description, sweep_id, tracking_uri, declared,
-                      {"query": queried - started, "load": done - queried})
+    comparison = Comparison(loaded, skipped, description, sweep_id, tracking_uri, declared,
+                            {"query": queried - started, "load": done - queried}, group_by, loss_key or "loss/train")
+    order = {value: index for index, value in enumerate(comparison.group_order(r.group for r in loaded))}
+    loaded.sort(key=lambda r: (order[r.group], r.seed, r.name))
+    return comparison

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from ..errors import InvalidParameter
 from .claims import ClaimSpec
 from .loading import load_comparison
 from .render import Report, build
@@ -22,17 +23,24 @@ def compare(
     window: int | None = None,
     tau: float | None = None,
     claims: Sequence[ClaimSpec] | None = None,
+    group_by: str | None = None,
+    loss_key: str | None = None,
 ) -> Report:
     """Build the cross-run participation report.
 
     Args:
-        sweep_id: the parent run of a sweep; by default the latest sweep of the current experiment.
-        experiment: compare every variant run of this experiment (name or id) instead.
-        filter_string: an MLflow filter over the variant runs, e.g. ``"params.optimizer = 'adam'"``.
+        sweep_id: the parent run of a sweep; by default the latest sweep of the current experiment, or every run
+            of it that holds a trace when it has no sweep.
+        experiment: compare every run of this experiment (name or id) that holds a trace instead.
+        filter_string: an MLflow filter over the runs that hold a trace, e.g. ``"params.optimizer = 'adam'"``.
         output: also write the report files into this directory.
         log_run: log the report to a new run tagged ``mlflow_flux.role=report`` (a child of the sweep).
         window, tau: override each run's own settings (the metrics then no longer match the report).
         claims: claims to check; by default those the runs declare (the built-in study declares the paper's).
+            A claim appears only when the runs have its groups.
+        group_by: the parameter whose values form the groups (``"width"``); default ``lr`` when the runs have it,
+            else every run on its own. Runs without the parameter are listed as skipped.
+        loss_key: the metric reported as the loss; default ``loss/final``, else the last ``loss/train``.
 
     Returns:
         A :class:`~mlflow_flux.report.render.Report` with the tables, the claims, the run id and the paths written.
@@ -40,7 +48,10 @@ def compare(
     Raises:
         FluxError: no runs match, no run has a readable trace, or the server is unreachable.
     """
-    comparison = load_comparison(sweep_id, experiment, filter_string, window, tau)
+    for name, value in (("group_by", group_by), ("loss_key", loss_key)):
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise InvalidParameter(name, value, "expected a non-empty name")
+    comparison = load_comparison(sweep_id, experiment, filter_string, window, tau, group_by, loss_key)
     if claims is not None:
         comparison.claims = tuple(claims)
     return build(comparison, output=output, log_run=log_run)

@@ -22,8 +22,8 @@ from ..traces import runs as flux_runs
 from ..traces.mlflow_adapter import PARENT_RUN_ID_TAG
 from . import plots
 from .analysis import group_table, run_table
-from .claims import Claim, evaluate
-from .loading import Comparison
+from .claims import Claim, matches_group, evaluate
+from .loading import Comparison, group_value
 
 __all__ = ["Report", "build", "REPORT_DIR"]
 
@@ -44,14 +44,22 @@ class Report:
     files: list[str] = field(default_factory=list)
 
 
-def _label(lr: float) -> str:
-    return f"lr {lr:g}"
+def _label(comparison: Comparison, value: str) -> str:
+    if comparison.group_by == "run":
+        return value
+    shown = group_value(value)
+    return f"{comparison.group_by} {shown:g}" if isinstance(shown, float) else f"{comparison.group_by} {shown}"
+
+
+def _grouping(comparison: Comparison) -> str:
+    """What the tables' groups are, in words."""
+    return "run" if comparison.group_by == "run" else comparison.group_by
 
 
 def figures(comparison: Comparison) -> dict[str, Figure]:
-    by_lr: dict[str, list] = {}
+    by_lr: dict[str, list] = {}  # label -> runs, in the comparison's group order
     for run in comparison.runs:
-        by_lr.setdefault(_label(run.lr), []).append(run)
+        by_lr.setdefault(_label(comparison, run.group), []).append(run)
 
     def curves(pick):
         return {label: [pick(r) for r in runs] for label, runs in by_lr.items()}
@@ -60,8 +68,8 @@ def figures(comparison: Comparison) -> dict[str, Figure]:
         "participation": plots.curves_by_group_figure(
             curves(lambda r: r.summaries["all/participating_frac"]), "Participating neurons over epochs",
             "participating fraction (all layers)"),
-        "loss": plots.curves_by_group_figure(curves(lambda r: r.loss), "Reconstruction loss over epochs",
-                                             "loss/train (MSE)", log_y=True),
+        "loss": plots.curves_by_group_figure(curves(lambda r: r.loss), "Loss over training",
+                                             comparison.loss_key, log_y=True, xlabel="step"),
         "tau_sensitivity": plots.curves_by_group_figure(
             curves(lambda r: r.tau_curve), "Participating fraction at the final window against tau",
             "participating fraction", xlabel="tau", log_x=True),
@@ -78,7 +86,7 @@ def figures(comparison: Comparison) -> dict[str, Figure]:
         if first is not None:
             images.append((f"{label} (seed {first.seed})", matplotlib.image.imread(io.BytesIO(first.reconstruction_png))))
     if images:
-        out["reconstructions"] = plots.stacked_images_figure(images, "Reconstructions across learning rates")
+        out["reconstructions"] = plots.stacked_images_figure(images, f"Reconstructions across {_grouping(comparison)}s")
     return out
 
 
@@ -90,12 +98,12 @@ def _png(figure: Figure) -> bytes:
 
 def _settings(comparison: Comparison) -> pd.DataFrame:
     params = pd.DataFrame([r.params for r in comparison.runs])
-    keep = [c for c in params.columns if c not in ("lr", "seed", "threads", "flux.layers")]
+    keep = [c for c in params.columns if c not in (comparison.group_by, "seed", "threads", "flux.layers")]
     return pd.DataFrame({c: [", ".join(sorted(set(params[c].dropna().astype(str))))] for c in sorted(keep)}).T
 
 
 def _groups_for_display(groups: pd.DataFrame) -> pd.DataFrame:
-    """The per-lr table without its interval bounds, which the claims quote."""
+    """The per-group table without its interval bounds, which the claims quote."""
     return groups[[c for c in groups.columns if "ci_" not in c]]
 
 
@@ -132,15 +140,18 @@ def markdown(comparison: Comparison, report: Report, settings: pd.DataFrame, png
     lines = [
         "# mlflow-flux participation report", "",
         f"Runs: {md_escape(comparison.selection)} at {md_escape(comparison.tracking_uri)} "
-        f"({len(comparison.runs)} compared, {len(report.skipped)} skipped).", "",
-        "## The paper's claims against our runs", "",
+        f"({len(comparison.runs)} compared, {len(report.skipped)} skipped), {md_escape(_comparison_made(comparison))}.",
+        "",
     ]
-    for claim in report.claims:  # claims come from the runs' tags: escaped like everything else from a run
-        lines += [f"- **({md_escape(claim.name)}) {md_escape(claim.text)}**: **{md_escape(claim.verdict)}**. "
-                  f"{md_escape(claim.evidence)}"]
-    lines += ["", "Verdicts compare 95% intervals over seeds; overlapping intervals are inconclusive. "
-              "The measures are our definitions (below), not the paper's, which it does not publish.", "",
-              "## Per learning rate (final window)", "", _md_table(_groups_for_display(report.groups)),
+    if report.claims:
+        lines += ["## The paper's claims against our runs", ""]
+        for claim in report.claims:  # claims come from the runs' tags: escaped like everything else from a run
+            lines += [f"- **({md_escape(claim.name)}) {md_escape(claim.text)}**: **{md_escape(claim.verdict)}**. "
+                      f"{md_escape(claim.evidence)}"]
+        lines += ["", "Verdicts compare 95% intervals over seeds; overlapping intervals are inconclusive. "
+                  "The measures are our definitions (below), not the paper's, which it does not publish.", ""]
+    lines += [f"## Per {md_escape(_grouping(comparison))} (final window)", "",
+              _md_table(_groups_for_display(report.groups)),
               "", "## Per run", "", _md_table(report.runs), ""]
     if report.skipped:
         lines += ["## Skipped runs", ""] + [f"- {md_escape(name or rid)} ({md_escape(rid)}): {md_escape(why)}"
@@ -166,6 +177,9 @@ def html_page(comparison: Comparison, report: Report, settings: pd.DataFrame, im
     figures_html = "".join(
         f"<figure><img alt='{e(name)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
         f"<figcaption>{e(name)}</figcaption></figure>" for name, png in images.items())
+    claims_section = "" if not report.claims else f"""<h2>The paper's claims against our runs</h2><ul>{claims_html}</ul>
+<p>Verdicts compare 95% intervals over seeds; overlapping intervals are inconclusive. The measures are our
+definitions (below), not the paper's, which it does not publish.</p>"""
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>mlflow-flux participation report</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}}
 table.t{{border-collapse:collapse;font-size:13px}}table.t td,table.t th{{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}}
@@ -174,11 +188,9 @@ figure{{display:inline-block;margin:.5em}}img{{max-width:520px}}pre{{background:
 .scroll{{overflow-x:auto}}</style></head><body>
 <h1>mlflow-flux participation report</h1>
 <p>Runs: {e(comparison.selection)} at <code>{e(comparison.tracking_uri)}</code> ({len(comparison.runs)} compared,
-{len(report.skipped)} skipped).</p>
-<h2>The paper's claims against our runs</h2><ul>{claims_html}</ul>
-<p>Verdicts compare 95% intervals over seeds; overlapping intervals are inconclusive. The measures are our
-definitions (below), not the paper's, which it does not publish.</p>
-<h2>Per learning rate (final window)</h2><div class="scroll">{_table_html(_groups_for_display(report.groups))}</div>
+{len(report.skipped)} skipped), {e(_comparison_made(comparison))}.</p>
+{claims_section}
+<h2>Per {e(_grouping(comparison))} (final window)</h2><div class="scroll">{_table_html(_groups_for_display(report.groups))}</div>
 <h2>Per run</h2><div class="scroll">{_table_html(report.runs)}</div>
 {"<h2>Skipped runs</h2><ul>" + skipped + "</ul>" if skipped else ""}
 <h2>Figures</h2>{figures_html}
@@ -203,6 +215,24 @@ def _write(directory: Path, comparison: Comparison, report: Report) -> list[str]
     return sorted([*pngs, "summary.csv", "runs.csv", "skipped.csv", "report.md", "report.html"])
 
 
+def _comparison_made(comparison: Comparison) -> str:
+    if comparison.group_by == "run":
+        return f"each run on its own (no run has an lr parameter; pass group_by=...), loss from {comparison.loss_key}"
+    return f"grouped by the parameter {comparison.group_by}, loss from {comparison.loss_key}"
+
+
+def _applicable(comparison: Comparison, groups: pd.DataFrame) -> list:
+    """The declared claims these groups can test: the study's claims appear when its grouping and groups do."""
+    specs = []
+    for spec in comparison.claims:
+        if spec.group_by != comparison.group_by or spec.group_by not in groups.columns:
+            continue
+        named = [spec.subject] if spec.against is None else [spec.subject, spec.against]
+        if all(matches_group(groups[spec.group_by], value).any() for value in named):
+            specs.append(spec)
+    return specs
+
+
 def build(comparison: Comparison, output: str | Path | None = None, log_run: bool = True) -> Report:
     """Compute the tables and claims, write the files, and log them to a report run.
 
@@ -211,8 +241,8 @@ def build(comparison: Comparison, output: str | Path | None = None, log_run: boo
     """
     started = time.perf_counter()
     runs = run_table(comparison)
-    groups = group_table(runs)
-    report = Report(runs=runs, groups=groups, claims=[evaluate(spec, groups) for spec in comparison.claims],
+    groups = group_table(runs, comparison.group_by)
+    report = Report(runs=runs, groups=groups, claims=[evaluate(spec, groups) for spec in _applicable(comparison, groups)],
                     skipped=comparison.skipped)
     with tempfile.TemporaryDirectory(prefix="mlflow-flux-report-") as tmp:
         written = Path(tmp)
@@ -259,6 +289,7 @@ def _log(comparison: Comparison, report: Report, directory: Path) -> str:
     try:
         verdicts = [RunTag(f"mlflow_flux.claim_{c.name}", c.verdict) for c in report.claims]
         client.log_batch(run_id, params=[Param("selection", comparison.selection[:500]),
+                                         Param("group_by", comparison.group_by),
                                          Param("runs_compared", str(len(comparison.runs)))],
                          tags=verdicts,
                          metrics=[Metric("report/skipped_runs", len(comparison.skipped), 0, 0)])

@@ -149,7 +149,7 @@ def test_no_matching_runs_is_one_line_and_exit_2(sweep):
     result = _cli(sweep["env"], "compare", "--filter", "params.lr = '42'", timeout=120)
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert lines == [line for line in lines if line.startswith("mlflow-flux: error: no variant runs match")]
+    assert lines == [line for line in lines if line.startswith("mlflow-flux: error: no runs holding a trace match")]
     assert len(lines) == 1
     malformed = _cli(sweep["env"], "compare", "--filter", "params.lr ~~ 1", timeout=120)
     assert malformed.returncode == 2 and "invalid value for 'filter'" in malformed.stderr
