@@ -87,3 +87,26 @@ def test_no_import_cycles_among_the_modules():
     for node in graph:
         if node not in state:
             visit(node, [node])
+
+
+def test_only_the_integrations_import_the_optional_frameworks():
+    frameworks = ("lightning", "pytorch_lightning", "transformers", "ray", "playwright")
+    for name, path, tree in _modules():
+        if name.startswith("mlflow_flux.integrations") or name.startswith("mlflow_flux.study"):
+            continue
+        used = {module.split(".")[0] for module in _imports(name, path, tree)}
+        assert not used & set(frameworks), (name, used & set(frameworks))
+
+
+def test_an_integration_without_its_framework_is_one_import_error_naming_the_extra():
+    import subprocess
+    import sys
+
+    for module, extra, framework in (("lightning", "lightning", "lightning"),
+                                     ("transformers", "transformers", "transformers")):
+        # sys.modules[name] = None makes `import name` fail as if it were not installed
+        code = (f"import sys; sys.modules[{framework!r}] = None\n"
+                f"try:\n    import mlflow_flux.integrations.{module}\n"
+                f"except ImportError as e:\n    print(e)\n")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        assert f"pip install 'mlflow-flux[{extra}]'" in out, out

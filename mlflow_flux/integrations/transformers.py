@@ -1,0 +1,83 @@
+"""Hugging Face ``transformers.Trainer``: ``Trainer(..., callbacks=[FluxCallback()])`` records every neuron of the
+model into the MLflow run of the training.
+
+    from mlflow_flux.integrations.transformers import FluxCallback
+
+    args = TrainingArguments(output_dir="out", report_to="mlflow", num_train_epochs=3)
+    Trainer(model=model, args=args, train_dataset=data, callbacks=[FluxCallback()]).train()
+
+With ``report_to="mlflow"`` the trace goes into the run that transformers' own ``MLflowCallback`` opened, whatever
+the order of the callbacks (the watcher starts at the first training step, after every ``on_train_begin``); without
+it, into the active MLflow run, or a new one the callback ends. The model's linear maps (``nn.Linear``, GPT-2's
+``Conv1D``) are watched by default. Evaluation passes never count as activity.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+try:
+    from transformers import TrainerCallback
+    from transformers.utils import logging as hf_logging
+except ImportError as exc:  # the extra is optional; the core package never imports this module
+    raise ImportError("mlflow_flux.integrations.transformers needs Hugging Face transformers: "
+                      "pip install 'mlflow-flux[transformers]'") from exc
+
+from ..watcher import FluxWatcher
+from ._common import RunChoice, active_or_new_run, end_started_run, every_n_steps_option
+
+__all__ = ["FluxCallback"]
+
+_log = hf_logging.get_logger(__name__)
+
+
+class FluxCallback(TrainerCallback):
+    """Watch the model during ``Trainer.train()``.
+
+    Args:
+        every_n_steps: snapshot every N global (optimizer) steps, the trace's ``epoch`` column then holds the
+            step; default ``None``: once per epoch.
+        **watch_options: :func:`mlflow_flux.watch`'s options (``layers``, ``window``, ``tau``, ...).
+    """
+
+    def __init__(self, *, every_n_steps: int | None = None, **watch_options: Any) -> None:
+        self.every_n_steps = every_n_steps_option(every_n_steps)
+        self.watch_options = watch_options
+        self.watcher: FluxWatcher | None = None
+        self._run: RunChoice | None = None
+        self._epochs = 0
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        if self.watcher is not None or model is None:
+            return
+        options = dict(self.watch_options)
+        if state.is_world_process_zero and "run_id" not in options:
+            # By now transformers' MLflowCallback (report_to="mlflow") has started its run in on_train_begin.
+            self._run = active_or_new_run("Hugging Face")
+            options["run_id"] = self._run.run_id
+            _log.info("mlflow-flux records into %s", self._run.how)
+        self.watcher = FluxWatcher(model, **options)
+        try:
+            self.watcher.start()
+        except BaseException:
+            self.watcher = None
+            end_started_run(self._run, "FAILED")
+            raise
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.every_n_steps is not None and self.watcher is not None and state.global_step % self.every_n_steps == 0:
+            self.watcher.end_step(state.global_step)
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if self.every_n_steps is None and self.watcher is not None:
+            self.watcher.end_epoch(self._epochs)
+            self._epochs += 1
+
+    def on_train_end(self, args, state, control, **kwargs):
+        watcher, self.watcher = self.watcher, None
+        if watcher is None:
+            return
+        try:
+            watcher.close()
+        finally:
+            end_started_run(self._run, "FINISHED")
