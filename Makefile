@@ -40,6 +40,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/recorder.py
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/transformer.py
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/sweep.py
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/report.py
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/metric_logging.py --paper-rounds 0
