@@ -121,7 +121,7 @@ def _sweep(args: argparse.Namespace) -> int:
     from .study.sweep import parse_sweep_config, run_sweep
 
     names = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in _SWEPT]
-    config = parse_sweep_config(_given(args, ["lrs", "seeds", "max_parallel", "report", *names]))
+    config = parse_sweep_config(_given(args, ["lrs", "seeds", "max_parallel", "report", "backend", *names]))
     result = run_sweep(config)
     if config.report and len(result.failed) < len(result.variants):
         from .report.pipeline import compare
@@ -184,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--max-parallel", dest="max_parallel", metavar="N",
                        help="variants at a time (default: auto, one per core)")
     sweep.add_argument("--report", metavar="BOOL", help="build the comparison report at the end (default: true)")
+    sweep.add_argument("--backend", metavar="NAME",
+                       help="where variants run: local processes, or ray (RAY_ADDRESS, else a local instance) "
+                            "(default: local)")
     _add_train_options(sweep, skip=_SWEPT)
     sweep.set_defaults(func=_sweep)
 

@@ -3,10 +3,12 @@
     mlflow run . --env-manager local                       # defaults: lrs 0.01,0.001,0.0001, seed 0, 1000 epochs
     mlflow run . --env-manager local -P epochs=50 -P seeds=0,1
 
-Each variant is a child process of the sweep (``python -m mlflow_flux.cli train``, one interpreter), started when
-a slot is free; its run is created as it starts, so a queued variant has no clock running. Ctrl-C or SIGTERM stops
-every child the way it stops one ``train`` (its run ends KILLED with its trace), waits for them, and ends the sweep
-KILLED; a child also stops if the sweep itself dies (Linux parent-death signal). No process outlives the sweep.
+Each variant is one process (``python -m mlflow_flux.cli train``, one interpreter): a child of the sweep, or with
+``backend=ray`` a Ray task's child on a local instance or the cluster at ``RAY_ADDRESS`` (:mod:`.backends`). It
+starts when a slot is free; its run is created as it starts, so a queued variant has no clock running. Ctrl-C or
+SIGTERM stops every variant the way it stops one ``train`` (its run ends KILLED with its trace), waits for them,
+and ends the sweep KILLED; a variant also stops if its parent process dies (Linux parent-death signal). No process
+outlives the sweep.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from __future__ import annotations
 import math
 import os
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -26,11 +27,11 @@ from mlflow.entities import Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
 from ..errors import InvalidParameter, TrackingLost
-from ..interrupts import PARENT_PID_ENV
 from ..traces import runs as flux_runs
 from ..traces.mlflow_adapter import PARENT_RUN_ID_TAG, RUN_NAME_TAG, abandon_active_run
 from ..traces.server import check_reachable, health_probe
 from ..watcher import default_upload_timeout
+from .backends import BACKENDS, make_backend
 from .config import TrainConfig, parse_floats, parse_ints, parse_train_config
 
 __all__ = ["SweepConfig", "SweepResult", "Variant", "parse_sweep_config", "run_sweep", "auto_parallel"]
@@ -63,6 +64,7 @@ class SweepConfig:
     max_parallel: int = 0  # 0: one process per core
     train: TrainConfig = TrainConfig()
     report: bool = True
+    backend: str = "local"  # or "ray"
 
     @property
     def variants(self) -> int:
@@ -119,16 +121,22 @@ def parse_sweep_config(overrides: Mapping[str, str]) -> SweepConfig:
         if raw not in ("true", "false", "1", "0", "yes", "no"):
             raise InvalidParameter("report", raw, "expected true or false")
         report = raw in ("true", "1", "yes")
+    backend = "local"
+    if "backend" in overrides:
+        backend = str(overrides.pop("backend")).strip().lower()
+        if backend not in BACKENDS:
+            raise InvalidParameter("backend", backend, f"expected one of {', '.join(BACKENDS)}")
     for name in ("lr", "seed"):
         if name in overrides:
             raise InvalidParameter(name, overrides[name], f"the sweep varies it: pass {name}s= instead")
     if len(lrs) * len(seeds) > MAX_VARIANTS:
         raise InvalidParameter("lrs", ",".join(map(str, lrs)),
                                f"expected at most {MAX_VARIANTS} variants (lrs x seeds), got {len(lrs) * len(seeds)}")
-    return SweepConfig(lrs=lrs, seeds=seeds, max_parallel=max_parallel, train=parse_train_config(overrides), report=report)
+    return SweepConfig(lrs=lrs, seeds=seeds, max_parallel=max_parallel, train=parse_train_config(overrides),
+                       report=report, backend=backend)
 
 
-def _start_variant(client: MlflowClient, parent, config: SweepConfig, lr: float, seed: int) -> "_Child":
+def _start_variant(client: MlflowClient, parent, config: SweepConfig, lr: float, seed: int, backend) -> "_Child":
     """Create the variant's run (its clock starts now) and its process."""
     sweep_id = parent.info.run_id
     label = f"lr={lr:g} seed={seed}"
@@ -148,31 +156,27 @@ def _start_variant(client: MlflowClient, parent, config: SweepConfig, lr: float,
         MLFLOW_EXPERIMENT_ID=parent.info.experiment_id,
         MLFLOW_TRACKING_URI=mlflow.get_tracking_uri(),
         PYTHONPATH=os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p),
-        **{PARENT_PID_ENV: str(os.getpid())},
     )
-    return _Child(variant, subprocess.Popen(command, env=env))
+    return _Child(variant, backend.start(command, env, config.threads_per_variant))
 
 
 @dataclass
 class _Child:
     variant: Variant
-    process: subprocess.Popen
+    handle: object  # the backend's: a process, or a Ray task
+    code: int | None = None
 
 
-def _stop(children: list[_Child], grace: float | None = None) -> None:
+def _grace() -> float:
+    return default_upload_timeout() + GRACE_MARGIN
+
+
+def _stop(backend, children: list[_Child]) -> None:
     """SIGTERM every child still running (a second signal is only noted by one already stopping), wait for them to
-    save their traces, and kill what is left after ``grace`` seconds."""
+    save their traces, and kill what is left after the grace; each child gets its exit code."""
+    codes = backend.stop([child.handle for child in children], _grace())
     for child in children:
-        if child.process.poll() is None:
-            child.process.send_signal(signal.SIGTERM)
-    grace = default_upload_timeout() + GRACE_MARGIN if grace is None else grace
-    deadline = time.monotonic() + grace
-    for child in children:
-        try:
-            child.process.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            child.process.kill()
-            child.process.wait()
+        child.code = codes.get(child.handle, child.code)
 
 
 def _settle(client: MlflowClient, variant: Variant, code: int, killed: bool = False) -> str | None:
@@ -215,6 +219,7 @@ def run_sweep(config: SweepConfig) -> SweepResult:
         "lrs": ",".join(f"{lr:g}" for lr in config.lrs),
         "seeds": ",".join(map(str, config.seeds)),
         "max_parallel": str(config.parallel),
+        "backend": config.backend,
         **shared,
     }
     client.log_batch(
@@ -223,22 +228,24 @@ def run_sweep(config: SweepConfig) -> SweepResult:
         tags=[RunTag(k, v) for k, v in flux_runs.flux_tags("sweep", sweep_id).items()],
     )
     print(f"sweep {sweep_id}: {config.variants} variants, {config.parallel} at a time, "
-          f"{config.threads_per_variant} thread(s) each", flush=True)
+          f"{config.threads_per_variant} thread(s) each, backend {config.backend}", flush=True)
 
     pending = [(lr, seed) for seed in config.seeds for lr in config.lrs]
     running: list[_Child] = []
     variants: list[Variant] = []
     failed: dict[str, str] = {}
     status: RunStatus | None = RunStatus.FAILED
+    backend = None
     try:
+        backend = make_backend(config.backend, _grace())
         while pending or running:
             while pending and len(running) < config.parallel:
-                child = _start_variant(client, parent, config, *pending.pop(0))
+                child = _start_variant(client, parent, config, *pending.pop(0), backend)
                 variants.append(child.variant)
                 running.append(child)
             still = []
             for child in running:
-                code = child.process.poll()
+                code = backend.poll(child.handle)
                 if code is None:
                     still.append(child)
                     continue
@@ -258,23 +265,27 @@ def run_sweep(config: SweepConfig) -> SweepResult:
         client.log_metric(sweep_id, "sweep/failed_variants", len(failed))
     except TrackingLost:
         status = None
-        _stop(running)
+        _stop(backend, running)
         raise
     except BaseException as exc:
         # Ctrl-C, SIGTERM, or a child that could not be launched: no process and no variant may stay RUNNING.
         interrupted = isinstance(exc, KeyboardInterrupt)
         status = RunStatus.KILLED if interrupted else RunStatus.FAILED
-        _stop(running)
+        if backend is not None:
+            _stop(backend, running)
         if server_answers():
             for child in running:
                 if not interrupted:
                     client.set_tag(child.variant.run_id, flux_runs.FAILURE_TAG,
                                    f"the sweep stopped: {type(exc).__name__}: {exc}")
-                _settle(client, child.variant, child.process.returncode, killed=interrupted)
+                _settle(client, child.variant, child.code if child.code is not None else -signal.SIGTERM,
+                        killed=interrupted)
         else:
             status = None
         raise
     finally:
+        if backend is not None:
+            backend.close()
         if status is not None:
             mlflow.end_run(RunStatus.to_string(status))
         else:

@@ -1,0 +1,88 @@
+"""The sweep on a real local Ray instance (2 CPUs): same runs as the local backend, failures, Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tests.helpers import PYTHON, ROOT, run_cli, runs_of, subprocess_env
+
+pytestmark = pytest.mark.slow
+TINY = ["--epochs", "3", "--n-samples", "64", "--hidden", "32,8", "--image-size", "16", "--window", "2"]
+
+
+def _ray_processes() -> list[str]:
+    found = subprocess.run(["pgrep", "-fa", "raylet|gcs_server|ray::|mlflow_flux.cli train"], capture_output=True,
+                           text=True).stdout
+    return [line for line in found.splitlines() if "pgrep" not in line]
+
+
+def _shape(runs) -> dict:
+    """What a backend must not change: per role and lr, the status, tag keys and params."""
+    shape = {}
+    for run in runs:
+        role = run.data.tags.get("mlflow_flux.role")
+        key = (role, run.data.params.get("lr", ""))
+        tags = {k for k in run.data.tags if not k.startswith("mlflow.") or k in ("mlflow.parentRunId",)}
+        params = dict(run.data.params)
+        for differs in ("flux.fastpath", "selection", "backend"):  # the report names its sweep's id
+            params.pop(differs, None)
+        shape[key] = (run.info.status, tags, params)
+    return shape
+
+
+def test_ray_runs_match_the_local_backends_and_a_failing_variant_spares_its_sibling(store):
+    assert not _ray_processes()
+    shapes = {}
+    for backend in ("local", "ray"):
+        result = run_cli(store, "sweep", "--lrs", "0.01,1e30", "--backend", backend, *TINY, timeout=600)
+        assert result.returncode == 1, result.stderr[-3000:]
+        assert "lr=1e+30 seed=0: DivergedError" in result.stderr
+        assert "Traceback" not in result.stderr.split("sweep")[-1]
+        runs = runs_of(store)
+        sweep_ids = {r.data.tags.get("mlflow_flux.sweep_id") for r in runs if r.data.tags.get("mlflow_flux.sweep_id")}
+        latest = max(sweep_ids, key=lambda s: next(r.info.start_time for r in runs if r.info.run_id == s))
+        shapes[backend] = _shape([r for r in runs if r.data.tags.get("mlflow_flux.sweep_id") == latest])
+    assert shapes["ray"] == shapes["local"]
+    assert shapes["ray"][("variant", "0.01")][0] == "FINISHED"
+    assert shapes["ray"][("variant", "1e+30")][0] == "FAILED"
+    assert shapes["ray"][("sweep", "")][0] == "FAILED"
+    assert ("report", "") in shapes["ray"]
+    assert not _ray_processes()  # the instance the sweep started is gone
+
+
+def test_ctrl_c_of_a_ray_sweep_kills_every_run_and_leaves_no_process(store):
+    process = subprocess.Popen([*PYTHON, "-m", "mlflow_flux.cli", "sweep", "--lrs", "0.01,0.001", "--backend", "ray",
+                                *TINY[2:], "--epochs", "20000"], cwd=ROOT,
+                               env=subprocess_env(store, RAY_DEDUP_LOGS="0"),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    seen = []
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:  # both variants are training
+        line = process.stdout.readline()
+        seen.append(line)
+        if all(any(f"lr={lr} seed=0 epoch 2000/" in s for s in seen) for lr in ("0.01", "0.001")):
+            break
+    else:
+        raise AssertionError("".join(seen)[-3000:])
+    os.killpg(process.pid, signal.SIGINT)
+    out, _ = process.communicate(timeout=240)
+    assert process.returncode == 130, out[-3000:]
+    runs = runs_of(store)
+    assert {r.data.tags["mlflow_flux.role"]: r.info.status for r in runs} == {"sweep": "KILLED", "variant": "KILLED"}
+    for run in runs:
+        if run.data.tags["mlflow_flux.role"] == "variant":
+            from mlflow import MlflowClient
+
+            traces = {f.path for f in MlflowClient().list_artifacts(run.info.run_id, "traces")}
+            assert "traces/traces.parquet" in traces, traces  # compacted: the variant saved its trace
+    try:
+        os.killpg(process.pid, 0)
+        alive = True
+    except ProcessLookupError:
+        alive = False
+    assert not alive and not _ray_processes()  # nor any variant, which runs in a session of its own
