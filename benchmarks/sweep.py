@@ -1,12 +1,15 @@
-"""Sweep wall time: variants in parallel (the default) against the same variants one after another.
+"""The sweep against its floor: the wall time of `mlflow-flux sweep` (report included) against the plain training
+it must do.
 
-    .venv/bin/python benchmarks/sweep.py                                   # 3 lrs x 2 seeds x 50 epochs, ~4 min
-    .venv/bin/python benchmarks/sweep.py --epochs 100 --seeds 0            # the default sweep's 3 variants
+    .venv/bin/python benchmarks/sweep.py --epochs 20                 # short trial: wall - floor vs start-up, ~2 min
+    .venv/bin/python benchmarks/sweep.py --epochs 100 --seeds 0,1    # 6 variants, ~5 min
+    .venv/bin/python benchmarks/sweep.py                             # the default sweep, 3 x 1000 epochs, ~15 min
 
-Both runs go through `mlflow-flux sweep` into a temporary sqlite store, so process start-up, MLflow calls,
-trace upload and figures are all counted. Sequential is `--max-parallel 1`: one child at a time with every core's
-threads. Target (issue 2): parallel / sequential <= 0.65 on 2 cores. The default load is 6 variants: with 3 on
-2 cores, two run and then one runs alone, so no scheduler gets below 2/3 of the sequential time.
+Measured in one run: the floor is the plain, unwatched training time of each variant (same data, model, optimizer,
+batches) in this process on one thread with denormals flushed, summed and divided by the cores; start-up is one
+`python -c "import torch, mlflow"`. Then the sweep runs as a user runs it, into a temporary sqlite store, report
+included. Targets on 2 cores: default sweep <= 1.25 x floor; 20 epochs: wall - floor <= 8 x start-up; 6 variants
+<= 1.25 x floor.
 """
 
 from __future__ import annotations
@@ -19,35 +22,77 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mlflow_flux.study.config import TrainConfig  # noqa: E402
+from mlflow_flux.study.model import Autoencoder  # noqa: E402
+from mlflow_flux.study.shapes import ShapeSpec, make_shapes  # noqa: E402
 
 
-def timed_sweep(store: Path, max_parallel: str, args: argparse.Namespace) -> float:
-    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{store}/mlflow.db",
-               MLFLOW_EXPERIMENT_NAME=f"bench-{max_parallel}")
-    env.pop("MLFLOW_EXPERIMENT_ID", None)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # as `make` does
-    command = [sys.executable, "-m", "mlflow_flux.cli", "sweep", "--lrs", args.lrs, "--seeds", args.seeds,
-               "--epochs", str(args.epochs), "--max-parallel", max_parallel, "--report", "false"]
+def plain_training(lr: float, seed: int, epochs: int) -> float:
+    """Seconds of the study's training loop for one variant, unwatched, one thread, denormals flushed."""
+    config = TrainConfig()
+    images = torch.from_numpy(make_shapes(ShapeSpec(n_samples=config.n_samples, image_size=config.image_size))[0])
+    torch.manual_seed(seed)
+    model = Autoencoder(config.image_size**2, config.hidden)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    order = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
-    subprocess.run(command, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(epochs):
+        total = torch.zeros((), dtype=torch.float64)
+        for batch in torch.randperm(len(images), generator=order).split(config.batch_size):
+            x = images[batch]
+            optimizer.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.mse_loss(model(x), x)
+            loss.backward()
+            optimizer.step()
+            total += loss.detach() * len(batch)
+        float(total)
     return time.perf_counter() - start
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description="Sweep wall time: parallel against one variant after another.")
-    parser.add_argument("--epochs", type=int, default=50)
-    parser.add_argument("--lrs", default="0.01,0.001,0.0001")
-    parser.add_argument("--seeds", default="0,1")
-    args = parser.parse_args()
-    variants = len(args.lrs.split(",")) * len(args.seeds.split(","))
+def start_up() -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import torch, mlflow"], check=True)
+    return time.perf_counter() - start
+
+
+def sweep_wall(lrs: str, seeds: str, epochs: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
-        store = Path(tmp)
-        sequential = timed_sweep(store, "1", args)
-        parallel = timed_sweep(store, "auto", args)
-    print(f"{variants} variants x {args.epochs} epochs on {os.cpu_count()} cores: "
-          f"one after another {sequential:.1f} s, parallel {parallel:.1f} s")
-    print(f"summary: parallel / sequential = {parallel / sequential:.3f} (target <= 0.65)")
+        env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp}/mlflow.db", MLFLOW_EXPERIMENT_NAME="bench")
+        env.pop("MLFLOW_EXPERIMENT_ID", None)
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # as `make` does
+        command = [sys.executable, "-m", "mlflow_flux.cli", "sweep", "--lrs", lrs, "--seeds", seeds,
+                   "--epochs", str(epochs)]
+        start = time.perf_counter()
+        subprocess.run(command, cwd=tmp, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="The sweep's wall time against its floor.")
+    parser.add_argument("--epochs", type=int, default=1000)
+    parser.add_argument("--lrs", default="0.01,0.001,0.0001")
+    parser.add_argument("--seeds", default="0")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(True)
+    cores = os.cpu_count() or 1
+    lrs = [float(v) for v in args.lrs.split(",")]
+    seeds = [int(v) for v in args.seeds.split(",")]
+    imports = min(start_up() for _ in range(3))
+    print(f"start-up (python -c 'import torch, mlflow', best of 3): {imports:.2f} s", flush=True)
+    wall = sweep_wall(args.lrs, args.seeds, args.epochs)
+    print(f"sweep wall (report included): {wall:.1f} s", flush=True)
+    plain = [plain_training(lr, seed, args.epochs) for seed in seeds for lr in lrs]
+    floor = sum(plain) / cores
+    print(f"floor: {len(plain)} variants x {args.epochs} epochs, plain {sum(plain):.1f} s on one thread / {cores} "
+          f"cores = {floor:.1f} s", flush=True)
+    print(f"wall / floor = {wall / floor:.3f} (target <= 1.25); wall - floor = {wall - floor:.1f} s = "
+          f"{(wall - floor) / imports:.1f} x start-up (target <= 8 for a short trial)", flush=True)
 
 
 if __name__ == "__main__":
