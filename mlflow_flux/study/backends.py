@@ -67,16 +67,18 @@ def run_variant(command: Sequence[str], env: Mapping[str, str], grace: float) ->
     deadline = None
     while True:
         try:
-            if deadline is None:
+            # Short waits, never one blocking waitpid: Ray delivers a cancel as an exception between bytecodes,
+            # which a wait inside C would hold back until the variant ended by itself.
+            remaining = 0.5 if deadline is None else min(0.5, max(0.0, deadline - time.monotonic()))
+            return process.wait(timeout=remaining)
+        except subprocess.TimeoutExpired:
+            if deadline is not None and time.monotonic() >= deadline:
+                process.kill()
                 return process.wait()
-            return process.wait(timeout=max(0.0, deadline - time.monotonic()))
         except KeyboardInterrupt:
             if deadline is None:
                 process.send_signal(signal.SIGTERM)
                 deadline = time.monotonic() + grace
-        except subprocess.TimeoutExpired:
-            process.kill()
-            return process.wait()
 
 
 class RayBackend:
