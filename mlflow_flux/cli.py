@@ -143,7 +143,13 @@ def _compare(args: argparse.Namespace) -> int:
 
     window = parse_ints("window", args.window, minimum=2)[0] if args.window is not None else None
     tau = parse_floats("tau", args.tau)[0] if args.tau is not None else None
-    report = compare(args.sweep, experiment=args.experiment, filter_string=args.filter, output=args.output,
+    # An empty value is "not given": the compare entry point of the MLproject passes every option, empty or not.
+    sweep, experiment, filter_string = (value or None for value in (args.sweep, args.experiment, args.filter))
+    chosen = [f"--{name}" for name, value in (("sweep", sweep), ("experiment", experiment), ("filter", filter_string))
+              if value is not None]
+    if len(chosen) > 1:
+        raise UsageError(f"pass only one of --sweep, --experiment, --filter, not {' and '.join(chosen)}")
+    report = compare(sweep, experiment=experiment, filter_string=filter_string, output=args.output or None,
                      log_run=not args.no_log, window=window, tau=tau, group_by=args.group_by or None,
                      loss_key=args.loss_key or None)
     print_report_summary(report)
@@ -191,10 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.set_defaults(func=_sweep)
 
     compare = sub.add_parser("compare", help="the cross-run participation report, from the tracking server")
-    which = compare.add_mutually_exclusive_group()
-    which.add_argument("--sweep", metavar="RUN_ID", help="the sweep's parent run (default: the latest sweep)")
-    which.add_argument("--experiment", metavar="NAME", help="every run of this experiment that holds a trace")
-    which.add_argument("--filter", metavar="FILTER", help="an MLflow filter string over the runs that hold a trace")
+    # One of the three (checked in _compare, where an empty value counts as not given).
+    compare.add_argument("--sweep", metavar="RUN_ID", help="the sweep's parent run (default: the latest sweep)")
+    compare.add_argument("--experiment", metavar="NAME", help="every run of this experiment that holds a trace")
+    compare.add_argument("--filter", metavar="FILTER", help="an MLflow filter string over the runs that hold a trace")
     compare.add_argument("--output", metavar="DIR", help="also write the report files here")
     compare.add_argument("--no-log", action="store_true", help="do not log a report run")
     compare.add_argument("--window", metavar="N", help="override each run's window (metrics then differ)")

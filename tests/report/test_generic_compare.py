@@ -74,3 +74,21 @@ def test_without_lr_or_group_by_every_run_is_its_own_group(store, tmp_path):
 def test_group_by_must_be_a_name(store):
     with pytest.raises(FluxError, match="group_by"):
         mlflow_flux.compare(group_by="", log_run=False)
+
+
+@pytest.mark.slow
+def test_the_compare_entry_point_takes_a_filter_and_a_grouping(store):
+    from tests.helpers import run_cli, run_mlflow_project
+
+    for width in (8, 16):
+        _user_run(width, 0)
+    result = run_mlflow_project(store, "group_by=width", "filter=params.width = '8'", entry_point="compare",
+                                timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (report,) = [r for r in mlflow.search_runs([store["experiment_id"]], output_format="list")
+                 if r.data.tags.get("mlflow_flux.role") == "report"]
+    assert report.data.params["group_by"] == "width" and report.data.params["runs_compared"] == "1"
+    both = run_cli(store, "compare", "--sweep", "abc", "--experiment", "x")
+    assert both.returncode == 2
+    assert both.stderr.strip().splitlines() == [
+        "mlflow-flux: error: pass only one of --sweep, --experiment, --filter, not --sweep and --experiment"]
