@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 from mlflow_flux.study.config import TrainConfig  # noqa: E402
 from mlflow_flux.study.model import Autoencoder  # noqa: E402
 from mlflow_flux.study.shapes import ShapeSpec, make_shapes  # noqa: E402
+from mlflow_flux.study.train import train_one_epoch  # noqa: E402
 
 
 def plain_training(lr: float, seed: int, epochs: int) -> float:
@@ -42,15 +43,7 @@ def plain_training(lr: float, seed: int, epochs: int) -> float:
     order = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
     for _ in range(epochs):
-        total = torch.zeros((), dtype=torch.float64)
-        for batch in torch.randperm(len(images), generator=order).split(config.batch_size):
-            x = images[batch]
-            optimizer.zero_grad(set_to_none=True)
-            loss = torch.nn.functional.mse_loss(model(x), x)
-            loss.backward()
-            optimizer.step()
-            total += loss.detach() * len(batch)
-        float(total)
+        train_one_epoch(model, optimizer, images, config.batch_size, order)
     return time.perf_counter() - start
 
 
