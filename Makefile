@@ -10,7 +10,7 @@ REQUIRE_FASTPATH ?= 1
 # The tests run the integrations too (Lightning, transformers, Ray, the browser test's Playwright).
 EXTRAS ?= test,lightning,transformers,ray,browser
 
-.PHONY: run test bench install clean
+.PHONY: run test bench install browser clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,16 +25,30 @@ $(STAMP): $(BIN)/python pyproject.toml setup.py constraints.txt mlflow_flux/reco
 
 install: $(STAMP)
 
+# The browser test drives Debian's chromium through Playwright (executable_path; Playwright's own download is not
+# used). Installed here when missing and we may (root with apt-get); otherwise the test fails and says how.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1 || \
+	      { apt-get update -qq >/dev/null 2>&1 && \
+	        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1; }; }; } || \
+	  echo "chromium missing: apt-get install chromium (the browser test will fail without it)"
+
+# MLflow's own INFO lines (from `mlflow run` itself) are off unless VERBOSE=1; the sweep ends with the UI's URL.
+VERBOSE ?= 0
 run: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/mlflow run . --env-manager local $(ARGS)
-	@echo
-	@echo "Open the UI on this store:  $(BIN)/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI)"
+	PATH="$(CURDIR)/$(BIN):$$PATH" MLFLOW_LOGGING_LEVEL=$(if $(filter 1,$(VERBOSE)),INFO,WARNING) \
+	  $(BIN)/mlflow run . --env-manager local $(if $(filter 1,$(VERBOSE)),-P verbose=true) $(ARGS)
 
 # The whole suite under `python -OO` (no docstrings, no asserts: nothing of ours may lean on them), then the doctests,
 # every test not marked slow, and those that need docstrings (transformers' models) in plain python: both modes,
 # without running the end-to-end tests twice.
-TEST_ENV := PATH="$(CURDIR)/$(BIN):$$PATH" MLFLOW_FLUX_REQUIRE_FASTPATH=$(REQUIRE_FASTPATH)
-test: $(STAMP)
+# 1: the browser test fails (not skips) without chromium and Playwright.
+REQUIRE_BROWSER ?= 1
+TEST_ENV := PATH="$(CURDIR)/$(BIN):$$PATH" MLFLOW_FLUX_REQUIRE_FASTPATH=$(REQUIRE_FASTPATH) \
+	MLFLOW_FLUX_REQUIRE_BROWSER=$(REQUIRE_BROWSER)
+test: $(STAMP) browser
 	$(TEST_ENV) $(BIN)/python -OO -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 	$(TEST_ENV) $(BIN)/python -m pytest -p no:cacheprovider -m "not slow or docstrings" $(PYTEST_ARGS)
 
@@ -46,4 +60,4 @@ bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/metric_logging.py --paper-rounds 0
 
 clean:
-	rm -rf $(VENV) mlflow.db mlruns mlartifacts
+	rm -rf $(VENV) mlflow.db mlruns mlartifacts test-artifacts

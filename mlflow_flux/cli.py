@@ -19,7 +19,7 @@ from typing import Sequence
 
 from .errors import FluxError, InvalidParameter, UsageError
 from .interrupts import exit_code, stop_on_signals, stop_with_parent
-from .study.config import TrainConfig
+from .study.config import OPTION_HELP, TrainConfig
 
 __all__ = ["main"]
 
@@ -99,7 +99,7 @@ def _add_train_options(parser: argparse.ArgumentParser, skip: Sequence[str] = ()
         default = field.default
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
         parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, metavar="VALUE",
-                            help=f"default: {shown}")
+                            help=f"{OPTION_HELP[field.name]} (default: {shown})")
 
 
 def _given(args: argparse.Namespace, names: Sequence[str]) -> dict[str, str]:
@@ -113,28 +113,61 @@ def _train(args: argparse.Namespace) -> int:
     from .study.train import train
 
     result = train(config, progress=not args.quiet)
-    print(f"run {result.run_id}: loss/final {result.final_loss:.6f} after {result.epochs} epochs")
+    label = os.environ.get("MLFLOW_FLUX_PROGRESS_LABEL") or f"run {result.run_id}"
+    print(f"{label}: finished, final loss {result.final_loss:.6f} after {result.epochs} epochs")
     return 0
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from .study.sweep import parse_sweep_config, run_sweep
+    import time
 
+    from .study.config import parse_sweep_config
+
+    started = time.monotonic()
     names = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in _SWEPT]
     config = parse_sweep_config(_given(args, ["lrs", "seeds", "max_parallel", "report", "backend", *names]))
+    # The first line comes before MLflow and torch are imported (seconds on a busy machine).
+    print(f"mlflow-flux: {config.name}: {config.variants} variants (lrs {','.join(f'{lr:g}' for lr in config.lrs)}; "
+          f"seeds {','.join(map(str, config.seeds))}), starting...", flush=True)
+    from .study.sweep import run_sweep
+
     result = run_sweep(config)
+    report = None
     if config.report and len(result.failed) < len(result.variants):
         from .report.pipeline import compare
 
-        print_report_summary(compare(result.sweep_run_id))  # failed variants show up as skipped
+        report = compare(result.sweep_run_id)  # failed variants show up as skipped
+        print_report_summary(report)
+    _print_closing(config.name, result, report, time.monotonic() - started)
     if not result.ok:
         print(f"mlflow-flux: sweep {result.sweep_run_id} FAILED: {len(result.failed)} of "
               f"{len(result.variants)} variants failed", file=sys.stderr)
         for reason in result.failed.values():
             print(f"  {reason}", file=sys.stderr)
         return 1
-    print(f"sweep {result.sweep_run_id}: {len(result.variants)} variants finished")
     return 0
+
+
+def _print_closing(name: str, result, report, seconds: float) -> None:
+    """Where to look next: the sweep's runs in the UI, and the report."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from .study.progress import format_duration
+    from .traces import links
+
+    uri = mlflow.get_tracking_uri()
+    experiment_id = MlflowClient().get_run(result.sweep_run_id).info.experiment_id
+    state = "FAILED" if not result.ok else "finished"
+    lines = [f"{name} {state}: {len(result.variants) - len(result.failed)} of {len(result.variants)} variants in "
+             f"{format_duration(seconds)} (run {result.sweep_run_id})",
+             f"  runs:   {links.sweep_runs_url(uri, experiment_id, result.sweep_run_id)}"]
+    if report is not None and report.run_id:
+        lines.append(f"  report: {links.artifact_url(uri, experiment_id, report.run_id, 'report/report.html')}")
+    command = links.ui_command(uri)
+    if command:
+        lines.append(f"  (serve the UI first: {command})")
+    print("\n".join(lines), flush=True)
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -163,40 +196,55 @@ def print_report_summary(report) -> None:
     for _, row in groups.iterrows():
         value = row[key]
         shown = f"{value:g}" if isinstance(value, float) else str(value)
-        print(f"  {key} {shown}: loss {row['loss_final']:.5f}, participating "
-              f"{row['all/participating_frac']:.3f}, dead {row['all/dead_frac']:.3f} (n={row['n']})")
+        diverged = f", diverged in {row['diverged']} of {row['n']}" if row.get("diverged", 0) else ""
+        print(f"  {key} {shown}: final loss {row['loss_final']:.5f}, participating "
+              f"{row['all/participating_frac']:.1%}, frozen {row['all/frozen_frac']:.1%}, dead "
+              f"{row['all/dead_frac']:.1%} ({row['n']} run{'s' if row['n'] > 1 else ''}{diverged})")
     for claim in report.claims:
         print(f"  claim ({claim.name}) {claim.text}: {claim.verdict.upper()}")
+        for note in claim.notes:
+            print(f"    - {note}")
     for run_id, name, reason in report.skipped:
         print(f"  skipped {name or run_id}: {reason}")
     if report.run_id:
-        print(f"report logged to run {report.run_id} (artifacts: report/report.html)")
+        print(f"report logged to run {report.run_id} (artifact report/report.html)")
     if report.directory:
         print(f"report written to {report.directory}/report.html")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="mlflow-flux", description=DESCRIPTION)
+    common = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS: a subcommand's default must not overwrite `mlflow-flux --verbose sweep`.
+    common.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="also show MLflow's own INFO messages (hidden by default)")
+    parser = _Parser(prog="mlflow-flux", description=DESCRIPTION, parents=[common])
     sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sweep,compare}")
 
-    train = sub.add_parser("train", help="train one variant into one MLflow run")
+    train = sub.add_parser("train", help="train one variant into one MLflow run", parents=[common],
+                           description="Train one variant of the built-in study into one MLflow run.")
     _add_train_options(train)
     train.add_argument("--quiet", action="store_true", help="no progress output")
     train.set_defaults(func=_train)
 
-    sweep = sub.add_parser("sweep", help="the learning-rate sweep: a parent run and one child per (lr, seed)")
+    sweep = sub.add_parser("sweep", help="the learning-rate sweep: a parent run and one child per (lr, seed)",
+                           parents=[common], description="Run the study's sweep: one parent run, one child run "
+                                                         "per (lr, seed), then the report.")
     sweep.add_argument("--lrs", metavar="LIST", help="comma-separated learning rates (default: 0.01,0.001,0.0001)")
     sweep.add_argument("--seeds", metavar="LIST", help="comma-separated seeds (default: 0)")
     sweep.add_argument("--max-parallel", dest="max_parallel", metavar="N",
-                       help="variants at a time (default: auto, one per core)")
-    sweep.add_argument("--report", metavar="BOOL", help="build the comparison report at the end (default: true)")
+                       help="variants at a time; auto: as many as finish soonest on this machine's cores "
+                            "(default: auto)")
+    sweep.add_argument("--report", metavar="BOOL", help="build the comparison report at the end: true or false "
+                                                        "(default: true)")
     sweep.add_argument("--backend", metavar="NAME",
                        help="where variants run: local processes, or ray (RAY_ADDRESS, else a local instance) "
                             "(default: local)")
     _add_train_options(sweep, skip=_SWEPT)
     sweep.set_defaults(func=_sweep)
 
-    compare = sub.add_parser("compare", help="the cross-run participation report, from the tracking server")
+    compare = sub.add_parser("compare", help="the cross-run participation report, from the tracking server",
+                             parents=[common], description="Build the cross-run participation report from the "
+                                                           "tracking server and log it to a report run.")
     # One of the three (checked in _compare, where an empty value counts as not given).
     compare.add_argument("--sweep", metavar="RUN_ID", help="the sweep's parent run (default: the latest sweep)")
     compare.add_argument("--experiment", metavar="NAME", help="every run of this experiment that holds a trace")
@@ -208,9 +256,22 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--group-by", metavar="PARAM",
                          help="the parameter whose values form the groups (default: lr when the runs have it)")
     compare.add_argument("--loss-key", metavar="METRIC",
-                         help="the metric reported as the loss (default: loss/final, else the last loss/train)")
+                         help="the metric reported as the loss (default: flux/loss_final or loss/final, else the last "
+                              "flux/loss_train or loss/train)")
     compare.set_defaults(func=_compare)
     return parser
+
+
+def _quiet_mlflow(verbose: bool) -> None:
+    """MLflow's INFO lines (database migrations, "View run at ...") are off unless --verbose; the variants a sweep
+    starts inherit the setting through MLFLOW_LOGGING_LEVEL, which MLflow reads as it is imported."""
+    if verbose:
+        os.environ["MLFLOW_LOGGING_LEVEL"] = "INFO"
+    else:
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per trace read
+    if "mlflow" in sys.modules:  # imported already (under `mlflow run` only its plugin loader did): set it too
+        logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"].upper())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -228,6 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args, unknown = build_parser().parse_known_args(argv)
             if unknown:
                 raise _unknown_options(args, unknown)
+            _quiet_mlflow(getattr(args, "verbose", False))
             return args.func(args)
     except FluxError as exc:
         print(f"mlflow-flux: error: {exc}", file=sys.stderr)

@@ -10,8 +10,9 @@ docs/metrics.md.
 
 from __future__ import annotations
 
+import math
 import warnings
-from typing import Mapping
+from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
@@ -32,6 +33,10 @@ __all__ = [
     "window_summaries",
     "summaries_from_arrays",
     "summaries_over_epochs",
+    "DIVERGENCE_FACTOR",
+    "Divergence",
+    "divergence",
+    "frozen_fraction",
 ]
 
 # What each quantity means, as the report prints it: our reading of the paper, which publishes no formula.
@@ -43,6 +48,8 @@ DEFINITIONS = (
     ("fires", "act_rate[t, i] > 0 at some snapshot t of the window"),
     ("dead", "act_rate[t, i] == 0 at every snapshot t of the window"),
     ("participates", "fires and rel[i] >= tau"),
+    ("frozen", "fires but rel[i] < tau: still active, its weights no longer move (inactive, not dead)"),
+    ("diverged", "the loss rose above DIVERGENCE_FACTOR (2) times its own minimum after reaching it and ended there"),
 )
 # The per-neuron trace columns every summary here is computed from (the trace stores them first).
 INPUT_COLUMNS = ("w_std", "bias", "act_rate", "w_step")
@@ -357,3 +364,55 @@ def summaries_over_epochs(trace: pd.DataFrame, window: int = DEFAULT_WINDOW, tau
         raise ValueError(f"window must be >= 2 snapshots, got {window}")
     epochs, layers = layer_arrays(trace)
     return summaries_from_arrays(epochs, layers, window, tau)
+
+
+# A run "diverged" when its loss rose above this multiple of its own minimum and ended there.
+DIVERGENCE_FACTOR = 2.0
+
+
+class Divergence(NamedTuple):
+    """Where a loss history diverged: its minimum, the first step after it above ``factor`` x the minimum, the last
+    value."""
+
+    best_step: int
+    best: float
+    step: int
+    final: float
+
+
+def divergence(steps: Sequence[int], losses: Sequence[float], factor: float = DIVERGENCE_FACTOR) -> Divergence | None:
+    """The divergence of a loss history, or None when its last value is within ``factor`` of its minimum.
+
+    A history that became NaN or infinite diverged at the first such step.
+
+    >>> divergence([0, 1, 2, 3, 4], [0.5, 0.1, 0.12, 0.3, 0.4])
+    Divergence(best_step=1, best=0.1, step=3, final=0.4)
+    >>> divergence([0, 1, 2], [0.5, 0.1, 0.15]) is None, divergence([], []) is None
+    (True, True)
+    >>> divergence([0, 1, 2], [0.5, float("nan"), 0.1]).step
+    1
+    """
+    values = np.asarray(losses, dtype=float)
+    steps = np.asarray(steps)
+    if len(values) == 0:
+        return None
+    bad = ~np.isfinite(values)
+    if bad.any():
+        first = int(np.argmax(bad))
+        best = int(np.argmin(values[:first])) if first else 0
+        return Divergence(int(steps[best]), float(values[best]) if first else math.nan, int(steps[first]),
+                          float(values[-1]))
+    best = int(np.argmin(values))
+    if not values[-1] > factor * values[best]:
+        return None
+    after = np.flatnonzero(values[best:] > factor * values[best])
+    return Divergence(int(steps[best]), float(values[best]), int(steps[best + after[0]]), float(values[-1]))
+
+
+def frozen_fraction(participating_frac: float, dead_frac: float) -> float:
+    """The fraction of neurons that fire but no longer participate: ``1 - dead - participating``.
+
+    >>> round(frozen_fraction(0.0, 0.64), 6)
+    0.36
+    """
+    return max(0.0, 1.0 - dead_frac - participating_frac)

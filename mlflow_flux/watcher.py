@@ -73,6 +73,27 @@ def _positive_option(name: str, value: object) -> float:
     return float(value)
 
 
+SETTINGS_PREFIXES = ("flux.", "")
+
+
+def _layer_metrics_option(value: object) -> tuple[str, ...]:
+    """``False``: whole-network summaries only; ``True``: every summary per layer too; or the summaries wanted per
+    layer, e.g. ``["participating_frac"]``."""
+    if isinstance(value, bool):
+        return fluctuation.SUMMARY_KEYS if value else ()
+    if isinstance(value, str):
+        raise InvalidParameter("layer_metrics", value, f"expected a list, e.g. layer_metrics=[{value!r}]")
+    try:
+        keys = tuple(value)
+    except TypeError:
+        raise InvalidParameter("layer_metrics", value, "expected True, False or a list of summary names") from None
+    unknown = [key for key in keys if key not in fluctuation.SUMMARY_KEYS]
+    if unknown:
+        raise InvalidParameter("layer_metrics", unknown[0],
+                               f"expected summary names among {', '.join(fluctuation.SUMMARY_KEYS)}")
+    return keys
+
+
 def _layers_option(layers: object) -> list[LayerSpec] | None:
     if layers is None:
         return None
@@ -126,6 +147,8 @@ class FluxWatcher:
         metrics_interval: float = 5.0,
         upload_timeout: float | None = None,
         optimizer: torch.optim.Optimizer | None = None,
+        layer_metrics: bool | Sequence[str] = False,
+        settings_prefix: str = "flux.",
     ) -> None:
         if not isinstance(model, nn.Module):
             raise InvalidParameter("model", type(model).__name__, "expected a torch.nn.Module")
@@ -137,6 +160,11 @@ class FluxWatcher:
             raise InvalidParameter("log_figures", log_figures, "expected True or False")
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
             raise InvalidParameter("optimizer", type(optimizer).__name__, "expected a torch.optim.Optimizer")
+        self.layer_metrics = _layer_metrics_option(layer_metrics)
+        if settings_prefix not in SETTINGS_PREFIXES:
+            raise InvalidParameter("settings_prefix", settings_prefix,
+                                   f"expected one of {', '.join(map(repr, SETTINGS_PREFIXES))}")
+        self.settings_prefix = settings_prefix
         self.recorder = NeuronRecorder(model, layers=_layers_option(layers),
                                        snapshot_every=_int_option("snapshot_every", snapshot_every, 1),
                                        optimizer=optimizer)
@@ -186,27 +214,30 @@ class FluxWatcher:
         tracking_uri = mlflow.get_tracking_uri()
         check_reachable(tracking_uri)
         self.client = MlflowClient()
-        if "flux.layers" in self.client.get_run(self.run_id).data.params:
+        existing = self.client.get_run(self.run_id).data.params
+        if "flux.layers" in existing:
             raise FluxError(
                 f"run {self.run_id} already holds a watcher's traces: start another run "
                 "(mlflow.start_run(nested=True)) for a second watch"
             )
         self.recorder.attach()
         try:
-            self._open_sinks(health_probe(tracking_uri))
+            self._open_sinks(health_probe(tracking_uri), existing)
         except BaseException:
             self.recorder.detach()  # a watcher that failed to start leaves no hook on the user's model
             raise
         return self
 
-    def _open_sinks(self, reachable) -> None:
+    def _open_sinks(self, reachable, existing: Mapping[str, str]) -> None:
         if self.trace_dir is None:
             self.trace_dir = Path(tempfile.gettempdir()) / "mlflow-flux" / self.run_id
         self.metrics = MetricLogger(self.client, self.run_id, interval=self.metrics_interval, reachable=reachable)
         # Every summary key is mapped for MLflow now, so a clash between two layer names fails here, not later.
-        for scope in [*self.recorder.layer_names, "all"]:
-            for key in fluctuation.SUMMARY_KEYS:
-                self.metrics.names.key(f"flux/{scope}/{key}")
+        for key in fluctuation.SUMMARY_KEYS:
+            self.metrics.names.key(f"flux/{key}")
+            if key in self.layer_metrics:
+                for name in self.recorder.layer_names:
+                    self.metrics.names.key(f"flux/{name}/{key}")
         self.sink = TraceSink(self.client, self.run_id, self.trace_dir, flush_every=self.flush_every,
                               reachable=reachable).start()
         self.metrics.start()
@@ -215,15 +246,19 @@ class FluxWatcher:
         self.client.log_batch(
             self.run_id,
             params=[
-                Param("flux.window", str(self.window)),
-                Param("flux.tau", str(self.tau)),
-                Param("flux.snapshot_every", str(self.recorder.snapshot_every)),
-                Param("flux.summary_every", str(self.summary_every)),
-                Param("flux.flush_every", str(self.flush_every)),
+                # `mlflow run` may have logged a setting under its plain name already (MLflow refuses a change).
+                *(Param(self.settings_prefix + name, str(value)) for name, value in self.settings().items()
+                  if self.settings_prefix + name not in existing),
                 Param("flux.layers", ",".join(self.recorder.layer_names)[:6000]),
                 Param("flux.fastpath", self.recorder.path),
             ],
         )
+
+    def settings(self) -> dict[str, object]:
+        """The recorder settings a run's trace is read with, logged as ``flux.<name>`` params (or under the plain
+        names, with ``settings_prefix=""``, for runs whose own settings already use them)."""
+        return {"window": self.window, "tau": self.tau, "snapshot_every": self.recorder.snapshot_every,
+                "summary_every": self.summary_every, "flush_every": self.flush_every}
 
     def __enter__(self) -> "FluxWatcher":
         self._signals = contextlib.ExitStack()
@@ -324,8 +359,12 @@ class FluxWatcher:
         row = {key: float(values[0]) for key, values in fluctuation.window_summaries(layers, self.window,
                                                                                    self.tau).items()}
         self._figures.add_summaries(snapshot.epoch, row)
-        out["flux/nonfinite"] = float(snapshot.nonfinite)
-        out.update((f"flux/{key}", value) for key, value in row.items())
+        for name, value in row.items():
+            scope, key = name.rsplit("/", 1)
+            if scope == "all":
+                out[f"flux/{key}"] = value
+            elif key in self.layer_metrics:
+                out[f"flux/{name}"] = value
         return out
 
     # -- closing -----------------------------------------------------------------------------------------------
@@ -399,7 +438,10 @@ def watch(model: nn.Module, **options) -> FluxWatcher:
             ``trace_dir`` (local spool), ``log_figures``, ``upload_timeout`` (seconds ``close()`` waits for
             uploads; default 60, or ``$MLFLOW_FLUX_UPLOAD_TIMEOUT``), ``optimizer`` (read gradients as this
             optimizer applies them: unscaled under a GradScaler, once per step under gradient accumulation,
-            synchronized under DDP; required under torch.distributed).
+            synchronized under DDP; required under torch.distributed), ``layer_metrics`` (``False``, the default:
+            the ``flux/...`` summaries of the whole network only; ``True``: every summary of every layer too, as
+            ``flux/<layer>/...``; or the names of the summaries wanted per layer), ``settings_prefix`` (``"flux."``,
+            the default, or ``""``: the names the window, tau and the other recorder settings are logged under).
 
     Returns:
         A :class:`FluxWatcher`; use it as a context manager and call ``end_epoch(epoch)`` once per epoch.

@@ -105,12 +105,13 @@ def test_trace_values_equal_an_independent_computation(store, dtype):
 
 @pytest.mark.parametrize("summary_every, logged", [(1, list(range(3, 12))), (3, [3, 6, 9])])
 def test_live_metrics_equal_the_offline_recomputation_to_the_last_digit(store, summary_every, logged):
-    run_id, _ = train_mlp(12, window=4, tau=0.02, flush_every=5, summary_every=summary_every)
+    run_id, _ = train_mlp(12, window=4, tau=0.02, flush_every=5, summary_every=summary_every, layer_metrics=True)
     offline = fluctuation.summaries_over_epochs(mlflow_flux.load_traces(run_id), window=4, tau=0.02)
     assert offline.index.tolist() == list(range(3, 12))
     client = MlflowClient()
     for column in offline.columns:
-        history = {m.step: m.value for m in client.get_metric_history(run_id, f"flux/{column}")}
+        key = "flux/" + column.removeprefix("all/")  # the whole network is flux/<summary>, a layer flux/<layer>/...
+        history = {m.step: m.value for m in client.get_metric_history(run_id, key)}
         assert history == offline[column].loc[logged].to_dict(), column
 
 

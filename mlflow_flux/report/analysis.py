@@ -9,12 +9,15 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .. import fluctuation
 from .loading import Comparison, group_value
 
 __all__ = ["interval", "run_table", "group_table"]
 
 # Columns whose interval bounds the claims quote.
-_INTERVAL_COLUMNS = ("loss_final", "all/participating_frac", "all/dead_frac", "all/participating")
+_INTERVAL_COLUMNS = ("loss_final", "all/participating_frac", "all/dead_frac", "all/frozen_frac", "all/participating")
+# Per-run facts that are not averaged over a group: where a run diverged is a diagnosis, not a measure.
+_NOT_AVERAGED = ("run_id", "name", "seed", "final_epoch", "diverged_at", "loss_best_at")
 
 
 def interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
@@ -45,6 +48,11 @@ def run_table(comparison: Comparison) -> pd.DataFrame:
                "final_epoch": int(run.summaries.index[-1]), "loss_final": run.final_loss}
         for key in ("participating", "participating_frac", "dead_frac", "sos_median", "bias_fluct_median"):
             row[f"all/{key}"] = float(last[f"all/{key}"])
+        row["all/frozen_frac"] = fluctuation.frozen_fraction(row["all/participating_frac"], row["all/dead_frac"])
+        diverged = fluctuation.divergence(run.loss.index.to_numpy(), run.loss.to_numpy())
+        row["loss_best"] = float(run.loss.min()) if len(run.loss) else math.nan
+        row["loss_best_at"] = diverged.best_step if diverged else (int(run.loss.idxmin()) if len(run.loss) else -1)
+        row["diverged_at"] = diverged.step if diverged else -1  # -1: did not diverge
         for layer in run.layers:
             row[f"{layer}/participating"] = float(last[f"{layer}/participating"])
         rows.append(row)
@@ -54,9 +62,10 @@ def run_table(comparison: Comparison) -> pd.DataFrame:
 def group_table(runs: pd.DataFrame, group_by: str = "lr") -> pd.DataFrame:
     """One row per value of ``group_by`` (in the order of ``runs``): means and 95% intervals over its runs."""
     rows = []
-    numeric = [c for c in runs.columns if c not in ("run_id", "name", group_by, "seed", "final_epoch")]
+    numeric = [c for c in runs.columns if c not in (*_NOT_AVERAGED, group_by)]
     for value, group in runs.groupby(group_by, sort=False):
-        row = {group_by: value, "seeds": ",".join(map(str, group["seed"])), "n": len(group)}
+        row = {group_by: value, "seeds": ",".join(map(str, group["seed"])), "n": len(group),
+               "diverged": int((group["diverged_at"] >= 0).sum()) if "diverged_at" in group else 0}
         for column in numeric:
             mean, low, high = interval(group[column].to_numpy(dtype=float))
             row[column] = mean

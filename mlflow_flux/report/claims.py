@@ -63,6 +63,7 @@ class Claim:
     text: str
     verdict: str
     evidence: str
+    notes: tuple[str, ...] = ()  # what drives the verdict: divergence, frozen or dead neurons (see .diagnosis)
 
 
 def claims_tag_value(specs: Sequence[ClaimSpec]) -> str:

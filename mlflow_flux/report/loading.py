@@ -52,6 +52,13 @@ class RunData:
     seconds: dict[str, float] = field(default_factory=dict)  # fetch, read, compute
 
 
+# Without loss_key=: the final loss is the first of these a run has, else the last value of its loss history, the
+# first of LOSS_HISTORY_KEYS it has. The study logs flux/loss_*, so that its loss charts open beside the flux/ ones.
+FINAL_LOSS_KEYS = ("flux/loss_final", "loss/final")
+LOSS_HISTORY_KEYS = ("flux/loss_train", "loss/train")
+DEFAULT_LOSS_LABEL = "loss"
+
+
 @dataclass
 class Comparison:
     """The loaded runs, the ones skipped with a reason, and how they were chosen."""
@@ -64,7 +71,7 @@ class Comparison:
     claims: tuple[ClaimSpec, ...] = ()  # what the runs say should hold between their groups
     timings: dict[str, float] = field(default_factory=dict)
     group_by: str = "lr"  # the parameter whose values form the groups; "run": every run is its own group
-    loss_key: str = "loss/train"  # the metric shown as the loss
+    loss_key: str = DEFAULT_LOSS_LABEL  # the metric shown as the loss
 
     def group_order(self, values) -> list:
         """Groups in display order: learning rates from large to small (the study's order), other numbers from
@@ -97,8 +104,9 @@ def _load_run(client, run, window: int | None, tau: float | None, group_by: str,
         raise FluxError(f"no parameter {group_by!r} to group by")
     if run.info.status != "FINISHED":
         raise FluxError(f"run status {run.info.status}")
-    window = window or int(params.get("flux.window", fluctuation.DEFAULT_WINDOW))
-    tau = tau or float(params.get("flux.tau", fluctuation.DEFAULT_TAU))
+    # watch() logs flux.window; the study's runs share the sweep's plain names (settings_prefix="").
+    window = window or int(params.get("flux.window", params.get("window", fluctuation.DEFAULT_WINDOW)))
+    tau = tau or float(params.get("flux.tau", params.get("tau", fluctuation.DEFAULT_TAU)))
     clock = time.perf_counter()
     seconds = {}
     with opened_trace(client, run) as source:
@@ -125,13 +133,14 @@ def _load_run(client, run, window: int | None, tau: float | None, group_by: str,
     tau_curve = pd.Series({t: float(fluctuation.summarize(last, t)["all/participating_frac"][0]) for t in TAU_GRID},
                           name=run_id)
     seconds["compute"] = time.perf_counter() - clock
-    history = client.get_metric_history(run_id, loss_key or "loss/train")
-    loss = pd.Series({m.step: m.value for m in history}, dtype=float).sort_index()
     metrics = run.data.metrics
+    history_key = loss_key or next((k for k in LOSS_HISTORY_KEYS if k in metrics), LOSS_HISTORY_KEYS[-1])
+    history = client.get_metric_history(run_id, history_key)
+    loss = pd.Series({m.step: m.value for m in history}, dtype=float).sort_index()
     if loss_key is not None:
         final = metrics.get(loss_key, math.nan)
-    else:  # the study logs loss/final; anyone else's run: the last loss/train
-        final = metrics.get("loss/final", metrics.get("loss/train", math.nan))
+    else:  # the study's final evaluation; anyone else's run: the last value of its loss history
+        final = next((metrics[k] for k in (*FINAL_LOSS_KEYS, history_key) if k in metrics), math.nan)
     return RunData(
         run_id=run_id,
         name=name,
@@ -170,8 +179,8 @@ def load_comparison(
     """Select the runs and load them (in parallel threads: the time is network and Parquet decoding).
 
     ``group_by`` names the parameter whose values form the groups (default ``lr`` when any run has it, else every
-    run is its own group); ``loss_key`` the metric reported as the loss (default ``loss/final``, else the last
-    ``loss/train``).
+    run is its own group); ``loss_key`` the metric reported as the loss (default ``flux/loss_final`` or
+    ``loss/final``, else the last ``flux/loss_train`` or ``loss/train``).
     """
     import mlflow
     from mlflow.tracking import MlflowClient
@@ -206,7 +215,7 @@ def load_comparison(
         reasons = "; ".join(f"{name or rid}: {why}" for rid, name, why in skipped)
         raise FluxError(f"none of the {len(runs)} runs of {description} has a readable trace ({reasons})")
     comparison = Comparison(loaded, skipped, description, sweep_id, tracking_uri, declared,
-                            {"query": queried - started, "load": done - queried}, group_by, loss_key or "loss/train")
+                            {"query": queried - started, "load": done - queried}, group_by, loss_key or DEFAULT_LOSS_LABEL)
     order = {value: index for index, value in enumerate(comparison.group_order(r.group for r in loaded))}
     loaded.sort(key=lambda r: (order[r.group], r.seed, r.name))
     return comparison

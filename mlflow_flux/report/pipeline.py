@@ -40,7 +40,8 @@ def compare(
             A claim appears only when the runs have its groups.
         group_by: the parameter whose values form the groups (``"width"``); default ``lr`` when the runs have it,
             else every run on its own. Runs without the parameter are listed as skipped.
-        loss_key: the metric reported as the loss; default ``loss/final``, else the last ``loss/train``.
+        loss_key: the metric reported as the loss; default ``flux/loss_final`` or ``loss/final``, else the last
+            ``flux/loss_train`` or ``loss/train``.
 
     Returns:
         A :class:`~mlflow_flux.report.render.Report` with the tables, the claims, the run id and the paths written.

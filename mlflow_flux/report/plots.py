@@ -245,7 +245,7 @@ def curves_by_group_figure(curves: Mapping[str, Sequence[pd.Series]], title: str
 
 def stacked_images_figure(images: Sequence[tuple[str, np.ndarray]], title: str) -> Figure:
     """Images (e.g. each run's reconstruction figure) stacked top to bottom with a label each."""
-    fig = Figure(figsize=(9, 1.9 * len(images) + 0.4), layout="constrained")
+    fig = Figure(figsize=(13, 2.9 * len(images) + 0.5), layout="constrained")  # shown full width: shapes legible
     axes = fig.subplots(len(images), 1, squeeze=False)[:, 0]
     for ax, (label, image) in zip(axes, images):
         ax.imshow(image)

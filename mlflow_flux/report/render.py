@@ -4,8 +4,10 @@ and PNG, written to a directory and logged to a report run."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import io
+import math
 import re
 import shutil
 import tempfile
@@ -19,16 +21,16 @@ from matplotlib.figure import Figure
 
 from .. import fluctuation
 from ..traces import runs as flux_runs
-from ..traces.mlflow_adapter import PARENT_RUN_ID_TAG
+from ..traces.mlflow_adapter import PARENT_RUN_ID_TAG, RUN_NAME_TAG
 from . import plots
 from .analysis import group_table, run_table
-from .claims import Claim, matches_group, evaluate
-from .loading import Comparison, group_value
+from .claims import Claim, evaluate, matches_group
+from .diagnosis import claim_notes
+from .loading import DEFAULT_LOSS_LABEL, Comparison, group_value
 
 __all__ = ["Report", "build", "REPORT_DIR"]
 
 REPORT_DIR = "report"
-_DEFINITIONS = "\n".join(f"{term}: {meaning}" for term, meaning in fluctuation.DEFINITIONS)
 
 
 @dataclass
@@ -97,14 +99,65 @@ def _png(figure: Figure) -> bytes:
 
 
 def _settings(comparison: Comparison) -> pd.DataFrame:
+    """The runs' other parameters: one row per setting, its value(s) across the runs."""
     params = pd.DataFrame([r.params for r in comparison.runs])
     keep = [c for c in params.columns if c not in (comparison.group_by, "seed", "threads", "flux.layers")]
-    return pd.DataFrame({c: [", ".join(sorted(set(params[c].dropna().astype(str))))] for c in sorted(keep)}).T
+    return pd.DataFrame({"setting": sorted(keep),
+                         "value(s)": [", ".join(sorted(set(params[c].dropna().astype(str)))) for c in sorted(keep)]})
 
 
-def _groups_for_display(groups: pd.DataFrame) -> pd.DataFrame:
-    """The per-group table without its interval bounds, which the claims quote."""
-    return groups[[c for c in groups.columns if "ci_" not in c]]
+# Readable names for the tables people read; the CSV files keep the raw keys.
+_COLUMN_NAMES = {
+    "name": "run", "seed": "seed", "loss_final": "final loss", "loss_best": "best training loss",
+    "diverged_at": "diverged at step", "all/participating_frac": "participating", "all/frozen_frac": "frozen",
+    "all/dead_frac": "dead", "all/participating": "participating neurons", "all/sos_median": "spread of spread",
+    "all/bias_fluct_median": "bias fluctuation",
+}
+_FRACTIONS = ("all/participating_frac", "all/frozen_frac", "all/dead_frac")
+
+
+def _with_interval(row: pd.Series, column: str, percent: bool) -> str:
+    def fmt(v: float) -> str:
+        return f"{v:.1%}" if percent else f"{v:.4g}"
+
+    text = fmt(row[column])
+    low, high = row.get(f"{column} ci_low", math.nan), row.get(f"{column} ci_high", math.nan)
+    if pd.notna(low) and pd.notna(high):
+        text += f" [{fmt(low)}, {fmt(high)}]"
+    return text
+
+
+def _groups_for_display(groups: pd.DataFrame, group_by: str) -> pd.DataFrame:
+    """One row per group, readable: value, runs and seeds, means with their 95% intervals, divergences."""
+    out = pd.DataFrame({group_by: groups[group_by]})
+    out["runs"] = [f"{n} (seed{'s' if n > 1 else ''} {seeds})" for n, seeds in zip(groups["n"], groups["seeds"])]
+    for column in ("loss_final", *_FRACTIONS):
+        if column in groups:
+            out[_COLUMN_NAMES[column]] = [_with_interval(row, column, column in _FRACTIONS)
+                                          for _, row in groups.iterrows()]
+    if "diverged" in groups:
+        out["diverged"] = [f"{d} of {n}" for d, n in zip(groups["diverged"], groups["n"])]
+    return out
+
+
+def _runs_for_display(runs: pd.DataFrame, group_by: str) -> pd.DataFrame:
+    """One row per run, readable; the per-layer columns go to :func:`_layers_for_display` and runs.csv."""
+    columns = ["name", group_by, "seed", "loss_final", "loss_best", "diverged_at", *_FRACTIONS, "all/sos_median",
+               "all/bias_fluct_median"]
+    out = runs[[c for c in dict.fromkeys(columns) if c in runs]].copy()
+    for column in _FRACTIONS:
+        if column in out:
+            out[column] = [f"{v:.1%}" for v in out[column]]
+    if "diverged_at" in out:
+        out["diverged_at"] = ["no" if v < 0 else str(int(v)) for v in out["diverged_at"]]
+    return out.rename(columns=_COLUMN_NAMES)
+
+
+def _layers_for_display(runs: pd.DataFrame, group_by: str) -> pd.DataFrame:
+    """Participating neurons per layer, one row per run (wide: shown folded)."""
+    layer_columns = [c for c in runs.columns if c.endswith("/participating") and not c.startswith("all/")]
+    out = runs[["name", group_by, "seed", *layer_columns]].rename(columns={"name": "run"})
+    return out.rename(columns={c: c.removesuffix("/participating") for c in layer_columns})
 
 
 # What acts mid-line in Markdown (text from a run never starts a line here): emphasis, code, links, tables.
@@ -128,7 +181,7 @@ def _md_table(frame: pd.DataFrame, index: bool = False, header: bool = True) -> 
     frame = frame.reset_index() if index else frame
 
     def cell(value) -> str:
-        return f"{value:.6g}" if isinstance(value, float) else md_escape(value)
+        return f"{value:.4g}" if isinstance(value, float) else md_escape(value)
 
     rows = [[cell(v) for v in row] for row in frame.itertuples(index=False)]
     head = [md_escape(c) for c in frame.columns] if header else [""] * frame.shape[1]
@@ -136,7 +189,13 @@ def _md_table(frame: pd.DataFrame, index: bool = False, header: bool = True) -> 
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
+_VERDICT_NOTE = ("Verdicts compare 95% intervals over seeds; overlapping intervals are inconclusive. The measures are "
+                 "our definitions (below), not the paper's, which it does not publish. Each verdict names what drives "
+                 "it: a run that diverged, or neurons that are frozen rather than dead.")
+
+
 def markdown(comparison: Comparison, report: Report, settings: pd.DataFrame, pngs: list[str]) -> str:
+    group_by = comparison.group_by
     lines = [
         "# mlflow-flux participation report", "",
         f"Runs: {md_escape(comparison.selection)} at {md_escape(comparison.tracking_uri)} "
@@ -148,54 +207,62 @@ def markdown(comparison: Comparison, report: Report, settings: pd.DataFrame, png
         for claim in report.claims:  # claims come from the runs' tags: escaped like everything else from a run
             lines += [f"- **({md_escape(claim.name)}) {md_escape(claim.text)}**: **{md_escape(claim.verdict)}**. "
                       f"{md_escape(claim.evidence)}"]
-        lines += ["", "Verdicts compare 95% intervals over seeds; overlapping intervals are inconclusive. "
-                  "The measures are our definitions (below), not the paper's, which it does not publish.", ""]
+            lines += [f"  - {md_escape(note)}" for note in claim.notes]
+        lines += ["", _VERDICT_NOTE, ""]
     lines += [f"## Per {md_escape(_grouping(comparison))} (final window)", "",
-              _md_table(_groups_for_display(report.groups)),
-              "", "## Per run", "", _md_table(report.runs), ""]
+              _md_table(_groups_for_display(report.groups, group_by)),
+              "", "## Per run", "", _md_table(_runs_for_display(report.runs, group_by)), "",
+              "Participating neurons per layer: runs.csv.", ""]
     if report.skipped:
         lines += ["## Skipped runs", ""] + [f"- {md_escape(name or rid)} ({md_escape(rid)}): {md_escape(why)}"
                                             for rid, name, why in report.skipped]
         lines += [""]
     lines += ["## Figures", ""] + [f"![{p}]({p})" for p in pngs]
-    lines += ["", "## Definitions (ours; see docs/metrics.md)", "", "```", _DEFINITIONS, "```", "",
-              "## Settings of the runs", "", _md_table(settings, index=True, header=False), ""]
+    lines += ["", "## Definitions (ours; see docs/metrics.md)", ""]
+    lines += [f"- **{md_escape(term)}**: {md_escape(meaning)}" for term, meaning in fluctuation.DEFINITIONS]
+    lines += ["", "## Settings of the runs", "", _md_table(settings), ""]
     return "\n".join(lines)
 
 
 def _table_html(frame: pd.DataFrame, index: bool = False) -> str:
     # pandas escapes cell text by default; run names and params come from users and must stay text.
-    return frame.to_html(index=index, escape=True, float_format=lambda v: f"{v:.6g}", border=0, classes="t")
+    return frame.to_html(index=index, escape=True, float_format=lambda v: f"{v:.4g}", border=0, classes="t")
 
 
 def html_page(comparison: Comparison, report: Report, settings: pd.DataFrame, images: dict[str, bytes]) -> str:
     e = html.escape
+    group_by = comparison.group_by
     claims_html = "".join(
         f"<li><b>({e(c.name)}) {e(c.text)}</b>: <span class='v {e(c.verdict.replace(' ', '-'))}'>{e(c.verdict)}"
-        f"</span>. {e(c.evidence)}</li>" for c in report.claims)
+        f"</span>. {e(c.evidence)}" + ("<ul>" + "".join(f"<li>{e(n)}</li>" for n in c.notes) + "</ul>" if c.notes
+                                        else "") + "</li>" for c in report.claims)
     skipped = "".join(f"<li>{e(name or rid)} (<code>{e(rid)}</code>): {e(why)}</li>" for rid, name, why in report.skipped)
     figures_html = "".join(
-        f"<figure><img alt='{e(name)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
-        f"<figcaption>{e(name)}</figcaption></figure>" for name, png in images.items())
+        f"<figure class='{'wide' if name == 'reconstructions' else ''}'><img alt='{e(name)}' "
+        f"src='data:image/png;base64,{base64.b64encode(png).decode()}'><figcaption>{e(name)}</figcaption></figure>"
+        for name, png in images.items())
+    definitions = "".join(f"<dt>{e(term)}</dt><dd>{e(meaning)}</dd>" for term, meaning in fluctuation.DEFINITIONS)
     claims_section = "" if not report.claims else f"""<h2>The paper's claims against our runs</h2><ul>{claims_html}</ul>
-<p>Verdicts compare 95% intervals over seeds; overlapping intervals are inconclusive. The measures are our
-definitions (below), not the paper's, which it does not publish.</p>"""
+<p>{e(_VERDICT_NOTE)}</p>"""
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>mlflow-flux participation report</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}}
-table.t{{border-collapse:collapse;font-size:13px}}table.t td,table.t th{{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}}
+table.t{{border-collapse:collapse;font-size:13px;width:100%}}table.t td,table.t th{{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}}
+table.t td:first-child,table.t th:first-child{{text-align:left}}
 .v{{font-weight:bold}}.agrees{{color:#176c2f}}.disagrees{{color:#a3171e}}.inconclusive,.not-testable{{color:#8a6100}}
-figure{{display:inline-block;margin:.5em}}img{{max-width:520px}}pre{{background:#f6f6f6;padding:1em;white-space:pre-wrap}}
-.scroll{{overflow-x:auto}}</style></head><body>
+figure{{display:inline-block;margin:.5em}}img{{max-width:520px}}figure.wide{{display:block}}figure.wide img{{max-width:100%}}
+dt{{font-weight:bold;margin-top:.4em}}dd{{margin-left:1.5em}}.scroll{{overflow-x:auto}}summary{{cursor:pointer}}</style></head><body>
 <h1>mlflow-flux participation report</h1>
 <p>Runs: {e(comparison.selection)} at <code>{e(comparison.tracking_uri)}</code> ({len(comparison.runs)} compared,
 {len(report.skipped)} skipped), {e(_comparison_made(comparison))}.</p>
 {claims_section}
-<h2>Per {e(_grouping(comparison))} (final window)</h2><div class="scroll">{_table_html(_groups_for_display(report.groups))}</div>
-<h2>Per run</h2><div class="scroll">{_table_html(report.runs)}</div>
+<h2>Per {e(_grouping(comparison))} (final window)</h2><div class="scroll">{_table_html(_groups_for_display(report.groups, group_by))}</div>
+<h2>Per run</h2><div class="scroll">{_table_html(_runs_for_display(report.runs, group_by))}</div>
+<details><summary>Participating neurons per layer (also in runs.csv)</summary><div class="scroll">
+{_table_html(_layers_for_display(report.runs, group_by))}</div></details>
 {"<h2>Skipped runs</h2><ul>" + skipped + "</ul>" if skipped else ""}
 <h2>Figures</h2>{figures_html}
-<h2>Definitions (ours; see docs/metrics.md)</h2><pre>{e(_DEFINITIONS)}</pre>
-<h2>Settings of the runs</h2><div class="scroll">{_table_html(settings, index=True)}</div>
+<h2>Definitions (ours; see docs/metrics.md)</h2><dl>{definitions}</dl>
+<h2>Settings of the runs</h2><div class="scroll">{_table_html(settings)}</div>
 </body></html>"""
 
 
@@ -216,9 +283,14 @@ def _write(directory: Path, comparison: Comparison, report: Report) -> list[str]
 
 
 def _comparison_made(comparison: Comparison) -> str:
+    if comparison.loss_key == DEFAULT_LOSS_LABEL:
+        loss = "the final loss from each run's final evaluation (flux/loss_final or loss/final), else its last " \
+               "training loss"
+    else:
+        loss = f"the loss from {comparison.loss_key}"
     if comparison.group_by == "run":
-        return f"each run on its own (no run has an lr parameter; pass group_by=...), loss from {comparison.loss_key}"
-    return f"grouped by the parameter {comparison.group_by}, loss from {comparison.loss_key}"
+        return f"each run on its own (no run has an lr parameter; pass group_by=...), {loss}"
+    return f"grouped by the parameter {comparison.group_by}, {loss}"
 
 
 def _applicable(comparison: Comparison, groups: pd.DataFrame) -> list:
@@ -242,8 +314,9 @@ def build(comparison: Comparison, output: str | Path | None = None, log_run: boo
     started = time.perf_counter()
     runs = run_table(comparison)
     groups = group_table(runs, comparison.group_by)
-    report = Report(runs=runs, groups=groups, claims=[evaluate(spec, groups) for spec in _applicable(comparison, groups)],
-                    skipped=comparison.skipped)
+    claims = [dataclasses.replace(evaluate(spec, groups), notes=tuple(claim_notes(spec, runs, comparison.group_by)))
+              for spec in _applicable(comparison, groups)]
+    report = Report(runs=runs, groups=groups, claims=claims, skipped=comparison.skipped)
     with tempfile.TemporaryDirectory(prefix="mlflow-flux-report-") as tmp:
         written = Path(tmp)
         report.files = _write(written, comparison, report)
@@ -272,6 +345,15 @@ def _run_made_for_us(client) -> str | None:
     return None
 
 
+def _report_name(client, comparison: Comparison) -> str:
+    """``report of <sweep name>``, or of the selection when the runs are no sweep's."""
+    if comparison.sweep_id:
+        name = client.get_run(comparison.sweep_id).data.tags.get(RUN_NAME_TAG) or comparison.sweep_id
+    else:
+        name = comparison.selection
+    return f"report of {name}"[:250]
+
+
 def _log(comparison: Comparison, report: Report, directory: Path) -> str:
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
@@ -281,9 +363,10 @@ def _log(comparison: Comparison, report: Report, directory: Path) -> str:
     tags = flux_runs.flux_tags("report", comparison.sweep_id)
     if comparison.sweep_id:
         tags[PARENT_RUN_ID_TAG] = comparison.sweep_id  # the report sits under its sweep in the UI
+    tags[RUN_NAME_TAG] = _report_name(client, comparison)
     run_id = _run_made_for_us(client)
     if run_id is None:
-        run_id = flux_runs.create_run(client, experiment_id, tags, run_name="participation report").info.run_id
+        run_id = flux_runs.create_run(client, experiment_id, tags, run_name=tags[RUN_NAME_TAG]).info.run_id
     else:
         client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
     try:

@@ -18,7 +18,7 @@ PAPER_CLAIMS = (
         better="lower",
         subject=0.01,
         against=None,
-        label="loss/final",
+        label="final loss",
     ),
     ClaimSpec(
         name="b",

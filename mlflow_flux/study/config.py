@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
 from typing import Mapping
 
 from ..errors import InvalidParameter
+from .backends import BACKENDS
 
-__all__ = ["TrainConfig", "OPTIMIZERS", "parse_floats", "parse_ints", "parse_train_config"]
+__all__ = ["TrainConfig", "SweepConfig", "OPTIMIZERS", "OPTION_HELP", "MAX_VARIANTS", "auto_parallel", "parse_floats",
+           "parse_ints", "parse_train_config", "parse_sweep_config", "variant_name", "model_name"]
+
+MAX_VARIANTS = 1000
 
 OPTIMIZERS = ("adam", "sgd")
 # Upper bounds where a larger value would exhaust memory (or overflow an int32 trace column) before any useful run;
@@ -46,7 +51,17 @@ class TrainConfig:
     tau: float = 1e-4  # docs/metrics.md: frozen neurons sit at 0, learning ones above 1.6e-4
     summary_every: int = 10  # log flux/ summaries every N snapshots; traces keep every snapshot
     flush_every: int = 10
+    layer_metrics: str = "participating_frac"  # summaries logged per layer too: names, "all" or "none"
     threads: int = 0  # torch intra-op threads; 0 leaves torch's default
+
+    @property
+    def layer_metric_keys(self) -> tuple[str, ...]:
+        """``layer_metrics`` as watch() takes it."""
+        from ..fluctuation import SUMMARY_KEYS
+
+        if self.layer_metrics == "all":
+            return SUMMARY_KEYS
+        return () if self.layer_metrics == "none" else tuple(self.layer_metrics.split(","))
 
     def as_params(self) -> dict[str, str]:
         """The config as MLflow params (strings; widths as ``256,64,16``)."""
@@ -55,6 +70,38 @@ class TrainConfig:
             value = getattr(self, f.name)
             out[f.name] = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
         return out
+
+
+# What each setting does, in the words the CLI's --help shows (plain text: no markup).
+OPTION_HELP = {
+    "lr": "learning rate of the optimizer",
+    "epochs": "passes over the dataset",
+    "seed": "seeds the initial weights and the batch order (the images are the same for every seed)",
+    "batch_size": "images per optimizer step",
+    "optimizer": "adam, or sgd (plain, no momentum)",
+    "hidden": "comma-separated encoder widths; the decoder mirrors them",
+    "n_samples": "images in the dataset, spread evenly over the eight shapes",
+    "image_size": "side of the square images, in pixels",
+    "noise": "standard deviation of Gaussian pixel noise added to the images",
+    "snapshot_every": "record a trace snapshot every N epochs",
+    "window": "snapshots per fluctuation window (the spread of the spread is taken over it)",
+    "tau": "a firing neuron participates when its relative fluctuation is at least tau",
+    "summary_every": "log the flux/ summary metrics on every N-th snapshot (the trace keeps every snapshot)",
+    "flush_every": "snapshots per closed trace segment: at most this many are lost to a hard kill",
+    "layer_metrics": "summaries also logged per layer: comma-separated names (participating, participating_frac, "
+                     "dead_frac, sos_median, bias_fluct_median, w_step_median), all, or none",
+    "threads": "torch threads for this variant; 0 leaves torch's default",
+}
+
+
+def variant_name(optimizer: str, lr: float, seed: int) -> str:
+    """The run name of a variant, e.g. ``adam lr=0.01 seed=0``."""
+    return f"{optimizer} lr={lr:g} seed={seed}"
+
+
+def model_name(optimizer: str, lr: float, seed: int) -> str:
+    """The logged model's name (MLflow refuses ``.`` ``=`` ``/`` in one), e.g. ``adam-lr0_01-seed0``."""
+    return f"{optimizer}-lr{lr:g}-seed{seed}".replace(".", "_")
 
 
 def _positive_float(name: str, raw: str) -> float:
@@ -108,6 +155,15 @@ def _parse_field(name: str, raw: str) -> object:
         return value
     if name == "hidden":
         return parse_ints(name, raw)
+    if name == "layer_metrics":
+        from ..fluctuation import SUMMARY_KEYS
+
+        value = str(raw).strip().lower()
+        names = [part.strip() for part in value.split(",")]
+        if value not in ("all", "none") and not all(part in SUMMARY_KEYS for part in names):
+            raise InvalidParameter(name, raw, f"expected all, none or comma-separated names among "
+                                              f"{', '.join(SUMMARY_KEYS)}")
+        return value if value in ("all", "none") else ",".join(names)
     if name == "noise":
         try:
             value = float(raw)
@@ -163,3 +219,82 @@ def _check_sizes(config: TrainConfig) -> None:
     if min(config.batch_size, config.n_samples) * max(widths) > MAX_BATCH_VALUES:
         raise InvalidParameter("batch_size", str(config.batch_size), f"batch_size x the widest layer ({max(widths)}) "
                                                                 f"must stay under {MAX_BATCH_VALUES:,} values")
+
+
+def auto_parallel(variants: int, cores: int) -> int:
+    """How many equal variants to run at once on ``cores`` cores (one thread each when more than the cores) so that
+    the sweep finishes soonest; of equal choices, the fewest processes.
+
+    Three variants on two cores all at once share the cores and finish in 1.5 variant-times, where two then one
+    take 2.
+
+    >>> auto_parallel(3, 2), auto_parallel(6, 2), auto_parallel(7, 2), auto_parallel(1, 2), auto_parallel(18, 2)
+    (3, 2, 7, 1, 2)
+    """
+    if variants <= cores:
+        return max(1, variants)
+    return min(range(cores, variants + 1), key=lambda k: (math.ceil(variants / k) * k / cores, k))
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """What the sweep varies (``lrs`` x ``seeds``), how wide it runs, and the settings every variant shares."""
+
+    lrs: tuple[float, ...] = (0.01, 0.001, 0.0001)
+    seeds: tuple[int, ...] = (0,)
+    max_parallel: int = 0  # 0: one process per core
+    train: TrainConfig = TrainConfig()
+    report: bool = True
+    backend: str = "local"  # or "ray"
+
+    @property
+    def variants(self) -> int:
+        return len(self.lrs) * len(self.seeds)
+
+    @property
+    def name(self) -> str:
+        """The sweep run's name, e.g. ``sweep adam lr×3 seed×1 1000ep``."""
+        return f"sweep {self.train.optimizer} lr×{len(self.lrs)} seed×{len(self.seeds)} {self.train.epochs}ep"
+
+    @property
+    def parallel(self) -> int:
+        """Variants at a time: ``max_parallel``, or by default the count that finishes soonest (see
+        :func:`auto_parallel`)."""
+        if self.max_parallel:
+            return max(1, min(self.max_parallel, self.variants))
+        return auto_parallel(self.variants, os.cpu_count() or 1)
+
+    @property
+    def threads_per_variant(self) -> int:
+        return max(1, (os.cpu_count() or 1) // self.parallel)
+
+
+def parse_sweep_config(overrides: Mapping[str, str]) -> SweepConfig:
+    """Parse string parameters; every bad value is an :class:`InvalidParameter` before anything runs."""
+    overrides = dict(overrides)
+    lrs = parse_floats("lrs", overrides.pop("lrs")) if "lrs" in overrides else SweepConfig.lrs
+    seeds = parse_ints("seeds", overrides.pop("seeds"), minimum=0) if "seeds" in overrides else SweepConfig.seeds
+    max_parallel = 0
+    if "max_parallel" in overrides:
+        raw = str(overrides.pop("max_parallel")).strip()
+        if raw.lower() not in ("auto", "0", ""):
+            max_parallel = parse_ints("max_parallel", raw)[0]
+    report = True
+    if "report" in overrides:
+        raw = str(overrides.pop("report")).strip().lower()
+        if raw not in ("true", "false", "1", "0", "yes", "no"):
+            raise InvalidParameter("report", raw, "expected true or false")
+        report = raw in ("true", "1", "yes")
+    backend = "local"
+    if "backend" in overrides:
+        backend = str(overrides.pop("backend")).strip().lower()
+        if backend not in BACKENDS:
+            raise InvalidParameter("backend", backend, f"expected one of {', '.join(BACKENDS)}")
+    for name in ("lr", "seed"):
+        if name in overrides:
+            raise InvalidParameter(name, overrides[name], f"the sweep varies it: pass {name}s= instead")
+    if len(lrs) * len(seeds) > MAX_VARIANTS:
+        raise InvalidParameter("lrs", ",".join(map(str, lrs)),
+                               f"expected at most {MAX_VARIANTS} variants (lrs x seeds), got {len(lrs) * len(seeds)}")
+    return SweepConfig(lrs=lrs, seeds=seeds, max_parallel=max_parallel, train=parse_train_config(overrides),
+                       report=report, backend=backend)

@@ -13,74 +13,28 @@ outlives the sweep.
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 import mlflow
 from mlflow.entities import Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
-from ..errors import InvalidParameter, TrackingLost
+from ..errors import TrackingLost
 from ..traces import runs as flux_runs
 from ..traces.mlflow_adapter import PARENT_RUN_ID_TAG, RUN_NAME_TAG, abandon_active_run
 from ..traces.server import check_reachable, health_probe
 from ..watcher import default_upload_timeout
-from .backends import BACKENDS, make_backend
-from .config import TrainConfig, parse_floats, parse_ints, parse_train_config
+from .backends import make_backend
+from .config import SweepConfig, auto_parallel, parse_sweep_config, variant_name
 
 __all__ = ["SweepConfig", "SweepResult", "Variant", "parse_sweep_config", "run_sweep", "auto_parallel"]
 # A stopping child saves its trace, which may wait for uploads up to their timeout; then it is killed.
 GRACE_MARGIN = 30.0
-MAX_VARIANTS = 1000
-
-
-def auto_parallel(variants: int, cores: int) -> int:
-    """How many equal variants to run at once on ``cores`` cores (one thread each when more than the cores) so that
-    the sweep finishes soonest; of equal choices, the fewest processes.
-
-    Three variants on two cores all at once share the cores and finish in 1.5 variant-times, where two then one
-    take 2.
-
-    >>> auto_parallel(3, 2), auto_parallel(6, 2), auto_parallel(7, 2), auto_parallel(1, 2), auto_parallel(18, 2)
-    (3, 2, 7, 1, 2)
-    """
-    if variants <= cores:
-        return max(1, variants)
-    return min(range(cores, variants + 1), key=lambda k: (math.ceil(variants / k) * k / cores, k))
-
-
-@dataclass(frozen=True)
-class SweepConfig:
-    """What the sweep varies (``lrs`` x ``seeds``), how wide it runs, and the settings every variant shares."""
-
-    lrs: tuple[float, ...] = (0.01, 0.001, 0.0001)
-    seeds: tuple[int, ...] = (0,)
-    max_parallel: int = 0  # 0: one process per core
-    train: TrainConfig = TrainConfig()
-    report: bool = True
-    backend: str = "local"  # or "ray"
-
-    @property
-    def variants(self) -> int:
-        return len(self.lrs) * len(self.seeds)
-
-    @property
-    def parallel(self) -> int:
-        """Variants at a time: ``max_parallel``, or by default the count that finishes soonest (see
-        :func:`auto_parallel`)."""
-        if self.max_parallel:
-            return max(1, min(self.max_parallel, self.variants))
-        return auto_parallel(self.variants, os.cpu_count() or 1)
-
-    @property
-    def threads_per_variant(self) -> int:
-        return max(1, (os.cpu_count() or 1) // self.parallel)
 
 
 @dataclass(frozen=True)
@@ -88,10 +42,12 @@ class Variant:
     lr: float
     seed: int
     run_id: str
+    name: str  # the run's name, e.g. "adam lr=0.01 seed=0"
+    position: str = ""  # "variant 2/3"
 
     @property
     def label(self) -> str:
-        return f"lr={self.lr:g} seed={self.seed}"
+        return f"{self.position} {self.name}".strip()
 
 
 @dataclass(frozen=True)
@@ -105,44 +61,14 @@ class SweepResult:
         return not self.failed
 
 
-def parse_sweep_config(overrides: Mapping[str, str]) -> SweepConfig:
-    """Parse string parameters; every bad value is an :class:`InvalidParameter` before anything runs."""
-    overrides = dict(overrides)
-    lrs = parse_floats("lrs", overrides.pop("lrs")) if "lrs" in overrides else SweepConfig.lrs
-    seeds = parse_ints("seeds", overrides.pop("seeds"), minimum=0) if "seeds" in overrides else SweepConfig.seeds
-    max_parallel = 0
-    if "max_parallel" in overrides:
-        raw = str(overrides.pop("max_parallel")).strip()
-        if raw.lower() not in ("auto", "0", ""):
-            max_parallel = parse_ints("max_parallel", raw)[0]
-    report = True
-    if "report" in overrides:
-        raw = str(overrides.pop("report")).strip().lower()
-        if raw not in ("true", "false", "1", "0", "yes", "no"):
-            raise InvalidParameter("report", raw, "expected true or false")
-        report = raw in ("true", "1", "yes")
-    backend = "local"
-    if "backend" in overrides:
-        backend = str(overrides.pop("backend")).strip().lower()
-        if backend not in BACKENDS:
-            raise InvalidParameter("backend", backend, f"expected one of {', '.join(BACKENDS)}")
-    for name in ("lr", "seed"):
-        if name in overrides:
-            raise InvalidParameter(name, overrides[name], f"the sweep varies it: pass {name}s= instead")
-    if len(lrs) * len(seeds) > MAX_VARIANTS:
-        raise InvalidParameter("lrs", ",".join(map(str, lrs)),
-                               f"expected at most {MAX_VARIANTS} variants (lrs x seeds), got {len(lrs) * len(seeds)}")
-    return SweepConfig(lrs=lrs, seeds=seeds, max_parallel=max_parallel, train=parse_train_config(overrides),
-                       report=report, backend=backend)
-
-
-def _start_variant(client: MlflowClient, parent, config: SweepConfig, lr: float, seed: int, backend) -> "_Child":
+def _start_variant(client: MlflowClient, parent, config: SweepConfig, lr: float, seed: int, backend,
+                   position: str) -> "_Child":
     """Create the variant's run (its clock starts now) and its process."""
     sweep_id = parent.info.run_id
-    label = f"lr={lr:g} seed={seed}"
-    tags = {**flux_runs.flux_tags("variant", sweep_id), PARENT_RUN_ID_TAG: sweep_id, RUN_NAME_TAG: label}
-    run = flux_runs.create_run(client, parent.info.experiment_id, tags, run_name=label)
-    variant = Variant(lr, seed, run.info.run_id)
+    name = variant_name(config.train.optimizer, lr, seed)
+    tags = {**flux_runs.flux_tags("variant", sweep_id), PARENT_RUN_ID_TAG: sweep_id, RUN_NAME_TAG: name}
+    run = flux_runs.create_run(client, parent.info.experiment_id, tags, run_name=name)
+    variant = Variant(lr, seed, run.info.run_id, name, position)
     params = config.train.as_params()
     params.update(lr=repr(lr), seed=str(seed), threads=str(config.threads_per_variant))
     command = [sys.executable, "-m", "mlflow_flux.cli", "train"]
@@ -155,9 +81,14 @@ def _start_variant(client: MlflowClient, parent, config: SweepConfig, lr: float,
         MLFLOW_RUN_ID=variant.run_id,
         MLFLOW_EXPERIMENT_ID=parent.info.experiment_id,
         MLFLOW_TRACKING_URI=mlflow.get_tracking_uri(),
+        # One plain progress line per ~10% from each variant, labelled, on the terminal they share.
+        MLFLOW_FLUX_PROGRESS="lines",
+        MLFLOW_FLUX_PROGRESS_LABEL=variant.label,
         PYTHONPATH=os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p),
     )
-    return _Child(variant, backend.start(command, env, config.threads_per_variant))
+    handle = backend.start(command, env, config.threads_per_variant)
+    print(f"{variant.label}: started (run {variant.run_id})", flush=True)
+    return _Child(variant, handle)
 
 
 @dataclass
@@ -213,6 +144,7 @@ def run_sweep(config: SweepConfig) -> SweepResult:
         parent = mlflow.start_run()
     sweep_id = parent.info.run_id
     flux_runs.ensure_runs_view(client, parent.info.experiment_id)
+    flux_runs.describe_experiment(client, parent.info.experiment_id)
     shared = {k: v for k, v in config.train.as_params().items() if k not in ("lr", "seed", "threads")}
     existing = parent.data.params
     params = {
@@ -225,12 +157,13 @@ def run_sweep(config: SweepConfig) -> SweepResult:
     client.log_batch(
         sweep_id,
         params=[Param(k, v) for k, v in params.items() if k not in existing],
-        tags=[RunTag(k, v) for k, v in flux_runs.flux_tags("sweep", sweep_id).items()],
+        tags=[RunTag(k, v) for k, v in {**flux_runs.flux_tags("sweep", sweep_id), RUN_NAME_TAG: config.name}.items()],
     )
-    print(f"sweep {sweep_id}: {config.variants} variants, {config.parallel} at a time, "
+    print(f"{config.name}: run {sweep_id}, {config.variants} variants, {config.parallel} at a time, "
           f"{config.threads_per_variant} thread(s) each, backend {config.backend}", flush=True)
 
     pending = [(lr, seed) for seed in config.seeds for lr in config.lrs]
+    count = len(pending)
     running: list[_Child] = []
     variants: list[Variant] = []
     failed: dict[str, str] = {}
@@ -240,7 +173,8 @@ def run_sweep(config: SweepConfig) -> SweepResult:
         backend = make_backend(config.backend, _grace())
         while pending or running:
             while pending and len(running) < config.parallel:
-                child = _start_variant(client, parent, config, *pending.pop(0), backend)
+                child = _start_variant(client, parent, config, *pending.pop(0), backend,
+                                       position=f"variant {len(variants) + 1}/{count}")
                 variants.append(child.variant)
                 running.append(child)
             still = []
@@ -251,11 +185,11 @@ def run_sweep(config: SweepConfig) -> SweepResult:
                     continue
                 if code == TrackingLost.exit_code or not server_answers():
                     raise TrackingLost(f"the tracking server at {tracking_uri} stopped answering during the sweep "
-                                       f"(variant {child.variant.label})")
+                                       f"({child.variant.label})")
                 reason = _settle(client, child.variant, code)
                 if reason is not None:
                     failed[child.variant.run_id] = f"{child.variant.label}: {reason}"
-                    print(f"variant {child.variant.label} FAILED: {reason}", flush=True)
+                    print(f"{child.variant.label}: FAILED: {reason}", flush=True)
             running = still
             time.sleep(0.2)
         if failed:

@@ -9,6 +9,7 @@ Reads top to bottom: data, model, run, loop, final evaluation. docs/experiment.m
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -23,20 +24,24 @@ from mlflow.tracking import MlflowClient
 from ..errors import DivergedError, TrackingLost
 from ..report.claims import CLAIMS_TAG, claims_tag_value
 from ..traces import runs as flux_runs
-from ..traces.mlflow_adapter import abandon_active_run
+from ..traces.mlflow_adapter import RUN_NAME_TAG, abandon_active_run
 from ..traces.server import check_reachable
 from ..watcher import watch
 from .claims import PAPER_CLAIMS
-from .config import TrainConfig
+from .config import TrainConfig, model_name, variant_name
 from .figures import image_rows_figure
 from .model import Autoencoder
-from .progress import Progress
+from .progress import PROGRESS_LABEL_ENV, Progress
 from .shapes import SHAPES, ShapeSpec, make_shapes
 
-__all__ = ["TrainResult", "train", "train_one_epoch", "RECORDER_PARAMS"]
+__all__ = ["TrainResult", "train", "train_one_epoch", "RECORDER_PARAMS", "LOSS_KEY", "FINAL_LOSS_KEY"]
 
-# Logged by watch() as flux.* params; not repeated under their plain names.
+# Logged by watch() (settings_prefix=""), under the names the sweep's parameters use too.
 RECORDER_PARAMS = ("snapshot_every", "window", "tau", "summary_every", "flush_every")
+# Under flux/, beside the whole-network summaries: MLflow's UI orders chart sections by name, and the study's first
+# section then shows the loss with the participation (docs/decisions.md).
+LOSS_KEY = "flux/loss_train"
+FINAL_LOSS_KEY = "flux/loss_final"
 
 
 @dataclass(frozen=True)
@@ -97,15 +102,17 @@ def _log_reconstructions(model: torch.nn.Module, images: torch.Tensor, labels: n
     mlflow.log_figure(figure, "figures/reconstructions.png")
 
 
-def _start_run() -> mlflow.ActiveRun:
+def _start_run(name: str) -> mlflow.ActiveRun:
     """Resume the run that `mlflow run` or the sweep made for us, or start one tagged as ours."""
     with flux_runs.creating_runs():
-        run = mlflow.start_run()
+        run = mlflow.start_run(run_name=None if os.environ.get("MLFLOW_RUN_ID") else name)
     client = MlflowClient()
     flux_runs.ensure_runs_view(client, run.info.experiment_id)
     tags = run.data.tags
     ours = {**flux_runs.flux_tags("variant"), CLAIMS_TAG: claims_tag_value(PAPER_CLAIMS)}
-    missing = {key: value for key, value in ours.items() if key not in tags}
+    if flux_runs.ROLE_TAG not in tags:  # made by `mlflow run -e train` (random name) or by us: name it
+        ours[RUN_NAME_TAG] = name
+    missing = {key: value for key, value in ours.items() if key not in tags or key == RUN_NAME_TAG}
     if missing:
         client.log_batch(run.info.run_id, tags=[RunTag(k, v) for k, v in missing.items()])
     return run
@@ -139,7 +146,8 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     optimizer = _optimizer(config, model)
     order = torch.Generator().manual_seed(config.seed)
 
-    run = _start_run()
+    name = variant_name(config.optimizer, config.lr, config.seed)
+    run = _start_run(name)
     run_id = run.info.run_id
     client = MlflowClient()
     # `mlflow run` may have logged the raw parameter strings already; MLflow refuses to change a param.
@@ -153,7 +161,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
 
     try:
         _log_dataset(images_np, labels, spec)
-        bar = Progress(config.epochs, label=f"lr={config.lr:g} seed={config.seed}") if progress else None
+        bar = Progress(config.epochs, label=os.environ.get(PROGRESS_LABEL_ENV) or name) if progress else None
 
         # -- the loop: the recorder's hooks ride along; end_epoch() snapshots and queues metrics ---------------
         with watch(
@@ -163,10 +171,12 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
             tau=config.tau,
             summary_every=config.summary_every,
             flush_every=config.flush_every,
+            layer_metrics=config.layer_metric_keys,
+            settings_prefix="",  # the sweep's parameters already use the plain names
         ) as flux:
             for epoch in range(config.epochs):
                 epoch_loss = train_one_epoch(model, optimizer, images, config.batch_size, order)
-                flux.end_epoch(epoch, {"loss/train": epoch_loss})
+                flux.end_epoch(epoch, {LOSS_KEY: epoch_loss})
                 if bar:
                     bar.update(epoch, epoch_loss)
                 if not math.isfinite(epoch_loss):
@@ -187,15 +197,17 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
         model.eval()
         with torch.no_grad():
             final = float(torch.nn.functional.mse_loss(model(images), images))
-        mlflow.log_metric("loss/final", final)
         _log_reconstructions(model, images, labels, config.lr)
-        # Explicit requirements: inferring them would import-scan the environment, seconds per run.
-        mlflow.pytorch.log_model(
+        # Explicit requirements: inferring them would import-scan the environment, seconds per run. The model is
+        # named after its variant and linked to the last epoch's metrics and to the final loss.
+        model_info = mlflow.pytorch.log_model(
             model,
-            name="model",
+            name=model_name(config.optimizer, config.lr, config.seed),
             input_example=images_np[:2],
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+            step=config.epochs - 1,
         )
+        mlflow.log_metric(FINAL_LOSS_KEY, final, step=config.epochs - 1, model_id=model_info.model_id)
         status = RunStatus.FINISHED
         return TrainResult(run_id, final, config.epochs)
     except TrackingLost:

@@ -23,6 +23,7 @@ __all__ = [
     "is_creating_runs",
     "create_run",
     "ensure_runs_view",
+    "describe_experiment",
 ]
 
 ROLE_TAG = "mlflow_flux.role"  # sweep | variant | report
@@ -72,3 +73,21 @@ def ensure_runs_view(client, experiment_id: str) -> None:
     experiment = client.get_experiment(experiment_id)
     if _KIND_TAG not in experiment.tags:
         client.set_experiment_tag(experiment_id, _KIND_TAG, "custom_model_development")
+
+
+EXPERIMENT_DESCRIPTION = (
+    "Neuron participation runs recorded by mlflow-flux (https://arxiv.org/abs/2511.10435 reproduced).\n\n"
+    "- a sweep run (named `sweep <optimizer> lr×N seed×M <epochs>ep`) holds one child run per variant "
+    "(optimizer, learning rate, seed): its loss, `flux/` participation metrics, the per-neuron trace under "
+    "`traces/`, figures and model;\n"
+    "- `report of <sweep>` runs hold the comparison report: `report/report.html`.\n\n"
+    "Filter one sweep with `tags.mlflow_flux.sweep_id = '<sweep run id>'`."
+)
+_NOTE_TAG = "mlflow.note.content"  # the experiment's description in MLflow's UI
+
+
+def describe_experiment(client, experiment_id: str, text: str = EXPERIMENT_DESCRIPTION) -> None:
+    """Give the experiment a description saying what it holds, unless someone already wrote one."""
+    experiment = client.get_experiment(experiment_id)
+    if not experiment.tags.get(_NOTE_TAG):
+        client.set_experiment_tag(experiment_id, _NOTE_TAG, text)

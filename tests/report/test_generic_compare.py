@@ -60,7 +60,7 @@ def test_compare_groups_a_users_own_runs_by_any_parameter(store, tmp_path):
         mean = sum(float(r["all/participating_frac"]) for r in members) / len(members)
         assert float(group["all/participating_frac"]) == pytest.approx(mean, rel=1e-12)
     markdown = (tmp_path / "report.md").read_text()
-    assert "grouped by the parameter width, loss from val/mse" in markdown and "paper's claims" not in markdown
+    assert "grouped by the parameter width, the loss from val/mse" in markdown and "paper's claims" not in markdown
     assert "## Per width (final window)" in markdown
 
 

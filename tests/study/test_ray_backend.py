@@ -65,7 +65,7 @@ def test_ctrl_c_of_a_ray_sweep_kills_every_run_and_leaves_no_process(store):
     while time.monotonic() < deadline:  # both variants are training
         line = process.stdout.readline()
         seen.append(line)
-        if all(any(f"lr={lr} seed=0 epoch 1/" in s for s in seen) for lr in ("0.01", "0.001")):
+        if all(any(f"lr={lr} seed=0: epoch 1/" in s for s in seen) for lr in ("0.01", "0.001")):
             break
     else:
         raise AssertionError("".join(seen)[-3000:])

@@ -30,7 +30,7 @@ def test_mlflow_run_trains_every_lr_as_children_of_one_parent(store):
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert child.data.tags["mlflow_flux.sweep_id"] == parent.info.run_id
         assert child.data.tags["mlflow_flux.version"]
-        assert child.data.params["epochs"] == "3" and "loss/final" in child.data.metrics
+        assert child.data.params["epochs"] == "3" and "flux/loss_final" in child.data.metrics
     # parallel: on two cores at least two children were training at the same time
     spans = sorted((c.info.start_time, c.info.end_time) for c in children)
     assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:])), spans

@@ -3,6 +3,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 import mlflow_flux
+from mlflow_flux import fluctuation
 from mlflow_flux.study.config import parse_train_config
 from mlflow_flux.study.train import train
 from mlflow_flux.traces.runs import VERSION_TAG
@@ -19,12 +20,17 @@ def test_train_logs_params_metrics_figures_dataset_and_model(store):
     assert run.info.status == "FINISHED"
     params = run.data.params
     for name, value in {"lr": "0.01", "epochs": "4", "optimizer": "adam", "hidden": "32,8", "batch_size": "64",
-                        "seed": "0", "n_samples": "64", "image_size": "16", "flux.window": "3"}.items():
+                        "seed": "0", "n_samples": "64", "image_size": "16", "window": "3"}.items():
         assert params[name] == value, name
-    history = client.get_metric_history(result.run_id, "loss/train")
+    history = client.get_metric_history(result.run_id, "flux/loss_train")
     assert [m.step for m in sorted(history, key=lambda m: m.step)] == [0, 1, 2, 3]
-    assert run.data.metrics["loss/final"] == result.final_loss > 0
-    assert "flux/all/participating_frac" in run.data.metrics
+    assert run.data.metrics["flux/loss_final"] == result.final_loss > 0
+    # ~25 keys at most: the whole network, the loss, and the participating fraction per layer by default
+    assert set(run.data.metrics) == {f"flux/{key}" for key in fluctuation.SUMMARY_KEYS} | {
+        "flux/loss_train", "flux/loss_final"} | {f"flux/{layer}/participating_frac" for layer in
+                                                 params["flux.layers"].split(",")}
+    assert "flux.window" not in params  # the sweep's plain names, not a second set
+    assert run.info.run_name == "adam lr=0.01 seed=0"
     assert run.data.tags["mlflow_flux.role"] == "variant" and run.data.tags[VERSION_TAG] == mlflow_flux.__version__
     figures = {f.path for f in client.list_artifacts(result.run_id, "figures")}
     assert {"figures/reconstructions.png", "figures/dataset_preview.png", "figures/weight_fluctuations.png",
@@ -76,8 +82,23 @@ def test_progress_prints_about_every_tenth_when_not_a_terminal():
     from mlflow_flux.study.progress import Progress
 
     out = io.StringIO()
-    bar = Progress(100, stream=out)
+    bar = Progress(100, label="variant 2/3 adam lr=0.01 seed=0", stream=out)
     for epoch in range(100):
         bar.update(epoch, 0.5)
     lines = out.getvalue().splitlines()
-    assert 10 <= len(lines) <= 12 and lines[-1].strip().startswith("epoch 100/100")
+    assert 10 <= len(lines) <= 12
+    assert lines[0].startswith("variant 2/3 adam lr=0.01 seed=0: epoch 1/100 loss 0.50000 (") and "left)" in lines[0]
+    assert lines[-1].startswith("variant 2/3 adam lr=0.01 seed=0: epoch 100/100") and "done in" in lines[-1]
+
+
+def test_the_same_parameters_and_seed_give_bit_identical_loss_histories(store):
+    """Reproducibility on one machine: same settings, same seed, same torch threads -> the same floats."""
+    config = parse_train_config({**TINY, "epochs": "6", "threads": "1"})
+    client = MlflowClient()
+    histories = []
+    for _ in range(2):
+        result = train(config, progress=False)
+        history = sorted(client.get_metric_history(result.run_id, "flux/loss_train"), key=lambda m: m.step)
+        histories.append([(m.step, m.value) for m in history] + [("final", result.final_loss)])
+    assert histories[0] == histories[1]
+    assert len(histories[0]) == 7

@@ -51,7 +51,8 @@ def test_odd_layer_and_metric_names_lose_no_metric(store):
     torch.manual_seed(0)
     model = Blocks()
     with mlflow.start_run() as run:
-        with mlflow_flux.watch(model, window=2, summary_every=1, log_figures=False) as flux:
+        with mlflow_flux.watch(model, window=2, summary_every=1, log_figures=False,
+                               layer_metrics=True) as flux:
             for epoch in range(30):
                 model(torch.randn(8, 4)).sum().backward()
                 flux.end_epoch(epoch, {"loss/train": float(epoch), "val acc%": 0.5})
@@ -69,5 +70,5 @@ def test_layers_whose_names_collide_as_keys_are_refused_at_watch(store):
     model = nn.ModuleDict({"a[0]": nn.Linear(2, 2), "a_0_": nn.Linear(2, 2)})
     with mlflow.start_run():
         with pytest.raises(FluxError, match="would both be logged as 'flux/a_0_/"):
-            mlflow_flux.watch(model).start()
+            mlflow_flux.watch(model, layer_metrics=["sos_median"]).start()
         assert not model["a[0]"]._forward_hooks and "forward" not in model["a[0]"].__dict__  # nothing left attached
