@@ -68,6 +68,8 @@ def test_ctrl_c_of_a_ray_sweep_kills_every_run_and_leaves_no_process(store):
         if all(any(f"lr={lr} seed=0: epoch 1/" in s for s in seen) for lr in ("0.01", "0.001")):
             break
     else:
+        os.killpg(process.pid, signal.SIGINT)  # stop the sweep (it stops its variants) before failing
+        process.communicate(timeout=240)
         raise AssertionError("".join(seen)[-3000:])
     os.killpg(process.pid, signal.SIGINT)
     out, _ = process.communicate(timeout=240)
