@@ -22,6 +22,12 @@ ROOT = Path(__file__).resolve().parents[1]
 PYTHON = [sys.executable, *(["-OO"] if sys.flags.optimize >= 2 else [])]
 
 
+def default_sigint() -> None:
+    """``preexec_fn`` for a child that a test Ctrl-C's: a shell's background job (``make test &``) ignores SIGINT, and
+    its children inherit that, so Python would never raise KeyboardInterrupt; a terminal's foreground job does not."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def subprocess_env(store: dict, **extra: str) -> dict:
     env = dict(os.environ)
     env.pop("MLFLOW_EXPERIMENT_ID", None)  # mlflow.set_experiment exports it; the name is what children get

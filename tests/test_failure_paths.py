@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 import mlflow_flux
 from mlflow_flux.errors import FluxError
 from mlflow_flux.traces.reader import read_trace_files
-from tests.helpers import PYTHON, ROOT, MlflowServer, free_port, runs_of, subprocess_env
+from tests.helpers import PYTHON, ROOT, MlflowServer, default_sigint, free_port, runs_of, subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +27,7 @@ SCRIPT = Path(__file__).parent / "scripts" / "watched_loop.py"
 
 def _start(args: list[str], env: dict, **kwargs) -> subprocess.Popen:
     return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            **kwargs)
+                            preexec_fn=default_sigint, **kwargs)
 
 
 def _wait_for_line(stream, marker: str, timeout: float = 120) -> str:

@@ -19,7 +19,7 @@ from mlflow_flux import fluctuation
 from mlflow_flux.errors import FluxError
 from mlflow_flux.traces.reader import read_trace_files
 
-from tests.helpers import subprocess_env, train_mlp
+from tests.helpers import default_sigint, subprocess_env, train_mlp
 
 SCRIPT = Path(__file__).parent / "scripts" / "watched_loop.py"
 
@@ -173,6 +173,7 @@ def _start_loop(store, tmp_path, flush_every, epochs=10_000):
     return subprocess.Popen(
         [sys.executable, str(SCRIPT), str(tmp_path / "spool"), str(flush_every), str(epochs)],
         env=subprocess_env(store), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        preexec_fn=default_sigint,
     )
 
 

@@ -211,13 +211,14 @@ def markdown(comparison: Comparison, report: Report, settings: pd.DataFrame, png
         lines += ["", _VERDICT_NOTE, ""]
     lines += [f"## Per {md_escape(_grouping(comparison))} (final window)", "",
               _md_table(_groups_for_display(report.groups, group_by)),
-              "", "## Per run", "", _md_table(_runs_for_display(report.runs, group_by)), "",
-              "Participating neurons per layer: runs.csv.", ""]
+              "", "## Per run", "", _md_table(_runs_for_display(report.runs, group_by)), ""]
     if report.skipped:
         lines += ["## Skipped runs", ""] + [f"- {md_escape(name or rid)} ({md_escape(rid)}): {md_escape(why)}"
                                             for rid, name, why in report.skipped]
         lines += [""]
     lines += ["## Figures", ""] + [f"![{p}]({p})" for p in pngs]
+    lines += ["", "## Participating neurons per layer (also in runs.csv)", "",
+              _md_table(_layers_for_display(report.runs, group_by))]
     lines += ["", "## Definitions (ours; see docs/metrics.md)", ""]
     lines += [f"- **{md_escape(term)}**: {md_escape(meaning)}" for term, meaning in fluctuation.DEFINITIONS]
     lines += ["", "## Settings of the runs", "", _md_table(settings), ""]

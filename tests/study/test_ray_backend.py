@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.helpers import PYTHON, ROOT, run_cli, runs_of, subprocess_env
+from tests.helpers import PYTHON, ROOT, default_sigint, run_cli, runs_of, subprocess_env
 
 pytestmark = pytest.mark.slow
 TINY = ["--epochs", "3", "--n-samples", "64", "--hidden", "32,8", "--image-size", "16", "--window", "2"]
@@ -59,7 +59,8 @@ def test_ctrl_c_of_a_ray_sweep_kills_every_run_and_leaves_no_process(store):
     process = subprocess.Popen([*PYTHON, "-m", "mlflow_flux.cli", "sweep", "--lrs", "0.01,0.001", "--backend", "ray",
                                 *TINY[2:], "--epochs", "100000"], cwd=ROOT,
                                env=subprocess_env(store, RAY_DEDUP_LOGS="0"),
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                               preexec_fn=default_sigint)
     seen = []
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:  # both variants are training
