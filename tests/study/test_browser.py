@@ -85,6 +85,23 @@ def test_the_ui_opens_on_the_sweep_and_its_variants_and_shows_the_report(server,
     assert "/runs" in page.url and "overview" not in page.url
     page.screenshot(path=str(shots / "runs_table.png"))
 
+    # Opened by hand in a fresh browser, the experiment lands on MLflow's GenAI overview; the documented clicks
+    # ("Got it" on MLflow's popover, then "Model training" at the top left) show the runs table with the sweep.
+    fresh = page.context.browser.new_page(viewport={"width": 1400, "height": 1000})
+    fresh.set_default_timeout(60_000)
+    fresh.goto(f"{server['uri']}/#/experiments/{experiment_id}")
+    fresh.get_by_text("Model training", exact=True).first.wait_for()
+    fresh.wait_for_timeout(3000)
+    fresh.screenshot(path=str(shots / "fresh_experiment.png"))
+    got_it = fresh.get_by_role("button", name="Got it")
+    if got_it.count():  # MLflow's "Detect Issues in Your Traces" popover covers the page on a first visit
+        got_it.first.click()
+    fresh.get_by_text("Model training", exact=True).first.click()
+    fresh.get_by_text(sweep_name, exact=True).first.wait_for()
+    assert "/runs" in fresh.url, fresh.url
+    fresh.screenshot(path=str(shots / "after_model_training_click.png"))
+    fresh.close()
+
     # A variant's first chart section holds the loss and the whole-network participation.
     client = mlflow.MlflowClient()
     variant = client.search_runs([experiment_id], "tags.mlflow_flux.role = 'variant' and params.lr = '0.01'")[0]
