@@ -113,7 +113,9 @@ def _train(args: argparse.Namespace) -> int:
     from .study.train import train
 
     result = train(config, progress=not args.quiet)
-    label = os.environ.get("MLFLOW_FLUX_PROGRESS_LABEL") or f"run {result.run_id}"
+    from .study.progress import PROGRESS_LABEL_ENV
+
+    label = os.environ.get(PROGRESS_LABEL_ENV) or f"run {result.run_id}"
     print(f"{label}: finished, final loss {result.final_loss:.6f} after {result.epochs} epochs")
     return 0
 
@@ -151,13 +153,12 @@ def _sweep(args: argparse.Namespace) -> int:
 def _print_closing(name: str, result, report, seconds: float) -> None:
     """Where to look next: the sweep's runs in the UI, and the report."""
     import mlflow
-    from mlflow.tracking import MlflowClient
 
     from .study.progress import format_duration
     from .traces import links
 
     uri = mlflow.get_tracking_uri()
-    experiment_id = MlflowClient().get_run(result.sweep_run_id).info.experiment_id
+    experiment_id = result.experiment_id
     state = "FAILED" if not result.ok else "finished"
     lines = [f"{name} {state}: {len(result.variants) - len(result.failed)} of {len(result.variants)} variants in "
              f"{format_duration(seconds)} (run {result.sweep_run_id})",

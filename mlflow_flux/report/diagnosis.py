@@ -12,23 +12,18 @@ import math
 import pandas as pd
 
 from .. import fluctuation
-from .claims import ClaimSpec, matches_group
+from .claims import ClaimSpec, _show, matches_group
 
 __all__ = ["claim_notes"]
 
 
-def _show(value) -> str:
-    return f"{value:g}" if isinstance(value, (int, float)) else str(value)
-
-
 def _named_groups(spec: ClaimSpec, runs: pd.DataFrame, group_by: str) -> list:
-    """The group values a claim is about: its subject, and its rival or (rival None) every other group."""
-    values = list(dict.fromkeys(runs[group_by]))
-    if spec.against is not None:
-        wanted = [spec.subject, spec.against]
-    else:
-        wanted = values
-    return [v for v in values if any(matches_group(pd.Series([v]), w).any() for w in wanted)]
+    """The group values a claim is about: its subject and its rival, or every group when the rival is "the best
+    other"."""
+    values = pd.Series(list(dict.fromkeys(runs[group_by])))
+    if spec.against is None:
+        return list(values)
+    return list(values[matches_group(values, spec.subject) | matches_group(values, spec.against)])
 
 
 def _divergence_note(rows: pd.DataFrame, label: str) -> str | None:
@@ -76,12 +71,13 @@ def claim_notes(spec: ClaimSpec, runs: pd.DataFrame, group_by: str) -> list[str]
 def _best_loss_verdict(spec: ClaimSpec, runs: pd.DataFrame, group_by: str) -> str:
     """The claim read on each group's best loss during training instead of its final one."""
     best = runs.groupby(group_by, sort=False)["loss_best"].mean()
-    subject = best[[matches_group(pd.Series([v]), spec.subject).any() for v in best.index]]
+    groups = best.index.to_series()
+    subject = best[matches_group(groups, spec.subject)]
     if subject.empty:
         return "on the best loss during training the claim cannot be read"
-    others = best.drop(subject.index)
+    others = best[~matches_group(groups, spec.subject)]
     if spec.against is not None:
-        others = others[[matches_group(pd.Series([v]), spec.against).any() for v in others.index]]
+        others = others[matches_group(groups[others.index], spec.against)]
     if others.empty or not math.isfinite(subject.iloc[0]):
         return "on the best loss during training the claim cannot be read"
     rival = others.idxmin() if spec.better == "lower" else others.idxmax()

@@ -31,6 +31,7 @@ from ..traces.server import check_reachable, health_probe
 from ..watcher import default_upload_timeout
 from .backends import make_backend
 from .config import SweepConfig, auto_parallel, parse_sweep_config, variant_name
+from .progress import PROGRESS_LABEL_ENV, PROGRESS_MODE_ENV
 
 __all__ = ["SweepConfig", "SweepResult", "Variant", "parse_sweep_config", "run_sweep", "auto_parallel"]
 # A stopping child saves its trace, which may wait for uploads up to their timeout; then it is killed.
@@ -53,6 +54,7 @@ class Variant:
 @dataclass(frozen=True)
 class SweepResult:
     sweep_run_id: str
+    experiment_id: str
     variants: tuple[Variant, ...]
     failed: dict[str, str]  # run id -> reason
 
@@ -77,15 +79,15 @@ def _start_variant(client: MlflowClient, parent, config: SweepConfig, lr: float,
     env = dict(os.environ)
     env.pop("MLFLOW_EXPERIMENT_NAME", None)  # the id below names the experiment; both set make MLflow refuse
     package_root = str(Path(__file__).resolve().parents[2])  # the child imports the same mlflow_flux as we do
-    env.update(
-        MLFLOW_RUN_ID=variant.run_id,
-        MLFLOW_EXPERIMENT_ID=parent.info.experiment_id,
-        MLFLOW_TRACKING_URI=mlflow.get_tracking_uri(),
+    env.update({
+        "MLFLOW_RUN_ID": variant.run_id,
+        "MLFLOW_EXPERIMENT_ID": parent.info.experiment_id,
+        "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(),
         # One plain progress line per ~10% from each variant, labelled, on the terminal they share.
-        MLFLOW_FLUX_PROGRESS="lines",
-        MLFLOW_FLUX_PROGRESS_LABEL=variant.label,
-        PYTHONPATH=os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p),
-    )
+        PROGRESS_MODE_ENV: "lines",
+        PROGRESS_LABEL_ENV: variant.label,
+        "PYTHONPATH": os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p),
+    })
     handle = backend.start(command, env, config.threads_per_variant)
     print(f"{variant.label}: started (run {variant.run_id})", flush=True)
     return _Child(variant, handle)
@@ -143,8 +145,7 @@ def run_sweep(config: SweepConfig) -> SweepResult:
     with flux_runs.creating_runs():
         parent = mlflow.start_run()
     sweep_id = parent.info.run_id
-    flux_runs.ensure_runs_view(client, parent.info.experiment_id)
-    flux_runs.describe_experiment(client, parent.info.experiment_id)
+    flux_runs.ensure_runs_view(client, parent.info.experiment_id, flux_runs.EXPERIMENT_DESCRIPTION)
     shared = {k: v for k, v in config.train.as_params().items() if k not in ("lr", "seed", "threads")}
     existing = parent.data.params
     params = {
@@ -224,4 +225,4 @@ def run_sweep(config: SweepConfig) -> SweepResult:
             mlflow.end_run(RunStatus.to_string(status))
         else:
             abandon_active_run(sweep_id)
-    return SweepResult(sweep_id, tuple(variants), failed)
+    return SweepResult(sweep_id, parent.info.experiment_id, tuple(variants), failed)

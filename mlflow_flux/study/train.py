@@ -110,9 +110,9 @@ def _start_run(name: str) -> mlflow.ActiveRun:
     flux_runs.ensure_runs_view(client, run.info.experiment_id)
     tags = run.data.tags
     ours = {**flux_runs.flux_tags("variant"), CLAIMS_TAG: claims_tag_value(PAPER_CLAIMS)}
+    missing = {key: value for key, value in ours.items() if key not in tags}
     if flux_runs.ROLE_TAG not in tags:  # made by `mlflow run -e train` (random name) or by us: name it
-        ours[RUN_NAME_TAG] = name
-    missing = {key: value for key, value in ours.items() if key not in tags or key == RUN_NAME_TAG}
+        missing[RUN_NAME_TAG] = name
     if missing:
         client.log_batch(run.info.run_id, tags=[RunTag(k, v) for k, v in missing.items()])
     return run

@@ -16,13 +16,17 @@ DEFAULT_UI = "http://127.0.0.1:5000"
 _WORKFLOW = {"workflowType": "machine_learning"}
 
 
+def _is_server(tracking_uri: str) -> bool:
+    return urlsplit(tracking_uri).scheme in ("http", "https")
+
+
 def ui_base(tracking_uri: str) -> str:
     """The UI's address: the tracking server itself, or where ``mlflow ui`` serves a local store by default.
 
     >>> ui_base("http://10.0.0.5:8080/"), ui_base("sqlite:///mlflow.db")
     ('http://10.0.0.5:8080', 'http://127.0.0.1:5000')
     """
-    if urlsplit(tracking_uri).scheme in ("http", "https"):
+    if _is_server(tracking_uri):
         return tracking_uri.rstrip("/")
     return DEFAULT_UI
 
@@ -33,7 +37,7 @@ def ui_command(tracking_uri: str) -> str | None:
     >>> ui_command("sqlite:///mlflow.db")
     'mlflow ui --backend-store-uri sqlite:///mlflow.db'
     """
-    if urlsplit(tracking_uri).scheme in ("http", "https"):
+    if _is_server(tracking_uri):
         return None
     return f"mlflow ui --backend-store-uri {tracking_uri}"
 

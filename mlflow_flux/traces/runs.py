@@ -23,7 +23,7 @@ __all__ = [
     "is_creating_runs",
     "create_run",
     "ensure_runs_view",
-    "describe_experiment",
+    "EXPERIMENT_DESCRIPTION",
 ]
 
 ROLE_TAG = "mlflow_flux.role"  # sweep | variant | report
@@ -31,6 +31,7 @@ SWEEP_TAG = "mlflow_flux.sweep_id"
 FAILURE_TAG = "mlflow_flux.failure"
 VERSION_TAG = "mlflow_flux.version"
 _KIND_TAG = "mlflow.experimentKind"
+_NOTE_TAG = "mlflow.note.content"  # the experiment's description in MLflow's UI
 
 _creating = contextvars.ContextVar("mlflow_flux_creating_runs", default=False)
 
@@ -65,14 +66,17 @@ def create_run(client, experiment_id: str, tags: Mapping[str, str], run_name: st
         return client.create_run(experiment_id, tags=mlflow_adapter.resolve_run_tags(tags), run_name=run_name)
 
 
-def ensure_runs_view(client, experiment_id: str) -> None:
-    """Make MLflow 3's UI open the experiment as a runs table (it would otherwise guess its GenAI view).
+def ensure_runs_view(client, experiment_id: str, description: str | None = None) -> None:
+    """Mark the experiment as model training (MLflow 3's UI otherwise guesses its GenAI view), and give it
+    ``description`` when it has none.
 
-    Only an experiment without a kind is changed: a kind someone chose is kept.
+    Only an experiment without a kind is changed: a kind someone chose is kept, and so is a description.
     """
     experiment = client.get_experiment(experiment_id)
     if _KIND_TAG not in experiment.tags:
         client.set_experiment_tag(experiment_id, _KIND_TAG, "custom_model_development")
+    if description and not experiment.tags.get(_NOTE_TAG):
+        client.set_experiment_tag(experiment_id, _NOTE_TAG, description)
 
 
 EXPERIMENT_DESCRIPTION = (
@@ -83,11 +87,3 @@ EXPERIMENT_DESCRIPTION = (
     "- `report of <sweep>` runs hold the comparison report: `report/report.html`.\n\n"
     "Filter one sweep with `tags.mlflow_flux.sweep_id = '<sweep run id>'`."
 )
-_NOTE_TAG = "mlflow.note.content"  # the experiment's description in MLflow's UI
-
-
-def describe_experiment(client, experiment_id: str, text: str = EXPERIMENT_DESCRIPTION) -> None:
-    """Give the experiment a description saying what it holds, unless someone already wrote one."""
-    experiment = client.get_experiment(experiment_id)
-    if not experiment.tags.get(_NOTE_TAG):
-        client.set_experiment_tag(experiment_id, _NOTE_TAG, text)
