@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 import mlflow_flux
 from mlflow_flux.errors import FluxError
 from mlflow_flux.traces.reader import read_trace_files
-from tests.helpers import PYTHON, ROOT, MlflowServer, default_sigint, free_port, runs_of, subprocess_env
+from tests.helpers import PYTHON, ROOT, MlflowServer, default_sigint, free_port, group_ended, runs_of, subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -41,17 +41,6 @@ def _wait_for_line(stream, marker: str, timeout: float = 120) -> str:
         if marker in line:
             return line
     raise AssertionError(f"never printed {marker!r}; printed:\n{''.join(seen)[-3000:]}")
-
-
-def _group_empty(pgid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.5)
-    return False
 
 
 def _artifacts(run_id: str, path: str) -> set[str]:
@@ -96,7 +85,7 @@ def test_timeout_of_a_sweep_stops_every_process_and_ends_every_run_killed(store)
     os.killpg(process.pid, signal.SIGTERM)
     process.communicate(timeout=300)
     assert process.returncode != 0
-    assert _group_empty(process.pid, timeout=150), "processes of the sweep outlived it"
+    assert group_ended(process.pid, timeout=150), "processes of the sweep outlived it"
     runs = runs_of(store)
     (sweep,) = [r for r in runs if r.data.tags.get("mlflow_flux.role") == "sweep"]
     variants = [r for r in runs if r.data.tags.get("mlflow_flux.role") == "variant"]
@@ -115,7 +104,7 @@ def test_ctrl_c_under_mlflow_run_ends_the_sweep_and_every_variant_killed(store):
         _wait_for_line(process.stderr, "epoch 1/")
     os.killpg(process.pid, signal.SIGINT)
     process.communicate(timeout=300)
-    assert _group_empty(process.pid, timeout=150), "processes of the sweep outlived it"
+    assert group_ended(process.pid, timeout=150), "processes of the sweep outlived it"
     runs = runs_of(store)
     statuses = {r.data.tags.get("mlflow_flux.role"): r.info.status for r in runs}
     assert statuses == {"sweep": "KILLED", "variant": "KILLED"}, [(r.info.run_name, r.info.status) for r in runs]
@@ -131,7 +120,7 @@ def test_ctrl_c_under_mlflow_run_ends_a_train_killed_not_failed(store):
     _wait_for_line(process.stderr, "epoch ")
     os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
     process.communicate(timeout=120)
-    assert _group_empty(process.pid, timeout=60)
+    assert group_ended(process.pid, timeout=60)
     (run,) = runs_of(store)
     assert run.info.status == "KILLED"
     assert "traces/traces.parquet" in _artifacts(run.info.run_id, "traces")

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Any, Mapping, Sequence
 
@@ -105,7 +106,16 @@ class RayBackend:
                 # Ray kills a worker's child processes when the worker exits; a variant stopping must be left to
                 # finish saving its trace (it exits by itself, or on its parent-death signal).
                 os.environ.setdefault("RAY_kill_child_processes_on_worker_exit", "0")
-            ray.init(address=address, include_dashboard=False, log_to_driver=True, **options)
+            # ray.init replaces the driver's SIGTERM handler with a bare sys.exit: `mlflow run` answers Ctrl-C with a
+            # SIGTERM right after the SIGINT, which then cut the sweep's cleanup short (its run ended FAILED). Ours
+            # (a second signal is only noted while the variants save their traces) is put back.
+            handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                ray.init(address=address, include_dashboard=False, log_to_driver=True, **options)
+            finally:
+                for signum, handler in handlers.items():
+                    if handler is not None and threading.current_thread() is threading.main_thread():
+                        signal.signal(signum, handler)
         self._task = ray.remote(run_variant)
         self._codes: dict[Any, int] = {}
 

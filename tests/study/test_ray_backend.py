@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
 
-from tests.helpers import PYTHON, ROOT, default_sigint, run_cli, runs_of, subprocess_env
+from tests.helpers import PYTHON, ROOT, default_sigint, group_ended, run_cli, runs_of, subprocess_env
 
 pytestmark = pytest.mark.slow
 TINY = ["--epochs", "3", "--n-samples", "64", "--hidden", "32,8", "--image-size", "16", "--window", "2"]
@@ -55,10 +56,31 @@ def test_ray_runs_match_the_local_backends_and_a_failing_variant_spares_its_sibl
     assert not _ray_processes()  # the instance the sweep started is gone
 
 
-def test_ctrl_c_of_a_ray_sweep_kills_every_run_and_leaves_no_process(store):
-    process = subprocess.Popen([*PYTHON, "-m", "mlflow_flux.cli", "sweep", "--lrs", "0.01,0.001", "--backend", "ray",
-                                *TINY[2:], "--epochs", "100000"], cwd=ROOT,
-                               env=subprocess_env(store, RAY_DEDUP_LOGS="0"),
+RAY_SWEEP = {"lrs": "0.01,0.001", "backend": "ray", "epochs": "100000", "n_samples": "64", "hidden": "32,8",
+             "image_size": "16", "window": "2"}
+
+
+def _mlflow_run(store) -> list[str]:
+    args = [sys.executable, "-m", "mlflow", "run", str(ROOT), "--env-manager", "local",
+            "--experiment-name", store["experiment_name"]]
+    return args + [arg for name, value in RAY_SWEEP.items() for arg in ("-P", f"{name}={value}")]
+
+
+def _cli(store) -> list[str]:
+    return [*PYTHON, "-m", "mlflow_flux.cli", "sweep",
+            *(arg for name, value in RAY_SWEEP.items() for arg in (f"--{name.replace('_', '-')}", value))]
+
+
+@pytest.mark.parametrize("command, stop, code", [
+    # Through the front door (`mlflow run . -P backend=ray`), which wraps the CLI's sweep: a terminal's Ctrl-C reaches
+    # the whole foreground group, MLflow's runner included (which exits with its own code).
+    (_mlflow_run, lambda process: os.killpg(process.pid, signal.SIGINT), None),
+    # A scheduler's SIGTERM to the sweep alone: ray.init had replaced its handler with a bare exit (the sweep run
+    # stayed RUNNING and Ray aborted the process) until the backend put ours back.
+    (_cli, lambda process: process.send_signal(signal.SIGTERM), 143),
+], ids=["ctrl-c-of-mlflow-run", "sigterm-of-the-sweep"])
+def test_stopping_a_ray_sweep_kills_every_run_and_leaves_no_process(store, command, stop, code):
+    process = subprocess.Popen(command(store), cwd=ROOT, env=subprocess_env(store, RAY_DEDUP_LOGS="0"),
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
                                preexec_fn=default_sigint)
     seen = []
@@ -66,27 +88,25 @@ def test_ctrl_c_of_a_ray_sweep_kills_every_run_and_leaves_no_process(store):
     while time.monotonic() < deadline:  # both variants are training
         line = process.stdout.readline()
         seen.append(line)
-        if all(any(f"lr={lr} seed=0: epoch 1/" in s for s in seen) for lr in ("0.01", "0.001")):
+        if all(any(f"lr={lr} seed=0: epoch 1/" in s for s in seen) for lr in ("0.01", "0.001")) or not line:
             break
-    else:
+    if not all(any(f"lr={lr} seed=0: epoch 1/" in s for s in seen) for lr in ("0.01", "0.001")):
         os.killpg(process.pid, signal.SIGINT)  # stop the sweep (it stops its variants) before failing
         process.communicate(timeout=240)
         raise AssertionError("".join(seen)[-3000:])
-    os.killpg(process.pid, signal.SIGINT)
+    stop(process)
     out, _ = process.communicate(timeout=240)
-    assert process.returncode == 130, out[-3000:]
+    assert process.returncode == code if code is not None else process.returncode != 0, out[-3000:]
+    assert "Traceback" not in out and "SIGTERM received" not in out, out[-3000:]
+    # Every process of the group has ended, the one that keeps KILLED past `mlflow run` too (it waits for its exit).
+    assert group_ended(process.pid, timeout=150), "processes of the sweep outlived it"
+    assert not _ray_processes()  # nor any variant, which runs in a session of its own
     runs = runs_of(store)
     statuses = sorted((r.data.tags["mlflow_flux.role"], r.info.status) for r in runs)
-    assert statuses == [("sweep", "KILLED"), ("variant", "KILLED"), ("variant", "KILLED")], statuses
+    assert statuses == [("sweep", "KILLED"), ("variant", "KILLED"), ("variant", "KILLED")], (statuses, out[-3000:])
     for run in runs:
         if run.data.tags["mlflow_flux.role"] == "variant":
             from mlflow import MlflowClient
 
             traces = {f.path for f in MlflowClient().list_artifacts(run.info.run_id, "traces")}
             assert "traces/traces.parquet" in traces, traces  # compacted: the variant saved its trace
-    try:
-        os.killpg(process.pid, 0)
-        alive = True
-    except ProcessLookupError:
-        alive = False
-    assert not alive and not _ray_processes()  # nor any variant, which runs in a session of its own
