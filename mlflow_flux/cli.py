@@ -1,7 +1,8 @@
-"""``mlflow-flux``: one command, with subcommands ``train``, ``sweep`` and ``compare``.
+"""``mlflow-flux``: one command, with subcommands ``train``, ``sweep``, ``atlas`` and ``compare``.
 
     mlflow-flux train --lr 0.01 --epochs 50
     mlflow-flux sweep --lrs 0.01,0.001,0.0001 --epochs 1000
+    mlflow-flux atlas                                  # adam and sgd x 3 lrs x 3 seeds, 1000 epochs
     mlflow-flux compare --sweep <parent run id> --output report/
 
 Bad input is one line on stderr and exit code 2, before any work starts; Ctrl-C is exit code 130.
@@ -15,17 +16,16 @@ import logging
 import os
 import sys
 import warnings
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from .errors import FluxError, InvalidParameter, UsageError
 from .interrupts import exit_code, stop_on_signals, stop_with_parent
-from .study.config import OPTION_HELP, TrainConfig
+from .study.config import ATLAS_DEFAULTS, OPTION_HELP, SWEPT, TrainConfig
 
 __all__ = ["main"]
 
 DESCRIPTION = "mlflow-flux: train the built-in study, run its sweep, and compare watched runs."
 
-_SWEPT = ("lr", "seed")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -44,7 +44,7 @@ def _unknown_options(args: argparse.Namespace, unknown: list[str]) -> FluxError:
     """One error for options the command does not take; the swept ones of ``sweep`` say what to pass instead."""
     option = next((item for item in unknown if item.startswith("--")), unknown[0])
     name = option.lstrip("-").split("=", 1)[0].replace("-", "_")
-    if args.command == "sweep" and name in _SWEPT:
+    if args.command in ("sweep", "atlas") and name in SWEPT:
         position = unknown.index(option)
         value = option.split("=", 1)[1] if "=" in option else (unknown[position + 1:] or [""])[0]
         return InvalidParameter(name, value, f"the sweep varies it: pass {name}s= instead")
@@ -91,12 +91,13 @@ def _keep_killed(run_id: str, mlflow_run_pid: int) -> None:
         pass
 
 
-def _add_train_options(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
+def _add_train_options(parser: argparse.ArgumentParser, skip: Sequence[str] = (),
+                       defaults: Mapping[str, str] | None = None) -> None:
     # Every option is a string here: config.py parses and checks them, so the CLI and MLproject agree.
     for field in dataclasses.fields(TrainConfig):
         if field.name in skip:
             continue
-        default = field.default
+        default = (defaults or {}).get(field.name, field.default)
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
         parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, metavar="VALUE",
                             help=f"{OPTION_HELP[field.name]} (default: {shown})")
@@ -126,10 +127,12 @@ def _sweep(args: argparse.Namespace) -> int:
     from .study.config import parse_sweep_config
 
     started = time.monotonic()
-    names = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in _SWEPT]
-    config = parse_sweep_config(_given(args, ["lrs", "seeds", "max_parallel", "report", "backend", *names]))
+    names = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in SWEPT]
+    given = _given(args, ["optimizers", "lrs", "seeds", "max_parallel", "report", "backend", *names])
+    config = parse_sweep_config({**(ATLAS_DEFAULTS if args.command == "atlas" else {}), **given})
     # The first line comes before MLflow and torch are imported (seconds on a busy machine).
-    print(f"mlflow-flux: {config.name}: {config.variants} variants (lrs {','.join(f'{lr:g}' for lr in config.lrs)}; "
+    print(f"mlflow-flux: {config.name}: {config.variants} variants (optimizers {','.join(config.optimizers)}; "
+          f"lrs {','.join(f'{lr:g}' for lr in config.lrs)}; "
           f"seeds {','.join(map(str, config.seeds))}), starting...", flush=True)
     from .study.sweep import run_sweep
 
@@ -213,25 +216,11 @@ def print_report_summary(report) -> None:
         print(f"report written to {report.directory}/report.html")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    # SUPPRESS: a subcommand's default must not overwrite `mlflow-flux --verbose sweep`.
-    common.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
-                        help="also show MLflow's own INFO messages (hidden by default)")
-    parser = _Parser(prog="mlflow-flux", description=DESCRIPTION, parents=[common])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sweep,compare}")
-
-    train = sub.add_parser("train", help="train one variant into one MLflow run", parents=[common],
-                           description="Train one variant of the built-in study into one MLflow run.")
-    _add_train_options(train)
-    train.add_argument("--quiet", action="store_true", help="no progress output")
-    train.set_defaults(func=_train)
-
-    sweep = sub.add_parser("sweep", help="the learning-rate sweep: a parent run and one child per (lr, seed)",
-                           parents=[common], description="Run the study's sweep: one parent run, one child run "
-                                                         "per (lr, seed), then the report.")
-    sweep.add_argument("--lrs", metavar="LIST", help="comma-separated learning rates (default: 0.01,0.001,0.0001)")
-    sweep.add_argument("--seeds", metavar="LIST", help="comma-separated seeds (default: 0)")
+def _add_sweep_options(sweep: argparse.ArgumentParser, defaults: Mapping[str, str]) -> None:
+    sweep.add_argument("--optimizers", metavar="LIST",
+                       help=f"comma-separated optimizers: adam, sgd (default: {defaults['optimizers']})")
+    sweep.add_argument("--lrs", metavar="LIST", help=f"comma-separated learning rates (default: {defaults['lrs']})")
+    sweep.add_argument("--seeds", metavar="LIST", help=f"comma-separated seeds (default: {defaults['seeds']})")
     sweep.add_argument("--max-parallel", dest="max_parallel", metavar="N",
                        help="variants at a time; auto: as many as finish soonest on this machine's cores "
                             "(default: auto)")
@@ -240,8 +229,34 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--backend", metavar="NAME",
                        help="where variants run: local processes, or ray (RAY_ADDRESS, else a local instance) "
                             "(default: local)")
-    _add_train_options(sweep, skip=_SWEPT)
+    _add_train_options(sweep, skip=SWEPT, defaults=defaults)
     sweep.set_defaults(func=_sweep)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS: a subcommand's default must not overwrite `mlflow-flux --verbose sweep`.
+    common.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="also show MLflow's own INFO messages (hidden by default)")
+    parser = _Parser(prog="mlflow-flux", description=DESCRIPTION, parents=[common])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sweep,atlas,compare}")
+
+    train = sub.add_parser("train", help="train one variant into one MLflow run", parents=[common],
+                           description="Train one variant of the built-in study into one MLflow run.")
+    _add_train_options(train)
+    train.add_argument("--quiet", action="store_true", help="no progress output")
+    train.set_defaults(func=_train)
+
+    sweep = sub.add_parser("sweep", help="the learning-rate sweep: a parent run and one child per (optimizer, "
+                                         "lr, seed)",
+                           parents=[common], description="Run the study's sweep: one parent run, one child run "
+                                                         "per (optimizer, lr, seed), then the report.")
+    _add_sweep_options(sweep, {"optimizers": "adam", "lrs": "0.01,0.001,0.0001", "seeds": "0", "epochs": "1000"})
+    atlas = sub.add_parser("atlas", help="the map of where the paper's claims hold: the sweep over optimizers, "
+                                         "learning rates and seeds", parents=[common],
+                           description="The sweep with the atlas's defaults (adam and sgd, three learning rates, "
+                                       "three seeds, 1000 epochs), then the report with its verdicts over epochs.")
+    _add_sweep_options(atlas, ATLAS_DEFAULTS)
 
     compare = sub.add_parser("compare", help="the cross-run participation report, from the tracking server",
                              parents=[common], description="Build the cross-run participation report from the "

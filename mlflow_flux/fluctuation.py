@@ -37,6 +37,10 @@ __all__ = [
     "Divergence",
     "divergence",
     "frozen_fraction",
+    "relative_update",
+    "participation_ratio",
+    "WINDOW_COLUMNS",
+    "LAST_SNAPSHOT_COLUMNS",
 ]
 
 # What each quantity means, as the report prints it: our reading of the paper, which publishes no formula.
@@ -50,9 +54,17 @@ DEFINITIONS = (
     ("participates", "fires and rel[i] >= tau"),
     ("frozen", "fires but rel[i] < tau: still active, its weights no longer move (inactive, not dead)"),
     ("diverged", "the loss rose above DIVERGENCE_FACTOR (2) times its own minimum after reaching it and ended there"),
+    ("distance from start", "w_dist0[t, i] = ||w_i(t) - w_i(first snapshot)||: how far the incoming weights moved"),
+    ("relative update", "w_step[t, i] / w_norm[t, i]: the last step's size against the weights' size"),
+    ("participation ratio", "PR = (sum_i act_std[i]^2)^2 / sum_i act_std[i]^4 at a snapshot: the effective number "
+                            "of neurons that carry the layer's activation variance (N when all carry it equally, "
+                            "1 when one does)"),
 )
+# Per-neuron columns taken over the whole window, and those taken at the window's last snapshot.
+WINDOW_COLUMNS = ("w_std", "bias", "act_rate")
+LAST_SNAPSHOT_COLUMNS = ("w_step", "w_norm", "w_dist0", "act_std")
 # The per-neuron trace columns every summary here is computed from (the trace stores them first).
-INPUT_COLUMNS = ("w_std", "bias", "act_rate", "w_step")
+INPUT_COLUMNS = (*WINDOW_COLUMNS, *LAST_SNAPSHOT_COLUMNS)
 DEFAULT_WINDOW = 10
 DEFAULT_TAU = 1e-4
 # Per-layer summary keys, logged as ``flux/<layer>/<key>`` and ``flux/all/<key>``.
@@ -63,6 +75,9 @@ SUMMARY_KEYS = (
     "sos_median",
     "bias_fluct_median",
     "w_step_median",
+    "w_rel_step_median",
+    "w_dist0_median",
+    "participation_ratio",
 )
 
 
@@ -183,8 +198,9 @@ def summarize(
     """Summaries per layer and over all layers, for ``B`` windows at once.
 
     Args:
-        layers: per layer name, ``(B, W, N)`` arrays ``w_std``, ``bias``, ``act_rate`` and a ``(B, N)`` array
-            ``w_step`` (the step at each window's last snapshot).
+        layers: per layer name, ``(B, W, N)`` arrays ``w_std``, ``bias``, ``act_rate`` and ``(B, N)`` arrays
+            ``w_step``, ``w_norm``, ``w_dist0``, ``act_std`` (at each window's last snapshot; one missing gives NaN
+            summaries for what needs it).
         tau: participation threshold.
 
     Returns:
@@ -201,7 +217,12 @@ def summarize(
         raise ValueError("summarize needs at least one layer")
     names = list(layers)
     joined = {key: np.concatenate([np.asarray(layers[name][key]) for name in names], axis=-1)
-              for key in ("w_std", "bias", "act_rate", "w_step")}
+              for key in WINDOW_COLUMNS}
+    last_shape = np.shape(joined["w_std"])[:-2] + np.shape(joined["w_std"])[-1:]
+    for key in LAST_SNAPSHOT_COLUMNS:  # a trace written before a column existed: its summaries are NaN
+        parts = [layers[name].get(key) for name in names]
+        joined[key] = (np.concatenate([np.asarray(part) for part in parts], axis=-1)
+                       if all(part is not None for part in parts) else np.full(last_shape, np.nan))
     return _summarize_joined(names, [np.shape(layers[name]["w_std"])[-1] for name in names], joined, tau)
 
 
@@ -214,6 +235,9 @@ def _summarize_joined(names: list[str], sizes: list[int], joined: Mapping[str, n
     """
     stats = window_stats(joined["w_std"], joined["bias"], joined["act_rate"], tau)
     w_step = np.asarray(joined["w_step"], dtype=np.float64)
+    rel_step = relative_update(w_step, joined["w_norm"])
+    w_dist0 = np.asarray(joined["w_dist0"], dtype=np.float64)
+    act_std = np.asarray(joined["act_std"], dtype=np.float64)
     out: dict[str, np.ndarray] = {}
     bounds = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
     scopes = [(name, slice(start, stop)) for name, start, stop in zip(names, bounds[:-1], bounds[1:])]
@@ -226,6 +250,9 @@ def _summarize_joined(names: list[str], sizes: list[int], joined: Mapping[str, n
         out[f"{name}/sos_median"] = median(stats["sos"][..., rows])
         out[f"{name}/bias_fluct_median"] = median(stats["bias_fluct"][..., rows])
         out[f"{name}/w_step_median"] = median(w_step[..., rows])
+        out[f"{name}/w_rel_step_median"] = median(rel_step[..., rows])
+        out[f"{name}/w_dist0_median"] = median(w_dist0[..., rows])
+        out[f"{name}/participation_ratio"] = participation_ratio(act_std[..., rows])
     return out
 
 
@@ -245,11 +272,13 @@ def windows_of(values: np.ndarray, window: int) -> np.ndarray:
 
 
 def layer_arrays(trace: pd.DataFrame, columns: tuple[str, ...] = INPUT_COLUMNS):
-    """A long trace as ``(epochs, {layer: {column: (E, N) float32 array}})``, layers in order of appearance.
+    """A long trace as ``(epochs, {layer: {column: (E, N) float32 array}})``, layers in order of appearance; of
+    ``columns``, those the trace holds.
 
     Raises:
         ValueError: a layer misses neurons at some epoch, or layers were snapshot at different epochs.
     """
+    columns = tuple(c for c in columns if c in trace.columns)  # a trace written before a column existed lacks it
     layer = trace["layer"]
     codes, names = pd.factorize(layer.astype(str) if not isinstance(layer.dtype, pd.CategoricalDtype) else layer)
     epoch = trace["epoch"].to_numpy()
@@ -319,6 +348,13 @@ def _split_epoch_major(trace, names, layout, columns):
     return epochs, out
 
 
+def _column(arrays: Mapping[str, np.ndarray], key: str) -> np.ndarray:
+    """One layer's ``(E, N)`` column, or NaN for a column the trace does not hold (written before it existed)."""
+    if key in arrays:
+        return np.asarray(arrays[key])
+    return np.full(np.shape(arrays["w_std"]), np.nan, dtype=np.float32)
+
+
 def window_summaries(layers: dict, window: int, tau: float) -> dict[str, np.ndarray]:
     """:func:`summarize` over every run of ``window`` consecutive snapshots of :func:`layer_arrays`' output.
 
@@ -331,10 +367,10 @@ def window_summaries(layers: dict, window: int, tau: float) -> dict[str, np.ndar
     if not layers:
         raise ValueError("summarize needs at least one layer")
     names = list(layers)
-    side_by_side = {key: np.concatenate([np.asarray(layers[name][key]) for name in names], axis=-1)
+    side_by_side = {key: np.concatenate([_column(layers[name], key) for name in names], axis=-1)
                     for key in INPUT_COLUMNS}
-    joined = {key: windows_of(side_by_side[key], window) for key in ("w_std", "bias", "act_rate")}
-    joined["w_step"] = side_by_side["w_step"][window - 1 :]
+    joined = {key: windows_of(side_by_side[key], window) for key in WINDOW_COLUMNS}
+    joined.update({key: side_by_side[key][window - 1 :] for key in LAST_SNAPSHOT_COLUMNS})
     return _summarize_joined(names, [np.shape(layers[name]["w_std"])[-1] for name in names], joined, tau)
 
 
@@ -407,6 +443,44 @@ def divergence(steps: Sequence[int], losses: Sequence[float], factor: float = DI
         return None
     after = np.flatnonzero(values[best:] > factor * values[best])
     return Divergence(int(steps[best]), float(values[best]), int(steps[best + after[0]]), float(values[-1]))
+
+
+def relative_update(w_step: np.ndarray, w_norm: np.ndarray) -> np.ndarray:
+    """The relative update of each neuron, ``w_step / w_norm``: its last step against the size of its weights.
+
+    NaN where it is not defined: no step yet (``w_step`` NaN) or weights of norm 0.
+
+    >>> relative_update(np.array([0.1, 0.5, np.nan, 1.0]), np.array([2.0, 0.5, 1.0, 0.0])).tolist()
+    [0.05, 1.0, nan, nan]
+    """
+    w_step = np.asarray(w_step, dtype=np.float64)
+    w_norm = np.asarray(w_norm, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(w_norm > 0, w_step / w_norm, np.nan)
+
+
+def participation_ratio(act_std: np.ndarray) -> np.ndarray:
+    """The participation ratio of activation variance over the last axis, ``(sum s^2)^2 / sum s^4``: how many
+    neurons effectively carry the variance (``N`` when all carry it equally, 1 when one does, 0 when none varies).
+
+    Neurons whose ``act_std`` is not finite (not seen since the last snapshot) are left out; NaN when none is
+    finite.
+
+    >>> participation_ratio(np.array([1.0, 1.0, 1.0, 1.0])).item(), participation_ratio(np.array([3.0, 0.0, 0.0])).item()
+    (4.0, 1.0)
+    >>> round(participation_ratio(np.array([2.0, 1.0])).item(), 4), participation_ratio(np.array([0.0, 0.0])).item()
+    (1.4706, 0.0)
+    >>> participation_ratio(np.array([[np.nan, np.nan], [1.0, np.nan]])).tolist()
+    [nan, 1.0]
+    """
+    variance = np.square(np.asarray(act_std, dtype=np.float64))
+    finite = np.isfinite(variance)
+    variance = np.where(finite, variance, 0.0)
+    total = variance.sum(axis=-1)
+    squares = (variance * variance).sum(axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(squares > 0, total * total / squares, 0.0)
+    return np.where(finite.any(axis=-1), ratio, np.nan)
 
 
 def frozen_fraction(participating_frac: float, dead_frac: float) -> float:

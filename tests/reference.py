@@ -27,6 +27,7 @@ class Reference:
         self.outputs: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
         self.grads: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
         self.previous: dict[str, torch.Tensor] = {}
+        self.first: dict[str, torch.Tensor] = {}  # the weights at the first snapshot: w_dist0
         self.handles = []
         for name, module in layers.items():
             self.handles.append(module.register_forward_hook(self._keep_output(name)))
@@ -75,12 +76,14 @@ class Reference:
             out[name] = {
                 "w_mean": w.mean(1), "w_std": w.std(1, unbiased=False), "w_norm": w.norm(dim=1),
                 "w_step": (w - self.previous[name]).norm(dim=1) if name in self.previous else nan,
+                "w_dist0": (w - self.first.setdefault(name, w.clone())).norm(dim=1),
                 "bias": bias.detach().double().clone() if isinstance(bias, torch.Tensor) else nan,
                 "act_mean": acts.mean(0) if acts is not None else nan,
                 "act_std": acts.std(0, unbiased=False) if acts is not None else nan,
                 "act_rate": (acts > 0).double().mean(0) if acts is not None else nan,
                 "grad_norm": norms.pow(2).mean(0).sqrt() if norms is not None else nan,
             }
+            out[name]["w_rel_step"] = torch.where(out[name]["w_norm"] > 0, out[name]["w_step"] / out[name]["w_norm"], nan)
             out[name] = {column: values.numpy() for column, values in out[name].items()}
             self.previous[name] = w.clone()
             self.outputs[name].clear()

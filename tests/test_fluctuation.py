@@ -68,18 +68,34 @@ def test_summaries_over_epochs_matches_summarize_on_each_window():
     rows = []
     for e in range(epochs):
         for i in range(n):
-            rows.append({"epoch": e, "layer": "fc", "neuron": i, "w_std": rng.random(), "bias": rng.random(),
-                         "act_rate": float(i > 0), "w_step": rng.random()})
-    trace = pd.DataFrame(rows).astype({c: np.float32 for c in ("w_std", "bias", "act_rate", "w_step")})
+            rows.append({"epoch": e, "layer": "fc", "neuron": i, "act_rate": float(i > 0),
+                         **{c: rng.random() for c in F.INPUT_COLUMNS if c != "act_rate"}})
+    trace = pd.DataFrame(rows).astype({c: np.float32 for c in F.INPUT_COLUMNS})
     table = F.summaries_over_epochs(trace, window=3, tau=0.01)
     assert table.index.tolist() == [2, 3, 4, 5]
     last = trace[trace.epoch >= 3]
     layer = {c: last.pivot(index="epoch", columns="neuron", values=c).to_numpy(np.float32)[None]
-             for c in ("w_std", "bias", "act_rate")}
-    layer["w_step"] = last[last.epoch == 5]["w_step"].to_numpy(np.float32)[None]
+             for c in F.WINDOW_COLUMNS}
+    layer.update({c: last[last.epoch == 5][c].to_numpy(np.float32)[None] for c in F.LAST_SNAPSHOT_COLUMNS})
     expected = F.summarize({"fc": layer}, tau=0.01)
+    assert set(expected) == {f"{scope}/{key}" for scope in ("fc", "all") for key in F.SUMMARY_KEYS}
     for key, value in expected.items():
-        assert table.loc[5, key] == value[0], key
+        assert table.loc[5, key] == value[0] and np.isfinite(value[0]), key
+    # A trace written before the newer columns existed: their summaries are NaN, the others unchanged.
+    old = F.summaries_over_epochs(trace[["epoch", "layer", "neuron", "w_std", "bias", "act_rate", "w_step"]], 3, 0.01)
+    assert np.isnan(old.loc[5, "all/participation_ratio"]) and old.loc[5, "all/sos_median"] == table.loc[5, "all/sos_median"]
+
+
+def test_new_dynamics_summaries_equal_their_definitions():
+    # Two neurons: act_std 2 and 1 give a participation ratio (4 + 1)^2 / (16 + 1); the relative update is the
+    # median of w_step / w_norm; w_dist0 its median.
+    layer = {c: np.ones((1, 2, 2)) for c in F.WINDOW_COLUMNS}
+    layer |= {"w_step": np.array([[0.2, 0.3]]), "w_norm": np.array([[2.0, 1.0]]), "w_dist0": np.array([[1.0, 3.0]]),
+              "act_std": np.array([[2.0, 1.0]])}
+    out = F.summarize({"fc": layer})
+    assert out["fc/participation_ratio"][0] == pytest.approx(25 / 17)
+    assert out["fc/w_rel_step_median"][0] == pytest.approx((0.1 + 0.3) / 2)
+    assert out["fc/w_dist0_median"][0] == pytest.approx(2.0)
 
 
 def test_bad_arguments():

@@ -305,33 +305,39 @@ static void row_moments(const float *restrict row, Py_ssize_t cols, double *mean
  * updated here), which weights move little from between two snapshots, so they lose nothing to cancellation. A
  * row whose mean moved by more than half its spread is measured again in two passes: exact either way. */
 SIMD_CLONES
-static void weight_stats(const float *restrict w, float *restrict previous, double *restrict means, Py_ssize_t rows,
-                         Py_ssize_t cols, int has_previous, double *restrict out)
+static void weight_stats(const float *restrict w, float *restrict previous, float *restrict initial,
+                         double *restrict means, Py_ssize_t rows, Py_ssize_t cols, int has_previous, int has_initial,
+                         double *restrict out)
 {
-    double *mean = out, *std = out + rows, *norm = out + 2 * rows, *step = out + 3 * rows;
+    double *mean = out, *std = out + rows, *norm = out + 2 * rows, *step = out + 3 * rows, *dist0 = out + 4 * rows;
     const lanes zero = {0};
+    if (!has_initial) /* the first snapshot: the weights every later one measures its distance from */
+        memcpy(initial, w, (size_t)rows * (size_t)cols * sizeof(float));
     for (Py_ssize_t r = 0; r < rows; ++r) {
-        const float *row = w + r * cols;
+        const float *row = w + r * cols, *start = initial + r * cols;
         float *before = previous + r * cols;
         Py_ssize_t vector_cols = cols - cols % 8, c;
         float centre = has_previous ? (float)means[r] : 0.0f;
-        lanes s = zero, q = zero, moved = zero, fc = zero + centre;
+        lanes s = zero, q = zero, moved = zero, away = zero, fc = zero + centre;
         for (c = 0; c < vector_cols; c += 8) {
-            lanes v, b;
+            lanes v, b, i;
             memcpy(&v, row + c, sizeof v);
             memcpy(&b, before + c, sizeof b);
-            lanes d = v - fc, m = v - b;
+            memcpy(&i, start + c, sizeof i);
+            lanes d = v - fc, m = v - b, a = v - i;
             s += d;
             q += d * d;
             moved += m * m;
+            away += a * a;
             memcpy(before + c, &v, sizeof v);
         }
-        double ts = lanes_total(s), tq = lanes_total(q), tm = lanes_total(moved);
+        double ts = lanes_total(s), tq = lanes_total(q), tm = lanes_total(moved), ta = lanes_total(away);
         for (; c < cols; ++c) {
-            double d = row[c] - centre, m = row[c] - before[c];
+            double d = row[c] - centre, m = row[c] - before[c], a = row[c] - start[c];
             ts += d;
             tq += d * d;
             tm += m * m;
+            ta += a * a;
             before[c] = row[c];
         }
         double m = cols ? centre + ts / cols : 0.0, centred = cols ? ts / cols : 0.0;
@@ -348,22 +354,23 @@ static void weight_stats(const float *restrict w, float *restrict previous, doub
         std[r] = sqrt(variance);
         norm[r] = sqrt(cols * (variance + m * m));
         step[r] = has_previous ? sqrt(tm) : NAN;
+        dist0[r] = sqrt(ta);
     }
 }
 
 /* The statistics of one layer in the order layer_statistics takes its column positions. */
-enum { W_MEAN, W_STD, W_NORM, W_STEP, BIAS, ACT_MEAN, ACT_STD, ACT_RATE, GRAD_NORM, N_STATS };
+enum { W_MEAN, W_STD, W_NORM, W_STEP, BIAS, ACT_MEAN, ACT_STD, ACT_RATE, GRAD_NORM, W_DIST0, N_STATS };
 
 static PyObject *layer_statistics(PyObject *self, PyObject *args)
 {
-    unsigned long long w_address, previous_address, means_address, bias_address, sums_address, shift_address;
-    unsigned long long out_address;
+    unsigned long long w_address, previous_address, initial_address, means_address, bias_address, sums_address;
+    unsigned long long shift_address, out_address;
     Py_ssize_t rows, cols, stride;
-    int has_previous, at[N_STATS];
-    if (!PyArg_ParseTuple(args, "KKnnpKKKKKn(iiiiiiiii)", &w_address, &previous_address, &rows, &cols, &has_previous,
-                          &means_address, &bias_address, &sums_address, &shift_address, &out_address, &stride,
-                          &at[W_MEAN], &at[W_STD], &at[W_NORM], &at[W_STEP], &at[BIAS], &at[ACT_MEAN], &at[ACT_STD],
-                          &at[ACT_RATE], &at[GRAD_NORM]))
+    int has_previous, has_initial, at[N_STATS];
+    if (!PyArg_ParseTuple(args, "KKKnnppKKKKKn(iiiiiiiiii)", &w_address, &previous_address, &initial_address, &rows,
+                          &cols, &has_previous, &has_initial, &means_address, &bias_address, &sums_address,
+                          &shift_address, &out_address, &stride, &at[W_MEAN], &at[W_STD], &at[W_NORM], &at[W_STEP],
+                          &at[BIAS], &at[ACT_MEAN], &at[ACT_STD], &at[ACT_RATE], &at[GRAD_NORM], &at[W_DIST0]))
         return NULL;
     if (rows < 0 || cols < 0 || stride < rows) {
         PyErr_SetString(PyExc_ValueError, "rows and cols must be >= 0, and stride >= rows");
@@ -371,10 +378,10 @@ static PyObject *layer_statistics(PyObject *self, PyObject *args)
     }
     for (int k = 0; k < N_STATS; ++k)
         if (at[k] < 0 || at[k] >= N_STATS) {
-            PyErr_SetString(PyExc_ValueError, "column positions must lie in [0, 9)");
+            PyErr_SetString(PyExc_ValueError, "column positions must lie in [0, 10)");
             return NULL;
         }
-    double *weights = PyMem_RawMalloc(4 * (size_t)(rows ? rows : 1) * sizeof(double));
+    double *weights = PyMem_RawMalloc(5 * (size_t)(rows ? rows : 1) * sizeof(double));
     if (weights == NULL)
         return PyErr_NoMemory();
     const float *bias = (const float *)(uintptr_t)bias_address;
@@ -384,11 +391,12 @@ static PyObject *layer_statistics(PyObject *self, PyObject *args)
     long long nonfinite = 0;
     BEGIN_ALLOW_THREADS_IF(rows * cols >= RELEASE_GIL_ELEMENTS)
     weight_stats((const float *)(uintptr_t)w_address, (float *)(uintptr_t)previous_address,
-                 (double *)(uintptr_t)means_address, rows, cols, has_previous, weights);
+                 (float *)(uintptr_t)initial_address, (double *)(uintptr_t)means_address, rows, cols, has_previous,
+                 has_initial, weights);
     for (Py_ssize_t r = 0; r < rows; ++r) {
         double n = sums[COUNT * rows + r], passes = sums[GRAD_PASSES * rows + r], value[N_STATS];
         /* NaN also stands for "not defined" (no bias, no previous snapshot, no samples): only defined values count. */
-        const int defined[N_STATS] = {1, 1, 1, has_previous, bias != NULL, n > 0, n > 0, n > 0, passes > 0};
+        const int defined[N_STATS] = {1, 1, 1, has_previous, bias != NULL, n > 0, n > 0, n > 0, passes > 0, 1};
         value[W_MEAN] = weights[r];
         value[W_STD] = weights[rows + r];
         value[W_NORM] = weights[2 * rows + r];
@@ -404,6 +412,7 @@ static PyObject *layer_statistics(PyObject *self, PyObject *args)
             value[ACT_MEAN] = value[ACT_STD] = value[ACT_RATE] = NAN;
         }
         value[GRAD_NORM] = passes > 0 ? sqrt(sums[GRAD_SUMSQ * rows + r] / passes) : NAN;
+        value[W_DIST0] = weights[4 * rows + r];
         for (int k = 0; k < N_STATS; ++k) {
             float stored = (float)value[k];
             out[at[k] * stride + r] = stored; /* column-major: each statistic is one contiguous column */
@@ -685,13 +694,14 @@ static PyObject *setup(PyObject *self, PyObject *args)
 
 static PyMethodDef methods[] = {
     {"layer_statistics", layer_statistics, METH_VARARGS,
-     "layer_statistics(w, previous, rows, cols, has_previous, means, bias, sums, shift, out, stride, positions): "
-     "one layer's snapshot. Weight mean, population std, L2 norm and step from previous (which then takes w's "
-     "values) of a float32 (rows, cols) block, centred on the float64 row means of the last snapshot (then updated), "
+     "layer_statistics(w, previous, initial, rows, cols, has_previous, has_initial, means, bias, sums, shift, out, "
+     "stride, positions): one layer's snapshot. Weight mean, population std, L2 norm, step from previous (which then "
+     "takes w's values) and distance from initial (which takes w's values when has_initial is false) of a float32 "
+     "(rows, cols) block, centred on the float64 row means of the last snapshot (then updated), "
      "bias from a float32 vector (address 0: none), activation mean, std and rate "
      "and gradient RMS norm from the float64 (6, rows) sums (then zeroed) and the float32 shift, written as float32 "
      "column-major at `out` (statistic k of row r at out[positions[k] * stride + r]) for (w_mean, w_std, w_norm, "
-     "w_step, bias, act_mean, act_std, act_rate, grad_norm). Returns how many defined values are not finite."},
+     "w_step, bias, act_mean, act_std, act_rate, grad_norm, w_dist0). Returns how many defined values are not finite."},
     {"setup", setup, METH_VARARGS,
      "setup(torch.Tensor, torch.float32, torch.bfloat16, torch.strided, detached, same): what the taps compare "
      "against, the factory a copied tap reduces to, and the identity a copied wrapper reduces through."},

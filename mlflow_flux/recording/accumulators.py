@@ -36,7 +36,7 @@ COUNT, SHIFTED_SUM, SHIFTED_SUMSQ, POSITIVE, GRAD_SUMSQ, GRAD_PASSES = range(len
 
 # Where layer_statistics (C) writes each statistic within a snapshot row.
 FAST_POSITIONS = tuple(STAT_COLUMNS.index(c) for c in ("w_mean", "w_std", "w_norm", "w_step", "bias", "act_mean",
-                                                       "act_std", "act_rate", "grad_norm"))
+                                                       "act_std", "act_rate", "grad_norm", "w_dist0"))
 
 
 def weight_and_bias(module: nn.Module, weight_axis: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -127,6 +127,7 @@ class LayerAccumulator:
         self.module_ref = weakref.ref(module)
         self.weight_dim = module.weight.dim()  # a conv's batched output has its weight's rank
         self.previous_weight: torch.Tensor | None = None
+        self.initial_weight: torch.Tensor | None = None  # one row per neuron, as at the first snapshot (w_dist0)
         self.fast = None
         self._allocate(module.weight.device)
         self.forward_tap, self.grad_tap = self.add_output, self.add_gradient
@@ -162,6 +163,8 @@ class LayerAccumulator:
         self.sums, self.shift = self.sums.to(device), self.shift.to(device)
         if self.previous_weight is not None:
             self.previous_weight = self.previous_weight.to(device)
+        if self.initial_weight is not None:
+            self.initial_weight = self.initial_weight.to(device)
 
     # -- the torch path: any device or dtype, and the operator a compiled graph calls -------------------------------
 
@@ -225,6 +228,15 @@ class LayerAccumulator:
     def reset(self) -> None:
         self.sums.zero_()
 
+    def distance_from_start(self, weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The torch path's ``w_dist0``: each neuron's distance ``||w_i - w_i(first snapshot)||`` in float64, from
+        ``weight`` with one row per neuron. The first call keeps the weights (in ``dtype``, the module's: exact) as
+        the start, distance 0. (The C path computes the same in its one pass over the weights.)"""
+        rows = weight.reshape(self.size, -1)
+        if self.initial_weight is None or self.initial_weight.shape != rows.shape:
+            self.initial_weight = rows.to(dtype, copy=True)
+        return torch.linalg.vector_norm(rows.double() - self.initial_weight.double(), dim=1)
+
     def fast_snapshot(self, module: nn.Module, out_address: int, stride: int) -> int | None:
         """Write this layer's statistics (float32, column-major: ``stride`` values from one statistic to the next)
         at ``out_address`` in C, and zero the sums.
@@ -244,8 +256,13 @@ class LayerAccumulator:
         if not has_previous:
             self.previous_weight = torch.empty(self.size, fan_in, dtype=torch.float32)
             self._row_means = torch.empty(self.size, dtype=torch.float64)  # the C code centres the next snapshot here
+        initial = self.initial_weight
+        has_initial = initial is not None and initial.shape == (self.size, fan_in) and _is_cpu_float32_block(initial)
+        if not has_initial:  # the C code fills it with this snapshot's weights
+            self.initial_weight = torch.empty(self.size, fan_in, dtype=torch.float32)
         return self.fast.layer_statistics(
-            weight.data_ptr(), self.previous_weight.data_ptr(), self.size, fan_in, has_previous,
+            weight.data_ptr(), self.previous_weight.data_ptr(), self.initial_weight.data_ptr(), self.size, fan_in,
+            has_previous, has_initial,
             self._row_means.data_ptr(), bias.data_ptr() if bias is not None else 0, self.sums.data_ptr(), self.shift.data_ptr(), out_address,
             stride, FAST_POSITIONS,
         )
@@ -267,6 +284,7 @@ class LayerAccumulator:
             moved = weight - self.previous_weight.double()
             w_step = (moved * moved).sum(dim=1).sqrt()
         self.previous_weight = weight.to(module.weight.dtype, copy=True)  # .double() of float64 is no copy
+        w_dist0 = self.distance_from_start(weight, module.weight.dtype)
         sums = self.sums.double()
         if sums.device != weight.device:
             sums = sums.to(weight.device)
@@ -275,7 +293,8 @@ class LayerAccumulator:
         act_var = (sums[SHIFTED_SUMSQ] / n - centred_mean * centred_mean).clamp_min(0)
         values = {
             "w_mean": w_mean, "w_std": w_var.sqrt(), "w_norm": (fan_in * (w_var + w_mean * w_mean)).sqrt(),
-            "w_step": w_step, "bias": bias.double() if bias is not None else nan,
+            "w_step": w_step, "w_dist0": w_dist0, "bias": bias.double() if bias is not None else nan,
+            "w_rel_step": nan,  # the recorder derives it for every layer at once
             "act_mean": torch.where(n > 0, self.shift.double().to(n.device) + centred_mean, nan),
             "act_std": torch.where(n > 0, act_var.sqrt(), nan),
             "act_rate": torch.where(n > 0, sums[POSITIVE] / n, nan),
@@ -291,5 +310,5 @@ class LayerAccumulator:
         n, passes = block[:, -2] > 0, block[:, -1] > 0
         always = np.ones_like(n)
         columns = {"w_step": always & has_previous, "bias": always & has_bias, "act_mean": n, "act_std": n,
-                   "act_rate": n, "grad_norm": passes}
+                   "act_rate": n, "grad_norm": passes, "w_rel_step": ~always}  # derived: counted in its inputs
         return np.stack([columns.get(c, always) for c in STAT_COLUMNS], axis=1)

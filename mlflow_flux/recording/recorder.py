@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import fluctuation
 from ..errors import FluxError
 from ..traces.schema import STAT_COLUMNS, Snapshot
 from . import distributed
@@ -31,6 +32,7 @@ from .layers import LayerSpec, select_layers
 __all__ = ["NeuronRecorder", "WatchedForward", "unwrap"]
 
 _log = logging.getLogger(__name__)
+W_STEP, W_NORM, W_REL_STEP = (STAT_COLUMNS.index(c) for c in ("w_step", "w_norm", "w_rel_step"))
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -259,6 +261,7 @@ class NeuronRecorder:
                 stats[:, start : start + len(block)] = part[:, : len(STAT_COLUMNS)].T
                 mask = LayerAccumulator.defined_mask(part, has_previous, has_bias)
                 nonfinite += int((~np.isfinite(part[:, : len(STAT_COLUMNS)]) & mask).sum())
+        stats[W_REL_STEP] = fluctuation.relative_update(stats[W_STEP], stats[W_NORM])
         self._snapshots += 1
         if self._snapshots <= 2:  # what the check catches shows from the first snapshot on
             self._warn_unseen(stats)

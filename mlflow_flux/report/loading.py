@@ -112,7 +112,10 @@ def _load_run(client, run, window: int | None, tau: float | None, group_by: str,
     with opened_trace(client, run) as source:
         try:
             # Only the key columns and the four the summaries need are fetched (one range per row group).
-            table = pq.ParquetFile(source, pre_buffer=True).read(columns=[*KEY_COLUMNS, *SUMMARY_COLUMNS])
+            parquet = pq.ParquetFile(source, pre_buffer=True)
+            # A trace written before a column existed lacks it: its summaries are NaN (fluctuation fills them).
+            held = set(parquet.schema_arrow.names)
+            table = parquet.read(columns=[c for c in (*KEY_COLUMNS, *SUMMARY_COLUMNS) if c in held])
         except Exception as exc:  # noqa: BLE001 -- a corrupt file is a skipped run, not a failed report
             raise FluxError(f"unreadable trace ({type(exc).__name__}: {exc})") from None
     seconds["fetch"] = time.perf_counter() - clock
@@ -128,7 +131,7 @@ def _load_run(client, run, window: int | None, tau: float | None, group_by: str,
     if summaries.empty:
         raise FluxError(f"fewer snapshots than one window ({window})")
     # The final window shaped once, then summarised per tau (summaries_from_arrays would rebuild it 16 times).
-    last = {name: {c: a[-window:][None] for c, a in arrays.items() if c != "w_step"} | {"w_step": arrays["w_step"][-1:]}
+    last = {name: {c: a[-window:][None] if c in fluctuation.WINDOW_COLUMNS else a[-1:] for c, a in arrays.items()}
             for name, arrays in layers.items()}
     tau_curve = pd.Series({t: float(fluctuation.summarize(last, t)["all/participating_frac"][0]) for t in TAU_GRID},
                           name=run_id)

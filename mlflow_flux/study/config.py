@@ -15,12 +15,17 @@ from typing import Mapping
 from ..errors import InvalidParameter
 from .backends import BACKENDS
 
-__all__ = ["TrainConfig", "SweepConfig", "OPTIMIZERS", "OPTION_HELP", "MAX_VARIANTS", "auto_parallel", "parse_floats",
+__all__ = ["TrainConfig", "SweepConfig", "SWEPT", "OPTIMIZERS", "SGD_MOMENTUM", "ATLAS_DEFAULTS", "OPTION_HELP", "MAX_VARIANTS", "auto_parallel", "parse_floats",
            "parse_ints", "parse_train_config", "parse_sweep_config", "variant_name", "model_name"]
 
 MAX_VARIANTS = 1000
+SWEPT = ("lr", "seed", "optimizer")  # what a sweep varies: each is given as a list (lrs=, seeds=, optimizers=)
 
 OPTIMIZERS = ("adam", "sgd")
+SGD_MOMENTUM = 0.9  # "sgd" is SGD with momentum 0.9, the common default (docs/experiment.md)
+# The atlas (`mlflow run . -e atlas`, `mlflow-flux atlas`): the sweep with these defaults, the map of where the
+# paper's claims hold (docs/experiment.md).
+ATLAS_DEFAULTS = {"optimizers": "adam,sgd", "lrs": "0.01,0.001,0.0001", "seeds": "0,1,2", "epochs": "1000"}
 # Upper bounds where a larger value would exhaust memory (or overflow an int32 trace column) before any useful run;
 # products of parameters are bounded in parse_train_config.
 MAXIMUMS = {"image_size": 512, "n_samples": 1_000_000, "batch_size": 65_536, "epochs": 10_000_000,
@@ -78,7 +83,7 @@ OPTION_HELP = {
     "epochs": "passes over the dataset",
     "seed": "seeds the initial weights and the batch order (the images are the same for every seed)",
     "batch_size": "images per optimizer step",
-    "optimizer": "adam, or sgd (plain, no momentum)",
+    "optimizer": f"adam, or sgd (momentum {SGD_MOMENTUM})",
     "hidden": "comma-separated encoder widths; the decoder mirrors them",
     "n_samples": "images in the dataset, spread evenly over the eight shapes",
     "image_size": "side of the square images, in pixels",
@@ -238,10 +243,12 @@ def auto_parallel(variants: int, cores: int) -> int:
 
 @dataclass(frozen=True)
 class SweepConfig:
-    """What the sweep varies (``lrs`` x ``seeds``), how wide it runs, and the settings every variant shares."""
+    """What the sweep varies (``optimizers`` x ``lrs`` x ``seeds``), how wide it runs, and the settings every
+    variant shares."""
 
     lrs: tuple[float, ...] = (0.01, 0.001, 0.0001)
     seeds: tuple[int, ...] = (0,)
+    optimizers: tuple[str, ...] = ("adam",)
     max_parallel: int = 0  # 0: one process per core
     train: TrainConfig = TrainConfig()
     report: bool = True
@@ -249,12 +256,18 @@ class SweepConfig:
 
     @property
     def variants(self) -> int:
-        return len(self.lrs) * len(self.seeds)
+        return len(self.optimizers) * len(self.lrs) * len(self.seeds)
+
+    @property
+    def grid(self) -> list[tuple[str, float, int]]:
+        """Every (optimizer, lr, seed), seed-major: a sweep stopped early has each seed's whole map first."""
+        return [(optimizer, lr, seed) for seed in self.seeds for optimizer in self.optimizers for lr in self.lrs]
 
     @property
     def name(self) -> str:
-        """The sweep run's name, e.g. ``sweep adam lr×3 seed×1 1000ep``."""
-        return f"sweep {self.train.optimizer} lr×{len(self.lrs)} seed×{len(self.seeds)} {self.train.epochs}ep"
+        """The sweep run's name, e.g. ``sweep adam lr×3 seed×1 1000ep`` or ``sweep adam,sgd lr×3 seed×3 1000ep``."""
+        return (f"sweep {','.join(self.optimizers)} lr×{len(self.lrs)} seed×{len(self.seeds)} "
+                f"{self.train.epochs}ep")
 
     @property
     def parallel(self) -> int:
@@ -274,6 +287,13 @@ def parse_sweep_config(overrides: Mapping[str, str]) -> SweepConfig:
     overrides = dict(overrides)
     lrs = parse_floats("lrs", overrides.pop("lrs")) if "lrs" in overrides else SweepConfig.lrs
     seeds = parse_ints("seeds", overrides.pop("seeds"), minimum=0) if "seeds" in overrides else SweepConfig.seeds
+    optimizers = SweepConfig.optimizers
+    if "optimizers" in overrides:
+        raw = overrides.pop("optimizers")
+        try:
+            optimizers = tuple(dict.fromkeys(_parse_field("optimizer", part) for part in str(raw).split(",")))
+        except InvalidParameter:
+            raise InvalidParameter("optimizers", raw, f"expected comma-separated names among {', '.join(OPTIMIZERS)}")
     max_parallel = 0
     if "max_parallel" in overrides:
         raw = str(overrides.pop("max_parallel")).strip()
@@ -290,11 +310,12 @@ def parse_sweep_config(overrides: Mapping[str, str]) -> SweepConfig:
         backend = str(overrides.pop("backend")).strip().lower()
         if backend not in BACKENDS:
             raise InvalidParameter("backend", backend, f"expected one of {', '.join(BACKENDS)}")
-    for name in ("lr", "seed"):
+    for name in SWEPT:
         if name in overrides:
             raise InvalidParameter(name, overrides[name], f"the sweep varies it: pass {name}s= instead")
-    if len(lrs) * len(seeds) > MAX_VARIANTS:
+    count = len(optimizers) * len(lrs) * len(seeds)
+    if count > MAX_VARIANTS:
         raise InvalidParameter("lrs", ",".join(map(str, lrs)),
-                               f"expected at most {MAX_VARIANTS} variants (lrs x seeds), got {len(lrs) * len(seeds)}")
-    return SweepConfig(lrs=lrs, seeds=seeds, max_parallel=max_parallel, train=parse_train_config(overrides),
-                       report=report, backend=backend)
+                               f"expected at most {MAX_VARIANTS} variants (optimizers x lrs x seeds), got {count}")
+    return SweepConfig(lrs=lrs, seeds=seeds, optimizers=optimizers, max_parallel=max_parallel,
+                       train=parse_train_config(overrides), report=report, backend=backend)

@@ -30,7 +30,7 @@ from ..traces.mlflow_adapter import PARENT_RUN_ID_TAG, RUN_NAME_TAG, abandon_act
 from ..traces.server import check_reachable, health_probe
 from ..watcher import default_upload_timeout
 from .backends import make_backend
-from .config import SweepConfig, auto_parallel, parse_sweep_config, variant_name
+from .config import SWEPT, SweepConfig, auto_parallel, parse_sweep_config, variant_name
 from .progress import PROGRESS_LABEL_ENV, PROGRESS_MODE_ENV
 
 __all__ = ["SweepConfig", "SweepResult", "Variant", "parse_sweep_config", "run_sweep", "auto_parallel"]
@@ -40,6 +40,7 @@ GRACE_MARGIN = 30.0
 
 @dataclass(frozen=True)
 class Variant:
+    optimizer: str
     lr: float
     seed: int
     run_id: str
@@ -63,16 +64,16 @@ class SweepResult:
         return not self.failed
 
 
-def _start_variant(client: MlflowClient, parent, config: SweepConfig, lr: float, seed: int, backend,
+def _start_variant(client: MlflowClient, parent, config: SweepConfig, optimizer: str, lr: float, seed: int, backend,
                    position: str) -> "_Child":
     """Create the variant's run (its clock starts now) and its process."""
     sweep_id = parent.info.run_id
-    name = variant_name(config.train.optimizer, lr, seed)
+    name = variant_name(optimizer, lr, seed)
     tags = {**flux_runs.flux_tags("variant", sweep_id), PARENT_RUN_ID_TAG: sweep_id, RUN_NAME_TAG: name}
     run = flux_runs.create_run(client, parent.info.experiment_id, tags, run_name=name)
-    variant = Variant(lr, seed, run.info.run_id, name, position)
+    variant = Variant(optimizer, lr, seed, run.info.run_id, name, position)
     params = config.train.as_params()
-    params.update(lr=repr(lr), seed=str(seed), threads=str(config.threads_per_variant))
+    params.update(optimizer=optimizer, lr=repr(lr), seed=str(seed), threads=str(config.threads_per_variant))
     command = [sys.executable, "-m", "mlflow_flux.cli", "train"]
     for name, value in params.items():
         command += [f"--{name.replace('_', '-')}", value]
@@ -146,9 +147,10 @@ def run_sweep(config: SweepConfig) -> SweepResult:
         parent = mlflow.start_run()
     sweep_id = parent.info.run_id
     flux_runs.ensure_runs_view(client, parent.info.experiment_id, flux_runs.EXPERIMENT_DESCRIPTION)
-    shared = {k: v for k, v in config.train.as_params().items() if k not in ("lr", "seed", "threads")}
+    shared = {k: v for k, v in config.train.as_params().items() if k not in (*SWEPT, "threads")}
     existing = parent.data.params
     params = {
+        "optimizers": ",".join(config.optimizers),
         "lrs": ",".join(f"{lr:g}" for lr in config.lrs),
         "seeds": ",".join(map(str, config.seeds)),
         "max_parallel": str(config.parallel),
@@ -163,7 +165,7 @@ def run_sweep(config: SweepConfig) -> SweepResult:
     print(f"{config.name}: run {sweep_id}, {config.variants} variants, {config.parallel} at a time, "
           f"{config.threads_per_variant} thread(s) each, backend {config.backend}", flush=True)
 
-    pending = [(lr, seed) for seed in config.seeds for lr in config.lrs]
+    pending = config.grid
     count = len(pending)
     running: list[_Child] = []
     variants: list[Variant] = []

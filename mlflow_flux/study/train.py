@@ -28,7 +28,7 @@ from ..traces.mlflow_adapter import RUN_NAME_TAG, abandon_active_run
 from ..traces.server import check_reachable
 from ..watcher import watch
 from .claims import PAPER_CLAIMS
-from .config import TrainConfig, model_name, variant_name
+from .config import SGD_MOMENTUM, TrainConfig, model_name, variant_name
 from .figures import image_rows_figure
 from .model import Autoencoder
 from .progress import PROGRESS_LABEL_ENV, Progress
@@ -53,7 +53,7 @@ class TrainResult:
 
 def _optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     if config.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=config.lr)
+        return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=SGD_MOMENTUM)
     return torch.optim.Adam(model.parameters(), lr=config.lr)
 
 

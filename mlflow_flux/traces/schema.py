@@ -19,6 +19,7 @@ from .. import fluctuation
 __all__ = [
     "KEY_COLUMNS",
     "STAT_COLUMNS",
+    "DERIVED_COLUMNS",
     "SUMMARY_COLUMNS",
     "TRACE_SCHEMA",
     "TRACE_ARTIFACT_DIR",
@@ -36,7 +37,10 @@ KEY_COLUMNS = ("epoch", "layer", "neuron")
 # contiguous byte range that a reader fetching over HTTP gets in one request.
 SUMMARY_COLUMNS = fluctuation.INPUT_COLUMNS
 # Float columns of a snapshot, in the order the recorder stacks them and the trace stores them.
-STAT_COLUMNS = (*SUMMARY_COLUMNS, "w_mean", "w_norm", "act_mean", "act_std", "grad_norm")
+STAT_COLUMNS = (*SUMMARY_COLUMNS, *(c for c in ("w_mean", "w_norm", "act_mean", "act_std", "grad_norm")
+                                   if c not in SUMMARY_COLUMNS), "w_rel_step")
+# Computed from other columns when a snapshot is taken (fluctuation.relative_update), stored for readers' ease.
+DERIVED_COLUMNS = ("w_rel_step",)
 
 TRACE_ARTIFACT_DIR = "traces"
 TRACE_FILE = "traces.parquet"  # the compacted trace of a run that closed

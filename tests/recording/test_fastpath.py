@@ -118,27 +118,32 @@ def test_gradient_rows_and_columns_match_float64(rows, cols):
 @pytest.mark.parametrize("rows, cols", [(1, 1), (64, 256), (5, 13)])
 def test_layer_statistics_match_float64_copy_the_weights_and_zero_the_sums(rows, cols):
     w, previous, bias = torch.randn(rows, cols) + 0.3, torch.randn(rows, cols), torch.randn(rows)
-    before = previous.double().clone()
+    initial = torch.randn(rows, cols)
+    before, start = previous.double().clone(), initial.double().clone()
     sums = torch.rand(ROWS, rows, dtype=torch.float64) * 10
     sums[0], sums[5] = 5.0, 2.0
     shift = torch.randn(rows)
     expected_sums = sums.clone()
-    positions = (8, 7, 6, 5, 4, 3, 2, 1, 0)  # written in reverse, to check they are honoured
-    out = np.empty((9, rows), dtype=np.float32)  # column-major: statistic k of row r at out[k, r]
+    positions = tuple(range(9, -1, -1))  # written in reverse, to check they are honoured
+    out = np.empty((10, rows), dtype=np.float32)  # column-major: statistic k of row r at out[k, r]
     means = torch.randn(rows, dtype=torch.float64)  # last snapshot's row means: only where the sums are centred
-    nonfinite = fast.layer_statistics(w.data_ptr(), previous.data_ptr(), rows, cols, True, means.data_ptr(),
-                                      bias.data_ptr(), sums.data_ptr(), shift.data_ptr(), out.ctypes.data, rows,
-                                      positions)
+    nonfinite = fast.layer_statistics(w.data_ptr(), previous.data_ptr(), initial.data_ptr(), rows, cols, True, True,
+                                      means.data_ptr(), bias.data_ptr(), sums.data_ptr(), shift.data_ptr(),
+                                      out.ctypes.data, rows, positions)
     wd, (n, s1, s2, p, g, m) = w.double(), expected_sums
     expected = [wd.mean(1), wd.std(1, unbiased=False), wd.norm(dim=1), (wd - before).norm(dim=1), bias.double(),
-                shift.double() + s1 / n, (s2 / n - (s1 / n) ** 2).clamp_min(0).sqrt(), p / n, (g / m).sqrt()]
+                shift.double() + s1 / n, (s2 / n - (s1 / n) ** 2).clamp_min(0).sqrt(), p / n, (g / m).sqrt(),
+                (wd - start).norm(dim=1)]
     np.testing.assert_allclose(out[::-1], torch.stack(expected).numpy(), rtol=1e-5, atol=1e-6)
-    assert nonfinite == 0 and torch.equal(previous, w) and not sums.any()
+    assert nonfinite == 0 and torch.equal(previous, w) and not sums.any() and torch.equal(initial.double(), start)
     np.testing.assert_allclose(means.numpy(), wd.mean(1).numpy(), rtol=1e-6)  # float lanes, as torch sums float32
-    # Nothing to compare with, no bias, no samples, no passes: NaN, and not counted as non-finite.
-    nonfinite = fast.layer_statistics(w.data_ptr(), previous.data_ptr(), rows, cols, False, means.data_ptr(), 0,
-                                      sums.data_ptr(), shift.data_ptr(), out.ctypes.data, rows, tuple(range(9)))
-    assert nonfinite == 0 and np.isnan(out[3:]).all() and np.isfinite(out[:3]).all()
+    # Nothing to compare with, no bias, no samples, no passes: NaN, and not counted as non-finite. No start yet:
+    # these weights become it, at distance 0.
+    nonfinite = fast.layer_statistics(w.data_ptr(), previous.data_ptr(), initial.data_ptr(), rows, cols, False, False,
+                                      means.data_ptr(), 0, sums.data_ptr(), shift.data_ptr(), out.ctypes.data, rows,
+                                      tuple(range(10)))
+    assert nonfinite == 0 and np.isnan(out[3:9]).all() and np.isfinite(out[:3]).all()
+    assert torch.equal(initial, w) and (out[9] == 0).all()
 
 
 @pytest.mark.parametrize("offset, spread, moved", [(0.0, 1.0, 0.0), (1000.0, 1e-3, 0.0), (5.0, 1e-2, 3.0)])
@@ -146,29 +151,32 @@ def test_weight_statistics_are_exact_whatever_the_offset_and_however_far_the_mea
     torch.manual_seed(0)
     first = (offset + spread * torch.randn(8, 300)).float()
     then = (first + moved + spread * 0.01 * torch.randn(8, 300)).float()  # the next snapshot: moved, or not
-    previous, means = torch.empty(8, 300), torch.empty(8, dtype=torch.float64)
-    sums, shift, out = torch.zeros(ROWS, 8, dtype=torch.float64), torch.zeros(8), np.empty((9, 8), np.float32)
+    previous, initial, means = torch.empty(8, 300), torch.empty(8, 300), torch.empty(8, dtype=torch.float64)
+    sums, shift, out = torch.zeros(ROWS, 8, dtype=torch.float64), torch.zeros(8), np.empty((10, 8), np.float32)
     for weights, has_previous in ((first, False), (then, True)):
-        fast.layer_statistics(weights.data_ptr(), previous.data_ptr(), 8, 300, has_previous, means.data_ptr(), 0,
-                              sums.data_ptr(), shift.data_ptr(), out.ctypes.data, 8, tuple(range(9)))
+        fast.layer_statistics(weights.data_ptr(), previous.data_ptr(), initial.data_ptr(), 8, 300, has_previous,
+                              has_previous, means.data_ptr(), 0, sums.data_ptr(), shift.data_ptr(), out.ctypes.data, 8,
+                              tuple(range(10)))
     reference = then.double()
     np.testing.assert_allclose(out[0], reference.mean(1).numpy(), rtol=1e-6, atol=1e-6 * spread)  # float32 rounding
     np.testing.assert_allclose(out[1], reference.std(1, unbiased=False).numpy(), rtol=1e-5)
     np.testing.assert_allclose(out[2], reference.norm(dim=1).numpy(), rtol=1e-6)
     np.testing.assert_allclose(out[3], (reference - first.double()).norm(dim=1).numpy(), rtol=1e-5)
+    np.testing.assert_allclose(out[9], (reference - first.double()).norm(dim=1).numpy(), rtol=1e-5)  # w_dist0
 
 
 def test_layer_statistics_count_defined_values_that_are_not_finite():
-    w, previous = torch.tensor([[1.0, float("inf")], [1.0, 2.0]]), torch.zeros(2, 2)
+    w, previous, initial = torch.tensor([[1.0, float("inf")], [1.0, 2.0]]), torch.zeros(2, 2), torch.zeros(2, 2)
     sums = torch.tensor([[1.0, 1.0], [1.0, float("nan")], [1.0, 1.0], [1.0, 1.0], [4.0, 4.0], [1.0, 1.0]],
                         dtype=torch.float64)
     shift = torch.zeros(2)
-    out = np.empty((9, 2), dtype=np.float32)
+    out = np.empty((10, 2), dtype=np.float32)
     means = torch.zeros(2, dtype=torch.float64)
-    nonfinite = fast.layer_statistics(w.data_ptr(), previous.data_ptr(), 2, 2, True, means.data_ptr(), 0,
-                                      sums.data_ptr(), shift.data_ptr(), out.ctypes.data, 2, tuple(range(9)))
-    # Row 0: mean, std (inf - inf), norm, step of the inf weight; row 1: act_mean and act_std of the NaN sum.
-    assert nonfinite == int((~np.isfinite(out[[0, 1, 2, 3, 5, 6, 7, 8]])).sum()) == 6
+    nonfinite = fast.layer_statistics(w.data_ptr(), previous.data_ptr(), initial.data_ptr(), 2, 2, True, True,
+                                      means.data_ptr(), 0, sums.data_ptr(), shift.data_ptr(), out.ctypes.data, 2,
+                                      tuple(range(10)))
+    # Row 0: mean, std (inf - inf), norm, step and distance of the inf weight; row 1: act_mean, act_std of the NaN sum.
+    assert nonfinite == int((~np.isfinite(out[[0, 1, 2, 3, 5, 6, 7, 8, 9]])).sum()) == 7
 
 
 def _train(store_run_name: str, model_factory, steps_per_epoch: int = 3, epochs: int = 3):

@@ -21,8 +21,7 @@ def test_load_traces_options(store):
     run_id, _ = train_mlp(6, window=2, snapshot_every=2)
     full = mlflow_flux.load_traces(run_id)
     assert sorted(full.epoch.unique()) == [0, 2, 4]
-    assert list(full.columns) == ["epoch", "layer", "neuron", "w_std", "bias", "act_rate", "w_step", "w_mean",
-                                  "w_norm", "act_mean", "act_std", "grad_norm"]
+    assert list(full.columns) == ["epoch", "layer", "neuron", *STAT_COLUMNS]
     part = mlflow_flux.load_traces(run_id, layers=["2"], columns=["w_std"], epochs=slice(2, None))
     assert list(part.columns) == ["epoch", "layer", "neuron", "w_std"]
     assert set(part.layer.astype(str)) == {"2"} and sorted(part.epoch.unique()) == [2, 4] and len(part) == 2 * 16
