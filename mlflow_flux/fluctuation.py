@@ -41,6 +41,8 @@ __all__ = [
     "participation_ratio",
     "WINDOW_COLUMNS",
     "LAST_SNAPSHOT_COLUMNS",
+    "lyapunov",
+    "early_index",
 ]
 
 # What each quantity means, as the report prints it: our reading of the paper, which publishes no formula.
@@ -56,6 +58,10 @@ DEFINITIONS = (
     ("diverged", "the loss rose above DIVERGENCE_FACTOR (2) times its own minimum after reaching it and ended there"),
     ("distance from start", "w_dist0[t, i] = ||w_i(t) - w_i(first snapshot)||: how far the incoming weights moved"),
     ("relative update", "w_step[t, i] / w_norm[t, i]: the last step's size against the weights' size"),
+    ("twin distance", "d(t) = ||theta(t) - theta_twin(t)||: a twin trained on the same batches from weights that "
+                      "differed by a relative 1e-6"),
+    ("Lyapunov estimate", "lambda(t) = ln(d(t) / d(0)) / t, t in epochs: the finite-time rate at which the two "
+                          "trajectories separate (> 0) or close in (< 0); -inf when they coincide"),
     ("participation ratio", "PR = (sum_i act_std[i]^2)^2 / sum_i act_std[i]^4 at a snapshot: the effective number "
                             "of neurons that carry the layer's activation variance (N when all carry it equally, "
                             "1 when one does)"),
@@ -481,6 +487,38 @@ def participation_ratio(act_std: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(squares > 0, total * total / squares, 0.0)
     return np.where(finite.any(axis=-1), ratio, np.nan)
+
+
+def lyapunov(distance, initial, t):
+    """The finite-time Lyapunov estimate ``ln(d(t) / d(0)) / t`` of two trajectories ``distance`` apart after ``t``
+    epochs that started ``initial`` apart (arrays broadcast).
+
+    Where the twins coincide (``d(t) = 0``, e.g. from identical weights) it is ``-inf``, never NaN; where they
+    started identical but differ now it is ``+inf``. ``t`` must be positive.
+
+    >>> float(lyapunov(np.e ** 2, 1.0, 2)), bool(lyapunov(0.5, 1.0, 1) == -np.log(2))
+    (1.0, True)
+    >>> lyapunov(np.array([0.0, 0.0, 1e-3]), np.array([0.0, 1e-6, 0.0]), 5).tolist()
+    [-inf, -inf, inf]
+    """
+    distance = np.asarray(distance, dtype=np.float64)
+    initial = np.asarray(initial, dtype=np.float64)
+    t = np.asarray(t, dtype=np.float64)
+    if (t <= 0).any():
+        raise ValueError(f"t must be positive, got {t!r}")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rate = np.log(distance / initial) / t
+    coincide = distance == 0
+    return np.where(coincide, -np.inf, np.where((initial == 0) & (distance > 0), np.inf, rate))
+
+
+def early_index(epochs: int, fraction: float = 0.1) -> int:
+    """The epoch (0-based) that ends the first ``fraction`` of ``epochs``: where the report reads "early" lambda.
+
+    >>> early_index(1000), early_index(30), early_index(5)
+    (99, 2, 0)
+    """
+    return max(0, math.ceil(fraction * epochs) - 1)
 
 
 def frozen_fraction(participating_frac: float, dead_frac: float) -> float:

@@ -43,7 +43,8 @@ def run_table(comparison: Comparison) -> pd.DataFrame:
     rows = []
     for run in comparison.runs:
         last = run.summaries.iloc[-1]
-        row = {"run_id": run.run_id, "name": run.name, comparison.group_by: group_value(run.group), "seed": run.seed,
+        row = {"run_id": run.run_id, "name": run.name, **({comparison.facet: run.facet} if comparison.facet else {}),
+               comparison.group_by: group_value(run.group), "seed": run.seed,
                "epochs": int(run.params.get("epochs", run.summaries.index[-1] + 1)),
                "final_epoch": int(run.summaries.index[-1]), "loss_final": run.final_loss}
         for key in ("participating", "participating_frac", "dead_frac", "sos_median", "bias_fluct_median"):
@@ -59,10 +60,18 @@ def run_table(comparison: Comparison) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def group_table(runs: pd.DataFrame, group_by: str = "lr") -> pd.DataFrame:
-    """One row per value of ``group_by`` (in the order of ``runs``): means and 95% intervals over its runs."""
+def group_table(runs: pd.DataFrame, group_by: str = "lr", facet: str | None = None) -> pd.DataFrame:
+    """One row per value of ``group_by`` (in the order of ``runs``), per value of ``facet`` when given (the
+    optimizer): means and 95% intervals over its runs."""
+    if facet is not None and facet in runs.columns:
+        parts = []
+        for value, subset in runs.groupby(facet, sort=False):
+            part = group_table(subset.drop(columns=[facet]), group_by)
+            part.insert(0, facet, value)
+            parts.append(part)
+        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
     rows = []
-    numeric = [c for c in runs.columns if c not in (*_NOT_AVERAGED, group_by)]
+    numeric = [c for c in runs.columns if c not in (*_NOT_AVERAGED, group_by) and pd.api.types.is_numeric_dtype(runs[c])]
     for value, group in runs.groupby(group_by, sort=False):
         row = {group_by: value, "seeds": ",".join(map(str, group["seed"])), "n": len(group),
                "diverged": int((group["diverged_at"] >= 0).sum()) if "diverged_at" in group else 0}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -64,6 +64,13 @@ class Claim:
     verdict: str
     evidence: str
     notes: tuple[str, ...] = ()  # what drives the verdict: divergence, frozen or dead neurons (see .diagnosis)
+    facet: str = ""  # the optimizer the verdict is for, when the runs have several
+    numbers: dict = field(default_factory=dict)  # subject and rival: group, mean, 95% bounds, runs
+
+    @property
+    def label(self) -> str:
+        """``a``, or ``a, adam`` for a verdict on one optimizer's runs."""
+        return f"{self.name}, {self.facet}" if self.facet else self.name
 
 
 def claims_tag_value(specs: Sequence[ClaimSpec]) -> str:
@@ -163,4 +170,11 @@ def evaluate(spec: ClaimSpec, groups: pd.DataFrame) -> Claim:
     if overlap is None:
         evidence += f" (one seed per {key}: no interval, verdict on the means)"
     result = verdict(subject[spec.metric], rival[spec.metric], overlap, lower=spec.better == "lower")
-    return Claim(spec.name, spec.text, result, evidence)
+    numbers = {}
+    for role, row in (("subject", subject), ("rival", rival)):
+        numbers[role] = row[key]
+        numbers[f"{role} mean"] = float(row[spec.metric])
+        numbers[f"{role} ci_low"] = float(row.get(f"{spec.metric} ci_low", math.nan))
+        numbers[f"{role} ci_high"] = float(row.get(f"{spec.metric} ci_high", math.nan))
+        numbers[f"{role} runs"] = int(row["n"]) if "n" in row else 1
+    return Claim(spec.name, spec.text, result, evidence, numbers=numbers)

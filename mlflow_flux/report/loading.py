@@ -29,7 +29,7 @@ from .selection import select_runs
 
 _log = logging.getLogger(__name__)
 
-__all__ = ["RunData", "Comparison", "load_comparison", "group_value", "TAU_GRID"]
+__all__ = ["RunData", "Comparison", "load_comparison", "group_value", "TAU_GRID", "FACET"]
 
 TAU_GRID = tuple(float(t) for t in np.logspace(-6, -1, 16))
 
@@ -48,6 +48,8 @@ class RunData:
     summaries: pd.DataFrame  # fluctuation.summaries_over_epochs
     tau_curve: pd.Series  # participating fraction (all) at the final window, by tau
     layers: list[str]
+    facet: str = ""  # the run's optimizer, when the runs have one: claims are judged per optimizer
+    twin_lyapunov: pd.Series | None = None  # twin/lyapunov by epoch, for runs trained with twins=true
     reconstruction_png: bytes | None = None
     seconds: dict[str, float] = field(default_factory=dict)  # fetch, read, compute
 
@@ -56,6 +58,10 @@ class RunData:
 # first of LOSS_HISTORY_KEYS it has. The study logs flux/loss_*, so that its loss charts open beside the flux/ ones.
 FINAL_LOSS_KEYS = ("flux/loss_final", "loss/final")
 LOSS_HISTORY_KEYS = ("flux/loss_train", "loss/train")
+# Claims are judged per value of this parameter when the runs have it: the paper's claims may hold under one
+# optimizer and not another.
+FACET = "optimizer"
+TWIN_LYAPUNOV_KEY = "twin/lyapunov"
 DEFAULT_LOSS_LABEL = "loss"
 
 
@@ -72,6 +78,12 @@ class Comparison:
     timings: dict[str, float] = field(default_factory=dict)
     group_by: str = "lr"  # the parameter whose values form the groups; "run": every run is its own group
     loss_key: str = DEFAULT_LOSS_LABEL  # the metric shown as the loss
+    facet: str | None = None  # FACET when the runs have it: groups, claims and verdicts are per value of it
+
+    @property
+    def facets(self) -> list[str]:
+        """The facet's values in order of appearance (``[""]`` without a facet)."""
+        return list(dict.fromkeys(run.facet for run in self.runs))
 
     def group_order(self, values) -> list:
         """Groups in display order: learning rates from large to small (the study's order), other numbers from
@@ -140,6 +152,10 @@ def _load_run(client, run, window: int | None, tau: float | None, group_by: str,
     history_key = loss_key or next((k for k in LOSS_HISTORY_KEYS if k in metrics), LOSS_HISTORY_KEYS[-1])
     history = client.get_metric_history(run_id, history_key)
     loss = pd.Series({m.step: m.value for m in history}, dtype=float).sort_index()
+    twin = None
+    if TWIN_LYAPUNOV_KEY in metrics:  # MLflow stores -inf (twins that coincide) as the lowest float64
+        twin = pd.Series({m.step: (m.value if m.value > -1e308 else -math.inf)
+                          for m in client.get_metric_history(run_id, TWIN_LYAPUNOV_KEY)}, dtype=float).sort_index()
     if loss_key is not None:
         final = metrics.get(loss_key, math.nan)
     else:  # the study's final evaluation; anyone else's run: the last value of its loss history
@@ -155,6 +171,8 @@ def _load_run(client, run, window: int | None, tau: float | None, group_by: str,
         summaries=summaries,
         tau_curve=tau_curve,
         layers=list(layers),
+        facet=params.get(FACET, ""),
+        twin_lyapunov=twin,
         seconds=seconds,
     )
 
@@ -217,8 +235,13 @@ def load_comparison(
     if not loaded:
         reasons = "; ".join(f"{name or rid}: {why}" for rid, name, why in skipped)
         raise FluxError(f"none of the {len(runs)} runs of {description} has a readable trace ({reasons})")
+    facet = FACET if group_by != FACET and any(run.facet for run in loaded) else None
+    if facet is None:
+        for run in loaded:
+            run.facet = ""
     comparison = Comparison(loaded, skipped, description, sweep_id, tracking_uri, declared,
-                            {"query": queried - started, "load": done - queried}, group_by, loss_key or DEFAULT_LOSS_LABEL)
+                            {"query": queried - started, "load": done - queried}, group_by, loss_key or DEFAULT_LOSS_LABEL,
+                            facet)
     order = {value: index for index, value in enumerate(comparison.group_order(r.group for r in loaded))}
-    loaded.sort(key=lambda r: (order[r.group], r.seed, r.name))
+    loaded.sort(key=lambda r: (r.facet, order[r.group], r.seed, r.name))
     return comparison

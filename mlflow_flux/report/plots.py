@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Callable, Mapping, Sequence
 
+import matplotlib.patches
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -19,6 +20,8 @@ __all__ = [
     "w_step_heatmap_figure",
     "curves_by_group_figure",
     "stacked_images_figure",
+    "verdict_timeline_figure",
+    "VERDICT_COLOURS",
 ]
 
 _SAMPLE = 256  # neurons per layer whose median and 10-90% band are drawn: all of them up to this width
@@ -252,4 +255,35 @@ def stacked_images_figure(images: Sequence[tuple[str, np.ndarray]], title: str) 
         ax.set_axis_off()
         ax.set_title(label, fontsize=9)
     fig.suptitle(title)
+    return fig
+
+
+VERDICT_COLOURS = {"agrees": "#2e8b57", "disagrees": "#c0392b", "inconclusive": "#e0a526", "not testable": "#b0b0b0"}
+
+
+def verdict_timeline_figure(table: pd.DataFrame, texts: Mapping[str, str]) -> Figure:
+    """One panel per claim: epochs across, one band per optimizer, each verdict epoch a cell coloured by verdict
+    (agrees / disagrees / inconclusive), reaching to the next verdict epoch."""
+    claims = list(dict.fromkeys(table["claim"]))
+    optimizers = list(dict.fromkeys(table["optimizer"]))
+    fig = Figure(figsize=(9.5, 1.1 + 0.45 * len(optimizers) * len(claims) + 0.5 * len(claims)), layout="constrained")
+    axes = fig.subplots(len(claims), 1, squeeze=False)[:, 0]
+    epochs = sorted(set(table["epoch"]))
+    edges = [0, *[e + 1 for e in epochs]]  # the cell of epoch e spans the epochs since the previous verdict
+    for ax, claim in zip(axes, claims):
+        for row, optimizer in enumerate(optimizers):
+            cells = table[(table["claim"] == claim) & (table["optimizer"] == optimizer)]
+            verdicts = dict(zip(cells["epoch"], cells["verdict"]))
+            for index, epoch in enumerate(epochs):
+                colour = VERDICT_COLOURS.get(verdicts.get(epoch, "not testable"), "#b0b0b0")
+                ax.barh(row, edges[index + 1] - edges[index], left=edges[index], height=0.8, color=colour,
+                        edgecolor="white", linewidth=0.5)
+        ax.set_yticks(range(len(optimizers)), optimizers)
+        ax.set_ylim(-0.6, len(optimizers) - 0.4)
+        ax.set_xlim(0, edges[-1])
+        ax.set_title(f"({claim}) {texts.get(claim, '')}", fontsize=9, loc="left")
+    axes[-1].set_xlabel("epoch")
+    handles = [matplotlib.patches.Patch(color=c, label=v) for v, c in VERDICT_COLOURS.items()]
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8, frameon=False)
+    fig.suptitle("Verdicts over epochs (95% intervals over seeds; overlap: inconclusive)")
     return fig

@@ -22,11 +22,13 @@ from matplotlib.figure import Figure
 from .. import fluctuation
 from ..traces import runs as flux_runs
 from ..traces.mlflow_adapter import PARENT_RUN_ID_TAG, RUN_NAME_TAG
+from ..traces.names import sanitize_key
 from . import plots
 from .analysis import group_table, run_table
 from .claims import Claim, evaluate, matches_group
 from .diagnosis import claim_notes
-from .loading import DEFAULT_LOSS_LABEL, Comparison, group_value
+from .loading import DEFAULT_LOSS_LABEL, FACET, Comparison, RunData, group_value
+from .timeline import early_lyapunov_ranking, verdicts_over_time, where_claims_hold
 
 __all__ = ["Report", "build", "REPORT_DIR"]
 
@@ -41,16 +43,20 @@ class Report:
     groups: pd.DataFrame
     claims: list[Claim]
     skipped: list[tuple[str, str, str]]
+    timeline: pd.DataFrame = field(default_factory=pd.DataFrame)  # verdicts over epochs (see .timeline)
+    twin_ranking: dict | None = None  # how early lambda ranks the final losses
     run_id: str | None = None
     directory: Path | None = None
     files: list[str] = field(default_factory=list)
 
 
-def _label(comparison: Comparison, value: str) -> str:
+def _label(comparison: Comparison, value: str, facet: str = "") -> str:
+    """A group as the figures name it: ``lr 0.01``, or ``sgd lr 0.01`` when the runs span several optimizers."""
+    prefix = f"{facet} " if facet and len(comparison.facets) > 1 else ""
     if comparison.group_by == "run":
-        return value
+        return prefix + value
     shown = group_value(value)
-    return f"{comparison.group_by} {shown:g}" if isinstance(shown, float) else f"{comparison.group_by} {shown}"
+    return prefix + (f"{comparison.group_by} {shown:g}" if isinstance(shown, float) else f"{comparison.group_by} {shown}")
 
 
 def _grouping(comparison: Comparison) -> str:
@@ -58,10 +64,10 @@ def _grouping(comparison: Comparison) -> str:
     return "run" if comparison.group_by == "run" else comparison.group_by
 
 
-def figures(comparison: Comparison) -> dict[str, Figure]:
-    by_lr: dict[str, list] = {}  # label -> runs, in the comparison's group order
+def figures(comparison: Comparison, report: "Report | None" = None) -> dict[str, Figure]:
+    by_lr: dict[str, list[RunData]] = {}  # label -> runs, in the comparison's group order
     for run in comparison.runs:
-        by_lr.setdefault(_label(comparison, run.group), []).append(run)
+        by_lr.setdefault(_label(comparison, run.group, run.facet), []).append(run)
 
     def curves(pick):
         return {label: [pick(r) for r in runs] for label, runs in by_lr.items()}
@@ -82,6 +88,13 @@ def figures(comparison: Comparison) -> dict[str, Figure]:
             curves(lambda r: r.summaries["all/bias_fluct_median"]), "Bias fluctuation: median over neurons",
             "bias fluctuation median", log_y=True),
     }
+    twins = {label: [r.twin_lyapunov for r in runs if r.twin_lyapunov is not None] for label, runs in by_lr.items()}
+    twins = {label: [s.replace(-math.inf, math.nan) for s in series] for label, series in twins.items() if series}
+    if twins:
+        out["lyapunov"] = plots.curves_by_group_figure(
+            twins, "Twin runs: finite-time Lyapunov estimate ln(d(t)/d(0))/t", "lambda(t) per epoch")
+    if report is not None and not report.timeline.empty:
+        out["verdicts_over_time"] = plots.verdict_timeline_figure(report.timeline, _claim_texts(comparison))
     images = []
     for label, runs in by_lr.items():
         first = next((r for r in runs if r.reconstruction_png), None)
@@ -130,6 +143,8 @@ def _with_interval(row: pd.Series, column: str, percent: bool) -> str:
 def _groups_for_display(groups: pd.DataFrame, group_by: str) -> pd.DataFrame:
     """One row per group, readable: value, runs and seeds, means with their 95% intervals, divergences."""
     out = pd.DataFrame({group_by: groups[group_by]})
+    if FACET in groups and group_by != FACET:  # the runs span optimizers: each group is one optimizer's
+        out.insert(0, FACET, groups[FACET])
     out["runs"] = [f"{n} (seed{'s' if n > 1 else ''} {seeds})" for n, seeds in zip(groups["n"], groups["seeds"])]
     for column in ("loss_final", *_FRACTIONS):
         if column in groups:
@@ -142,7 +157,7 @@ def _groups_for_display(groups: pd.DataFrame, group_by: str) -> pd.DataFrame:
 
 def _runs_for_display(runs: pd.DataFrame, group_by: str) -> pd.DataFrame:
     """One row per run, readable; the per-layer columns go to :func:`_layers_for_display` and runs.csv."""
-    columns = ["name", group_by, "seed", "loss_final", "loss_best", "diverged_at", *_FRACTIONS, "all/sos_median",
+    columns = ["name", FACET, group_by, "seed", "loss_final", "loss_best", "diverged_at", *_FRACTIONS, "all/sos_median",
                "all/bias_fluct_median"]
     out = runs[[c for c in dict.fromkeys(columns) if c in runs]].copy()
     for column in _FRACTIONS:
@@ -158,6 +173,40 @@ def _layers_for_display(runs: pd.DataFrame, group_by: str) -> pd.DataFrame:
     layer_columns = [c for c in runs.columns if c.endswith("/participating") and not c.startswith("all/")]
     out = runs[["name", group_by, "seed", *layer_columns]].rename(columns={"name": "run"})
     return out.rename(columns={c: c.removesuffix("/participating") for c in layer_columns})
+
+
+def _claim_texts(comparison: Comparison) -> dict[str, str]:
+    return {spec.name: spec.text for spec in comparison.claims}
+
+
+def _timeline_for_display(timeline: pd.DataFrame) -> pd.DataFrame:
+    """One row per (claim, optimizer, epoch): the verdict and both sides' means with their 95% intervals."""
+    if timeline.empty:
+        return timeline
+
+    def side(row, role: str) -> str:
+        text = f"{row[f'{role} mean']:.4g}"
+        if pd.notna(row[f"{role} ci_low"]):
+            text += f" [{row[f'{role} ci_low']:.4g}, {row[f'{role} ci_high']:.4g}]"
+        shown = group_value(row[role]) if pd.notna(row.get(role)) else ""
+        return f"{shown:g}: {text}" if isinstance(shown, float) else f"{shown}: {text}"
+
+    ready = timeline.dropna(subset=["subject mean"]) if "subject mean" in timeline else timeline.iloc[0:0]
+    out = pd.DataFrame({"claim": ready["claim"], "optimizer": ready["optimizer"], "epoch": ready["epoch"],
+                        "verdict": ready["verdict"]})
+    out["subject"] = [side(row, "subject") for _, row in ready.iterrows()]
+    out["rival"] = [side(row, "rival") for _, row in ready.iterrows()]
+    out["runs"] = [f"{int(row['subject runs'])} + {int(row['rival runs'])}" for _, row in ready.iterrows()]
+    return out
+
+
+def _twin_line(report: "Report") -> str | None:
+    ranking = report.twin_ranking
+    if not ranking:
+        return None
+    return (f"Early lambda (the twin's Lyapunov estimate at epoch {ranking['early_epoch']}, the end of the first 10% "
+            f"of training) ranks the final losses of {ranking['runs']} runs with Spearman's rho = {ranking['rho']:.3f} "
+            f"(p = {ranking['p']:.3g}); rho > 0: runs whose twins separate faster early end with higher losses.")
 
 
 # What acts mid-line in Markdown (text from a run never starts a line here): emphasis, code, links, tables.
@@ -189,6 +238,9 @@ def _md_table(frame: pd.DataFrame, index: bool = False, header: bool = True) -> 
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
+_TIMELINE_NOTE = ("Each claim judged again every 50 epochs from the traces and loss histories (no re-training): at "
+                  "epoch e a run counts with its training loss at e and its participation in the window ending at "
+                  "e; same intervals and rule as above.")
 _VERDICT_NOTE = ("Verdicts compare 95% intervals over seeds; overlapping intervals are inconclusive. The measures are "
                  "our definitions (below), not the paper's, which it does not publish. Each verdict names what drives "
                  "it: a run that diverged, or neurons that are frozen rather than dead.")
@@ -205,10 +257,18 @@ def markdown(comparison: Comparison, report: Report, settings: pd.DataFrame, png
     if report.claims:
         lines += ["## The paper's claims against our runs", ""]
         for claim in report.claims:  # claims come from the runs' tags: escaped like everything else from a run
-            lines += [f"- **({md_escape(claim.name)}) {md_escape(claim.text)}**: **{md_escape(claim.verdict)}**. "
+            lines += [f"- **({md_escape(claim.label)}) {md_escape(claim.text)}**: **{md_escape(claim.verdict)}**. "
                       f"{md_escape(claim.evidence)}"]
             lines += [f"  - {md_escape(note)}" for note in claim.notes]
         lines += ["", _VERDICT_NOTE, ""]
+    if not report.timeline.empty:
+        lines += ["## Where each claim holds, over epochs", ""]
+        lines += [f"- {md_escape(line)}" for line in where_claims_hold(report.timeline, _claim_texts(comparison))]
+        lines += ["", _TIMELINE_NOTE, "", "![verdicts_over_time](verdicts_over_time.png)", "",
+                  "<details><summary>Every verdict with its numbers (also in verdicts_over_time.csv)</summary>", "",
+                  _md_table(_timeline_for_display(report.timeline)), "", "</details>", ""]
+    if _twin_line(report):
+        lines += ["## Twin runs", "", md_escape(_twin_line(report)), "", "![lyapunov](lyapunov.png)", ""]
     lines += [f"## Per {md_escape(_grouping(comparison))} (final window)", "",
               _md_table(_groups_for_display(report.groups, group_by)),
               "", "## Per run", "", _md_table(_runs_for_display(report.runs, group_by)), ""]
@@ -216,13 +276,21 @@ def markdown(comparison: Comparison, report: Report, settings: pd.DataFrame, png
         lines += ["## Skipped runs", ""] + [f"- {md_escape(name or rid)} ({md_escape(rid)}): {md_escape(why)}"
                                             for rid, name, why in report.skipped]
         lines += [""]
-    lines += ["## Figures", ""] + [f"![{p}]({p})" for p in pngs]
+    lines += ["## Figures", ""] + [f"![{p}]({p})" for p in pngs if p not in ("verdicts_over_time.png", "lyapunov.png")]
     lines += ["", "## Participating neurons per layer (also in runs.csv)", "",
               _md_table(_layers_for_display(report.runs, group_by))]
     lines += ["", "## Definitions (ours; see docs/metrics.md)", ""]
     lines += [f"- **{md_escape(term)}**: {md_escape(meaning)}" for term, meaning in fluctuation.DEFINITIONS]
     lines += ["", "## Settings of the runs", "", _md_table(settings), ""]
     return "\n".join(lines)
+
+
+def _figure_html(name: str, images: dict[str, bytes], wide: bool = False) -> str:
+    if name not in images:
+        return ""
+    return (f"<figure class='{'wide' if wide else ''}'><img alt='{html.escape(name)}' "
+            f"src='data:image/png;base64,{base64.b64encode(images[name]).decode()}'>"
+            f"<figcaption>{html.escape(name)}</figcaption></figure>")
 
 
 def _table_html(frame: pd.DataFrame, index: bool = False) -> str:
@@ -234,17 +302,23 @@ def html_page(comparison: Comparison, report: Report, settings: pd.DataFrame, im
     e = html.escape
     group_by = comparison.group_by
     claims_html = "".join(
-        f"<li><b>({e(c.name)}) {e(c.text)}</b>: <span class='v {e(c.verdict.replace(' ', '-'))}'>{e(c.verdict)}"
+        f"<li><b>({e(c.label)}) {e(c.text)}</b>: <span class='v {e(c.verdict.replace(' ', '-'))}'>{e(c.verdict)}"
         f"</span>. {e(c.evidence)}" + ("<ul>" + "".join(f"<li>{e(n)}</li>" for n in c.notes) + "</ul>" if c.notes
                                         else "") + "</li>" for c in report.claims)
     skipped = "".join(f"<li>{e(name or rid)} (<code>{e(rid)}</code>): {e(why)}</li>" for rid, name, why in report.skipped)
-    figures_html = "".join(
-        f"<figure class='{'wide' if name == 'reconstructions' else ''}'><img alt='{e(name)}' "
-        f"src='data:image/png;base64,{base64.b64encode(png).decode()}'><figcaption>{e(name)}</figcaption></figure>"
-        for name, png in images.items())
+    figures_html = "".join(_figure_html(name, images, wide=name == "reconstructions") for name in images
+                           if name not in ("verdicts_over_time", "lyapunov"))
     definitions = "".join(f"<dt>{e(term)}</dt><dd>{e(meaning)}</dd>" for term, meaning in fluctuation.DEFINITIONS)
     claims_section = "" if not report.claims else f"""<h2>The paper's claims against our runs</h2><ul>{claims_html}</ul>
 <p>{e(_VERDICT_NOTE)}</p>"""
+    if not report.timeline.empty:
+        held = "".join(f"<li>{e(line)}</li>" for line in where_claims_hold(report.timeline, _claim_texts(comparison)))
+        claims_section += f"""<h2>Where each claim holds, over epochs</h2><ul>{held}</ul><p>{e(_TIMELINE_NOTE)}</p>
+{_figure_html("verdicts_over_time", images, wide=True)}
+<details><summary>Every verdict with its numbers (also in verdicts_over_time.csv)</summary><div class="scroll">
+{_table_html(_timeline_for_display(report.timeline))}</div></details>"""
+    if _twin_line(report):
+        claims_section += f"<h2>Twin runs</h2><p>{e(_twin_line(report))}</p>{_figure_html('lyapunov', images)}"
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>mlflow-flux participation report</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}}
 table.t{{border-collapse:collapse;font-size:13px;width:100%}}table.t td,table.t th{{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}}
@@ -269,7 +343,7 @@ dt{{font-weight:bold;margin-top:.4em}}dd{{margin-left:1.5em}}.scroll{{overflow-x
 
 def _write(directory: Path, comparison: Comparison, report: Report) -> list[str]:
     """Write the report's files into an empty ``directory``; returns their names."""
-    images = {name: _png(figure) for name, figure in figures(comparison).items()}
+    images = {name: _png(figure) for name, figure in figures(comparison, report).items()}
     pngs = []
     for name, png in images.items():
         (directory / f"{name}.png").write_bytes(png)
@@ -278,9 +352,11 @@ def _write(directory: Path, comparison: Comparison, report: Report) -> list[str]
     report.groups.to_csv(directory / "summary.csv", index=False, float_format="%.17g")
     report.runs.to_csv(directory / "runs.csv", index=False, float_format="%.17g")
     pd.DataFrame(report.skipped, columns=["run_id", "name", "reason"]).to_csv(directory / "skipped.csv", index=False)
+    report.timeline.to_csv(directory / "verdicts_over_time.csv", index=False, float_format="%.17g")
     (directory / "report.md").write_text(markdown(comparison, report, settings, pngs))
     (directory / "report.html").write_text(html_page(comparison, report, settings, images))
-    return sorted([*pngs, "summary.csv", "runs.csv", "skipped.csv", "report.md", "report.html"])
+    return sorted([*pngs, "summary.csv", "runs.csv", "skipped.csv", "verdicts_over_time.csv", "report.md",
+                   "report.html"])
 
 
 def _comparison_made(comparison: Comparison) -> str:
@@ -314,10 +390,18 @@ def build(comparison: Comparison, output: str | Path | None = None, log_run: boo
     """
     started = time.perf_counter()
     runs = run_table(comparison)
-    groups = group_table(runs, comparison.group_by)
-    claims = [dataclasses.replace(evaluate(spec, groups), notes=tuple(claim_notes(spec, runs, comparison.group_by)))
-              for spec in _applicable(comparison, groups)]
-    report = Report(runs=runs, groups=groups, claims=claims, skipped=comparison.skipped)
+    groups = group_table(runs, comparison.group_by, comparison.facet)
+    specs = _applicable(comparison, groups)
+    claims = []
+    for facet in comparison.facets:  # one verdict per optimizer: a claim may hold under one and not another
+        facet_groups = groups[groups[comparison.facet] == facet] if comparison.facet else groups
+        facet_runs = runs[runs[comparison.facet] == facet] if comparison.facet else runs
+        for spec in specs:
+            claim = evaluate(spec, facet_groups)
+            claims.append(dataclasses.replace(claim, facet=facet if len(comparison.facets) > 1 else "",
+                                              notes=tuple(claim_notes(spec, facet_runs, comparison.group_by))))
+    report = Report(runs=runs, groups=groups, claims=claims, skipped=comparison.skipped,
+                    timeline=verdicts_over_time(comparison, specs), twin_ranking=early_lyapunov_ranking(comparison))
     with tempfile.TemporaryDirectory(prefix="mlflow-flux-report-") as tmp:
         written = Path(tmp)
         report.files = _write(written, comparison, report)
@@ -371,7 +455,8 @@ def _log(comparison: Comparison, report: Report, directory: Path) -> str:
     else:
         client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
     try:
-        verdicts = [RunTag(f"mlflow_flux.claim_{c.name}", c.verdict) for c in report.claims]
+        verdicts = [RunTag(sanitize_key(f"mlflow_flux.claim_{c.name}" + (f"_{c.facet}" if c.facet else "")),
+                           c.verdict) for c in report.claims]
         client.log_batch(run_id, params=[Param("selection", comparison.selection[:500]),
                                          Param("group_by", comparison.group_by),
                                          Param("runs_compared", str(len(comparison.runs)))],

@@ -15,7 +15,7 @@ from typing import Mapping
 from ..errors import InvalidParameter
 from .backends import BACKENDS
 
-__all__ = ["TrainConfig", "SweepConfig", "SWEPT", "OPTIMIZERS", "SGD_MOMENTUM", "ATLAS_DEFAULTS", "OPTION_HELP", "MAX_VARIANTS", "auto_parallel", "parse_floats",
+__all__ = ["TrainConfig", "SweepConfig", "SWEPT", "OPTIMIZERS", "SGD_MOMENTUM", "ATLAS_DEFAULTS", "OPTION_HELP", "MAX_VARIANTS", "auto_parallel", "parse_bool", "parse_floats",
            "parse_ints", "parse_train_config", "parse_sweep_config", "variant_name", "model_name"]
 
 MAX_VARIANTS = 1000
@@ -57,6 +57,8 @@ class TrainConfig:
     summary_every: int = 10  # log flux/ summaries every N snapshots; traces keep every snapshot
     flush_every: int = 10
     layer_metrics: str = "participating_frac"  # summaries logged per layer too: names, "all" or "none"
+    twins: bool = False  # also train a twin from weights a relative twin_perturbation away (twin/ metrics)
+    twin_perturbation: float = 1e-6
     threads: int = 0  # torch intra-op threads; 0 leaves torch's default
 
     @property
@@ -95,6 +97,9 @@ OPTION_HELP = {
     "flush_every": "snapshots per closed trace segment: at most this many are lost to a hard kill",
     "layer_metrics": "summaries also logged per layer: comma-separated names (participating, participating_frac, "
                      "dead_frac, sos_median, bias_fluct_median, w_step_median), all, or none",
+    "twins": "true: also train a twin whose initial weights differ by a relative twin_perturbation, on the same "
+             "batches, and log the distance between the two and the Lyapunov estimate ln(d(t)/d(0))/t (twin/)",
+    "twin_perturbation": "relative size of the twin's initial difference, per parameter tensor (0: an identical twin)",
     "threads": "torch threads for this variant; 0 leaves torch's default",
 }
 
@@ -127,6 +132,18 @@ def _int_at_least(name: str, raw: str, minimum: int) -> int:
     if value < minimum:
         raise InvalidParameter(name, raw, f"expected an integer >= {minimum}")
     return value
+
+
+def parse_bool(name: str, raw: str) -> bool:
+    """``true``/``false`` (also ``1``/``0``, ``yes``/``no``, any case).
+
+    >>> parse_bool("twins", "True"), parse_bool("twins", "0")
+    (True, False)
+    """
+    value = str(raw).strip().lower()
+    if value not in ("true", "false", "1", "0", "yes", "no"):
+        raise InvalidParameter(name, raw, "expected true or false")
+    return value in ("true", "1", "yes")
 
 
 def parse_floats(name: str, raw: str) -> tuple[float, ...]:
@@ -169,7 +186,9 @@ def _parse_field(name: str, raw: str) -> object:
             raise InvalidParameter(name, raw, f"expected all, none or comma-separated names among "
                                               f"{', '.join(SUMMARY_KEYS)}")
         return value if value in ("all", "none") else ",".join(names)
-    if name == "noise":
+    if name == "twins":
+        return parse_bool(name, raw)
+    if name in ("noise", "twin_perturbation"):
         try:
             value = float(raw)
         except (TypeError, ValueError):
@@ -299,12 +318,7 @@ def parse_sweep_config(overrides: Mapping[str, str]) -> SweepConfig:
         raw = str(overrides.pop("max_parallel")).strip()
         if raw.lower() not in ("auto", "0", ""):
             max_parallel = parse_ints("max_parallel", raw)[0]
-    report = True
-    if "report" in overrides:
-        raw = str(overrides.pop("report")).strip().lower()
-        if raw not in ("true", "false", "1", "0", "yes", "no"):
-            raise InvalidParameter("report", raw, "expected true or false")
-        report = raw in ("true", "1", "yes")
+    report = parse_bool("report", overrides.pop("report")) if "report" in overrides else True
     backend = "local"
     if "backend" in overrides:
         backend = str(overrides.pop("backend")).strip().lower()

@@ -33,6 +33,7 @@ from .figures import image_rows_figure
 from .model import Autoencoder
 from .progress import PROGRESS_LABEL_ENV, Progress
 from .shapes import SHAPES, ShapeSpec, make_shapes
+from .twins import TwinDistance, make_twin
 
 __all__ = ["TrainResult", "train", "train_one_epoch", "RECORDER_PARAMS", "LOSS_KEY", "FINAL_LOSS_KEY"]
 
@@ -58,20 +59,26 @@ def _optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optim
 
 
 def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
-                    batch_size: int, order: torch.Generator) -> float:
+                    batch_size: int, order: torch.Generator,
+                    twin: tuple[torch.nn.Module, torch.optim.Optimizer] | None = None) -> float:
     """One epoch of the study's training (shuffled mini-batches, MSE reconstruction); returns the mean loss.
 
-    The sweep benchmark times this same function as the plain floor the sweep is measured against.
+    ``twin`` (a model and its optimizer) takes the same steps on the same batches. The sweep benchmark times this
+    same function as the plain floor the sweep is measured against.
     """
-    model.train()
+    pairs = [(model, optimizer)] + ([twin] if twin is not None else [])
+    for net, _ in pairs:
+        net.train()
     total = torch.zeros((), dtype=torch.float64)
     for batch in torch.randperm(len(images), generator=order).split(batch_size):
         x = images[batch]
-        optimizer.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.mse_loss(model(x), x)
-        loss.backward()
-        optimizer.step()
-        total += loss.detach() * len(batch)
+        for index, (net, opt) in enumerate(pairs):
+            opt.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.mse_loss(net(x), x)
+            loss.backward()
+            opt.step()
+            if index == 0:
+                total += loss.detach() * len(batch)
     return float(total) / len(images)  # one sync per epoch, not per step
 
 
@@ -144,6 +151,10 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     torch.manual_seed(config.seed)
     model = Autoencoder(config.image_size**2, config.hidden)
     optimizer = _optimizer(config, model)
+    twin, distance = None, None
+    if config.twins:  # before watch(): the twin is a plain copy
+        twin_model = make_twin(model, config.twin_perturbation, config.seed)
+        twin, distance = (twin_model, _optimizer(config, twin_model)), TwinDistance(model, twin_model)
     order = torch.Generator().manual_seed(config.seed)
 
     name = variant_name(config.optimizer, config.lr, config.seed)
@@ -175,8 +186,9 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
             settings_prefix="",  # the sweep's parameters already use the plain names
         ) as flux:
             for epoch in range(config.epochs):
-                epoch_loss = train_one_epoch(model, optimizer, images, config.batch_size, order)
-                flux.end_epoch(epoch, {LOSS_KEY: epoch_loss})
+                epoch_loss = train_one_epoch(model, optimizer, images, config.batch_size, order, twin)
+                twin_metrics = distance.metrics(epoch + 1) if distance is not None else {}
+                flux.end_epoch(epoch, {LOSS_KEY: epoch_loss, **twin_metrics})
                 if bar:
                     bar.update(epoch, epoch_loss)
                 if not math.isfinite(epoch_loss):

@@ -102,12 +102,17 @@ def test_report_through_the_cli_matches_load_traces(sweep, tmp_path):
     summary = list(csv.DictReader((out / "summary.csv").open()))
     assert sorted(float(r["lr"]) for r in summary) == [0.0001, 0.001, 0.01]
     markdown = (out / "report.md").read_text()
-    assert "(a) lr 0.01 reconstructs best" in markdown and "(b) lr 0.01 leaves more neurons inactive" in markdown
+    # The run with markup in its optimizer is another optimizer: claims are judged per optimizer.
+    assert "(a, adam) lr 0.01 reconstructs best" in markdown and "(b, adam) lr 0.01 leaves more neurons" in markdown
+    assert "onmouseover=alert(3)" not in markdown.replace("&lt;b onmouseover=alert(3)&gt;", "")
+    assert "## Where each claim holds, over epochs" in markdown and "verdicts_over_time.png" in markdown
+    timeline = list(csv.DictReader((out / "verdicts_over_time.csv").open()))
+    assert {(r["claim"], r["optimizer"]) for r in timeline} >= {("a", "adam"), ("b", "adam")}
     # the report run: tagged, a child of the sweep, its files in the run's artifacts
     (report_run,) = sweep["client"].search_runs(
         [sweep["client"].get_run(sweep["sweep_id"]).info.experiment_id], "tags.`mlflow_flux.role` = 'report'")
     assert report_run.data.tags["mlflow.parentRunId"] == sweep["sweep_id"]
-    assert report_run.data.tags["mlflow_flux.claim_a"] in ("agrees", "disagrees", "inconclusive")
+    assert report_run.data.tags["mlflow_flux.claim_a_adam"] in ("agrees", "disagrees", "inconclusive")
     assert "report/report.html" in {f.path for f in sweep["client"].list_artifacts(report_run.info.run_id, "report")}
 
 
