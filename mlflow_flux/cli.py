@@ -196,16 +196,17 @@ def _compare(args: argparse.Namespace) -> int:
 def print_report_summary(report) -> None:
     groups = report.groups
     print(f"compared {len(report.runs)} runs ({len(report.skipped)} skipped)")
-    key = groups.columns[0]  # the grouping parameter
+    facet = "optimizer" if "optimizer" in groups.columns[:1] else None  # groups per optimizer, then the grouping
+    key = groups.columns[1 if facet else 0]  # the grouping parameter
     for _, row in groups.iterrows():
         value = row[key]
         shown = f"{value:g}" if isinstance(value, float) else str(value)
         diverged = f", diverged in {row['diverged']} of {row['n']}" if row.get("diverged", 0) else ""
-        print(f"  {key} {shown}: final loss {row['loss_final']:.5f}, participating "
+        print(f"  {row[facet] + ' ' if facet else ''}{key} {shown}: final loss {row['loss_final']:.5f}, participating "
               f"{row['all/participating_frac']:.1%}, frozen {row['all/frozen_frac']:.1%}, dead "
               f"{row['all/dead_frac']:.1%} ({row['n']} run{'s' if row['n'] > 1 else ''}{diverged})")
     for claim in report.claims:
-        print(f"  claim ({claim.name}) {claim.text}: {claim.verdict.upper()}")
+        print(f"  claim ({claim.label}) {claim.text}: {claim.verdict.upper()}")
         for note in claim.notes:
             print(f"    - {note}")
     for run_id, name, reason in report.skipped:
