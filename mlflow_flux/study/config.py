@@ -75,7 +75,10 @@ class TrainConfig:
         out = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            out[f.name] = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+            if isinstance(value, bool):
+                out[f.name] = "true" if value else "false"
+            else:
+                out[f.name] = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
         return out
 
 

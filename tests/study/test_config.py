@@ -69,7 +69,7 @@ def test_mlproject_defaults_match_the_config():
     (["train", "--epoch", "3"], "unknown option --epoch 3 for 'mlflow-flux train'"),  # no prefix matching
     (["compare", "--exp", "x"], "unknown option --exp x for 'mlflow-flux compare'"),
     (["train", "--epochs"], "argument --epochs: expected one argument"),
-    (["frobnicate"], "argument {train,sweep,compare}: invalid choice: 'frobnicate'"),
+    (["frobnicate"], "argument {train,sweep,atlas,compare}: invalid choice: 'frobnicate'"),
 ])
 def test_parsers_refuse_abbreviations_and_unknown_options_in_one_line(args, message, capsys):
     from mlflow_flux.cli import main
