@@ -88,11 +88,12 @@ def figures(comparison: Comparison, report: "Report | None" = None) -> dict[str,
             curves(lambda r: r.summaries["all/bias_fluct_median"]), "Bias fluctuation: median over neurons",
             "bias fluctuation median", log_y=True),
     }
-    twins = {label: [r.twin_lyapunov for r in runs if r.twin_lyapunov is not None] for label, runs in by_lr.items()}
-    twins = {label: [s.replace(-math.inf, math.nan) for s in series] for label, series in twins.items() if series}
+    # One line per variant (run): lambda(t) of each, -inf (twins that coincide) left out of the axes.
+    twins = {run.name: [run.twin_lyapunov.replace(-math.inf, math.nan)] for run in comparison.runs
+             if run.twin_lyapunov is not None}
     if twins:
         out["lyapunov"] = plots.curves_by_group_figure(
-            twins, "Twin runs: finite-time Lyapunov estimate ln(d(t)/d(0))/t", "lambda(t) per epoch")
+            twins, "Twin runs: finite-time Lyapunov estimate ln(d(t)/d(0))/t per variant", "lambda(t) per epoch")
     if report is not None and not report.timeline.empty:
         out["verdicts_over_time"] = plots.verdict_timeline_figure(report.timeline, _claim_texts(comparison))
     images = []
