@@ -279,7 +279,7 @@ def verdict_timeline_figure(table: pd.DataFrame, texts: Mapping[str, str]) -> Fi
                 ax.barh(row, edges[index + 1] - edges[index], left=edges[index], height=0.8, color=colour,
                         edgecolor="white", linewidth=0.5)
         ax.set_yticks(range(len(optimizers)), optimizers)
-        ax.set_ylim(-0.6, len(optimizers) - 0.4)
+        ax.set_ylim(len(optimizers) - 0.4, -0.6)  # the first optimizer on top, as the tables list them
         ax.set_xlim(0, edges[-1])
         ax.set_title(f"({claim}) {texts.get(claim, '')}", fontsize=9, loc="left")
     axes[-1].set_xlabel("epoch")
