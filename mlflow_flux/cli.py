@@ -20,7 +20,7 @@ from typing import Mapping, Sequence
 
 from .errors import FluxError, InvalidParameter, UsageError
 from .interrupts import exit_code, stop_on_signals, stop_with_parent
-from .study.config import ATLAS_DEFAULTS, OPTION_HELP, SWEPT, TrainConfig
+from .study.config import ATLAS_DEFAULTS, OPTION_HELP, SWEEP_DEFAULTS, SWEPT, TrainConfig
 
 __all__ = ["main"]
 
@@ -196,7 +196,9 @@ def _compare(args: argparse.Namespace) -> int:
 def print_report_summary(report) -> None:
     groups = report.groups
     print(f"compared {len(report.runs)} runs ({len(report.skipped)} skipped)")
-    facet = "optimizer" if "optimizer" in groups.columns[:1] else None  # groups per optimizer, then the grouping
+    from .report.loading import FACET
+
+    facet = FACET if FACET in groups.columns[:1] else None  # groups per optimizer, then the grouping
     key = groups.columns[1 if facet else 0]  # the grouping parameter
     for _, row in groups.iterrows():
         value = row[key]
@@ -252,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
                                          "lr, seed)",
                            parents=[common], description="Run the study's sweep: one parent run, one child run "
                                                          "per (optimizer, lr, seed), then the report.")
-    _add_sweep_options(sweep, {"optimizers": "adam", "lrs": "0.01,0.001,0.0001", "seeds": "0", "epochs": "1000"})
+    _add_sweep_options(sweep, SWEEP_DEFAULTS)
     atlas = sub.add_parser("atlas", help="the map of where the paper's claims hold: the sweep over optimizers, "
                                          "learning rates and seeds", parents=[common],
                            description="The sweep with the atlas's defaults (adam and sgd, three learning rates, "

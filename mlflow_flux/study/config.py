@@ -15,7 +15,7 @@ from typing import Mapping
 from ..errors import InvalidParameter
 from .backends import BACKENDS
 
-__all__ = ["TrainConfig", "SweepConfig", "SWEPT", "OPTIMIZERS", "SGD_MOMENTUM", "ATLAS_DEFAULTS", "OPTION_HELP", "MAX_VARIANTS", "auto_parallel", "parse_bool", "parse_floats",
+__all__ = ["TrainConfig", "SweepConfig", "SWEPT", "OPTIMIZERS", "SGD_MOMENTUM", "ATLAS_DEFAULTS", "SWEEP_DEFAULTS", "OPTION_HELP", "MAX_VARIANTS", "auto_parallel", "parse_bool", "parse_floats",
            "parse_ints", "parse_train_config", "parse_sweep_config", "variant_name", "model_name"]
 
 MAX_VARIANTS = 1000
@@ -302,6 +302,11 @@ class SweepConfig:
     @property
     def threads_per_variant(self) -> int:
         return max(1, (os.cpu_count() or 1) // self.parallel)
+
+
+# What `mlflow-flux sweep --help` shows as the swept defaults: SweepConfig's own, written as the CLI takes them.
+SWEEP_DEFAULTS = {"optimizers": ",".join(SweepConfig.optimizers), "lrs": ",".join(f"{lr:g}" for lr in SweepConfig.lrs),
+                  "seeds": ",".join(map(str, SweepConfig.seeds)), "epochs": str(TrainConfig.epochs)}
 
 
 def parse_sweep_config(overrides: Mapping[str, str]) -> SweepConfig:
