@@ -33,7 +33,7 @@ from .interrupts import stop_on_signals
 from .recording import distributed
 from .recording.layers import LayerSpec
 from .recording.recorder import NeuronRecorder
-from .report.plots import RunFigureData, save_png
+from .report.figure_data import RunFigureData
 from .traces.metrics import MetricLogger
 from .traces.mlflow_adapter import abandon_active_run
 from .traces.schema import SUMMARY_COLUMNS, Snapshot
@@ -242,7 +242,8 @@ class FluxWatcher:
                               reachable=reachable).start()
         self.metrics.start()
         self._recent = {name: collections.deque(maxlen=self.window) for name in self.recorder.layer_names}
-        self._figures = RunFigureData(list(zip(self.recorder.layer_names, self.recorder.layer_sizes)))
+        if self.log_figures:  # gathered only for figures that will be drawn
+            self._figures = RunFigureData(list(zip(self.recorder.layer_names, self.recorder.layer_sizes)))
         self.client.log_batch(
             self.run_id,
             params=[
@@ -346,7 +347,8 @@ class FluxWatcher:
         for name, recent in self._recent.items():
             rows = snapshot.layer_slice(name)
             recent.append({c: snapshot.column(c)[rows] for c in SUMMARY_COLUMNS})
-        self._figures.add(snapshot)
+        if self._figures is not None:
+            self._figures.add(snapshot)
         self._snapshots += 1
         out = {"flux/nonfinite": float(snapshot.nonfinite)} if snapshot.nonfinite else {}
         if (self._snapshots - self.window) % self.summary_every != 0 or self._snapshots < self.window:
@@ -358,7 +360,8 @@ class FluxWatcher:
         }
         row = {key: float(values[0]) for key, values in fluctuation.window_summaries(layers, self.window,
                                                                                    self.tau).items()}
-        self._figures.add_summaries(snapshot.epoch, row)
+        if self._figures is not None:
+            self._figures.add_summaries(snapshot.epoch, row)
         for name, value in row.items():
             scope, key = name.rsplit("/", 1)
             if scope == "all":
@@ -394,6 +397,11 @@ class FluxWatcher:
         return self.result
 
     def _save_figures(self) -> None:
+        from .report.plots import (  # matplotlib: imported only by a run that draws figures
+            run_figures,
+            save_png,
+        )
+
         directory = self.trace_dir / "figures"
         # A figure is worth less than the trace: one that cannot be drawn or saved never fails the close.
         try:
@@ -401,7 +409,7 @@ class FluxWatcher:
         except OSError as exc:
             _log.warning("figures of run %s not saved: %s", self.run_id, exc)
             return
-        for name, draw in self._figures.figures().items():
+        for name, draw in run_figures(self._figures).items():
             path = directory / f"{name}.png"
             try:
                 save_png(draw(), path)

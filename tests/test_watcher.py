@@ -1,5 +1,6 @@
 """The recorder on models other than the autoencoder, checked against the test's own hooks and arithmetic."""
 
+import logging
 import os
 import signal
 import subprocess
@@ -283,3 +284,28 @@ def test_load_traces_arguments_are_type_checked(store):
             mlflow_flux.load_traces("0123456789abcdef", **options)
     with pytest.raises(FluxError, match="'run_id': None"):
         mlflow_flux.load_traces(None)
+
+
+def test_a_watcher_closed_before_its_first_snapshot_keeps_nothing_and_warns_nothing(store, tmp_path, caplog):
+    with mlflow.start_run() as run, mlflow_flux.watch(nn.Linear(3, 2), trace_dir=tmp_path / "spool") as flux:
+        pass
+    assert flux.result is not None and flux.result.kept_trace is None and not flux.result.offline
+    assert not (tmp_path / "spool").exists()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "mlflow_flux" in r.name]
+    assert MlflowClient().list_artifacts(run.info.run_id, "traces") == []
+
+
+def test_watch_without_figures_never_imports_matplotlib(store):
+    # matplotlib costs ~0.3 s of imports: a run that draws no figure must not pay them (a fresh interpreter, as
+    # this test session has matplotlib loaded already).
+    script = (
+        "import sys, mlflow, torch, mlflow_flux\n"
+        "with mlflow.start_run():\n"
+        "    with mlflow_flux.watch(torch.nn.Linear(3, 2), log_figures=False) as flux:\n"
+        "        flux.end_epoch(0, {'loss/train': 1.0})\n"
+        "print('matplotlib' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=subprocess_env(store),
+                         timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-1] == "False"

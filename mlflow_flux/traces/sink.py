@@ -43,7 +43,7 @@ class SinkResult:
 
     local_dir: Path
     trace_path: Path | None  # the compacted trace on local disk (None: no snapshot, or compaction failed)
-    uploaded: bool  # the compacted trace is confirmed in the run, and the local copy was removed
+    uploaded: bool  # the compacted trace is confirmed in the run (or there was none), and the local copy was removed
 
     @property
     def kept(self) -> Path | None:
@@ -177,7 +177,9 @@ class TraceSink:
         local directory stays, with the compacted trace (or the segments) in it."""
         self._writer.close()
         done = self._uploader.close(timeout)
-        uploaded = done and self._trace_confirmed
+        # A run closed before its first snapshot has no trace: nothing to keep, and nothing to warn about.
+        empty = not self._parts and self._write_error is None
+        uploaded = done and (self._trace_confirmed or empty)
         if uploaded:
             shutil.rmtree(self.local_dir, ignore_errors=True)
         return SinkResult(self.local_dir, self._trace_path, uploaded)

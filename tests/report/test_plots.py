@@ -6,7 +6,7 @@ import warnings
 
 import numpy as np
 
-from mlflow_flux.report.plots import _quantiles
+from mlflow_flux.report.figure_data import quantiles
 
 
 def test_band_quantiles_equal_numpy_nanpercentile_with_nan_and_inf_rows():
@@ -20,7 +20,7 @@ def test_band_quantiles_equal_numpy_nanpercentile_with_nan_and_inf_rows():
         expected = np.nanpercentile(values, [10, 50, 90], axis=1)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # ours stays quiet
-        got = _quantiles(values, [0.1, 0.5, 0.9])
+        got = quantiles(values, [0.1, 0.5, 0.9])
     kept = np.arange(len(values)) != 11
     for ours, theirs in zip(got, expected):
         np.testing.assert_allclose(ours[kept], theirs[kept], equal_nan=True)
