@@ -202,7 +202,7 @@ def _thread_cpu_seconds(native_ids: set[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def whole_run(epochs: int, n_samples: int = 2048) -> tuple[float, dict[str, float]]:
+def whole_run(epochs: int, n_samples: int = 2048, figures: bool = True) -> tuple[float, dict[str, float]]:
     """A whole watched run against a plain one, in one process, stepped in turn: watched/plain wall time.
 
     The watched run is charged everything watching adds from its first step to its last byte: ``watch()`` itself
@@ -223,7 +223,7 @@ def whole_run(epochs: int, n_samples: int = 2048) -> tuple[float, dict[str, floa
     seconds = {"plain": 0.0, "steps": 0.0, "watch": 0.0, "end_epoch": 0.0, "close": 0.0}
     with mlflow.start_run(run_name="bench-whole"):
         start = time.perf_counter()
-        flux = mlflow_flux.watch(watched_model)  # figures on, as a user's run
+        flux = mlflow_flux.watch(watched_model, log_figures=figures)  # figures on by default, as a user's run
         flux.__enter__()
         seconds["watch"] = time.perf_counter() - start
         for epoch in range(epochs):
@@ -249,19 +249,21 @@ def whole_run(epochs: int, n_samples: int = 2048) -> tuple[float, dict[str, floa
     return watched / seconds["plain"], seconds
 
 
-def whole_runs(epochs: int, repeats: int) -> float:
+def whole_runs(epochs: int, repeats: int, figures: bool = True) -> float:
     """Median over ``repeats`` of :func:`whole_run`, each in a fresh process: every run pays what a user's script
     pays once (pyarrow imported by ``watch()``, matplotlib by ``close()``), as a one-run script would."""
     ratios = []
     for repeat in range(repeats):
-        out = subprocess.run([sys.executable, __file__, "--whole-run-child", str(epochs)], capture_output=True,
-                             text=True, check=True, env=os.environ)
+        out = subprocess.run([sys.executable, __file__, "--whole-run-child", str(epochs),
+                              *([] if figures else ["--no-figures"])], capture_output=True, text=True, check=True,
+                             env=os.environ)
         ratio, seconds = json.loads(out.stdout.strip().splitlines()[-1])
         ratios.append(ratio)
         parts = ", ".join(f"{key} {value:.2f} s" for key, value in seconds.items())
         print(f"  whole run {repeat + 1}/{repeats}: {ratio:.3f}x ({parts})", flush=True)
     median = statistics.median(ratios)
-    print(f"whole {epochs}-epoch run, watch() to close() with figures, background threads' CPU included: median "
+    what = "with figures" if figures else "log_figures=False"
+    print(f"whole {epochs}-epoch run, watch() to close() {what}, background threads' CPU included: median "
           f"{median:.3f}x over {repeats} runs (range {min(ratios):.3f}-{max(ratios):.3f})", flush=True)
     return median
 
@@ -283,6 +285,7 @@ def main() -> None:
     parser.add_argument("--only-whole-run", action="store_true", help="only the whole-run figure")
     parser.add_argument("--whole-runs", type=int, default=3, help="whole 100-epoch runs (each against a plain one)")
     parser.add_argument("--whole-run-child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--no-figures", action="store_true", help="the whole-run figure with log_figures=False")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/bench.db"
@@ -297,10 +300,10 @@ def main() -> None:
             peak_memory_wide_child(args.memory_wide_child)
             return
         if args.whole_run_child:
-            print(json.dumps(whole_run(args.whole_run_child)))
+            print(json.dumps(whole_run(args.whole_run_child, figures=not args.no_figures)))
             return
         if args.only_whole_run:
-            whole_runs(100, args.whole_runs)
+            whole_runs(100, args.whole_runs, figures=not args.no_figures)
             return
         if args.only_memory:
             wide_short, wide_long = peak_memory(50, wide=True), peak_memory(400, wide=True)
