@@ -221,25 +221,27 @@ def whole_run(epochs: int, n_samples: int = 2048, figures: bool = True) -> tuple
     data = batches(x, y)
     before = {thread.native_id for thread in threading.enumerate()}
     seconds = {"plain": 0.0, "steps": 0.0, "watch": 0.0, "end_epoch": 0.0, "close": 0.0}
+    epoch_loss = [torch.zeros(())]
+
+    def watched_step(step: int) -> None:
+        epoch_loss[0] += train_step(watched_model, watched_opt, *data[step])
+
+    def end_epoch(epoch: int) -> None:
+        start = time.perf_counter()
+        flux.end_epoch(epoch, {"loss/train": float(epoch_loss[0])})
+        seconds["end_epoch"] += time.perf_counter() - start
+        epoch_loss[0] = torch.zeros(())
+
     with mlflow.start_run(run_name="bench-whole"):
         start = time.perf_counter()
         flux = mlflow_flux.watch(watched_model, log_figures=figures)  # figures on by default, as a user's run
         flux.__enter__()
         seconds["watch"] = time.perf_counter() - start
-        for epoch in range(epochs):
-            total = torch.zeros(())
-            for step, (xb, yb) in enumerate(data):
-                for which in ("plain", "watched") if (epoch + step) % 2 == 0 else ("watched", "plain"):
-                    start = time.perf_counter()
-                    if which == "plain":
-                        train_step(plain_model, plain_opt, xb, yb)
-                        seconds["plain"] += time.perf_counter() - start
-                    else:
-                        total += train_step(watched_model, watched_opt, xb, yb)
-                        seconds["steps"] += time.perf_counter() - start
-            start = time.perf_counter()
-            flux.end_epoch(epoch, {"loss/train": float(total)})
-            seconds["end_epoch"] += time.perf_counter() - start
+        totals: dict[str, float] = {}  # every epoch counts: the whole run, warm-up included
+        alternate(lambda step: train_step(plain_model, plain_opt, *data[step]), watched_step, end_epoch, epochs,
+                  len(data), warmup=0, totals=totals)
+        seconds["plain"] = totals["plain"]
+        seconds["steps"] = totals["watched"] - seconds["end_epoch"]  # alternate() counts end_epoch as watched time
         ours = {thread.native_id for thread in threading.enumerate()} - before
         seconds["background"] = _thread_cpu_seconds(ours)  # before close(), whose wall time covers what follows
         start = time.perf_counter()

@@ -239,6 +239,8 @@ def _md_table(frame: pd.DataFrame, index: bool = False, header: bool = True) -> 
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
+# Figures shown in their own sections (where each claim holds, twin runs), not in the list of figures.
+_SECTION_FIGURES = ("verdicts_over_time", "lyapunov")
 _TIMELINE_NOTE = ("Each claim judged again every 50 epochs from the traces and loss histories (no re-training): at "
                   "epoch e a run counts with its training loss at e and its participation in the window ending at "
                   "e; same intervals and rule as above.")
@@ -268,8 +270,9 @@ def markdown(comparison: Comparison, report: Report, settings: pd.DataFrame, png
         lines += ["", _TIMELINE_NOTE, "", "![verdicts_over_time](verdicts_over_time.png)", "",
                   "<details><summary>Every verdict with its numbers (also in verdicts_over_time.csv)</summary>", "",
                   _md_table(_timeline_for_display(report.timeline)), "", "</details>", ""]
-    if _twin_line(report):
-        lines += ["## Twin runs", "", md_escape(_twin_line(report)), "", "![lyapunov](lyapunov.png)", ""]
+    twin = _twin_line(report)
+    if twin:
+        lines += ["## Twin runs", "", md_escape(twin), "", "![lyapunov](lyapunov.png)", ""]
     lines += [f"## Per {md_escape(_grouping(comparison))} (final window)", "",
               _md_table(_groups_for_display(report.groups, group_by)),
               "", "## Per run", "", _md_table(_runs_for_display(report.runs, group_by)), ""]
@@ -277,7 +280,7 @@ def markdown(comparison: Comparison, report: Report, settings: pd.DataFrame, png
         lines += ["## Skipped runs", ""] + [f"- {md_escape(name or rid)} ({md_escape(rid)}): {md_escape(why)}"
                                             for rid, name, why in report.skipped]
         lines += [""]
-    lines += ["## Figures", ""] + [f"![{p}]({p})" for p in pngs if p not in ("verdicts_over_time.png", "lyapunov.png")]
+    lines += ["## Figures", ""] + [f"![{p}]({p})" for p in pngs if p.removesuffix(".png") not in _SECTION_FIGURES]
     lines += ["", "## Participating neurons per layer (also in runs.csv)", "",
               _md_table(_layers_for_display(report.runs, group_by))]
     lines += ["", "## Definitions (ours; see docs/metrics.md)", ""]
@@ -308,7 +311,7 @@ def html_page(comparison: Comparison, report: Report, settings: pd.DataFrame, im
                                         else "") + "</li>" for c in report.claims)
     skipped = "".join(f"<li>{e(name or rid)} (<code>{e(rid)}</code>): {e(why)}</li>" for rid, name, why in report.skipped)
     figures_html = "".join(_figure_html(name, images, wide=name == "reconstructions") for name in images
-                           if name not in ("verdicts_over_time", "lyapunov"))
+                           if name not in _SECTION_FIGURES)
     definitions = "".join(f"<dt>{e(term)}</dt><dd>{e(meaning)}</dd>" for term, meaning in fluctuation.DEFINITIONS)
     claims_section = "" if not report.claims else f"""<h2>The paper's claims against our runs</h2><ul>{claims_html}</ul>
 <p>{e(_VERDICT_NOTE)}</p>"""
@@ -318,8 +321,9 @@ def html_page(comparison: Comparison, report: Report, settings: pd.DataFrame, im
 {_figure_html("verdicts_over_time", images, wide=True)}
 <details><summary>Every verdict with its numbers (also in verdicts_over_time.csv)</summary><div class="scroll">
 {_table_html(_timeline_for_display(report.timeline))}</div></details>"""
-    if _twin_line(report):
-        claims_section += f"<h2>Twin runs</h2><p>{e(_twin_line(report))}</p>{_figure_html('lyapunov', images)}"
+    twin = _twin_line(report)
+    if twin:
+        claims_section += f"<h2>Twin runs</h2><p>{e(twin)}</p>{_figure_html('lyapunov', images)}"
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>mlflow-flux participation report</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}}
 table.t{{border-collapse:collapse;font-size:13px;width:100%}}table.t td,table.t th{{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}}

@@ -1,6 +1,7 @@
-"""Twin runs: a copy of the model whose initial weights differ by a relative ``1e-6``, trained on the same batches
-in the same process, and the distance between the two after each epoch (arXiv 2405.00743's finite-time Lyapunov
-exponents; "The Butterfly Effect" (2025) on how training trajectories from nearly equal starts diverge).
+"""Twin runs: a copy of the model whose initial weights differ by a relative ``twin_perturbation`` (TrainConfig's,
+1e-6 by default), trained on the same batches in the same process, and the distance between the two after each
+epoch (arXiv 2405.00743's finite-time Lyapunov exponents; "The Butterfly Effect" (2025) on how training
+trajectories from nearly equal starts diverge).
 
 The twin is not watched: only the distance and :func:`mlflow_flux.fluctuation.lyapunov` of it are logged, per
 layer and overall, as ``twin/...`` metrics.
@@ -16,9 +17,7 @@ from torch import nn
 
 from .. import fluctuation
 
-__all__ = ["TWIN_PERTURBATION", "make_twin", "TwinDistance"]
-
-TWIN_PERTURBATION = 1e-6  # relative size of the twin's initial difference, per parameter tensor
+__all__ = ["make_twin", "TwinDistance"]
 
 
 def make_twin(model: nn.Module, relative: float, seed: int) -> nn.Module:
