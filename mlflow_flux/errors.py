@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-__all__ = ["FluxError", "InvalidParameter", "UsageError", "DivergedError", "NoRunsMatch", "TrackingLost"]
+__all__ = ["FluxError", "InvalidParameter", "UsageError", "DivergedError", "NoRunsMatch", "QueryError", "KeptLocally",
+           "TrackingLost", "NotAuthenticated", "PermissionDenied"]
 
 
 class FluxError(Exception):
@@ -38,7 +39,30 @@ class NoRunsMatch(FluxError):
     exit_code = 2
 
 
-class TrackingLost(FluxError):
-    """The tracking server stopped answering: training went on, but the run does not hold everything it made."""
+class QueryError(FluxError):
+    """A query that cannot run as written: a SQL error, an unknown column or parameter."""
+
+    exit_code = 2
+
+
+class KeptLocally(FluxError):
+    """Training finished, but the run does not hold everything it made: what is missing is kept on local disk, and
+    the run's ``mlflow_flux.missing`` tag says where and how to upload it."""
 
     exit_code = 3
+
+
+class TrackingLost(KeptLocally):
+    """The tracking server stopped answering: training went on, but the run does not hold everything it made."""
+
+
+class NotAuthenticated(FluxError):
+    """The tracking server answered 401: no credentials, or wrong ones."""
+
+    exit_code = 4
+
+
+class PermissionDenied(FluxError):
+    """The tracking server answered 403: the user may not read or write what was asked."""
+
+    exit_code = 5

@@ -8,6 +8,7 @@ MLflow asks every registered provider for tags whenever a run is created through
 from __future__ import annotations
 
 from .traces import mlflow_adapter, runs
+from .version import __version__
 
 __all__ = ["FluxRunContextProvider"]
 
@@ -19,6 +20,4 @@ class FluxRunContextProvider(mlflow_adapter.run_context_provider_base()):
         return runs.is_creating_runs()
 
     def tags(self) -> dict[str, str]:
-        from . import __version__
-
         return {runs.VERSION_TAG: __version__}

@@ -22,8 +22,9 @@ class Reference:
             :meth:`take_gradients` where the optimizer applies them).
     """
 
-    def __init__(self, layers: dict[str, nn.Module], gradients: str = "backward") -> None:
+    def __init__(self, layers: dict[str, nn.Module], gradients: str = "backward", full=lambda tensor: tensor) -> None:
         self.layers = layers
+        self.full = full  # a parameter as one whole tensor (FSDP2: DTensor.full_tensor, a collective)
         self.outputs: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
         self.grads: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
         self.previous: dict[str, torch.Tensor] = {}
@@ -57,13 +58,13 @@ class Reference:
     def take_gradients(self) -> None:
         for name, module in self.layers.items():
             if module.weight.grad is not None:
-                self.grads[name].append(module.weight.grad.detach().double().clone())
+                self.grads[name].append(self.full(module.weight.grad).detach().double().clone())
 
     def snapshot(self) -> dict[str, dict[str, np.ndarray]]:
         """The statistics since the last call, per layer and trace column; then starts over."""
         out = {}
         for name, module in self.layers.items():
-            w = module.weight.detach().double()
+            w = self.full(module.weight).detach().double()
             g = list(self.grads[name])
             if self.columns(module):
                 w, g = w.T, [x.T for x in g]
@@ -73,17 +74,21 @@ class Reference:
             acts = torch.cat(self.outputs[name]) if self.outputs[name] else None
             bias = getattr(module, "bias", None)
             norms = torch.stack([x.reshape(size, -1).norm(dim=1) for x in g]) if g else None
+            magnitudes = torch.stack([x.reshape(size, -1).abs().mean(dim=1) for x in g]) if g else None
             out[name] = {
                 "w_mean": w.mean(1), "w_std": w.std(1, unbiased=False), "w_norm": w.norm(dim=1),
                 "w_step": (w - self.previous[name]).norm(dim=1) if name in self.previous else nan,
                 "w_dist0": (w - self.first.setdefault(name, w.clone())).norm(dim=1),
-                "bias": bias.detach().double().clone() if isinstance(bias, torch.Tensor) else nan,
+                "bias": self.full(bias).detach().double().clone() if isinstance(bias, torch.Tensor) else nan,
                 "act_mean": acts.mean(0) if acts is not None else nan,
                 "act_std": acts.std(0, unbiased=False) if acts is not None else nan,
                 "act_rate": (acts > 0).double().mean(0) if acts is not None else nan,
+                "act_relu_mean": acts.clamp_min(0).mean(0) if acts is not None else nan,
                 "grad_norm": norms.pow(2).mean(0).sqrt() if norms is not None else nan,
+                "grad_abs_mean": magnitudes.mean(0) if magnitudes is not None else nan,
             }
-            out[name]["w_rel_step"] = torch.where(out[name]["w_norm"] > 0, out[name]["w_step"] / out[name]["w_norm"], nan)
+            layer = out[name]
+            layer["w_rel_step"] = torch.where(layer["w_norm"] > 0, layer["w_step"] / layer["w_norm"], nan)
             out[name] = {column: values.numpy() for column, values in out[name].items()}
             self.previous[name] = w.clone()
             self.outputs[name].clear()

@@ -70,7 +70,7 @@ def test_summaries_over_epochs_matches_summarize_on_each_window():
         for i in range(n):
             rows.append({"epoch": e, "layer": "fc", "neuron": i, "act_rate": float(i > 0),
                          **{c: rng.random() for c in F.INPUT_COLUMNS if c != "act_rate"}})
-    trace = pd.DataFrame(rows).astype({c: np.float32 for c in F.INPUT_COLUMNS})
+    trace = pd.DataFrame(rows).astype(dict.fromkeys(F.INPUT_COLUMNS, np.float32))
     table = F.summaries_over_epochs(trace, window=3, tau=0.01)
     assert table.index.tolist() == [2, 3, 4, 5]
     last = trace[trace.epoch >= 3]
@@ -83,7 +83,8 @@ def test_summaries_over_epochs_matches_summarize_on_each_window():
         assert table.loc[5, key] == value[0] and np.isfinite(value[0]), key
     # A trace written before the newer columns existed: their summaries are NaN, the others unchanged.
     old = F.summaries_over_epochs(trace[["epoch", "layer", "neuron", "w_std", "bias", "act_rate", "w_step"]], 3, 0.01)
-    assert np.isnan(old.loc[5, "all/participation_ratio"]) and old.loc[5, "all/sos_median"] == table.loc[5, "all/sos_median"]
+    assert np.isnan(old.loc[5, "all/participation_ratio"])
+    assert old.loc[5, "all/sos_median"] == table.loc[5, "all/sos_median"]
 
 
 def test_new_dynamics_summaries_equal_their_definitions():
@@ -110,7 +111,7 @@ def test_layer_arrays_fast_path_equals_the_sorting_path():
     rows = [{"epoch": e, "layer": layer, "neuron": i, "w_std": rng.random(), "bias": rng.random(),
              "act_rate": rng.random(), "w_step": rng.random()}
             for e in (0, 2, 4) for layer, n in (("b", 3), ("a", 2)) for i in range(n)]
-    trace = pd.DataFrame(rows).astype({c: np.float32 for c in ("w_std", "bias", "act_rate", "w_step")})
+    trace = pd.DataFrame(rows).astype(dict.fromkeys(("w_std", "bias", "act_rate", "w_step"), np.float32))
     fast_epochs, fast = F.layer_arrays(trace)
     slow_epochs, slow = F.layer_arrays(trace.sample(frac=1.0, random_state=0))  # shuffled: no fast path
     assert list(fast) == ["b", "a"] and fast_epochs.tolist() == slow_epochs.tolist() == [0, 2, 4]

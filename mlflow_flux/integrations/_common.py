@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..errors import InvalidParameter
+from ..traces.lifecycle import finish_run
 
 __all__ = ["every_n_steps_option", "RunChoice", "active_or_new_run", "end_started_run"]
 
@@ -37,14 +38,10 @@ def active_or_new_run(framework: str) -> RunChoice:
     return choice
 
 
-def end_started_run(choice: RunChoice | None, status: str) -> None:
+def end_started_run(choice: RunChoice | None, status: str, reason: str | None = None) -> None:
     """End the run the callback started (no other), with ``status``."""
     import mlflow
 
     if choice is None or not choice.started:
         return
-    active = mlflow.active_run()
-    if active is not None and active.info.run_id == choice.run_id:
-        mlflow.end_run(status)
-    else:
-        mlflow.MlflowClient().set_terminated(choice.run_id, status)
+    finish_run(mlflow.MlflowClient(), choice.run_id, status, reason)

@@ -24,7 +24,7 @@ except ImportError as exc:  # the extra is optional; the core package never impo
     raise ImportError("mlflow_flux.integrations.lightning needs PyTorch Lightning: "
                       "pip install 'mlflow-flux[lightning]'") from exc
 
-from ..watcher import FluxWatcher
+from ..watcher import FluxWatcher, checked_watch_options, watch
 from ._common import RunChoice, active_or_new_run, end_started_run, every_n_steps_option
 
 __all__ = ["FluxCallback"]
@@ -44,13 +44,13 @@ class FluxCallback(pl.Callback):
     def __init__(self, *, every_n_steps: int | None = None, **watch_options: Any) -> None:
         super().__init__()
         self.every_n_steps = every_n_steps_option(every_n_steps)
-        self.watch_options = watch_options
+        self.watch_options = checked_watch_options(watch_options)
         self.watcher: FluxWatcher | None = None
         self._run: RunChoice | None = None
         self._logs_metrics = False  # no MLFlowLogger: the callback logs what the module logged
         self._last_step = -1
 
-    def _choose_run(self, trainer: "pl.Trainer") -> RunChoice | None:
+    def _choose_run(self, trainer: pl.Trainer) -> RunChoice | None:
         if "run_id" in self.watch_options:
             return None
         for logger in trainer.loggers:
@@ -59,7 +59,7 @@ class FluxCallback(pl.Callback):
                 return RunChoice(run_id, False, f"the MLFlowLogger's run {run_id}")
         return active_or_new_run("Lightning")
 
-    def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         options = dict(self.watch_options)
         if "optimizer" not in options and len(trainer.optimizers) == 1:
             options["optimizer"] = trainer.optimizers[0]
@@ -69,14 +69,14 @@ class FluxCallback(pl.Callback):
                 options["run_id"] = self._run.run_id
                 rank_zero_info(f"mlflow-flux records into {self._run.how}")
                 self._logs_metrics = not any(isinstance(logger, MLFlowLogger) for logger in trainer.loggers)
-        self.watcher = FluxWatcher(pl_module, **options)
+        self.watcher = watch(pl_module, **options)
         try:
             self.watcher.start()
         except BaseException:
             end_started_run(self._run, "FAILED")
             raise
 
-    def on_train_batch_end(self, trainer: "pl.Trainer", pl_module, outputs, batch, batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         step = trainer.global_step  # optimizer steps so far; unchanged across accumulated batches
         if self.every_n_steps is None or self.watcher is None or step == self._last_step:
             return
@@ -84,24 +84,24 @@ class FluxCallback(pl.Callback):
             self._last_step = step
             self.watcher.end_step(step, self._metrics(trainer))
 
-    def on_train_epoch_end(self, trainer: "pl.Trainer", pl_module) -> None:
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module) -> None:
         if self.every_n_steps is None and self.watcher is not None:
             self.watcher.end_epoch(trainer.current_epoch, self._metrics(trainer))
 
-    def _metrics(self, trainer: "pl.Trainer") -> dict[str, float]:
+    def _metrics(self, trainer: pl.Trainer) -> dict[str, float]:
         """What the module logged, when no MLFlowLogger logs it to the run already."""
         if not self._logs_metrics:
             return {}
         return {name: float(value) for name, value in trainer.callback_metrics.items() if value.numel() == 1}
 
-    def on_fit_end(self, trainer: "pl.Trainer", pl_module) -> None:
+    def on_fit_end(self, trainer: pl.Trainer, pl_module) -> None:
         self._close("FINISHED")
 
-    def on_exception(self, trainer: "pl.Trainer", pl_module, exception: BaseException) -> None:
+    def on_exception(self, trainer: pl.Trainer, pl_module, exception: BaseException) -> None:
         interrupted = isinstance(exception, KeyboardInterrupt)
         self._close("KILLED" if interrupted else "FAILED", interrupted=interrupted)
 
-    def teardown(self, trainer: "pl.Trainer", pl_module, stage: str) -> None:
+    def teardown(self, trainer: pl.Trainer, pl_module, stage: str) -> None:
         self._close("FINISHED")  # harmless after on_fit_end; covers a fit that ended without it
 
     def _close(self, status: str, interrupted: bool = False) -> None:

@@ -23,7 +23,7 @@ except ImportError as exc:  # the extra is optional; the core package never impo
     raise ImportError("mlflow_flux.integrations.transformers needs Hugging Face transformers: "
                       "pip install 'mlflow-flux[transformers]'") from exc
 
-from ..watcher import FluxWatcher
+from ..watcher import FluxWatcher, checked_watch_options, watch
 from ._common import RunChoice, active_or_new_run, end_started_run, every_n_steps_option
 
 __all__ = ["FluxCallback"]
@@ -42,7 +42,7 @@ class FluxCallback(TrainerCallback):
 
     def __init__(self, *, every_n_steps: int | None = None, **watch_options: Any) -> None:
         self.every_n_steps = every_n_steps_option(every_n_steps)
-        self.watch_options = watch_options
+        self.watch_options = checked_watch_options(watch_options)
         self.watcher: FluxWatcher | None = None
         self._run: RunChoice | None = None
         self._epochs = 0
@@ -56,7 +56,7 @@ class FluxCallback(TrainerCallback):
             self._run = active_or_new_run("Hugging Face")
             options["run_id"] = self._run.run_id
             _log.info("mlflow-flux records into %s", self._run.how)
-        self.watcher = FluxWatcher(model, **options)
+        self.watcher = watch(model, **options)
         try:
             self.watcher.start()
         except BaseException:

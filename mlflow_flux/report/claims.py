@@ -10,14 +10,14 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass, field
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["CLAIMS_TAG", "ClaimSpec", "Claim", "claims_tag_value", "claims_declared_by", "evaluate", "matches_group",
-           "verdict"]
+__all__ = ["CLAIMS_TAG", "ClaimSpec", "Claim", "claims_tag_value", "claims_from_json", "claims_declared_by", "evaluate",
+           "matches_group", "verdict"]
 
 _log = logging.getLogger(__name__)
 
@@ -35,9 +35,11 @@ class ClaimSpec:
         better: ``"lower"`` or ``"higher"``: the direction in which ``subject`` is claimed to win.
         subject: the group the claim is about, a value of ``group_by``.
         against: the group it is compared with; ``None``: the best of all other groups.
-        group_by: the parameter that defines the groups.
+        group_by: the parameter that defines the groups; ``None``: the report's grouping.
         label: how the metric reads in the evidence.
         also: further columns quoted in the evidence.
+        readings: other definitions of what the claim measures, each ``(label, column, better)``: the claim is
+            judged under each as well, and the report says when the verdict depends on the definition.
     """
 
     name: str
@@ -46,13 +48,15 @@ class ClaimSpec:
     better: str
     subject: float | str
     against: float | str | None = None
-    group_by: str = "lr"
+    group_by: str | None = None
     label: str = ""
     also: tuple[tuple[str, str], ...] = ()  # (column, label)
+    readings: tuple[tuple[str, str, str], ...] = ()  # (label, column, better)
 
     def __post_init__(self) -> None:
-        if self.better not in ("lower", "higher"):
-            raise ValueError(f"better must be 'lower' or 'higher', got {self.better!r}")
+        for better in (self.better, *(reading[2] for reading in self.readings)):
+            if better not in ("lower", "higher"):
+                raise ValueError(f"better must be 'lower' or 'higher', got {better!r}")
 
 
 @dataclass(frozen=True)
@@ -66,11 +70,38 @@ class Claim:
     notes: tuple[str, ...] = ()  # what drives the verdict: divergence, frozen or dead neurons (see .diagnosis)
     facet: str = ""  # the optimizer the verdict is for, when the runs have several
     numbers: dict = field(default_factory=dict)  # subject and rival: group, mean, 95% bounds, runs
+    readings: tuple[tuple[str, str, str], ...] = ()  # (label, verdict, evidence) under each other definition
+    metric_label: str = ""  # what the main verdict measured
 
     @property
     def label(self) -> str:
         """``a``, or ``a, adam`` for a verdict on one optimizer's runs."""
         return f"{self.name}, {self.facet}" if self.facet else self.name
+
+    @property
+    def depends_on_definition(self) -> str:
+        """One sentence when the verdict differs between the claim's definitions (testable ones), else ``""``.
+
+        >>> Claim("b", "", "agrees", "", metric_label="ours",
+        ...       readings=(("ReDo", "disagrees", ""), ("GraMa", "agrees", ""))).depends_on_definition
+        '(b) depends on the definition: it agrees under ours and GraMa, and disagrees under ReDo.'
+        """
+        by_verdict: dict[str, list[str]] = {}
+        for label, verdict_, _ in (("" if not self.metric_label else self.metric_label, self.verdict, ""),
+                                   *self.readings):
+            if verdict_ != "not testable":
+                by_verdict.setdefault(verdict_, []).append(label or "the main measure")
+        if len(by_verdict) < 2:
+            return ""
+        parts = [f"{_VERBS[v]} under {_and(labels)}" for v, labels in by_verdict.items()]
+        return f"({self.label}) depends on the definition: it {_and(parts, ', and ')}."
+
+
+_VERBS = {"agrees": "agrees", "disagrees": "disagrees", "inconclusive": "is inconclusive"}
+
+
+def _and(items: Sequence[str], last: str = " and ") -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + last + items[-1]
 
 
 def claims_tag_value(specs: Sequence[ClaimSpec]) -> str:
@@ -78,9 +109,11 @@ def claims_tag_value(specs: Sequence[ClaimSpec]) -> str:
     return json.dumps([asdict(spec) for spec in specs], separators=(",", ":"))
 
 
-def _parse(value: str) -> tuple[ClaimSpec, ...]:
+def claims_from_json(value: str) -> tuple[ClaimSpec, ...]:
+    """The claims in a :func:`claims_tag_value` string."""
     items = json.loads(value)
-    return tuple(ClaimSpec(**{**item, "also": tuple(tuple(pair) for pair in item.get("also", ()))}) for item in items)
+    return tuple(ClaimSpec(**{**item, "also": tuple(tuple(pair) for pair in item.get("also", ())),
+                              "readings": tuple(tuple(r) for r in item.get("readings", ()))}) for item in items)
 
 
 def claims_declared_by(runs: Iterable) -> tuple[ClaimSpec, ...]:
@@ -91,7 +124,7 @@ def claims_declared_by(runs: Iterable) -> tuple[ClaimSpec, ...]:
         if not value:
             continue
         try:
-            specs = _parse(value)
+            specs = claims_from_json(value)
         except (ValueError, TypeError) as exc:
             _log.warning("run %s: ignoring an unreadable %s tag (%s)", run.info.run_id, CLAIMS_TAG, exc)
             continue
@@ -137,9 +170,20 @@ def verdict(ours: float, other: float, overlap: bool | None, lower: bool) -> str
     return "agrees" if (ours < other) == lower else "disagrees"
 
 
-def evaluate(spec: ClaimSpec, groups: pd.DataFrame) -> Claim:
-    """Our verdict on one claim from the per-group table (one row per group: means and 95% interval bounds)."""
-    key, label = spec.group_by, spec.label or spec.metric
+def evaluate(spec: ClaimSpec, groups: pd.DataFrame, group_by: str | None = None) -> Claim:
+    """Our verdict on one claim from the per-group table (one row per group: means and 95% interval bounds), whose
+    groups are values of ``spec.group_by`` (else of ``group_by``), and under each of its other readings."""
+    claim = _evaluate(spec, groups, group_by)
+    readings = []
+    for label, column, better in spec.readings:
+        other = _evaluate(replace(spec, metric=column, better=better, label=label, also=(), readings=()), groups,
+                          group_by)
+        readings.append((label, other.verdict, other.evidence))
+    return replace(claim, readings=tuple(readings), metric_label=spec.label or spec.metric)
+
+
+def _evaluate(spec: ClaimSpec, groups: pd.DataFrame, group_by: str | None) -> Claim:
+    key, label = spec.group_by or group_by, spec.label or spec.metric
     if key not in groups.columns or spec.metric not in groups.columns:
         return Claim(spec.name, spec.text, "not testable", f"the runs have no {key!r} groups with {spec.metric!r}")
     hits = matches_group(groups[key], spec.subject)
@@ -159,6 +203,11 @@ def evaluate(spec: ClaimSpec, groups: pd.DataFrame) -> Claim:
             return Claim(spec.name, spec.text, "not testable",
                          f"the runs need both {key} {_show(spec.subject)} and {key} {_show(spec.against)}")
         rival_label = f"{key} {_show(spec.against)}"
+    missing = [row[key] for row in (subject, rival) if not np.isfinite(row[spec.metric])]
+    if missing:
+        return Claim(spec.name, spec.text, "not testable",
+                     f"{label}: {key} {', '.join(map(_show, missing))} has no value (a run with fewer snapshots than "
+                     "one window has no participation measure; a trace recorded before a column existed, none of it)")
     pieces = [f"{label}: {key} {_show(spec.subject)} {_fmt(subject, spec.metric)}; {rival_label} "
               f"{_fmt(rival, spec.metric)}"]
     for column, name in spec.also:

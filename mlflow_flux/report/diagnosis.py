@@ -11,7 +11,7 @@ import math
 
 import pandas as pd
 
-from .. import fluctuation
+from .. import dynamics
 from .claims import ClaimSpec, _show, matches_group
 
 __all__ = ["claim_notes"]
@@ -33,7 +33,7 @@ def _divergence_note(rows: pd.DataFrame, label: str) -> str | None:
     first = diverged.iloc[0]
     return (f"{label} diverged in {len(diverged)} of {len(rows)} runs (e.g. seed {first['seed']}: loss rose from its "
             f"minimum {first['loss_best']:.4g} at step {int(first['loss_best_at'])} above "
-            f"{fluctuation.DIVERGENCE_FACTOR:g}x from step {int(first['diverged_at'])}, ending at "
+            f"{dynamics.DIVERGENCE_FACTOR:g}x from step {int(first['diverged_at'])}, ending at "
             f"{first['loss_final']:.4g}): its final loss measures the divergence, not how well it learned")
 
 

@@ -12,26 +12,40 @@ import math
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from .. import fluctuation
+from .. import fluctuation, reshape
 from ..errors import FluxError
-from ..traces.reader import opened_trace
+from ..settings import recorder_setting_of, run_thresholds
+from ..traces import mlflow_adapter
+from ..traces.reader import missing_trace, opened_trace
 from ..traces.schema import KEY_COLUMNS, SUMMARY_COLUMNS
-from .claims import ClaimSpec, claims_declared_by
 from ..traces.server import check_reachable
+from .claims import ClaimSpec, claims_declared_by
 from .selection import select_runs
+from .spec import DEFAULT_SPEC, ReportSpec, spec_declared_by
 
 _log = logging.getLogger(__name__)
 
-__all__ = ["RunData", "Comparison", "load_comparison", "group_value", "TAU_GRID", "FACET"]
+__all__ = ["RunData", "Comparison", "load_comparison", "group_value", "TAU_GRID", "TAU_GRID_RELATIVE", "RUN_GROUPS",
+           "READINGS"]
 
-TAU_GRID = tuple(float(t) for t in np.logspace(-6, -1, 16))
+TAU_GRID = tuple(float(t) for t in np.logspace(-6, -1, 16))  # absolute tau on the relative fluctuation
+TAU_GRID_RELATIVE = tuple(float(t) for t in np.logspace(-2, 1, 16))  # tau_relative: times the layer's mean
+# Each reading of "engaged" at the final window: (label, column of the run table, the direction "engages more" is).
+# Ours under either threshold, and the literature's dormant fractions (docs/metrics.md).
+READINGS = (
+    ("our participation (absolute tau)", "all/participating_frac_absolute", "higher"),
+    ("our participation (layer-relative tau)", "all/participating_frac_relative", "higher"),
+    ("ReDo dormant, tau = 0", "all/dormant0_frac", "lower"),
+    ("ReDo dormant, tau = dormant_tau", "all/dormant_frac", "lower"),
+    ("GraMa dormant, tau = dormant_tau", "all/grama_frac", "lower"),
+)
 
 
 @dataclass
@@ -45,23 +59,26 @@ class RunData:
     params: dict
     final_loss: float
     loss: pd.Series  # the loss metric's history, by step
-    summaries: pd.DataFrame  # fluctuation.summaries_over_epochs
-    tau_curve: pd.Series  # participating fraction (all) at the final window, by tau
+    summaries: pd.DataFrame  # reshape.summaries_over_epochs
+    tau_curve: pd.Series  # participating fraction (all) at the final window, by absolute tau
     layers: list[str]
-    facet: str = ""  # the run's optimizer, when the runs have one: claims are judged per optimizer
-    twin_lyapunov: pd.Series | None = None  # twin/lyapunov by epoch, for runs trained with twins=true
-    reconstruction_png: bytes | None = None
+    facet: str = ""  # the run's value of the spec's facet, when the runs have it: claims are judged per value
+    series: dict[str, pd.Series] = field(default_factory=dict)  # the spec's sections' metrics, by epoch
+    figures: dict[str, bytes] = field(default_factory=dict)  # the spec's run figures (PNG), for a group's first run
     seconds: dict[str, float] = field(default_factory=dict)  # fetch, read, compute
+    window: int = fluctuation.DEFAULT_WINDOW
+    thresholds: fluctuation.Thresholds = field(default_factory=fluctuation.Thresholds)
+    tau_curve_relative: pd.Series = field(default_factory=lambda: pd.Series(dtype=float))  # ... by tau_relative
+    readings: dict[str, float] = field(default_factory=dict)  # participation under both thresholds, final window
+    entity: object = None  # the MLflow run (its trace is opened again for the explorer page)
+
+    @property
+    def measured(self) -> bool:
+        """Whether the trace held a full window (else the run has a loss and no participation measure)."""
+        return not self.summaries.empty
 
 
-# Without loss_key=: the final loss is the first of these a run has, else the last value of its loss history, the
-# first of LOSS_HISTORY_KEYS it has. The study logs flux/loss_*, so that its loss charts open beside the flux/ ones.
-FINAL_LOSS_KEYS = ("flux/loss_final", "loss/final")
-LOSS_HISTORY_KEYS = ("flux/loss_train", "loss/train")
-# Claims are judged per value of this parameter when the runs have it: the paper's claims may hold under one
-# optimizer and not another.
-FACET = "optimizer"
-TWIN_LYAPUNOV_KEY = "twin/lyapunov"
+RUN_GROUPS = "run"  # group_by when every run is its own group
 DEFAULT_LOSS_LABEL = "loss"
 
 
@@ -76,9 +93,10 @@ class Comparison:
     tracking_uri: str
     claims: tuple[ClaimSpec, ...] = ()  # what the runs say should hold between their groups
     timings: dict[str, float] = field(default_factory=dict)
-    group_by: str = "lr"  # the parameter whose values form the groups; "run": every run is its own group
+    group_by: str = RUN_GROUPS  # the parameter whose values form the groups; "run": every run is its own group
     loss_key: str = DEFAULT_LOSS_LABEL  # the metric shown as the loss
-    facet: str | None = None  # FACET when the runs have it: groups, claims and verdicts are per value of it
+    facet: str | None = None  # the spec's facet when the runs have it: groups, claims and verdicts per value of it
+    spec: ReportSpec = DEFAULT_SPEC
 
     @property
     def facets(self) -> list[str]:
@@ -86,9 +104,10 @@ class Comparison:
         return list(dict.fromkeys(run.facet for run in self.runs))
 
     def group_order(self, values) -> list:
-        """Groups in display order: learning rates from large to small (the study's order), other numbers from
-        small to large, text alphabetically."""
-        return sorted(set(values), key=lambda v: _sort_key(v, descending=self.group_by == "lr"))
+        """Groups in display order: numbers from small to large (from large to small where the spec says so for
+        its grouping), text alphabetically."""
+        descending = self.spec.descending and self.group_by == self.spec.group_by
+        return sorted(set(values), key=lambda v: _sort_key(v, descending=descending))
 
 
 def _sort_key(value: str, descending: bool) -> tuple:
@@ -107,18 +126,20 @@ def group_value(value: str):
         return value
 
 
-def _load_run(client, run, window: int | None, tau: float | None, group_by: str,
-              loss_key: str | None) -> RunData:
+def _load_run(client, run, window: int | None, tau: float | None, group_by: str, loss_key: str | None,
+              spec: ReportSpec) -> RunData:
     run_id = run.info.run_id
     params = run.data.params
     name = run.data.tags.get("mlflow.runName", run_id[:8])
-    if group_by != "run" and group_by not in params:
+    if group_by != RUN_GROUPS and group_by not in params:
         raise FluxError(f"no parameter {group_by!r} to group by")
     if run.info.status != "FINISHED":
         raise FluxError(f"run status {run.info.status}")
-    # watch() logs flux.window; the study's runs share the sweep's plain names (settings_prefix="").
-    window = window or int(params.get("flux.window", params.get("window", fluctuation.DEFAULT_WINDOW)))
-    tau = tau or float(params.get("flux.tau", params.get("tau", fluctuation.DEFAULT_TAU)))
+    missing = missing_trace(run)
+    if missing:
+        raise FluxError(f"results kept locally: {missing}")
+    window = window or int(recorder_setting_of(params, "window") or fluctuation.DEFAULT_WINDOW)
+    thresholds = run_thresholds(params, tau)
     clock = time.perf_counter()
     seconds = {}
     with opened_trace(client, run) as source:
@@ -136,55 +157,73 @@ def _load_run(client, run, window: int | None, tau: float | None, group_by: str,
     seconds["read"] = time.perf_counter() - clock
     clock = time.perf_counter()
     try:
-        epochs, layers = fluctuation.layer_arrays(trace)
+        epochs, layers = reshape.layer_arrays(trace)
     except ValueError as exc:
         raise FluxError(f"unusable trace: {exc}") from None
-    summaries = fluctuation.summaries_from_arrays(epochs, layers, window, tau)
-    if summaries.empty:
-        raise FluxError(f"fewer snapshots than one window ({window})")
-    # The final window shaped once, then summarised per tau (summaries_from_arrays would rebuild it 16 times).
-    last = {name: {c: a[-window:][None] if c in fluctuation.WINDOW_COLUMNS else a[-1:] for c, a in arrays.items()}
-            for name, arrays in layers.items()}
-    tau_curve = pd.Series({t: float(fluctuation.summarize(last, t)["all/participating_frac"][0]) for t in TAU_GRID},
-                          name=run_id)
+    # A trace shorter than one window has no participation measure: the run still counts with its loss.
+    summaries = reshape.summaries_from_arrays(epochs, layers, window, thresholds)
+    tau_curve = tau_curve_relative = pd.Series(dtype=float, name=run_id)
+    readings = {}
+    if not summaries.empty:
+        # The final window shaped once, then summarised per tau (summaries_from_arrays would rebuild it 16 times).
+        last = {name: {c: a[-window:][None] if c in fluctuation.WINDOW_COLUMNS else a[-1:] for c, a in arrays.items()}
+                for name, arrays in layers.items()}
+
+        def participating(**change) -> float:
+            return float(fluctuation.summarize(last, replace(thresholds, **change))["all/participating_frac"][0])
+
+        tau_curve = pd.Series({t: participating(tau=t, tau_mode="absolute") for t in TAU_GRID}, name=run_id)
+        tau_curve_relative = pd.Series({t: participating(tau_relative=t, tau_mode="relative")
+                                        for t in TAU_GRID_RELATIVE}, name=run_id)
+        readings = {"all/participating_frac_absolute": participating(tau_mode="absolute"),
+                    "all/participating_frac_relative": participating(tau_mode="relative")}
     seconds["compute"] = time.perf_counter() - clock
     metrics = run.data.metrics
-    history_key = loss_key or next((k for k in LOSS_HISTORY_KEYS if k in metrics), LOSS_HISTORY_KEYS[-1])
-    history = client.get_metric_history(run_id, history_key)
-    loss = pd.Series({m.step: m.value for m in history}, dtype=float).sort_index()
-    twin = None
-    if TWIN_LYAPUNOV_KEY in metrics:  # MLflow stores -inf (twins that coincide) as the lowest float64
-        twin = pd.Series({m.step: (m.value if m.value > -1e308 else -math.inf)
-                          for m in client.get_metric_history(run_id, TWIN_LYAPUNOV_KEY)}, dtype=float).sort_index()
+    history_key = loss_key or next((k for k in spec.loss_history_keys if k in metrics), spec.loss_history_keys[-1])
+    loss = _history(client, run_id, history_key)
+    series = {section.key: _history(client, run_id, section.key) for section in spec.sections if section.key in metrics}
     if loss_key is not None:
         final = metrics.get(loss_key, math.nan)
-    else:  # the study's final evaluation; anyone else's run: the last value of its loss history
-        final = next((metrics[k] for k in (*FINAL_LOSS_KEYS, history_key) if k in metrics), math.nan)
+    else:  # the final evaluation where the runs log one; else the last value of the loss history
+        final = next((metrics[k] for k in (*spec.final_loss_keys, history_key) if k in metrics), math.nan)
     return RunData(
         run_id=run_id,
         name=name,
-        group=name if group_by == "run" else params[group_by],
+        group=name if group_by == RUN_GROUPS else params[group_by],
         seed=params.get("seed", "?"),
         params=dict(params),
         final_loss=float(final),
         loss=loss,
         summaries=summaries,
         tau_curve=tau_curve,
+        tau_curve_relative=tau_curve_relative,
+        readings=readings,
         layers=list(layers),
-        facet=params.get(FACET, ""),
-        twin_lyapunov=twin,
+        facet=params.get(spec.facet, "") if spec.facet else "",
+        series=series,
         seconds=seconds,
+        window=window,
+        thresholds=thresholds,
+        entity=run,
     )
 
 
-def _attach_reconstruction(client, run: RunData) -> None:
-    path = "figures/reconstructions.png"
-    try:
-        if any(f.path == path for f in client.list_artifacts(run.run_id, "figures")):
-            with tempfile.TemporaryDirectory(prefix="mlflow-flux-") as tmp:
-                run.reconstruction_png = Path(client.download_artifacts(run.run_id, path, tmp)).read_bytes()
-    except Exception as exc:  # noqa: BLE001 -- a missing picture leaves a gap in the grid, not a failed report
-        _log.warning("no reconstruction figure for run %s: %s", run.run_id, exc)
+def _history(client, run_id: str, key: str) -> pd.Series:
+    """A metric's history by step, as floats (MLflow's stores give -inf back as itself)."""
+    values = {m.step: mlflow_adapter.metric_value(m.value) for m in client.get_metric_history(run_id, key)}
+    return pd.Series(values, dtype=float).sort_index()
+
+
+def _attach_figures(client, run: RunData, figures) -> None:
+    for figure in figures:
+        folder = figure.path.rsplit("/", 1)[0] if "/" in figure.path else ""
+        try:
+            if any(f.path == figure.path for f in client.list_artifacts(run.run_id, folder or None)):
+                with tempfile.TemporaryDirectory(prefix="mlflow-flux-") as tmp:
+                    run.figures[figure.path] = Path(client.download_artifacts(run.run_id, figure.path,
+                                                                              tmp)).read_bytes()
+        except Exception as exc:  # noqa: BLE001 -- a missing picture leaves a gap in the grid, not a failed report
+            _log.warning("no figure %s for run %s: %s", figure.path, run.run_id, exc)
 
 
 def load_comparison(
@@ -196,12 +235,14 @@ def load_comparison(
     group_by: str | None = None,
     loss_key: str | None = None,
     workers: int = 8,
+    spec: ReportSpec | None = None,
 ) -> Comparison:
     """Select the runs and load them (in parallel threads: the time is network and Parquet decoding).
 
-    ``group_by`` names the parameter whose values form the groups (default ``lr`` when any run has it, else every
-    run is its own group); ``loss_key`` the metric reported as the loss (default ``flux/loss_final`` or
-    ``loss/final``, else the last ``flux/loss_train`` or ``loss/train``).
+    ``spec`` says how to read them (default: the one the runs declare, else :data:`~.spec.DEFAULT_SPEC`);
+    ``group_by`` names the parameter whose values form the groups (default: the spec's, else every run is its own
+    group); ``loss_key`` the metric reported as the loss (default: the spec's final keys, else the last value of its
+    history keys).
     """
     import mlflow
     from mlflow.tracking import MlflowClient
@@ -212,36 +253,38 @@ def load_comparison(
     started = time.perf_counter()
     runs, description, sweep_id = select_runs(client, sweep_id, experiment, filter_string)
     queried = time.perf_counter()
+    spec = spec or spec_declared_by(runs) or DEFAULT_SPEC
+    claims = tuple({c.name: c for c in (*claims_declared_by(runs), *spec.claims)}.values())
     if group_by is None:
-        group_by = "lr" if any("lr" in run.data.params for run in runs) else "run"
+        grouping = spec.group_by or next((c.group_by for c in claims if c.group_by), None)
+        group_by = grouping if grouping and any(grouping in run.data.params for run in runs) else RUN_GROUPS
 
     def load(run):
         try:
-            return _load_run(client, run, window, tau, group_by, loss_key), None
+            return _load_run(client, run, window, tau, group_by, loss_key, spec), None
         except FluxError as exc:
             return None, (run.info.run_id, run.data.tags.get("mlflow.runName", ""), str(exc))
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = list(pool.map(load, runs))
-    declared = claims_declared_by(runs)
     loaded = [r for r, _ in results if r is not None]
     skipped = [s for _, s in results if s is not None]
     firsts = {}
-    for run in loaded:  # the report shows one reconstruction per group
+    for run in loaded:  # the report shows each run figure once per group
         firsts.setdefault(run.group, run)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        list(pool.map(lambda run: _attach_reconstruction(client, run), firsts.values()))
+        list(pool.map(lambda run: _attach_figures(client, run, spec.figures), firsts.values()))
     done = time.perf_counter()
     if not loaded:
         reasons = "; ".join(f"{name or rid}: {why}" for rid, name, why in skipped)
         raise FluxError(f"none of the {len(runs)} runs of {description} has a readable trace ({reasons})")
-    facet = FACET if group_by != FACET and any(run.facet for run in loaded) else None
+    facet = spec.facet if spec.facet and group_by != spec.facet and any(run.facet for run in loaded) else None
     if facet is None:
         for run in loaded:
             run.facet = ""
-    comparison = Comparison(loaded, skipped, description, sweep_id, tracking_uri, declared,
-                            {"query": queried - started, "load": done - queried}, group_by, loss_key or DEFAULT_LOSS_LABEL,
-                            facet)
+    comparison = Comparison(loaded, skipped, description, sweep_id, tracking_uri, claims,
+                            {"query": queried - started, "load": done - queried}, group_by,
+                            loss_key or DEFAULT_LOSS_LABEL, facet, spec)
     order = {value: index for index, value in enumerate(comparison.group_order(r.group for r in loaded))}
     loaded.sort(key=lambda r: (r.facet, order[r.group], r.seed, r.name))
     return comparison

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ..errors import InvalidParameter
+from ..traces import mlflow_adapter
 from .claims import ClaimSpec
 from .loading import load_comparison
 from .render import Report, build
+from .spec import ReportSpec
 
 __all__ = ["compare"]
 
@@ -25,6 +27,8 @@ def compare(
     claims: Sequence[ClaimSpec] | None = None,
     group_by: str | None = None,
     loss_key: str | None = None,
+    spec: ReportSpec | None = None,
+    explorer: bool = True,
 ) -> Report:
     """Build the cross-run participation report.
 
@@ -38,10 +42,13 @@ def compare(
         window, tau: override each run's own settings (the metrics then no longer match the report).
         claims: claims to check; by default those the runs declare (the built-in study declares the paper's).
             A claim appears only when the runs have its groups.
-        group_by: the parameter whose values form the groups (``"width"``); default ``lr`` when the runs have it,
-            else every run on its own. Runs without the parameter are listed as skipped.
-        loss_key: the metric reported as the loss; default ``flux/loss_final`` or ``loss/final``, else the last
-            ``flux/loss_train`` or ``loss/train``.
+        group_by: the parameter whose values form the groups (``"width"``); default: the spec's, else every run on
+            its own. Runs without the parameter are listed as skipped.
+        loss_key: the metric reported as the loss; default: the spec's final loss keys (``loss/final``), else the
+            last value of its history keys (``loss/train``).
+        spec: how to read the runs (grouping, facet, loss keys, figures, sections, claims); default: the one the runs
+            declare (the built-in study declares its own), else none.
+        explorer: also write the explorer page over all the compared runs (``explorer.html``).
 
     Returns:
         A :class:`~mlflow_flux.report.render.Report` with the tables, the claims, the run id and the paths written.
@@ -52,7 +59,9 @@ def compare(
     for name, value in (("group_by", group_by), ("loss_key", loss_key)):
         if value is not None and (not isinstance(value, str) or not value.strip()):
             raise InvalidParameter(name, value, "expected a non-empty name")
-    comparison = load_comparison(sweep_id, experiment, filter_string, window, tau, group_by, loss_key)
-    if claims is not None:
-        comparison.claims = tuple(claims)
-    return build(comparison, output=output, log_run=log_run)
+    subject = f"sweep {sweep_id}" if sweep_id else f"experiment {experiment!r}" if experiment else None
+    with mlflow_adapter.auth_errors(what=subject):  # 401/403 from the store or the artifacts: one line each
+        comparison = load_comparison(sweep_id, experiment, filter_string, window, tau, group_by, loss_key, spec=spec)
+        if claims is not None:
+            comparison.claims = tuple(claims)
+        return build(comparison, output=output, log_run=log_run, explorer=explorer)

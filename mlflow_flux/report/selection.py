@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..errors import FluxError, InvalidParameter, NoRunsMatch
 from ..traces import mlflow_adapter
-from ..traces.runs import ROLE_TAG, SWEEP_TAG
+from ..traces.runs import LAYERS_PARAM, ROLE_TAG, SWEEP_TAG
 
 __all__ = ["select_runs"]
 
@@ -19,7 +19,9 @@ def _experiment_ids(client, experiment: str | None) -> list[str]:
     if found is None:
         try:
             found = client.get_experiment(experiment)
-        except Exception:  # noqa: BLE001
+        except Exception as exc:  # not an id either; a 401/403 goes up as itself
+            if mlflow_adapter.is_auth_error(exc):
+                raise
             found = None
     if found is None:
         raise NoRunsMatch(f"no experiment named {experiment!r} at {mlflow.get_tracking_uri()}")
@@ -28,7 +30,7 @@ def _experiment_ids(client, experiment: str | None) -> list[str]:
 
 # Every run a watcher wrote holds this parameter; sweeps' parents and report runs do not. A study variant that
 # failed before its watcher started has no trace but is still listed (as skipped, with its reason).
-HAS_TRACE = "params.`flux.layers` LIKE '%'"
+HAS_TRACE = f"params.`{LAYERS_PARAM}` LIKE '%'"
 IS_VARIANT = f"tags.`{ROLE_TAG}` = 'variant'"
 
 
@@ -54,7 +56,9 @@ def select_runs(client, sweep_id: str | None = None, experiment: str | None = No
     if sweep_id is not None:
         try:
             sweep = client.get_run(sweep_id)
-        except Exception:  # noqa: BLE001
+        except Exception as exc:  # MLflow's own kinds: unknown run; a 401/403 goes up as itself
+            if mlflow_adapter.is_auth_error(exc):
+                raise
             raise NoRunsMatch(f"no run with id {sweep_id!r}") from None
         ids = [sweep.info.experiment_id]
         query = f"tags.`{SWEEP_TAG}` = '{sweep_id}'"
@@ -77,7 +81,9 @@ def select_runs(client, sweep_id: str | None = None, experiment: str | None = No
                 query, description = None, "every watched run of the current experiment"
     try:
         runs = _search(client, ids, query)
-    except Exception as exc:  # noqa: BLE001 -- a malformed filter string is the usual cause
+    except Exception as exc:  # a malformed filter string is the usual cause; a 401/403 goes up as itself
+        if mlflow_adapter.is_auth_error(exc):
+            raise
         message = getattr(exc, "message", str(exc))
         if filter_string:
             raise InvalidParameter("filter", filter_string, message) from None

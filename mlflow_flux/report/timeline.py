@@ -1,4 +1,5 @@
-"""Verdicts over time: each claim judged again at a series of epochs, per optimizer, from what the report already
+"""Verdicts over time: each claim judged again at a series of epochs, per facet value (the study's optimizer), from
+what the report already
 loaded (each run's loss history and the summaries recomputed from its trace), with no re-training.
 
 At epoch ``e`` a run counts with its training loss at ``e`` (the loss claim: there is no final evaluation mid-run)
@@ -9,18 +10,18 @@ are those of the final report (:mod:`.analysis`, :mod:`.claims`), so one rule de
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .. import fluctuation
+from .. import dynamics, fluctuation
 from .analysis import group_table
 from .claims import ClaimSpec, evaluate
 from .loading import Comparison, RunData, group_value
 
-__all__ = ["VERDICT_EVERY", "verdict_epochs", "verdicts_over_time", "where_claims_hold", "early_lyapunov_ranking"]
+__all__ = ["VERDICT_EVERY", "verdict_epochs", "verdicts_over_time", "where_claims_hold", "early_ranking"]
 
 VERDICT_EVERY = 50  # epochs between two verdicts (and the last epoch all runs reached)
 _SUMMARY_COLUMNS = ("participating_frac", "dead_frac", "participating")
@@ -54,17 +55,19 @@ def _runs_at(comparison: Comparison, runs: Sequence[RunData], epoch: int) -> pd.
 
 def verdicts_over_time(comparison: Comparison, specs: Sequence[ClaimSpec],
                        every: int = VERDICT_EVERY) -> pd.DataFrame:
-    """One row per (claim, optimizer, epoch): the verdict, the subject's and the rival's group, mean and 95%
-    interval, and the runs behind each. Each optimizer's runs are read at the epochs they all reached (a run
-    logged by other steps than its trace's epochs has no common epoch: its optimizer gets no rows)."""
+    """One row per (claim, facet value, epoch): the verdict, the subject's and the rival's group, mean and 95%
+    interval, and the runs behind each; the facet's column is named after it (``optimizer`` for the study), else
+    ``facet``. Each facet value's runs are read at the epochs they all reached (a run logged by other steps than its
+    trace's epochs has no common epoch: its facet value gets no rows)."""
     rows = []
+    column = comparison.facet or "facet"
     for facet in comparison.facets:
-        runs = [run for run in comparison.runs if run.facet == facet]
+        runs = [run for run in comparison.runs if run.facet == facet and run.measured]
         for epoch in verdict_epochs(runs, every):
             groups = group_table(_runs_at(comparison, runs, epoch), comparison.group_by)
             for spec in specs:
-                claim = evaluate(spec, groups)
-                rows.append({"claim": spec.name, "optimizer": facet or "all runs", "epoch": epoch,
+                claim = evaluate(spec, groups, comparison.group_by)
+                rows.append({"claim": spec.name, column: facet or "all runs", "epoch": epoch,
                              "verdict": claim.verdict, **claim.numbers})
     return pd.DataFrame(rows)
 
@@ -75,11 +78,12 @@ def _ranges(epochs: list[int]) -> str:
 
 
 def where_claims_hold(table: pd.DataFrame, texts: dict[str, str]) -> list[str]:
-    """Plain sentences: per claim and optimizer, the epochs at which it agrees, disagrees or is inconclusive."""
+    """Plain sentences: per claim and facet value, the epochs at which it agrees, disagrees or is inconclusive."""
     lines = []
     if table.empty:
         return lines
-    for (claim, optimizer), rows in table.groupby(["claim", "optimizer"], sort=False):
+    facet_column = table.columns[1]  # verdicts_over_time's second column names the facet
+    for (claim, optimizer), rows in table.groupby(["claim", facet_column], sort=False):
         runs: dict[str, list[list[int]]] = {}
         previous = None
         for epoch, verdict in zip(rows["epoch"], rows["verdict"]):
@@ -95,28 +99,29 @@ def where_claims_hold(table: pd.DataFrame, texts: dict[str, str]) -> list[str]:
     return lines
 
 
-def early_lyapunov_ranking(comparison: Comparison, fraction: float = 0.1) -> dict | None:
-    """How well early lambda ranks the runs' final losses: Spearman's rho over the runs trained with twins.
+def early_ranking(comparison: Comparison, key: str, fraction: float = 0.1) -> dict | None:
+    """How well a per-epoch metric early in training ranks the runs' final losses: Spearman's rho over the runs that
+    logged ``key`` (the study's twins: early lambda, the twin's Lyapunov estimate).
 
-    Early lambda is the twin's Lyapunov estimate at the end of the first ``fraction`` of the epochs (the mean rate
-    of separation up to then). None with fewer than three such runs.
+    Early is the end of the first ``fraction`` of the epochs. None with fewer than three such runs.
     """
     pairs = []
     for run in comparison.runs:
-        if run.twin_lyapunov is None or run.twin_lyapunov.empty:
+        series = run.series.get(key)
+        if series is None or series.empty:
             continue
-        epochs = int(run.params.get("epochs", run.twin_lyapunov.index[-1] + 1))
-        early = fluctuation.early_index(epochs, fraction)
-        if early in run.twin_lyapunov.index and math.isfinite(run.final_loss):
-            pairs.append((run.name, float(run.twin_lyapunov.loc[early]), run.final_loss, early))
+        epochs = int(run.params.get("epochs", series.index[-1] + 1))
+        early = dynamics.early_index(epochs, fraction)
+        if early in series.index and math.isfinite(run.final_loss):
+            pairs.append((run.name, float(series.loc[early]), run.final_loss, early))
     if len(pairs) < 3:
         return None
-    lam = np.array([p[1] for p in pairs])
+    value = np.array([p[1] for p in pairs])
     loss = np.array([p[2] for p in pairs])
-    if not np.isfinite(lam).all() or np.ptp(lam) == 0 or np.ptp(loss) == 0:
-        rho, p_value = math.nan, math.nan  # ties everywhere (identical twins): no ranking to read
+    if not np.isfinite(value).all() or np.ptp(value) == 0 or np.ptp(loss) == 0:
+        rho, p_value = math.nan, math.nan  # ties everywhere (e.g. identical twins): no ranking to read
     else:
-        result = stats.spearmanr(lam, loss)
+        result = stats.spearmanr(value, loss)
         rho, p_value = float(result.statistic), float(result.pvalue)
     return {"rho": rho, "p": p_value, "runs": len(pairs), "early_epoch": pairs[0][3],
-            "table": pd.DataFrame(pairs, columns=["run", "early lambda", "final loss", "epoch"])}
+            "table": pd.DataFrame(pairs, columns=["run", f"early {key}", "final loss", "epoch"])}

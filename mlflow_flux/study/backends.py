@@ -14,7 +14,8 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ..errors import FluxError
 from ..interrupts import PARENT_PID_ENV

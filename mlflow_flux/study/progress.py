@@ -24,7 +24,7 @@ def format_duration(seconds: float) -> str:
     >>> format_duration(4.2), format_duration(75), format_duration(3725)
     ('4s', '1m15s', '1h02m')
     """
-    seconds = max(0, int(round(seconds)))
+    seconds = max(0, round(seconds))
     if seconds < 60:
         return f"{seconds}s"
     if seconds < 3600:

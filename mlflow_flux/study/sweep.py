@@ -17,21 +17,24 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
 from mlflow.entities import Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
-from ..errors import TrackingLost
+from ..errors import KeptLocally, TrackingLost
+from ..report.spec import SPEC_TAG, spec_tag_value
 from ..traces import runs as flux_runs
-from ..traces.mlflow_adapter import PARENT_RUN_ID_TAG, RUN_NAME_TAG, abandon_active_run
+from ..traces.lifecycle import MISSING_TAG, ending, finish_run
+from ..traces.mlflow_adapter import PARENT_RUN_ID_TAG, RUN_NAME_TAG
 from ..traces.server import check_reachable, health_probe
 from ..watcher import default_upload_timeout
 from .backends import make_backend
-from .config import SWEPT, SweepConfig, auto_parallel, parse_sweep_config, variant_name
+from .config import SweepConfig, auto_parallel, parse_sweep_config, variant_name
 from .progress import PROGRESS_LABEL_ENV, PROGRESS_MODE_ENV
+from .report import EXPERIMENT_DESCRIPTION, STUDY_REPORT
 
 __all__ = ["SweepConfig", "SweepResult", "Variant", "parse_sweep_config", "run_sweep", "auto_parallel"]
 # A stopping child saves its trace, which may wait for uploads up to their timeout; then it is killed.
@@ -58,6 +61,7 @@ class SweepResult:
     experiment_id: str
     variants: tuple[Variant, ...]
     failed: dict[str, str]  # run id -> reason
+    kept: dict[str, str] = field(default_factory=dict)  # run id -> what did not reach the artifact store, and where
 
     @property
     def ok(self) -> bool:
@@ -65,7 +69,7 @@ class SweepResult:
 
 
 def _start_variant(client: MlflowClient, parent, config: SweepConfig, optimizer: str, lr: float, seed: int, backend,
-                   position: str) -> "_Child":
+                   position: str) -> _Child:
     """Create the variant's run (its clock starts now) and its process."""
     sweep_id = parent.info.run_id
     name = variant_name(optimizer, lr, seed)
@@ -116,24 +120,95 @@ def _stop(backend, children: list[_Child]) -> None:
 def _settle(client: MlflowClient, variant: Variant, code: int, killed: bool = False) -> str | None:
     """The failure reason of a finished child, or None; gives a child that died without a word its status."""
     run = client.get_run(variant.run_id)
-    if code == 0 and run.info.status == "FINISHED":
+    if code in (0, KeptLocally.exit_code) and run.info.status == "FINISHED":
         return None
     reason = run.data.tags.get(flux_runs.FAILURE_TAG)
     if reason is None:
         how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
         reason = f"the train process {how} (see its output above)"
+    if not RunStatus.is_terminated(RunStatus.from_string(run.info.status)):
+        finish_run(client, variant.run_id, "KILLED" if killed else "FAILED", reason)
+    elif flux_runs.FAILURE_TAG not in run.data.tags:
         client.set_tag(variant.run_id, flux_runs.FAILURE_TAG, reason)
-    if not RunStatus.is_terminated(run.info.status):
-        client.set_terminated(variant.run_id, "KILLED" if killed else "FAILED")
     return reason
+
+
+class _Scheduler:
+    """Starts the variants ``config.parallel`` at a time, collects how each ended, and stops them all on request."""
+
+    def __init__(self, client: MlflowClient, config: SweepConfig, parent, backend, server_answers) -> None:
+        self.client, self.config, self.parent, self.backend = client, config, parent, backend
+        self.server_answers = server_answers
+        self.pending = list(config.grid)
+        self.running: list[_Child] = []
+        self.variants: list[Variant] = []
+        self.failed: dict[str, str] = {}
+        self.kept: dict[str, str] = {}
+
+    def run(self) -> None:
+        count = len(self.pending)
+        while self.pending or self.running:
+            while self.pending and len(self.running) < self.config.parallel:
+                child = _start_variant(self.client, self.parent, self.config, *self.pending.pop(0), self.backend,
+                                       position=f"variant {len(self.variants) + 1}/{count}")
+                self.variants.append(child.variant)
+                self.running.append(child)
+            for child in list(self.running):
+                code = self.backend.poll(child.handle)
+                if code is not None:
+                    self.running.remove(child)
+                    self._collect(child.variant, code)
+            time.sleep(0.2)
+
+    def _collect(self, variant: Variant, code: int) -> None:
+        if not self.server_answers():
+            raise TrackingLost(f"the tracking server at {mlflow.get_tracking_uri()} stopped answering during the "
+                               f"sweep ({variant.label})")
+        reason = _settle(self.client, variant, code)
+        if reason is not None:
+            self.failed[variant.run_id] = f"{variant.label}: {reason}"
+            print(f"{variant.label}: FAILED: {reason}", flush=True)
+        elif code == KeptLocally.exit_code:
+            missing = self.client.get_run(variant.run_id).data.tags.get(MISSING_TAG, "results kept locally")
+            self.kept[variant.run_id] = f"{variant.label}: {missing}"
+            print(f"{variant.label}: finished, but {missing}", flush=True)
+
+    def stop(self, exc: BaseException) -> None:
+        """Ctrl-C, SIGTERM, a lost server, or a child that could not be launched: no process and no variant may stay
+        RUNNING. Each running child is stopped and waited for (it saves its trace), then settled."""
+        _stop(self.backend, self.running)
+        if isinstance(exc, TrackingLost) or not self.server_answers():
+            return
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        for child in self.running:
+            if not interrupted:
+                self.client.set_tag(child.variant.run_id, flux_runs.FAILURE_TAG,
+                                    f"the sweep stopped: {type(exc).__name__}: {exc}")
+            _settle(self.client, child.variant, child.code if child.code is not None else -signal.SIGTERM,
+                    killed=interrupted)
+
+
+def _start_sweep_run(client: MlflowClient, config: SweepConfig):
+    """The sweep's parent run: `mlflow run`'s, or a new one; its settings under the names its variants use."""
+    with flux_runs.creating_runs():
+        parent = mlflow.start_run()
+    flux_runs.ensure_runs_view(client, parent.info.experiment_id, EXPERIMENT_DESCRIPTION)
+    client.log_batch(
+        parent.info.run_id,
+        params=[Param(k, v) for k, v in config.params().items() if k not in parent.data.params],
+        tags=[RunTag(k, v) for k, v in {**flux_runs.flux_tags("sweep", parent.info.run_id),
+                                        RUN_NAME_TAG: config.name, SPEC_TAG: spec_tag_value(STUDY_REPORT)}.items()],
+    )
+    return parent
 
 
 def run_sweep(config: SweepConfig) -> SweepResult:
     """Run every variant, ``config.parallel`` at a time, under one parent run; a failed child stops no sibling.
 
     Returns:
-        The parent run, the variants and the failed ones with their reasons. The parent ends FAILED (with the
-        failed variants named in ``mlflow_flux.failure``) when any child failed.
+        The parent run, the variants, the failed ones with their reasons and those whose results are kept locally.
+        The parent ends FAILED (the failed variants named in ``mlflow_flux.failure``) when any child failed, and
+        carries ``mlflow_flux.missing`` when any child's results did not all reach the artifact store.
 
     Raises:
         KeyboardInterrupt: Ctrl-C or SIGTERM; every running variant is stopped and ends KILLED with its trace.
@@ -143,88 +218,27 @@ def run_sweep(config: SweepConfig) -> SweepResult:
     check_reachable(tracking_uri)
     server_answers = health_probe(tracking_uri) or (lambda: True)
     client = MlflowClient()
-    with flux_runs.creating_runs():
-        parent = mlflow.start_run()
-    sweep_id = parent.info.run_id
-    flux_runs.ensure_runs_view(client, parent.info.experiment_id, flux_runs.EXPERIMENT_DESCRIPTION)
-    shared = {k: v for k, v in config.train.as_params().items() if k not in (*SWEPT, "threads")}
-    existing = parent.data.params
-    params = {
-        "optimizers": ",".join(config.optimizers),
-        "lrs": ",".join(f"{lr:g}" for lr in config.lrs),
-        "seeds": ",".join(map(str, config.seeds)),
-        "max_parallel": str(config.parallel),
-        "backend": config.backend,
-        **shared,
-    }
-    client.log_batch(
-        sweep_id,
-        params=[Param(k, v) for k, v in params.items() if k not in existing],
-        tags=[RunTag(k, v) for k, v in {**flux_runs.flux_tags("sweep", sweep_id), RUN_NAME_TAG: config.name}.items()],
-    )
-    print(f"{config.name}: run {sweep_id}, {config.variants} variants, {config.parallel} at a time, "
+    parent = _start_sweep_run(client, config)
+    print(f"{config.name}: run {parent.info.run_id}, {config.variants} variants, {config.parallel} at a time, "
           f"{config.threads_per_variant} thread(s) each, backend {config.backend}", flush=True)
-
-    pending = config.grid
-    count = len(pending)
-    running: list[_Child] = []
-    variants: list[Variant] = []
-    failed: dict[str, str] = {}
-    status: RunStatus | None = RunStatus.FAILED
     backend = None
-    try:
-        backend = make_backend(config.backend, _grace())
-        while pending or running:
-            while pending and len(running) < config.parallel:
-                child = _start_variant(client, parent, config, *pending.pop(0), backend,
-                                       position=f"variant {len(variants) + 1}/{count}")
-                variants.append(child.variant)
-                running.append(child)
-            still = []
-            for child in running:
-                code = backend.poll(child.handle)
-                if code is None:
-                    still.append(child)
-                    continue
-                if code == TrackingLost.exit_code or not server_answers():
-                    raise TrackingLost(f"the tracking server at {tracking_uri} stopped answering during the sweep "
-                                       f"({child.variant.label})")
-                reason = _settle(client, child.variant, code)
-                if reason is not None:
-                    failed[child.variant.run_id] = f"{child.variant.label}: {reason}"
-                    print(f"{child.variant.label}: FAILED: {reason}", flush=True)
-            running = still
-            time.sleep(0.2)
-        if failed:
-            client.set_tag(sweep_id, flux_runs.FAILURE_TAG, "failed variants: " + "; ".join(failed.values())[:4900])
-        else:
-            status = RunStatus.FINISHED
-        client.log_metric(sweep_id, "sweep/failed_variants", len(failed))
-    except TrackingLost:
-        status = None
-        _stop(backend, running)
-        raise
-    except BaseException as exc:
-        # Ctrl-C, SIGTERM, or a child that could not be launched: no process and no variant may stay RUNNING.
-        interrupted = isinstance(exc, KeyboardInterrupt)
-        status = RunStatus.KILLED if interrupted else RunStatus.FAILED
-        if backend is not None:
-            _stop(backend, running)
-        if server_answers():
-            for child in running:
-                if not interrupted:
-                    client.set_tag(child.variant.run_id, flux_runs.FAILURE_TAG,
-                                   f"the sweep stopped: {type(exc).__name__}: {exc}")
-                _settle(client, child.variant, child.code if child.code is not None else -signal.SIGTERM,
-                        killed=interrupted)
-        else:
-            status = None
-        raise
-    finally:
-        if backend is not None:
-            backend.close()
-        if status is not None:
-            mlflow.end_run(RunStatus.to_string(status))
-        else:
-            abandon_active_run(sweep_id)
-    return SweepResult(sweep_id, parent.info.experiment_id, tuple(variants), failed)
+    with ending(client, parent.info.run_id) as end:
+        try:
+            backend = make_backend(config.backend, _grace())
+            scheduler = _Scheduler(client, config, parent, backend, server_answers)
+            scheduler.run()
+        except BaseException as exc:
+            if backend is not None:
+                scheduler.stop(exc)
+            if isinstance(exc, TrackingLost) or not server_answers():
+                end.lost_tracking()
+            raise
+        finally:
+            if backend is not None:
+                backend.close()
+        client.log_metric(parent.info.run_id, "sweep/failed_variants", len(scheduler.failed))
+        end.missing(list(scheduler.kept.values()), None)
+        if scheduler.failed:
+            end.fail("failed variants: " + "; ".join(scheduler.failed.values()))
+    return SweepResult(parent.info.run_id, parent.info.experiment_id, tuple(scheduler.variants), scheduler.failed,
+                       scheduler.kept)

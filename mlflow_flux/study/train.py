@@ -10,39 +10,32 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass
 
 import mlflow
 import numpy as np
 import torch
-from mlflow.entities import Param, RunStatus, RunTag
+from mlflow.entities import Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from ..errors import DivergedError, TrackingLost
-from ..report.claims import CLAIMS_TAG, claims_tag_value
+from ..errors import DivergedError, KeptLocally, TrackingLost
+from ..report.spec import SPEC_TAG, spec_tag_value
 from ..traces import runs as flux_runs
-from ..traces.mlflow_adapter import RUN_NAME_TAG, abandon_active_run
+from ..traces.lifecycle import ending
+from ..traces.mlflow_adapter import RUN_NAME_TAG
 from ..traces.server import check_reachable
-from ..watcher import watch
-from .claims import PAPER_CLAIMS
+from ..watcher import FluxWatcher
 from .config import SGD_MOMENTUM, TrainConfig, model_name, variant_name
 from .figures import image_rows_figure
 from .model import Autoencoder
 from .progress import PROGRESS_LABEL_ENV, Progress
+from .report import FINAL_LOSS_KEY, LOSS_KEY, RECONSTRUCTIONS, STUDY_REPORT
 from .shapes import SHAPES, ShapeSpec, make_shapes
 from .twins import TwinDistance, make_twin
 
-__all__ = ["TrainResult", "train", "train_one_epoch", "RECORDER_PARAMS", "LOSS_KEY", "FINAL_LOSS_KEY"]
-
-# Logged by watch() (settings_prefix=""), under the names the sweep's parameters use too.
-RECORDER_PARAMS = ("snapshot_every", "window", "tau", "summary_every", "flush_every")
-# Under flux/, beside the whole-network summaries: MLflow's UI orders chart sections by name, and the study's first
-# section then shows the loss with the participation (docs/decisions.md).
-LOSS_KEY = "flux/loss_train"
-FINAL_LOSS_KEY = "flux/loss_final"
+__all__ = ["TrainResult", "train", "train_one_epoch"]
 
 
 @dataclass(frozen=True)
@@ -83,6 +76,7 @@ def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, im
 
 
 def _log_dataset(images: np.ndarray, labels: np.ndarray, spec: ShapeSpec) -> None:
+    """The dataset as the run's MLflow input (its digest is the same for every variant of a sweep)."""
     dataset = mlflow.data.from_numpy(images, targets=labels, name=spec.name)
     for attempt in range(3):
         try:
@@ -94,35 +88,65 @@ def _log_dataset(images: np.ndarray, labels: np.ndarray, spec: ShapeSpec) -> Non
             if attempt == 2:
                 raise
             time.sleep(0.5 * (attempt + 1))
+
+
+def _dataset_preview(images: np.ndarray, labels: np.ndarray):
+    """Four samples of each shape."""
     picks = [np.flatnonzero(labels == c)[:4] for c in range(len(SHAPES))]
     rows = [(f"sample {r + 1}", [images[p[r]] for p in picks if len(p) > r]) for r in range(4)]
-    mlflow.log_figure(image_rows_figure(rows, labels=list(range(len(SHAPES)))), "figures/dataset_preview.png")
+    return image_rows_figure(rows, labels=list(range(len(SHAPES))))
 
 
-def _log_reconstructions(model: torch.nn.Module, images: torch.Tensor, labels: np.ndarray, lr: float) -> None:
+def _reconstructions(model: torch.nn.Module, images: torch.Tensor, labels: np.ndarray, lr: float):
     """Originals above reconstructions, one per shape class (the paper's Figures 1-3)."""
     firsts = [int(np.flatnonzero(labels == c)[0]) for c in range(len(SHAPES)) if (labels == c).any()]
     with torch.no_grad():
         rebuilt = model(images[firsts]).cpu().numpy()
     rows = [("original", images[firsts].cpu().numpy()), (f"lr={lr:g}", rebuilt)]
-    figure = image_rows_figure(rows, labels=[int(labels[i]) for i in firsts])
-    mlflow.log_figure(figure, "figures/reconstructions.png")
+    return image_rows_figure(rows, labels=[int(labels[i]) for i in firsts])
 
 
-def _start_run(name: str) -> mlflow.ActiveRun:
-    """Resume the run that `mlflow run` or the sweep made for us, or start one tagged as ours."""
+def _start_run(name: str, config: TrainConfig) -> str:
+    """Resume the run that `mlflow run` or the sweep made for us, or start one tagged as ours; log the config."""
     with flux_runs.creating_runs():
         run = mlflow.start_run(run_name=None if os.environ.get("MLFLOW_RUN_ID") else name)
     client = MlflowClient()
     flux_runs.ensure_runs_view(client, run.info.experiment_id)
-    tags = run.data.tags
-    ours = {**flux_runs.flux_tags("variant"), CLAIMS_TAG: claims_tag_value(PAPER_CLAIMS)}
-    missing = {key: value for key, value in ours.items() if key not in tags}
-    if flux_runs.ROLE_TAG not in tags:  # made by `mlflow run -e train` (random name) or by us: name it
-        missing[RUN_NAME_TAG] = name
-    if missing:
-        client.log_batch(run.info.run_id, tags=[RunTag(k, v) for k, v in missing.items()])
-    return run
+    ours = {**flux_runs.flux_tags("variant"), SPEC_TAG: spec_tag_value(STUDY_REPORT)}
+    tags = {key: value for key, value in ours.items() if key not in run.data.tags}
+    if flux_runs.ROLE_TAG not in run.data.tags:  # made by `mlflow run -e train` (random name) or by us: name it
+        tags[RUN_NAME_TAG] = name
+    # `mlflow run` may have logged the raw parameter strings already; MLflow refuses to change a param.
+    params = {k: v for k, v in config.as_params().items() if k not in run.data.params}
+    client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()],
+                     tags=[RunTag(k, v) for k, v in tags.items()])
+    return run.info.run_id
+
+
+def _epochs(config: TrainConfig, model, optimizer, images, twin, flux, label: str, progress: bool) -> None:
+    """The training loop: the recorder's hooks ride along; end_epoch() snapshots and queues metrics."""
+    order = torch.Generator().manual_seed(config.seed)
+    pair = (twin, _optimizer(config, twin)) if twin is not None else None
+    distance = TwinDistance(model, twin) if twin is not None else None
+    bar = Progress(config.epochs, label=label) if progress else None
+    for epoch in range(config.epochs):
+        epoch_loss = train_one_epoch(model, optimizer, images, config.batch_size, order, pair)
+        twin_metrics = distance.metrics(epoch + 1) if distance is not None else {}
+        flux.end_epoch(epoch, {LOSS_KEY: epoch_loss, **twin_metrics})
+        if bar:
+            bar.update(epoch, epoch_loss)
+        if not math.isfinite(epoch_loss):
+            raise DivergedError(f"loss became {epoch_loss} at epoch {epoch} with lr={config.lr:g}: "
+                                "the learning rate is too large for this setup")
+
+
+def _log_model(model: torch.nn.Module, config: TrainConfig, example: np.ndarray, final: float) -> None:
+    """The model, named after its variant and linked to the last epoch's metrics and to the final loss. Explicit
+    requirements: inferring them would import-scan the environment, seconds per run."""
+    info = mlflow.pytorch.log_model(model, name=model_name(config.optimizer, config.lr, config.seed),
+                                    input_example=example[:2], step=config.epochs - 1,
+                                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+    mlflow.log_metric(FINAL_LOSS_KEY, final, step=config.epochs - 1, model_id=info.model_id)
 
 
 def train(config: TrainConfig, progress: bool = True) -> TrainResult:
@@ -131,6 +155,8 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     Raises:
         DivergedError: the loss became NaN or infinite; the run ends FAILED with the reason in a tag.
         KeyboardInterrupt: Ctrl-C or SIGTERM; the run ends KILLED, with every finished epoch's trace logged.
+        KeptLocally: the artifact store did not take everything: the run ends FINISHED with a tag that says what is
+            missing, where it is kept and how to upload it.
         TrackingLost: the tracking server stopped answering; the run keeps what reached it, the rest is on disk.
     """
     if config.threads > 0:
@@ -147,97 +173,36 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     images_np, labels = make_shapes(spec)
     images = torch.from_numpy(images_np)
 
-    # -- model and optimizer -----------------------------------------------------------------------------------
+    # -- model, optimizer, and a twin from weights a relative twin_perturbation away (before watch(): unwatched) ---
     torch.manual_seed(config.seed)
     model = Autoencoder(config.image_size**2, config.hidden)
     optimizer = _optimizer(config, model)
-    twin, distance = None, None
-    if config.twins:  # before watch(): the twin is a plain copy
-        twin_model = make_twin(model, config.twin_perturbation, config.seed)
-        twin, distance = (twin_model, _optimizer(config, twin_model)), TwinDistance(model, twin_model)
-    order = torch.Generator().manual_seed(config.seed)
+    twin = make_twin(model, config.twin_perturbation, config.seed) if config.twins else None
 
+    # -- the run, ended honestly whatever happens ----------------------------------------------------------------
     name = variant_name(config.optimizer, config.lr, config.seed)
-    run = _start_run(name)
-    run_id = run.info.run_id
-    client = MlflowClient()
-    # `mlflow run` may have logged the raw parameter strings already; MLflow refuses to change a param.
-    params = {k: v for k, v in config.as_params().items() if k not in RECORDER_PARAMS and k not in run.data.params}
-    client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
-    status: RunStatus | None = RunStatus.FAILED
-    flux = None
-
-    def server_answers() -> bool:  # after the watcher found the server gone, no MLflow call may wait on it
-        return flux is None or flux.result is None or not flux.result.offline
-
-    try:
+    run_id = _start_run(name, config)
+    with ending(MlflowClient(), run_id) as end:
         _log_dataset(images_np, labels, spec)
-        bar = Progress(config.epochs, label=os.environ.get(PROGRESS_LABEL_ENV) or name) if progress else None
-
-        # -- the loop: the recorder's hooks ride along; end_epoch() snapshots and queues metrics ---------------
-        with watch(
-            model,
-            snapshot_every=config.snapshot_every,
-            window=config.window,
-            tau=config.tau,
-            summary_every=config.summary_every,
-            flush_every=config.flush_every,
-            layer_metrics=config.layer_metric_keys,
-            settings_prefix="",  # the sweep's parameters already use the plain names
-        ) as flux:
-            for epoch in range(config.epochs):
-                epoch_loss = train_one_epoch(model, optimizer, images, config.batch_size, order, twin)
-                twin_metrics = distance.metrics(epoch + 1) if distance is not None else {}
-                flux.end_epoch(epoch, {LOSS_KEY: epoch_loss, **twin_metrics})
-                if bar:
-                    bar.update(epoch, epoch_loss)
-                if not math.isfinite(epoch_loss):
-                    raise DivergedError(
-                        f"loss became {epoch_loss} at epoch {epoch} with lr={config.lr:g}: "
-                        "the learning rate is too large for this setup"
-                    )
-        if not server_answers():
-            kept = flux.result.kept_trace
-            raise TrackingLost(
-                f"the tracking server at {tracking_uri} stopped answering during run {run_id}: training finished, "
-                f"but the run does not hold everything"
-                + (f"; the trace is kept at {kept} (upload it with: mlflow artifacts log-artifacts --run-id {run_id} "
-                   f"--local-dir {kept} --artifact-path traces)" if kept else "")
-            )
-
-        # -- final evaluation on the whole dataset ---------------------------------------------------------------
-        model.eval()
-        with torch.no_grad():
-            final = float(torch.nn.functional.mse_loss(model(images), images))
-        _log_reconstructions(model, images, labels, config.lr)
-        # Explicit requirements: inferring them would import-scan the environment, seconds per run. The model is
-        # named after its variant and linked to the last epoch's metrics and to the final loss.
-        model_info = mlflow.pytorch.log_model(
-            model,
-            name=model_name(config.optimizer, config.lr, config.seed),
-            input_example=images_np[:2],
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-            step=config.epochs - 1,
-        )
-        mlflow.log_metric(FINAL_LOSS_KEY, final, step=config.epochs - 1, model_id=model_info.model_id)
-        status = RunStatus.FINISHED
-        return TrainResult(run_id, final, config.epochs)
-    except TrackingLost:
-        status = None
-        raise
-    except KeyboardInterrupt as exc:
-        status = RunStatus.KILLED
-        if server_answers():
-            how = f"stopped by {exc.args[0]}" if hasattr(exc, "signum") else "interrupted (Ctrl-C)"
-            client.set_tag(run_id, flux_runs.FAILURE_TAG, how)
-        raise
-    except BaseException as exc:
-        if server_answers():
-            client.set_tag(run_id, flux_runs.FAILURE_TAG, f"{type(exc).__name__}: {exc}"[:5000])
-        raise
-    finally:
-        if status is not None and server_answers():
-            mlflow.end_run(RunStatus.to_string(status))
+        with FluxWatcher(model, config.recorder) as flux:
+            flux.log_figure(_dataset_preview(images_np, labels), "figures/dataset_preview.png")
+            _epochs(config, model, optimizer, images, twin, flux, os.environ.get(PROGRESS_LABEL_ENV) or name, progress)
+            # -- final evaluation on the whole dataset ------------------------------------------------------------
+            model.eval()
+            with torch.no_grad():
+                final = float(torch.nn.functional.mse_loss(model(images), images))
+            flux.log_figure(_reconstructions(model, images, labels, config.lr), RECONSTRUCTIONS)
+        if flux.result.offline:
+            end.lost_tracking()
+            end.missing(flux.result.missing, flux.result.kept_trace)
+        elif flux.result.missing:  # the artifact store did not take everything: the model waits with the rest
+            end.missing(flux.result.missing, flux.result.kept_trace)
+            mlflow.log_metric(FINAL_LOSS_KEY, final, step=config.epochs - 1)
         else:
-            abandon_active_run(run_id)  # the run cannot be ended; MLflow's atexit hook must not wait on it
-        sys.stderr.flush()
+            _log_model(model, config, images_np, final)
+    if end.offline:
+        raise TrackingLost(f"the tracking server at {tracking_uri} stopped answering during run {run_id}: training "
+                           f"finished, but the run does not hold everything; {end.describe()}")
+    if end.absent:
+        raise KeptLocally(f"run {run_id} finished, but {end.describe()}")
+    return TrainResult(run_id, final, config.epochs)

@@ -3,7 +3,7 @@
 epoch (arXiv 2405.00743's finite-time Lyapunov exponents; "The Butterfly Effect" (2025) on how training
 trajectories from nearly equal starts diverge).
 
-The twin is not watched: only the distance and :func:`mlflow_flux.fluctuation.lyapunov` of it are logged, per
+The twin is not watched: only the distance and :func:`mlflow_flux.dynamics.lyapunov` of it are logged, per
 layer and overall, as ``twin/...`` metrics.
 """
 
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import fluctuation
+from .. import dynamics
 
 __all__ = ["make_twin", "TwinDistance"]
 
@@ -60,7 +60,7 @@ class TwinDistance:
         after ``epochs_done`` epochs."""
         now = self.distances()
         names = list(now)
-        rates = fluctuation.lyapunov(np.array([now[n] for n in names]), np.array([self.initial[n] for n in names]),
+        rates = dynamics.lyapunov(np.array([now[n] for n in names]), np.array([self.initial[n] for n in names]),
                                      epochs_done)
         out = {}
         for name, rate in zip(names, rates):

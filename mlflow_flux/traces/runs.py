@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from typing import Iterator, Mapping
+from collections.abc import Iterator, Mapping
 
+from ..version import __version__
 from . import mlflow_adapter
 
 __all__ = [
     "ROLE_TAG",
+    "LAYERS_PARAM",
+    "FASTPATH_PARAM",
     "SWEEP_TAG",
     "FAILURE_TAG",
     "VERSION_TAG",
@@ -23,10 +26,13 @@ __all__ = [
     "is_creating_runs",
     "create_run",
     "ensure_runs_view",
-    "EXPERIMENT_DESCRIPTION",
 ]
 
 ROLE_TAG = "mlflow_flux.role"  # sweep | variant | report
+# What a watcher logs beside its settings: the layers it watched (every run holding a trace has it), and which path
+# of the recorder served them.
+LAYERS_PARAM = "flux.layers"
+FASTPATH_PARAM = "flux.fastpath"
 SWEEP_TAG = "mlflow_flux.sweep_id"
 FAILURE_TAG = "mlflow_flux.failure"
 VERSION_TAG = "mlflow_flux.version"
@@ -38,8 +44,6 @@ _creating = contextvars.ContextVar("mlflow_flux_creating_runs", default=False)
 
 def flux_tags(role: str, sweep_id: str | None = None) -> dict[str, str]:
     """The tags every run mlflow-flux creates carries."""
-    from .. import __version__
-
     tags = {ROLE_TAG: role, VERSION_TAG: __version__}
     if sweep_id is not None:
         tags[SWEEP_TAG] = sweep_id
@@ -77,13 +81,3 @@ def ensure_runs_view(client, experiment_id: str, description: str | None = None)
         client.set_experiment_tag(experiment_id, _KIND_TAG, "custom_model_development")
     if description and not experiment.tags.get(_NOTE_TAG):
         client.set_experiment_tag(experiment_id, _NOTE_TAG, description)
-
-
-EXPERIMENT_DESCRIPTION = (
-    "Neuron participation runs recorded by mlflow-flux (https://arxiv.org/abs/2511.10435 reproduced).\n\n"
-    "- a sweep run (named `sweep <optimizer> lr×N seed×M <epochs>ep`) holds one child run per variant "
-    "(optimizer, learning rate, seed): its loss, `flux/` participation metrics, the per-neuron trace under "
-    "`traces/`, figures and model;\n"
-    "- `report of <sweep>` runs hold the comparison report: `report/report.html`.\n\n"
-    "Filter one sweep with `tags.mlflow_flux.sweep_id = '<sweep run id>'`."
-)

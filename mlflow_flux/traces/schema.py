@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .. import fluctuation
+from ..statistics import DERIVED, STAT_NAMES, STATISTICS
 
 __all__ = [
     "KEY_COLUMNS",
@@ -30,17 +31,29 @@ __all__ = [
     "snapshots_to_table",
     "snapshot_to_batch",
     "write_trace_table",
+    "KEY_MEANINGS",
+    "column_table",
 ]
 
 KEY_COLUMNS = ("epoch", "layer", "neuron")
-# The columns the fluctuation summaries read come first among the statistics, so in each row group they are one
-# contiguous byte range that a reader fetching over HTTP gets in one request.
+# The columns the fluctuation summaries read; the statistics table (mlflow_flux/statistics.py) lists them first, so
+# in each row group they are one contiguous byte range that a reader fetching over HTTP gets in one request.
 SUMMARY_COLUMNS = fluctuation.INPUT_COLUMNS
 # Float columns of a snapshot, in the order the recorder stacks them and the trace stores them.
-STAT_COLUMNS = (*SUMMARY_COLUMNS, *(c for c in ("w_mean", "w_norm", "act_mean", "act_std", "grad_norm")
-                                   if c not in SUMMARY_COLUMNS), "w_rel_step")
+STAT_COLUMNS = STAT_NAMES
 # Computed from other columns when a snapshot is taken (fluctuation.relative_update), stored for readers' ease.
-DERIVED_COLUMNS = ("w_rel_step",)
+DERIVED_COLUMNS = DERIVED
+if STAT_COLUMNS[: len(SUMMARY_COLUMNS)] != SUMMARY_COLUMNS:
+    raise ImportError("mlflow_flux.statistics must list the columns the summaries read first")
+
+# What the key columns hold (docs/traces.md's table is generated from these and the statistics table).
+KEY_MEANINGS = (
+    ("epoch", "int32", "the epoch passed to `end_epoch(epoch)` (or the step passed to `end_step`)"),
+    ("layer", "dictionary string", "the module's qualified name (`encoder.fc1`); a model that is itself one layer "
+                                   "goes by its class name"),
+    ("neuron", "int32", "the neuron's index within its layer (see \"What a neuron is\" below); under a neuron budget "
+                        "the index of the recorded neuron in the whole layer"),
+)
 
 TRACE_ARTIFACT_DIR = "traces"
 TRACE_FILE = "traces.parquet"  # the compacted trace of a run that closed
@@ -119,3 +132,10 @@ def snapshot_to_batch(snapshot: Snapshot) -> pa.RecordBatch:
 def write_trace_table(table: pa.Table, path: str | Path) -> None:
     """Write trace rows the way the sink does (zstd, byte-stream-split floats)."""
     pq.write_table(table, path, **PARQUET_OPTIONS)
+
+
+def column_table() -> str:
+    """docs/traces.md's table of the trace's columns, in the file's order (a test keeps the docs equal to it)."""
+    rows = [*KEY_MEANINGS, *((s.name, "float32", s.meaning) for s in STATISTICS)]
+    return "\n".join(["| column | type | meaning |", "| --- | --- | --- |",
+                      *(f"| `{name}` | {kind} | {meaning} |" for name, kind, meaning in rows)])

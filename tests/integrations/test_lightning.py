@@ -13,7 +13,6 @@ from lightning.pytorch.loggers import MLFlowLogger
 
 import mlflow_flux
 from mlflow_flux.integrations.lightning import FluxCallback
-
 from tests.helpers import PYTHON, ROOT, subprocess_env
 from tests.integrations.lightning_models import AutoEncoder, loaders, trainer_options
 from tests.reference import Reference, assert_trace_matches

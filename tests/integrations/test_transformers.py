@@ -6,9 +6,9 @@ import mlflow
 import numpy as np
 import pytest
 import torch
+import transformers
 
 import mlflow_flux
-import transformers
 from mlflow_flux.integrations.transformers import FluxCallback
 
 pytestmark = pytest.mark.docstrings  # transformers builds its model classes from docstrings: not under -OO

@@ -21,16 +21,16 @@ def _claims(groups):
 
 
 def _verdicts(rows):
-    return {c.name: c.verdict for c in _claims(group_table(_runs(rows)))}
+    return {c.name: c.verdict for c in _claims(group_table(_runs(rows), "lr"))}
 
 
 def test_interval_is_a_student_t_95_percent_interval():
-    mean, low, high = interval([1.0, 3.0])
+    mean, _, high = interval([1.0, 3.0])
     assert mean == 2.0 and math.isclose(high - mean, 12.706 * math.sqrt(2) / math.sqrt(2), rel_tol=1e-4)
     assert math.isnan(interval([1.0])[1])
     # Past 30 degrees of freedom the quantile keeps falling towards 1.96: t(0.975, 40) = 2.0211 (printed tables).
     values = [0.0, 2.0] * 20 + [1.0]  # 41 values, mean 40/41, sample std computed below
-    mean, low, high = interval(values)
+    mean, _, high = interval(values)
     std = float(pd.Series(values).std())
     assert math.isclose((high - mean) / (std / math.sqrt(41)), 2.0211, rel_tol=1e-4)
 
@@ -50,7 +50,7 @@ def test_overlapping_intervals_and_ties_are_inconclusive():
 
 
 def test_one_seed_decides_on_the_means_and_says_so():
-    result = _claims(group_table(_runs([(0.01, 0.1, 0.2), (0.0001, 0.2, 0.9)])))
+    result = _claims(group_table(_runs([(0.01, 0.1, 0.2), (0.0001, 0.2, 0.9)]), "lr"))
     assert [c.verdict for c in result] == ["agrees", "agrees"]
     assert all("one seed per lr" in c.evidence for c in result)
 
@@ -75,6 +75,6 @@ def test_a_claim_about_any_grouping_and_its_evidence():
                           "loss_final": loss} for i, (width, loss) in enumerate([(64, 0.2), (64, 0.201), (256, 0.1),
                                                                                    (256, 0.101)])])
     wide_wins = ClaimSpec("w", "wider is better", metric="loss_final", better="lower", subject=256, label="loss")
-    claim = evaluate(wide_wins, group_table(runs))
+    claim = evaluate(wide_wins, group_table(runs, "lr"), "lr")
     assert claim.verdict == "agrees"
     assert claim.evidence.startswith("loss: lr 256 0.1005 [") and "best other, lr 64, 0.2005 [" in claim.evidence

@@ -16,7 +16,6 @@ from mlflow.tracking import MlflowClient
 
 import mlflow_flux
 from mlflow_flux import fluctuation
-
 from tests.helpers import PYTHON, ROOT, free_port
 
 NASTY = "<script>alert('x')</script> <img src=x onerror=alert(1)> & \"quotes\" | *x*"
@@ -82,7 +81,8 @@ def test_report_through_the_cli_matches_load_traces(sweep, tmp_path):
     result = _cli(sweep["env"], "compare", "--sweep", sweep["sweep_id"], "--output", str(out), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert {"report.html", "report.md", "summary.csv", "runs.csv", "participation.png", "loss.png",
-            "tau_sensitivity.png", "weight_fluctuation.png", "bias_fluctuation.png",
+            "tau_sensitivity.png", "tau_sensitivity_relative.png", "dormant.png", "weight_fluctuation.png",
+            "bias_fluctuation.png", "verdicts_by_definition.csv",
             "reconstructions.png"} <= {p.name for p in out.iterdir()}
     rows = list(csv.DictReader((out / "runs.csv").open()))
     assert len(rows) == 5  # four variants and the run with markup in its name
@@ -93,7 +93,8 @@ def test_report_through_the_cli_matches_load_traces(sweep, tmp_path):
         window, tau = (params.get(name, params.get(f"flux.{name}")) for name in ("window", "tau"))
         expected = fluctuation.summaries_over_epochs(trace, int(window), float(tau))
         last = expected.iloc[-1]
-        for key in ("participating", "participating_frac", "dead_frac", "sos_median", "bias_fluct_median"):
+        for key in ("participating", "participating_frac", "dead_frac", "sos_median", "bias_fluct_median",
+                    "dormant_frac", "dormant0_frac", "grama_frac"):
             value = float(row[f"all/{key}"])
             assert value == last[f"all/{key}"] or (math.isnan(value) and math.isnan(last[f"all/{key}"])), key
         # and the live metric logged at that epoch is the same number
@@ -188,9 +189,9 @@ def test_the_report_fetches_only_the_column_chunks_it_needs(sweep):
             for epoch in range(40):
                 model(torch.randn(16, 8)).sum().backward()
                 flux.end_epoch(epoch)
-    access = mlflow_adapter.artifact_access(run.info.artifact_uri)
-    assert access.kind == "http"
-    ranged = RangedHttpFile(access.location, "/traces/traces.parquet")
+    remote = mlflow_adapter.remote_file(run.info.artifact_uri, "traces/traces.parquet")
+    assert remote is not None and not remote.presigned  # the server keeps the files on its disk: it answers ranges
+    ranged = RangedHttpFile(remote)
     table = pq.ParquetFile(ranged, pre_buffer=True).read(columns=[*KEY_COLUMNS, *SUMMARY_COLUMNS])
     whole = mlflow_flux.load_traces(run.info.run_id, columns=SUMMARY_COLUMNS)
     assert table.to_pandas().equals(whole)

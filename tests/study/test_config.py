@@ -1,10 +1,9 @@
 
 import pytest
 
-from mlflow_flux.study.config import TrainConfig, parse_train_config
 from mlflow_flux.errors import InvalidParameter
+from mlflow_flux.study.config import TrainConfig, parse_train_config
 from mlflow_flux.study.sweep import parse_sweep_config
-
 from tests.helpers import ROOT, run_cli
 
 
@@ -69,7 +68,7 @@ def test_mlproject_defaults_match_the_config():
     (["train", "--epoch", "3"], "unknown option --epoch 3 for 'mlflow-flux train'"),  # no prefix matching
     (["compare", "--exp", "x"], "unknown option --exp x for 'mlflow-flux compare'"),
     (["train", "--epochs"], "argument --epochs: expected one argument"),
-    (["frobnicate"], "argument {train,sweep,atlas,compare}: invalid choice: 'frobnicate'"),
+    (["frobnicate"], "argument {train,sweep,atlas,compare,explore,query,upload}: invalid choice: 'frobnicate'"),
 ])
 def test_parsers_refuse_abbreviations_and_unknown_options_in_one_line(args, message, capsys):
     from mlflow_flux.cli import main

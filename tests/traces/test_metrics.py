@@ -1,7 +1,5 @@
 """The metric logger: a batch the store refuses is split so the good metrics land, and losses are counted."""
 
-import time
-
 from mlflow.tracking import MlflowClient
 
 from mlflow_flux.traces.metrics import LOST_METRICS_TAG, MetricLogger
@@ -23,9 +21,7 @@ def test_a_refused_batch_is_split_until_every_good_metric_lands(store):
     for step in range(20):
         logger.log({"loss/train": step / 10, "good": 1.0, "bad name%": 2.0} if step == 7 else
                    {"loss/train": step / 10, "good": 1.0}, step=step)
-    started = time.monotonic()
-    assert logger.close(timeout=60)
-    assert time.monotonic() - started < 30
+    assert logger.close(timeout=60)  # every job done within the timeout (time itself is for benchmarks/)
     assert [m.step for m in client.get_metric_history(run_id, "loss/train")] == list(range(20))
     assert len(client.get_metric_history(run_id, "good")) == 20
     assert logger.lost == 1

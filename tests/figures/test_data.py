@@ -6,7 +6,7 @@ import warnings
 
 import numpy as np
 
-from mlflow_flux.report.figure_data import quantiles
+from mlflow_flux.figures.data import quantiles
 
 
 def test_band_quantiles_equal_numpy_nanpercentile_with_nan_and_inf_rows():

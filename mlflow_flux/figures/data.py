@@ -1,6 +1,6 @@
 """What a watched run's figures draw, gathered snapshot by snapshot (numpy only).
 
-Kept apart from :mod:`.plots` (which draws them, :func:`~.plots.run_figures`) so that ``watch()`` never imports
+Kept apart from :mod:`.draw` (which draws them, :func:`~.draw.run_figures`) so that ``watch()`` never imports
 matplotlib: the figures are drawn at ``close()`` (about 0.3 s of imports a run without figures never pays), and
 ``watch(log_figures=False)`` gathers nothing.
 """
