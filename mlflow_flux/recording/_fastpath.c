@@ -6,9 +6,10 @@
  * takes raw addresses, and its caller (accumulators.py) checks first. The arithmetic is the torch path's in
  * accumulators.py (one definition per statistic), NaN and inf included.
  *
- * Every layer keeps one float64 block of SUM_ROWS rows of `channels` values (the layout accumulators.py declares):
- * sample count, sum and sum of squares of (output - shift), outputs above zero, sum of squared gradient norms, and
- * gradient passes; plus a float32 shift per neuron. Shifted sums keep the variance exact whatever the outputs'
+ * Every layer keeps one float64 block of SUM_ROWS rows of `channels` values, and a float32 shift per neuron. The
+ * rows, the statistics a snapshot writes (in the trace's order) and when each is defined are declared once, in
+ * mlflow_flux/statistics.py: setup.py generates _fastpath_layout.h from it, and the module exports the names it was
+ * built with, which fastpath.py checks at import. Shifted sums keep the variance exact whatever the outputs'
  * common offset: the shift is the mean of the window's first batch, so the sums stay near zero (an output of 1e3
  * with a spread of 1e-3 loses nothing, where E[x^2] - E[x]^2 would lose every digit).
  */
@@ -18,6 +19,8 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+
+#include "_fastpath_layout.h"
 
 /* Rows summed in float before they are added into the float64 accumulators: keeps the inner loops in SIMD
  * registers, and the float count of positives exact (< 2^24). */
@@ -47,11 +50,11 @@
 #define SIMD_CLONES
 #endif
 
-/* The rows of a layer's float64 sums (accumulators.SUM_ROWS, in this order). */
-enum { COUNT, SHIFTED_SUM, SHIFTED_SUMSQ, POSITIVE, GRAD_SUMSQ, GRAD_PASSES, SUM_ROWS };
-
 /* relu(v).sign() in torch: 1 above zero, else 0; NaN does not fire (its sums turn NaN and are counted). */
 static inline float fires(float v) { return v > 0.0f ? 1.0f : 0.0f; }
+
+/* relu(v): NaN gives 0 here, where torch's relu gives NaN; the NaN still reaches the shifted sums and is counted. */
+static inline float relu(float v) { return v > 0.0f ? v : 0.0f; }
 
 /* bfloat16 is the top half of a float32: CPU autocast gives Linear outputs in it. */
 static inline float bf16_to_float(uint16_t h)
@@ -67,8 +70,9 @@ static inline float bf16_to_float(uint16_t h)
 typedef float lanes __attribute__((vector_size(32)));
 typedef int32_t mask_lanes __attribute__((vector_size(32)));
 
-/* fires() on eight lanes: a comparison gives all-ones masks, which select the bits of 1.0f. */
+/* fires() and relu() on eight lanes: a comparison gives all-ones masks, which select the bits of 1.0f or of v. */
 #define FIRES(v, one) ((lanes)((mask_lanes)(one) & ((v) > 0.0f)))
+#define RELU(v) ((lanes)((mask_lanes)(v) & ((v) > 0.0f)))
 
 /* Lanes added up in double. */
 static inline double lanes_total(lanes x)
@@ -122,6 +126,7 @@ static inline float load_value(const void *data, int half, Py_ssize_t at)
                 s[c] += (d0 + d1) + (d2 + d3);                                                                     \
                 q[c] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);                                                 \
                 p[c] += (fires(x0) + fires(x1)) + (fires(x2) + fires(x3));                                         \
+                u[c] += (relu(x0) + relu(x1)) + (relu(x2) + relu(x3));                                             \
             }                                                                                                      \
         }                                                                                                          \
         for (; r < stop; ++r) {                                                                                    \
@@ -131,6 +136,7 @@ static inline float load_value(const void *data, int half, Py_ssize_t at)
                 s[c] += d;                                                                                         \
                 q[c] += d * d;                                                                                     \
                 p[c] += fires(x);                                                                                  \
+                u[c] += relu(x);                                                                                   \
             }                                                                                                      \
         }                                                                                                          \
     }
@@ -140,15 +146,15 @@ static void activations_rows(const void *restrict data, int half, Py_ssize_t row
                              const float *restrict shift, double *restrict sums)
 {
     double *sum = sums + SHIFTED_SUM * channels, *sumsq = sums + SHIFTED_SUMSQ * channels;
-    double *pos = sums + POSITIVE * channels;
-    float s[CHUNK], q[CHUNK], p[CHUNK];
+    double *pos = sums + POSITIVE * channels, *rel = sums + RELU_SUM * channels;
+    float s[CHUNK], q[CHUNK], p[CHUNK], u[CHUNK];
     for (Py_ssize_t start = 0; start < rows; start += BLOCK_ROWS) {
         Py_ssize_t stop = start + BLOCK_ROWS < rows ? start + BLOCK_ROWS : rows;
         for (Py_ssize_t c0 = 0; c0 < channels; c0 += CHUNK) {
             Py_ssize_t width = channels - c0 < CHUNK ? channels - c0 : CHUNK;
             const float *centre = shift + c0;
             for (Py_ssize_t c = 0; c < width; ++c)
-                s[c] = q[c] = p[c] = 0.0f;
+                s[c] = q[c] = p[c] = u[c] = 0.0f;
             if (half)
                 ROWS_KERNEL(1)
             else
@@ -157,6 +163,7 @@ static void activations_rows(const void *restrict data, int half, Py_ssize_t row
                 sum[c0 + c] += s[c];
                 sumsq[c0 + c] += q[c];
                 pos[c0 + c] += p[c];
+                rel[c0 + c] += u[c];
             }
         }
     }
@@ -183,13 +190,13 @@ static void activations_planes(const float *restrict y, Py_ssize_t outer, Py_ssi
                                const float *restrict shift, double *restrict sums)
 {
     double *sum = sums + SHIFTED_SUM * channels, *sumsq = sums + SHIFTED_SUMSQ * channels;
-    double *pos = sums + POSITIVE * channels;
+    double *pos = sums + POSITIVE * channels, *rel = sums + RELU_SUM * channels;
     const lanes zero = {0}, one = zero + 1.0f;
     Py_ssize_t vector_inner = inner - inner % 8;
     for (Py_ssize_t o = 0; o < outer; ++o) {
         for (Py_ssize_t c = 0; c < channels; ++c) {
             const float *plane = y + (o * channels + c) * inner;
-            lanes s = zero, q = zero, p = zero, centre = zero + shift[c];
+            lanes s = zero, q = zero, p = zero, u = zero, centre = zero + shift[c];
             Py_ssize_t i = 0;
             for (; i < vector_inner; i += 8) {
                 lanes v;
@@ -198,61 +205,78 @@ static void activations_planes(const float *restrict y, Py_ssize_t outer, Py_ssi
                 s += d;
                 q += d * d;
                 p += FIRES(v, one);
+                u += RELU(v);
             }
-            double ts = lanes_total(s), tq = lanes_total(q), tp = lanes_total(p);
+            double ts = lanes_total(s), tq = lanes_total(q), tp = lanes_total(p), tu = lanes_total(u);
             for (; i < inner; ++i) {
                 float d = plane[i] - shift[c];
                 ts += d;
                 tq += d * d;
                 tp += fires(plane[i]);
+                tu += relu(plane[i]);
             }
             sum[c] += ts;
             sumsq[c] += tq;
             pos[c] += tp;
+            rel[c] += tu;
         }
     }
 }
 
 /* ---- Gradients --------------------------------------------------------------------------------------------- */
 
-/* A (channels, cols) gradient: one neuron per row (Linear, conv). */
+/* A (channels, cols) gradient: one neuron per row (Linear, conv). Adds each row's squared L2 norm to `squares` and
+ * its mean absolute value to `absolute`. */
 SIMD_CLONES
-static void gradient_rows(const float *restrict g, Py_ssize_t rows, Py_ssize_t cols, double *restrict out)
+static void gradient_rows(const float *restrict g, Py_ssize_t rows, Py_ssize_t cols, double *restrict squares,
+                          double *restrict absolute)
 {
     for (Py_ssize_t r = 0; r < rows; ++r) {
         const float *row = g + r * cols;
-        float a[TILE] = {0};
+        float a[TILE] = {0}, b[TILE] = {0};
         Py_ssize_t c = 0;
         for (; c + TILE <= cols; c += TILE)
-            for (int k = 0; k < TILE; ++k)
+            for (int k = 0; k < TILE; ++k) {
                 a[k] += row[c + k] * row[c + k];
-        double total = 0.0;
-        for (int k = 0; k < TILE; ++k)
+                b[k] += fabsf(row[c + k]);
+            }
+        double total = 0.0, magnitude = 0.0;
+        for (int k = 0; k < TILE; ++k) {
             total += a[k];
-        for (; c < cols; ++c)
+            magnitude += b[k];
+        }
+        for (; c < cols; ++c) {
             total += (double)row[c] * row[c];
-        out[r] += total;
+            magnitude += fabsf(row[c]);
+        }
+        squares[r] += total;
+        absolute[r] += cols ? magnitude / cols : 0.0;
     }
 }
 
 /* A (rows, channels) gradient: one neuron per column (transformers' Conv1D keeps its weight as (in, out)). */
 SIMD_CLONES
-static void gradient_columns(const float *restrict g, Py_ssize_t rows, Py_ssize_t channels, double *restrict out)
+static void gradient_columns(const float *restrict g, Py_ssize_t rows, Py_ssize_t channels, double *restrict squares,
+                             double *restrict absolute)
 {
-    float q[CHUNK];
+    float q[CHUNK], b[CHUNK];
     for (Py_ssize_t start = 0; start < rows; start += BLOCK_ROWS) {
         Py_ssize_t stop = start + BLOCK_ROWS < rows ? start + BLOCK_ROWS : rows;
         for (Py_ssize_t c0 = 0; c0 < channels; c0 += CHUNK) {
             Py_ssize_t width = channels - c0 < CHUNK ? channels - c0 : CHUNK;
             for (Py_ssize_t c = 0; c < width; ++c)
-                q[c] = 0.0f;
+                q[c] = b[c] = 0.0f;
             for (Py_ssize_t r = start; r < stop; ++r) {
                 const float *v = g + r * channels + c0;
-                for (Py_ssize_t c = 0; c < width; ++c)
+                for (Py_ssize_t c = 0; c < width; ++c) {
                     q[c] += v[c] * v[c];
+                    b[c] += fabsf(v[c]);
+                }
             }
-            for (Py_ssize_t c = 0; c < width; ++c)
-                out[c0 + c] += q[c];
+            for (Py_ssize_t c = 0; c < width; ++c) {
+                squares[c0 + c] += q[c];
+                absolute[c0 + c] += (double)b[c] / rows;
+            }
         }
     }
 }
@@ -300,49 +324,79 @@ static void row_moments(const float *restrict row, Py_ssize_t cols, double *mean
     *sumsq_centred = sc - cols * off * off;
 }
 
-/* Weight mean, population std, L2 norm and step of each row, in one pass over the weights and their previous copy
- * (which then takes their values): the sums are centred on the row's mean at the previous snapshot (`means`,
- * updated here), which weights move little from between two snapshots, so they lose nothing to cancellation. A
- * row whose mean moved by more than half its spread is measured again in two passes: exact either way. */
+/* One row's pass: sums of (w - centre), their squares, and the squared distances from the previous and the first
+ * snapshot's weights (each only where that copy is kept, PREVIOUS and INITIAL, so the compiler makes a loop without
+ * the loads it does not need); the previous copy then takes the row's values. */
+#define WEIGHT_PASS(PREVIOUS, INITIAL)                                                                              \
+    {                                                                                                              \
+        for (c = 0; c < vector_cols; c += 8) {                                                                     \
+            lanes v;                                                                                               \
+            memcpy(&v, row + c, sizeof v);                                                                         \
+            lanes d = v - fc;                                                                                      \
+            s += d;                                                                                                \
+            q += d * d;                                                                                            \
+            if (PREVIOUS) {                                                                                        \
+                lanes b;                                                                                           \
+                memcpy(&b, before + c, sizeof b);                                                                  \
+                lanes m = v - b;                                                                                   \
+                moved += m * m;                                                                                    \
+                memcpy(before + c, &v, sizeof v);                                                                  \
+            }                                                                                                      \
+            if (INITIAL) {                                                                                         \
+                lanes i;                                                                                           \
+                memcpy(&i, start + c, sizeof i);                                                                   \
+                lanes a = v - i;                                                                                   \
+                away += a * a;                                                                                     \
+            }                                                                                                      \
+        }                                                                                                          \
+    }
+
+/* Weight mean, population std, L2 norm, step and distance from the start of each row, in one pass over the weights
+ * and the copies that are kept (`previous`, which then takes their values, and `initial`; NULL: switched off, the
+ * statistic is NaN): the sums are centred on the row's mean at the previous snapshot (`means`, updated here), which
+ * weights move little from between two snapshots, so they lose nothing to cancellation. A row whose mean moved by
+ * more than half its spread is measured again in two passes: exact either way. */
 SIMD_CLONES
 static void weight_stats(const float *restrict w, float *restrict previous, float *restrict initial,
-                         double *restrict means, Py_ssize_t rows, Py_ssize_t cols, int has_previous, int has_initial,
-                         double *restrict out)
+                         double *restrict means, Py_ssize_t rows, Py_ssize_t cols, int has_means, int has_previous,
+                         int has_initial, double *restrict out)
 {
     double *mean = out, *std = out + rows, *norm = out + 2 * rows, *step = out + 3 * rows, *dist0 = out + 4 * rows;
     const lanes zero = {0};
-    if (!has_initial) /* the first snapshot: the weights every later one measures its distance from */
+    if (initial != NULL && !has_initial) /* the first snapshot: the weights every later one measures from */
         memcpy(initial, w, (size_t)rows * (size_t)cols * sizeof(float));
     for (Py_ssize_t r = 0; r < rows; ++r) {
-        const float *row = w + r * cols, *start = initial + r * cols;
-        float *before = previous + r * cols;
+        const float *row = w + r * cols, *start = initial ? initial + r * cols : NULL;
+        float *before = previous ? previous + r * cols : NULL;
         Py_ssize_t vector_cols = cols - cols % 8, c;
-        float centre = has_previous ? (float)means[r] : 0.0f;
+        float centre = has_means ? (float)means[r] : 0.0f;
         lanes s = zero, q = zero, moved = zero, away = zero, fc = zero + centre;
-        for (c = 0; c < vector_cols; c += 8) {
-            lanes v, b, i;
-            memcpy(&v, row + c, sizeof v);
-            memcpy(&b, before + c, sizeof b);
-            memcpy(&i, start + c, sizeof i);
-            lanes d = v - fc, m = v - b, a = v - i;
-            s += d;
-            q += d * d;
-            moved += m * m;
-            away += a * a;
-            memcpy(before + c, &v, sizeof v);
-        }
+        if (before && start)
+            WEIGHT_PASS(1, 1)
+        else if (before)
+            WEIGHT_PASS(1, 0)
+        else if (start)
+            WEIGHT_PASS(0, 1)
+        else
+            WEIGHT_PASS(0, 0)
         double ts = lanes_total(s), tq = lanes_total(q), tm = lanes_total(moved), ta = lanes_total(away);
         for (; c < cols; ++c) {
-            double d = row[c] - centre, m = row[c] - before[c], a = row[c] - start[c];
+            double d = row[c] - centre;
             ts += d;
             tq += d * d;
-            tm += m * m;
-            ta += a * a;
-            before[c] = row[c];
+            if (before) {
+                double m = row[c] - before[c];
+                tm += m * m;
+                before[c] = row[c];
+            }
+            if (start) {
+                double a = row[c] - start[c];
+                ta += a * a;
+            }
         }
         double m = cols ? centre + ts / cols : 0.0, centred = cols ? ts / cols : 0.0;
         double variance = cols ? tq / cols - centred * centred : 0.0;
-        if (!has_previous || centred * centred > 0.25 * (tq / (cols ? cols : 1))) {
+        if (!has_means || centred * centred > 0.25 * (tq / (cols ? cols : 1))) {
             double sc;
             row_moments(row, cols, &m, &sc);
             variance = cols ? sc / cols : 0.0;
@@ -353,54 +407,212 @@ static void weight_stats(const float *restrict w, float *restrict previous, floa
         mean[r] = m;
         std[r] = sqrt(variance);
         norm[r] = sqrt(cols * (variance + m * m));
-        step[r] = has_previous ? sqrt(tm) : NAN;
-        dist0[r] = sqrt(ta);
+        step[r] = before && has_previous ? sqrt(tm) : NAN;
+        dist0[r] = start ? sqrt(ta) : NAN;
     }
 }
 
-/* The statistics of one layer in the order layer_statistics takes its column positions. */
-enum { W_MEAN, W_STD, W_NORM, W_STEP, BIAS, ACT_MEAN, ACT_STD, ACT_RATE, GRAD_NORM, W_DIST0, N_STATS };
+/* One input row of a column-per-neuron weight, over the neurons [r0, r1): each neuron's float partial sums of
+ * (w - centre), their squares, and the squared steps from the previous and the first snapshot's weights (where
+ * kept); the previous copy then takes the row's values. Across the row, so it vectorises over neurons. */
+#define COLUMN_PASS(PREVIOUS, INITIAL)                                                                             \
+    for (Py_ssize_t r = r0; r < r1; ++r) {                                                                         \
+        float v = row[r], d = v - centre[r];                                                                       \
+        ps[r - r0] += d;                                                                                           \
+        pq[r - r0] += d * d;                                                                                       \
+        if (PREVIOUS) {                                                                                            \
+            float m = v - before[r];                                                                               \
+            pm[r - r0] += m * m;                                                                                   \
+            before[r] = v;                                                                                         \
+        }                                                                                                          \
+        if (INITIAL) {                                                                                             \
+            float a = v - start[r];                                                                                \
+            pa[r - r0] += a * a;                                                                                   \
+        }                                                                                                          \
+    }
 
+/* Four input rows at once: each neuron's partial sums are loaded and stored once for the four (the loads and
+ * stores of the partials, not the arithmetic, bound the one-row pass). */
+#define COLUMN_PASS4(PREVIOUS, INITIAL)                                                                            \
+    for (Py_ssize_t r = r0; r < r1; ++r) {                                                                         \
+        float c = centre[r], v0 = row[r], v1 = row[rows + r], v2 = row[2 * rows + r], v3 = row[3 * rows + r];     \
+        float d0 = v0 - c, d1 = v1 - c, d2 = v2 - c, d3 = v3 - c;                                                  \
+        ps[r - r0] += (d0 + d1) + (d2 + d3);                                                                       \
+        pq[r - r0] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);                                                   \
+        if (PREVIOUS) {                                                                                            \
+            float m0 = v0 - before[r], m1 = v1 - before[rows + r], m2 = v2 - before[2 * rows + r],                \
+                  m3 = v3 - before[3 * rows + r];                                                                  \
+            pm[r - r0] += (m0 * m0 + m1 * m1) + (m2 * m2 + m3 * m3);                                               \
+            before[r] = v0;                                                                                        \
+            before[rows + r] = v1;                                                                                 \
+            before[2 * rows + r] = v2;                                                                             \
+            before[3 * rows + r] = v3;                                                                             \
+        }                                                                                                          \
+        if (INITIAL) {                                                                                             \
+            float a0 = v0 - start[r], a1 = v1 - start[rows + r], a2 = v2 - start[2 * rows + r],                   \
+                  a3 = v3 - start[3 * rows + r];                                                                   \
+            pa[r - r0] += (a0 * a0 + a1 * a1) + (a2 * a2 + a3 * a3);                                               \
+        }                                                                                                          \
+    }
+
+#define COLUMN_NEURONS 512 /* neurons whose partial sums stay in L1 while a block of rows goes by */
+#define COLUMN_BLOCK 64 /* input rows summed in float before their sums join the float64 totals */
+
+
+/* weight_stats for a layer that keeps a column per neuron (transformers' Conv1D: w is fan_in x neurons, neuron r
+ * is column r): the same statistics in one pass down the rows, so the weights are read in memory order. Each block
+ * of COLUMN_BLOCK rows is summed in float for COLUMN_NEURONS neurons at a time (as weight_stats sums a row in float
+ * lanes), then added to the neurons' float64 totals. `previous` and `initial` keep the same layout. A first snapshot (no means yet) takes one
+ * more pass for the means; a neuron whose mean moved by more than half its spread is measured again in two passes
+ * down its column. */
+SIMD_CLONES
+static void weight_stats_columns(const float *restrict w, float *restrict previous, float *restrict initial,
+                                 double *restrict means, Py_ssize_t rows, Py_ssize_t cols, int has_means,
+                                 int has_previous, int has_initial, double *restrict out)
+{
+    double *mean = out, *std = out + rows, *norm = out + 2 * rows, *step = out + 3 * rows, *dist0 = out + 4 * rows;
+    size_t n = (size_t)(rows ? rows : 1);
+    double *s = PyMem_RawCalloc(4 * n, sizeof(double));
+    float *centre = PyMem_RawMalloc(n * sizeof(float));
+    if (s == NULL || centre == NULL) { /* out of memory: every statistic NaN rather than a crash */
+        for (Py_ssize_t r = 0; r < 5 * rows; ++r)
+            out[r] = NAN;
+        PyMem_RawFree(s);
+        PyMem_RawFree(centre);
+        return;
+    }
+    double *q = s + rows, *moved = s + 2 * rows, *away = s + 3 * rows;
+    float partial[4 * COLUMN_NEURONS];
+    float *restrict ps = partial, *restrict pq = partial + COLUMN_NEURONS, *restrict pm = partial + 2 * COLUMN_NEURONS,
+          *restrict pa = partial + 3 * COLUMN_NEURONS;
+    if (initial != NULL && !has_initial)
+        memcpy(initial, w, (size_t)rows * (size_t)cols * sizeof(float));
+    if (!has_means) {
+        for (Py_ssize_t i = 0; i < cols; ++i)
+            for (Py_ssize_t r = 0; r < rows; ++r)
+                s[r] += w[i * rows + r];
+        for (Py_ssize_t r = 0; r < rows; ++r) {
+            means[r] = cols ? s[r] / cols : 0.0;
+            s[r] = 0.0;
+        }
+    }
+    for (Py_ssize_t r = 0; r < rows; ++r)
+        centre[r] = (float)means[r];
+    for (Py_ssize_t first = 0; first < cols; first += COLUMN_BLOCK) {
+        Py_ssize_t last = first + COLUMN_BLOCK < cols ? first + COLUMN_BLOCK : cols;
+        for (Py_ssize_t r0 = 0; r0 < rows; r0 += COLUMN_NEURONS) {
+            Py_ssize_t r1 = r0 + COLUMN_NEURONS < rows ? r0 + COLUMN_NEURONS : rows;
+            memset(partial, 0, sizeof partial);
+            Py_ssize_t i = first;
+            for (; i + 4 <= last; i += 4) {
+                const float *restrict row = w + i * rows;
+                float *restrict before = previous ? previous + i * rows : NULL;
+                const float *restrict start = initial ? initial + i * rows : NULL;
+                if (before && start)
+                    COLUMN_PASS4(1, 1)
+                else if (before)
+                    COLUMN_PASS4(1, 0)
+                else if (start)
+                    COLUMN_PASS4(0, 1)
+                else
+                    COLUMN_PASS4(0, 0)
+            }
+            for (; i < last; ++i) {
+                const float *restrict row = w + i * rows;
+                float *restrict before = previous ? previous + i * rows : NULL;
+                const float *restrict start = initial ? initial + i * rows : NULL;
+                if (before && start)
+                    COLUMN_PASS(1, 1)
+                else if (before)
+                    COLUMN_PASS(1, 0)
+                else if (start)
+                    COLUMN_PASS(0, 1)
+                else
+                    COLUMN_PASS(0, 0)
+            }
+            for (Py_ssize_t r = r0; r < r1; ++r) {
+                s[r] += ps[r - r0];
+                q[r] += pq[r - r0];
+                moved[r] += pm[r - r0];
+                away[r] += pa[r - r0];
+            }
+        }
+    }
+    for (Py_ssize_t r = 0; r < rows; ++r) {
+        double m = cols ? centre[r] + s[r] / cols : 0.0, centred = cols ? s[r] / cols : 0.0;
+        double variance = cols ? q[r] / cols - centred * centred : 0.0;
+        if (centred * centred > 0.25 * (q[r] / (cols ? cols : 1))) { /* the mean moved: two passes down the column */
+            double total = 0.0;
+            for (Py_ssize_t i = 0; i < cols; ++i)
+                total += w[i * rows + r];
+            m = cols ? total / cols : 0.0;
+            float fm = (float)m;
+            double sc = 0.0;
+            for (Py_ssize_t i = 0; i < cols; ++i) {
+                double d = w[i * rows + r] - fm;
+                sc += d * d;
+            }
+            double off = fm - m;
+            variance = cols ? (sc - cols * off * off) / cols : 0.0;
+        }
+        if (variance < 0)
+            variance = 0.0;
+        means[r] = m;
+        mean[r] = m;
+        std[r] = sqrt(variance);
+        norm[r] = sqrt(cols * (variance + m * m));
+        step[r] = previous && has_previous ? sqrt(moved[r]) : NAN;
+        dist0[r] = initial ? sqrt(away[r]) : NAN;
+    }
+    PyMem_RawFree(s);
+    PyMem_RawFree(centre);
+}
+
+/* One layer's snapshot: every statistic the layout lists (COMPUTED, in the trace's order), written as float32
+ * column-major at `out` (statistic k of row r at out[k * stride + r]); the sums are then zeroed. Returns how many
+ * defined values are not finite. */
 static PyObject *layer_statistics(PyObject *self, PyObject *args)
 {
     unsigned long long w_address, previous_address, initial_address, means_address, bias_address, sums_address;
     unsigned long long shift_address, out_address;
     Py_ssize_t rows, cols, stride;
-    int has_previous, has_initial, at[N_STATS];
-    if (!PyArg_ParseTuple(args, "KKKnnppKKKKKn(iiiiiiiiii)", &w_address, &previous_address, &initial_address, &rows,
-                          &cols, &has_previous, &has_initial, &means_address, &bias_address, &sums_address,
-                          &shift_address, &out_address, &stride, &at[W_MEAN], &at[W_STD], &at[W_NORM], &at[W_STEP],
-                          &at[BIAS], &at[ACT_MEAN], &at[ACT_STD], &at[ACT_RATE], &at[GRAD_NORM], &at[W_DIST0]))
+    int has_means, has_previous, has_initial, columns;
+    if (!PyArg_ParseTuple(args, "KKKnnpppKKKKKnp", &w_address, &previous_address, &initial_address, &rows, &cols,
+                          &has_means, &has_previous, &has_initial, &means_address, &bias_address, &sums_address,
+                          &shift_address, &out_address, &stride, &columns))
         return NULL;
     if (rows < 0 || cols < 0 || stride < rows) {
         PyErr_SetString(PyExc_ValueError, "rows and cols must be >= 0, and stride >= rows");
         return NULL;
     }
-    for (int k = 0; k < N_STATS; ++k)
-        if (at[k] < 0 || at[k] >= N_STATS) {
-            PyErr_SetString(PyExc_ValueError, "column positions must lie in [0, 10)");
-            return NULL;
-        }
     double *weights = PyMem_RawMalloc(5 * (size_t)(rows ? rows : 1) * sizeof(double));
     if (weights == NULL)
         return PyErr_NoMemory();
+    float *previous = (float *)(uintptr_t)previous_address, *initial = (float *)(uintptr_t)initial_address;
     const float *bias = (const float *)(uintptr_t)bias_address;
     const float *shift = (const float *)(uintptr_t)shift_address;
     double *sums = (double *)(uintptr_t)sums_address;
     float *out = (float *)(uintptr_t)out_address;
     long long nonfinite = 0;
     BEGIN_ALLOW_THREADS_IF(rows * cols >= RELEASE_GIL_ELEMENTS)
-    weight_stats((const float *)(uintptr_t)w_address, (float *)(uintptr_t)previous_address,
-                 (float *)(uintptr_t)initial_address, (double *)(uintptr_t)means_address, rows, cols, has_previous,
-                 has_initial, weights);
+    (columns ? weight_stats_columns : weight_stats)((const float *)(uintptr_t)w_address, previous, initial,
+                                                   (double *)(uintptr_t)means_address, rows, cols, has_means,
+                                                   has_previous, has_initial, weights);
     for (Py_ssize_t r = 0; r < rows; ++r) {
         double n = sums[COUNT * rows + r], passes = sums[GRAD_PASSES * rows + r], value[N_STATS];
-        /* NaN also stands for "not defined" (no bias, no previous snapshot, no samples): only defined values count. */
-        const int defined[N_STATS] = {1, 1, 1, has_previous, bias != NULL, n > 0, n > 0, n > 0, passes > 0, 1};
+        /* NaN also stands for "not defined": only defined values count as not finite. */
+        int known[N_DEFINED] = {0};
+        known[DEF_ALWAYS] = 1;
+        known[DEF_PREVIOUS] = previous != NULL && has_previous;
+        known[DEF_INITIAL] = initial != NULL;
+        known[DEF_BIAS] = bias != NULL;
+        known[DEF_SAMPLES] = n > 0;
+        known[DEF_GRADIENTS] = passes > 0;
         value[W_MEAN] = weights[r];
         value[W_STD] = weights[rows + r];
         value[W_NORM] = weights[2 * rows + r];
         value[W_STEP] = weights[3 * rows + r];
+        value[W_DIST0] = weights[4 * rows + r];
         value[BIAS] = bias ? bias[r] : NAN;
         if (n > 0) {
             double centred = sums[SHIFTED_SUM * rows + r] / n;
@@ -408,15 +620,16 @@ static PyObject *layer_statistics(PyObject *self, PyObject *args)
             value[ACT_MEAN] = shift[r] + centred;
             value[ACT_STD] = variance < 0 ? 0.0 : sqrt(variance); /* rounding below 0 is 0; NaN stays NaN */
             value[ACT_RATE] = sums[POSITIVE * rows + r] / n;
+            value[ACT_RELU_MEAN] = sums[RELU_SUM * rows + r] / n;
         } else {
-            value[ACT_MEAN] = value[ACT_STD] = value[ACT_RATE] = NAN;
+            value[ACT_MEAN] = value[ACT_STD] = value[ACT_RATE] = value[ACT_RELU_MEAN] = NAN;
         }
         value[GRAD_NORM] = passes > 0 ? sqrt(sums[GRAD_SUMSQ * rows + r] / passes) : NAN;
-        value[W_DIST0] = weights[4 * rows + r];
+        value[GRAD_ABS_MEAN] = passes > 0 ? sums[GRAD_ABS * rows + r] / passes : NAN;
         for (int k = 0; k < N_STATS; ++k) {
             float stored = (float)value[k];
-            out[at[k] * stride + r] = stored; /* column-major: each statistic is one contiguous column */
-            nonfinite += defined[k] && !isfinite(stored);
+            out[k * stride + r] = stored; /* column-major: each statistic is one contiguous column */
+            nonfinite += known[DEFINED[k]] && !isfinite(stored);
         }
     }
     memset(sums, 0, SUM_ROWS * (size_t)rows * sizeof(double));
@@ -441,6 +654,7 @@ typedef struct {
     int kind;
     int ndim;        /* a conv's batched output rank (its weight's rank); an unbatched output goes to the fallback */
     int active;
+    int skip;        /* gradient taps: 1 drops the next gradient (its forward pass was not a training one) */
 } Tap;
 
 static PyObject *TensorType, *Float32, *BFloat16, *Strided, *Detached, *Same;
@@ -527,11 +741,11 @@ static int take_gradient(Tap *self, PyObject *grad)
     if (rows_kind ? (first != self->channels || numel % self->channels) : (ndim != 2 || last != self->channels))
         return 0;
     BEGIN_ALLOW_THREADS_IF(numel >= RELEASE_GIL_ELEMENTS)
+    double *squares = self->sums + GRAD_SUMSQ * self->channels, *absolute = self->sums + GRAD_ABS * self->channels;
     if (rows_kind)
-        gradient_rows((const float *)address, self->channels, numel / self->channels, self->sums + GRAD_SUMSQ * self->channels);
+        gradient_rows((const float *)address, self->channels, numel / self->channels, squares, absolute);
     else
-        gradient_columns((const float *)address, numel / self->channels, self->channels,
-                         self->sums + GRAD_SUMSQ * self->channels);
+        gradient_columns((const float *)address, numel / self->channels, self->channels, squares, absolute);
     add_to_row(self->sums + GRAD_PASSES * self->channels, self->channels, 1.0);
     END_ALLOW_THREADS_IF
     return 1;
@@ -578,6 +792,10 @@ static int take_activations(Tap *self, PyObject *output)
 static PyObject *tap_call(Tap *self, PyObject *args, PyObject *kwargs)
 {
     int taken = 0;
+    if (self->kind >= TAP_GRADIENT_ROWS && self->skip) {
+        self->skip = 0; /* the backward pass of an evaluation forward: counted neither way */
+        Py_RETURN_NONE;
+    }
     if (self->active && PyTuple_GET_SIZE(args) == 1 && (kwargs == NULL || PyDict_GET_SIZE(kwargs) == 0)) {
         PyObject *tensor = PyTuple_GET_ITEM(args, 0);
         taken = self->kind >= TAP_GRADIENT_ROWS ? take_gradient(self, tensor) : take_activations(self, tensor);
@@ -610,6 +828,7 @@ static int tap_init(Tap *self, PyObject *args, PyObject *kwargs)
     self->sums = (double *)(uintptr_t)sums;
     self->shift = (float *)(uintptr_t)shift;
     self->active = 1;
+    self->skip = 0;
     Py_INCREF(fallback);
     Py_XSETREF(self->fallback, fallback);
     return 0;
@@ -655,6 +874,7 @@ static PyMethodDef tap_methods[] = {
 
 static PyMemberDef tap_members[] = {
     {"active", T_INT, offsetof(Tap, active), READONLY, "whether the tap takes calls itself"},
+    {"skip", T_INT, offsetof(Tap, skip), 0, "gradient taps: 1 drops the next gradient, then resets to 0"},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -662,7 +882,7 @@ static PyTypeObject TapType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "mlflow_flux.recording._fastpath.Tap",
     .tp_doc = "Tap(kind, channels, sums, shift, fallback, ndim=0): called with one tensor, adds it into the float64 "
-              "sums (6 rows of `channels`) at address `sums`, with the float32 shift at `shift`. kind 0: a Linear's "
+              "sums (SUM_ROWS rows of `channels`) at address `sums`, with the float32 shift at `shift`. kind 0: a Linear's "
               "outputs (float32 or bfloat16), 1: a conv's batched outputs of rank ndim, 2: a gradient with one neuron "
               "per row, 3: a gradient with one neuron per column. Calls it cannot take go to fallback.",
     .tp_basicsize = sizeof(Tap),
@@ -694,14 +914,14 @@ static PyObject *setup(PyObject *self, PyObject *args)
 
 static PyMethodDef methods[] = {
     {"layer_statistics", layer_statistics, METH_VARARGS,
-     "layer_statistics(w, previous, initial, rows, cols, has_previous, has_initial, means, bias, sums, shift, out, "
-     "stride, positions): one layer's snapshot. Weight mean, population std, L2 norm, step from previous (which then "
-     "takes w's values) and distance from initial (which takes w's values when has_initial is false) of a float32 "
-     "(rows, cols) block, centred on the float64 row means of the last snapshot (then updated), "
-     "bias from a float32 vector (address 0: none), activation mean, std and rate "
-     "and gradient RMS norm from the float64 (6, rows) sums (then zeroed) and the float32 shift, written as float32 "
-     "column-major at `out` (statistic k of row r at out[positions[k] * stride + r]) for (w_mean, w_std, w_norm, "
-     "w_step, bias, act_mean, act_std, act_rate, grad_norm, w_dist0). Returns how many defined values are not finite."},
+     "layer_statistics(w, previous, initial, rows, cols, has_means, has_previous, has_initial, means, bias, sums, "
+     "shift, out, stride, columns): one layer's snapshot. Weight mean, population std, L2 norm, step from `previous` "
+     "(which then takes w's values; address 0: not kept) and distance from `initial` (which takes w's values when "
+     "has_initial is false; address 0: not kept) of a float32 (rows, cols) block (columns: a (cols, rows) block, a "
+     "column per neuron, and so the copies), centred on the float64 row means of the last "
+     "snapshot (then updated), bias from a float32 vector (address 0: none), the activation and gradient statistics "
+     "from the float64 sums (then zeroed) and the float32 shift, written as float32 column-major at `out` (statistic k "
+     "of row r at out[k * stride + r], k in STATISTICS' order). Returns how many defined values are not finite."},
     {"setup", setup, METH_VARARGS,
      "setup(torch.Tensor, torch.float32, torch.bfloat16, torch.strided, detached, same): what the taps compare "
      "against, the factory a copied tap reduces to, and the identity a copied wrapper reduces through."},
@@ -723,7 +943,13 @@ PyMODINIT_FUNC PyInit__fastpath(void)
     if (m == NULL)
         return NULL;
     /* AddObjectRef (3.10+) takes its own reference, so a failure part-way leaves no count to undo. */
-    if (PyModule_AddObjectRef(m, "Tap", (PyObject *)&TapType) < 0
+    PyObject *sum_names = Py_BuildValue("(" SUM_FORMAT ")", SUM_NAMES_LIST);
+    PyObject *stat_names = Py_BuildValue("(" STAT_FORMAT ")", STAT_NAMES_LIST);
+    int failed = sum_names == NULL || stat_names == NULL || PyModule_AddObjectRef(m, "SUMS", sum_names) < 0
+                 || PyModule_AddObjectRef(m, "STATISTICS", stat_names) < 0;
+    Py_XDECREF(sum_names);
+    Py_XDECREF(stat_names);
+    if (failed || PyModule_AddObjectRef(m, "Tap", (PyObject *)&TapType) < 0
         || PyModule_AddIntConstant(m, "SUM_ROWS", SUM_ROWS) < 0
         || PyModule_AddStringConstant(m, "source_sha256", FASTPATH_SOURCE_SHA256) < 0) {
         Py_DECREF(m);

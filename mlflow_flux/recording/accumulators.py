@@ -1,15 +1,17 @@
 """Per-neuron sums of one watched layer between two snapshots, the reductions that add into them, and the
 statistics they give.
 
-State, declared once (:data:`SUM_ROWS`), on the layer's device, zeroed by one reset, merged across steps by adding
-and across ranks by :mod:`.distributed`:
+State, on the layer's device and of O(neurons) size: ``sums``, float64 ``(len(SUMS), neurons)``, the rows declared
+once in :mod:`mlflow_flux.statistics` (zeroed by one reset, merged across steps by adding and across ranks by
+:mod:`.distributed`); ``shift``, float32 ``(neurons,)``, the mean of the window's first batch. Shifted sums keep the
+variance exact whatever the outputs' common offset (E[x^2] - E[x]^2 over plain sums loses every digit of a spread of
+1e-3 around 1e3). Every path takes the first batch as "the count is still zero", read from ``sums`` itself, so the C
+taps, the eager torch path and a compiled graph always agree on it.
 
-- ``sums``: float64 ``(6, neurons)``: sample count, sum and sum of squares of ``output - shift``, outputs above
-  zero, sum of squared gradient norms, gradient passes;
-- ``shift``: float32 ``(neurons,)``: the mean of the window's first batch. Shifted sums keep the variance exact
-  whatever the outputs' common offset (E[x^2] - E[x]^2 over plain sums loses every digit of a spread of 1e-3 around
-  1e3). Every path takes the first batch as "the count is still zero", read from ``sums`` itself, so the C taps,
-  the eager torch path and a compiled graph always agree on it.
+What ``w_step`` and ``w_dist0`` need, a copy of the weights at the previous and at the first snapshot, is the only
+state of the size of the weights: it lives in host memory (pinned when the model is on an accelerator), and each
+can be switched off (``watch(w_step=False, w_dist0=False)``). A snapshot works through a layer in chunks of rows, so
+its temporaries stay under the chunk size set by the recorder (no whole-layer float64 copy).
 
 Three ways in, one definition per statistic: the C taps (CPU float32 and bfloat16 tensors, one fused pass, no
 Python frame), the torch path (any device or dtype; a ``torch.compile`` graph calls it as one custom operator,
@@ -25,28 +27,34 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..traces.schema import STAT_COLUMNS
+from ..statistics import COMPUTED, STATISTICS, SUMS, sum_row
 from . import fastpath as kernels
 from .layers import WatchedLayer
 
-__all__ = ["LayerAccumulator", "SUM_ROWS", "FAST_POSITIONS", "weight_and_bias"]
+__all__ = ["LayerAccumulator", "weight_and_bias", "DEFAULT_CHUNK_ELEMENTS"]
 
-SUM_ROWS = ("count", "shifted_sum", "shifted_sumsq", "positive", "grad_sumsq", "grad_passes")
-COUNT, SHIFTED_SUM, SHIFTED_SUMSQ, POSITIVE, GRAD_SUMSQ, GRAD_PASSES = range(len(SUM_ROWS))
-
-# Where layer_statistics (C) writes each statistic within a snapshot row.
-FAST_POSITIONS = tuple(STAT_COLUMNS.index(c) for c in ("w_mean", "w_std", "w_norm", "w_step", "bias", "act_mean",
-                                                       "act_std", "act_rate", "grad_norm", "w_dist0"))
+COUNT, SHIFTED_SUM, SHIFTED_SUMSQ, POSITIVE, RELU_SUM = (sum_row(n) for n in ("count", "shifted_sum", "shifted_sumsq",
+                                                                              "positive", "relu_sum"))
+GRAD_SUMSQ, GRAD_ABS, GRAD_PASSES = (sum_row(n) for n in ("grad_sumsq", "grad_abs", "grad_passes"))
+# Weights per chunk of a snapshot's torch path unless the recorder sets another (a quarter of the largest weight).
+DEFAULT_CHUNK_ELEMENTS = 1 << 20
 
 
 def weight_and_bias(module: nn.Module, weight_axis: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The weight with one row per neuron (a transposed copy for a column-major layer), and the bias (read only:
-    ``.data`` skips building a detached view, which costs more than the check it serves)."""
-    weight = module.weight.data
+    """The weight with one row per neuron (a transposed view for a column-major layer), and the bias (read only:
+    ``.data`` skips building a detached view, which costs more than the check it serves). Under FSDP2 the local
+    shard: the rows of the neurons this rank holds."""
+    weight = _local(module.weight.data)
     if weight_axis == 1:
-        weight = weight.t().contiguous()
+        weight = weight.t()
     bias = getattr(module, "bias", None)
-    return weight, bias.data if isinstance(bias, torch.Tensor) else None
+    return weight, _local(bias.data) if isinstance(bias, torch.Tensor) else None
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """A DTensor's local shard (FSDP2 shards on dim 0: whole neurons), any other tensor itself."""
+    to_local = getattr(tensor, "to_local", None)
+    return to_local() if to_local is not None and type(tensor).__name__ == "DTensor" else tensor
 
 
 def _accumulate_with_torch(output: torch.Tensor, sums: torch.Tensor, shift: torch.Tensor, planes: bool,
@@ -72,6 +80,7 @@ def _accumulate_with_torch(output: torch.Tensor, sums: torch.Tensor, shift: torc
     sums[SHIFTED_SUM].add_(d.sum(dims))
     sums[SHIFTED_SUMSQ].add_((d * d).sum(dims))
     sums[POSITIVE].add_((x > 0).sum(dims))
+    sums[RELU_SUM].add_(x.clamp_min(0).sum(dims))
 
 
 @torch.library.custom_op("mlflow_flux::accumulate_outputs", mutates_args=("sums", "shift"))
@@ -104,10 +113,18 @@ def _is_cpu_float32_block(tensor: torch.Tensor) -> bool:
     return tensor.device.type == "cpu" and tensor.dtype is torch.float32 and tensor.is_contiguous()
 
 
-def _detached_state() -> "LayerAccumulator":
+def _detached_state() -> LayerAccumulator:
     state = LayerAccumulator.__new__(LayerAccumulator)
     state.detached = True
     return state
+
+
+def _host_buffer(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Host memory for a copy of the weights: pinned when the weights live on an accelerator (fast, asynchronous
+    copies), plain on CPU (where host memory is the weights' own)."""
+    if device.type == "cuda":
+        return torch.empty(shape, dtype=dtype, pin_memory=True)
+    return torch.empty(shape, dtype=dtype)
 
 
 class LayerAccumulator:
@@ -116,18 +133,36 @@ class LayerAccumulator:
     Args:
         layer: the layer to watch.
         fastpath: the compiled extension, or None for torch ops only.
+        keep_previous: keep the previous snapshot's weights (host memory, the size of the weights) for ``w_step``.
+        keep_initial: keep the first snapshot's weights (host memory, the size of the weights) for ``w_dist0``.
+        neurons: the neurons recorded (sorted indices into the layer); None: all. The sums cover every neuron (the
+            hooks reduce whole outputs), a snapshot only these.
+        chunk_elements: weights a snapshot's torch path reads per chunk.
     """
 
-    def __init__(self, layer: WatchedLayer, fastpath=None) -> None:
+    def __init__(self, layer: WatchedLayer, fastpath=None, *, keep_previous: bool = True, keep_initial: bool = True,
+                 neurons: np.ndarray | None = None, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> None:
         module = layer.module
         self.detached = False
         self.name = layer.name
         self.kind = layer.kind
         self.size = layer.size
+        self.neurons = None if neurons is None else np.asarray(neurons, dtype=np.int64)
+        self.recorded = self.size if self.neurons is None else len(self.neurons)
         self.module_ref = weakref.ref(module)
         self.weight_dim = module.weight.dim()  # a conv's batched output has its weight's rank
+        self.keep_previous, self.keep_initial = keep_previous, keep_initial
+        self.chunk_elements = max(1, int(chunk_elements))
+        # The copies behind w_step and w_dist0: one row per recorded neuron, in host memory, made at the first
+        # snapshot (when the weights' dtype and layout are known).
         self.previous_weight: torch.Tensor | None = None
-        self.initial_weight: torch.Tensor | None = None  # one row per neuron, as at the first snapshot (w_dist0)
+        self.initial_weight: torch.Tensor | None = None
+        self._row_means: torch.Tensor | None = None  # the C path centres each row on its mean at the last snapshot
+        self._snapshots = 0
+        self._skip = False  # torch path: drop the next gradient (its forward was an evaluation pass with gradients)
+        self.gradients_per_pass = True  # gradients from tensor hooks (False: as the optimizer applies them)
+        # Under FSDP2, the neurons this rank holds (a dim-0 shard of the weight): its snapshots cover only them.
+        self.shard: slice | None = None
         self.fast = None
         self._allocate(module.weight.device)
         self.forward_tap, self.grad_tap = self.add_output, self.add_gradient
@@ -137,8 +172,10 @@ class LayerAccumulator:
     def _allocate(self, device: torch.device) -> None:
         # MPS has no float64; everything else accumulates in float64.
         dtype = torch.float32 if device.type == "mps" else torch.float64
-        self.sums = torch.zeros(len(SUM_ROWS), self.size, dtype=dtype, device=device)
+        self.sums = torch.zeros(len(SUMS), self.size, dtype=dtype, device=device)
         self.shift = torch.zeros(self.size, dtype=torch.float32, device=device)
+        if self.neurons is not None:
+            self._index = torch.as_tensor(self.neurons, device=device)
 
     def _make_taps(self, fastpath) -> None:
         # A tap writes at raw addresses: its fallback, a bound method of this accumulator, keeps the buffers alive for
@@ -154,6 +191,14 @@ class LayerAccumulator:
         # A deep copy or a pickle of the watched model is a plain model: the hooks it carries record nothing.
         return (_detached_state, ())
 
+    @property
+    def memory(self) -> dict[str, int]:
+        """Bytes this layer's recording keeps for the whole run: on the model's device (the sums), and in host
+        memory (the weight copies behind ``w_step`` and ``w_dist0``)."""
+        host = sum(t.numel() * t.element_size() for t in (self.previous_weight, self.initial_weight) if t is not None)
+        device = self.sums.numel() * self.sums.element_size() + self.shift.numel() * self.shift.element_size()
+        return {"device": device, "host": host}
+
     def _move_to(self, device: torch.device) -> None:
         """The model moved (``.to()`` after ``watch()``): the sums move with it, and the C taps hand over."""
         for tap in (self.forward_tap, self.grad_tap):
@@ -161,10 +206,8 @@ class LayerAccumulator:
                 tap.deactivate()
         self.fast = None
         self.sums, self.shift = self.sums.to(device), self.shift.to(device)
-        if self.previous_weight is not None:
-            self.previous_weight = self.previous_weight.to(device)
-        if self.initial_weight is not None:
-            self.initial_weight = self.initial_weight.to(device)
+        if self.neurons is not None:
+            self._index = self._index.to(device)
 
     # -- the torch path: any device or dtype, and the operator a compiled graph calls -------------------------------
 
@@ -188,21 +231,41 @@ class LayerAccumulator:
         torch.ops.mlflow_flux.accumulate_outputs(output.detach(), self.sums, self.shift,
                                                  self.kind.outputs == "planes", self.weight_dim)
 
-    def _squared_norms(self, grad: torch.Tensor) -> torch.Tensor:
-        g = grad.detach().float()
+    def skip_next_gradient(self, grad: torch.Tensor | None = None) -> None:
+        """The next weight gradient belongs to a forward pass that did not count (an evaluation pass with gradients,
+        e.g. a saliency map): drop it too. Registered on that pass's output, whose gradient autograd computes just
+        before the weight's."""
+        if self.fast is not None:
+            self.grad_tap.skip = 1
+        else:
+            self._skip = True
+
+    def _gradient_rows(self) -> slice:
+        """Where a gradient's rows go in the sums: all neurons, or this rank's shard under FSDP2."""
+        return self.shard if self.shard is not None else slice(None)
+
+    def _squared_and_absolute(self, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per neuron, the squared L2 norm and the mean absolute value of its incoming weights' gradient."""
+        g = _local(grad.detach()).float()
         if self.kind.weight_axis == 1:
-            return (g * g).sum(0)
-        g = g.reshape(self.size, -1)
-        return (g * g).sum(1)
+            return (g * g).sum(0), g.abs().mean(0)
+        g = g.reshape(g.shape[0], -1)
+        return (g * g).sum(1), g.abs().mean(1)
 
     def add_gradient(self, grad: torch.Tensor) -> None:
         """Add one backward pass's gradient of the weight (a tensor hook: fires once per pass)."""
         if self.detached:
             return
+        if self._skip:
+            self._skip = False
+            return
         if grad.device != self.sums.device:
             self._move_to(grad.device)
-        self.sums[GRAD_SUMSQ].add_(self._squared_norms(grad))
-        self.sums[GRAD_PASSES].add_(1)
+        squared, absolute = self._squared_and_absolute(grad)
+        rows = self._gradient_rows()
+        self.sums[GRAD_SUMSQ, rows].add_(squared)
+        self.sums[GRAD_ABS, rows].add_(absolute)
+        self.sums[GRAD_PASSES, rows].add_(1)
 
     def add_applied_gradient(self, grad: torch.Tensor, scale: torch.Tensor | None = None,
                              found_inf: torch.Tensor | None = None) -> None:
@@ -211,104 +274,171 @@ class LayerAccumulator:
         nothing, decided on the device without a host sync."""
         if self.detached:
             return
-        if scale is None and found_inf is None:
+        if scale is None and found_inf is None and type(grad).__name__ != "DTensor":
             self.grad_tap(grad)
             return
         if grad.device != self.sums.device:
             self._move_to(grad.device)
-        squared = self._squared_norms(grad).double()
+        squared, absolute = self._squared_and_absolute(grad)
+        squared, absolute = squared.double(), absolute.double()
         if scale is not None:
             squared = squared / scale.double().square()
+            absolute = absolute / scale.double()
         applied = (found_inf == 0).double() if found_inf is not None else 1.0
-        self.sums[GRAD_SUMSQ].add_(squared * applied)
-        self.sums[GRAD_PASSES].add_(applied)
+        rows = self._gradient_rows()
+        self.sums[GRAD_SUMSQ, rows].add_(squared * applied)
+        self.sums[GRAD_ABS, rows].add_(absolute * applied)
+        self.sums[GRAD_PASSES, rows].add_(applied)
 
     # -- snapshots ----------------------------------------------------------------------------------------------
 
     def reset(self) -> None:
         self.sums.zero_()
 
-    def distance_from_start(self, weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """The torch path's ``w_dist0``: each neuron's distance ``||w_i - w_i(first snapshot)||`` in float64, from
-        ``weight`` with one row per neuron. The first call keeps the weights (in ``dtype``, the module's: exact) as
-        the start, distance 0. (The C path computes the same in its one pass over the weights.)"""
-        rows = weight.reshape(self.size, -1)
-        if self.initial_weight is None or self.initial_weight.shape != rows.shape:
-            self.initial_weight = rows.to(dtype, copy=True)
-        return torch.linalg.vector_norm(rows.double() - self.initial_weight.double(), dim=1)
+    def _recorded_rows(self, weight: torch.Tensor) -> torch.Tensor:
+        """The recorded neurons' rows of ``weight`` (one row per neuron): a view of all, or a copy of the subset."""
+        rows = weight.reshape(weight.shape[0], -1)
+        return rows if self.neurons is None else rows.index_select(0, self._index.to(rows.device))
+
+    def _recorded_sums(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.shard is not None:
+            return self.sums[:, self.shard], self.shift[self.shard]
+        if self.neurons is None:
+            return self.sums, self.shift
+        index = self._index.to(self.sums.device)
+        return self.sums.index_select(1, index).contiguous(), self.shift.index_select(0, index).contiguous()
 
     def fast_snapshot(self, module: nn.Module, out_address: int, stride: int) -> int | None:
-        """Write this layer's statistics (float32, column-major: ``stride`` values from one statistic to the next)
-        at ``out_address`` in C, and zero the sums.
+        """Write this layer's statistics (float32, column-major: ``stride`` values from one statistic to the next,
+        in :data:`~mlflow_flux.statistics.COMPUTED` order) at ``out_address`` in C, and zero the sums.
 
         Returns:
             How many defined values are not finite, or ``None`` when the torch path must take the layer (no
             extension, another device, dtype or memory layout).
         """
-        if self.fast is None:
+        if self.fast is None or self.shard is not None:
             return None
         weight, bias = weight_and_bias(module, self.kind.weight_axis)
+        # A column per neuron (transformers' Conv1D) kept whole: the C pass walks the weight in its own layout. A
+        # subset of its neurons is a (small) row-major copy, as for any layer.
+        columns = self.kind.weight_axis == 1 and self.neurons is None
+        rows = weight.t() if columns else self._recorded_rows(weight)
+        if self.neurons is not None and bias is not None:
+            bias = bias.index_select(0, self._index)
         # The C code reads and writes these by address: only CPU float32 contiguous memory may reach it.
-        if not (_is_cpu_float32_block(weight) and (bias is None or _is_cpu_float32_block(bias))):
+        if not (_is_cpu_float32_block(rows) and (bias is None or _is_cpu_float32_block(bias))):
             return None
+        fan_in = rows.shape[0] if columns else rows.shape[1]
+        layout = (fan_in, self.recorded) if columns else (self.recorded, fan_in)
         has_previous = self.previous_weight is not None
-        fan_in = weight.numel() // self.size
-        if not has_previous:
-            self.previous_weight = torch.empty(self.size, fan_in, dtype=torch.float32)
-            self._row_means = torch.empty(self.size, dtype=torch.float64)  # the C code centres the next snapshot here
-        initial = self.initial_weight
-        has_initial = initial is not None and initial.shape == (self.size, fan_in) and _is_cpu_float32_block(initial)
-        if not has_initial:  # the C code fills it with this snapshot's weights
-            self.initial_weight = torch.empty(self.size, fan_in, dtype=torch.float32)
-        return self.fast.layer_statistics(
-            weight.data_ptr(), self.previous_weight.data_ptr(), self.initial_weight.data_ptr(), self.size, fan_in,
-            has_previous, has_initial,
-            self._row_means.data_ptr(), bias.data_ptr() if bias is not None else 0, self.sums.data_ptr(), self.shift.data_ptr(), out_address,
-            stride, FAST_POSITIONS,
+        if self.keep_previous and not has_previous:
+            self.previous_weight = torch.empty(layout, dtype=torch.float32)
+        has_initial = self.initial_weight is not None
+        if self.keep_initial and not has_initial:  # the C code fills it with this snapshot's weights
+            self.initial_weight = torch.empty(layout, dtype=torch.float32)
+        if self._row_means is None:
+            self._row_means = torch.empty(self.recorded, dtype=torch.float64)
+        sums, shift = self._recorded_sums()
+        counted = self.fast.layer_statistics(
+            rows.data_ptr(), self.previous_weight.data_ptr() if self.keep_previous else 0,
+            self.initial_weight.data_ptr() if self.keep_initial else 0, self.recorded, fan_in,
+            self._snapshots > 0, has_previous, has_initial, self._row_means.data_ptr(),
+            bias.data_ptr() if bias is not None else 0, sums.data_ptr(), shift.data_ptr(), out_address, stride,
+            columns,
         )
+        self._snapshots += 1
+        if sums is not self.sums:
+            self.reset()
+        return counted
+
+    def _weight_statistics(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``w_*`` of every recorded neuron, in float64, chunk by chunk: the torch path's twin of the C pass."""
+        count, fan_in = rows.shape
+        device = rows.device
+        if self.keep_previous and self.previous_weight is None:
+            self.previous_weight = _host_buffer((count, fan_in), rows.dtype, device)
+            has_previous = False
+        else:
+            has_previous = self.previous_weight is not None
+        if self.keep_initial and self.initial_weight is None:
+            self.initial_weight = _host_buffer((count, fan_in), rows.dtype, device)
+            has_initial = False
+        else:
+            has_initial = self.initial_weight is not None
+        nan = torch.full((count,), float("nan"), dtype=torch.float64, device=device)
+        out = {"w_mean": torch.empty(count, dtype=torch.float64, device=device), "w_std": nan.clone(),
+               "w_norm": nan.clone(), "w_step": nan.clone(), "w_dist0": nan.clone()}
+        step = max(1, self.chunk_elements // max(1, fan_in))
+        for start in range(0, count, step):
+            part = slice(start, min(count, start + step))
+            # A column per neuron (Conv1D): one copy of the chunk in row order, so every pass after it reads memory
+            # in order (on the strided view each costs three times as much); half-precision weights in float32.
+            w = rows[part].contiguous()
+            if w.dtype not in (torch.float32, torch.float64):
+                w = w.float()
+            # Centred on a first estimate of each row's mean, the float32 sums lose nothing to cancellation; torch's
+            # CPU and CUDA reductions sum in blocks (cascades, trees), so each is float32-accurate: the statistics
+            # equal float64 arithmetic on the same weights to float32 rounding, without a float64 copy of the chunk.
+            centre = w.sum(dim=1) / fan_in
+            centred = w - centre[:, None]
+            shifted = centred.sum(dim=1).double() / fan_in
+            squares = torch.linalg.vector_norm(centred, dim=1).double().square() / fan_in
+            del centred
+            mean = centre.double() + shifted
+            variance = (squares - shifted * shifted).clamp_min(0)
+            out["w_mean"][part] = mean
+            out["w_std"][part] = variance.sqrt()
+            out["w_norm"][part] = (fan_in * (variance + mean * mean)).sqrt()
+            if self.previous_weight is not None:
+                before = self.previous_weight[part]
+                if has_previous:
+                    out["w_step"][part] = torch.linalg.vector_norm(w - before.to(device, non_blocking=True),
+                                                                   dim=1).double()
+                before.copy_(w)
+            if self.initial_weight is not None:
+                start_weights = self.initial_weight[part]
+                if not has_initial:
+                    start_weights.copy_(w)
+                out["w_dist0"][part] = torch.linalg.vector_norm(w - start_weights.to(device, non_blocking=True),
+                                                                dim=1).double()
+        return out
 
     def stats(self, module: nn.Module) -> torch.Tensor:
-        """The torch path's ``(N, len(STAT_COLUMNS) + 2)`` float32 statistics on the layer's device: the trace
-        columns, then the sample count and gradient passes (which say where NaN means "not defined"). Zeroes the
-        sums."""
+        """The torch path's ``(recorded neurons, len(COMPUTED) + 2)`` float32 statistics on the layer's device: the
+        computed trace columns, then the sample count and gradient passes (which say where NaN means "not
+        defined"). Zeroes the sums."""
         weight, bias = weight_and_bias(module, self.kind.weight_axis)
-        weight = weight.reshape(self.size, -1).double()
-        fan_in = weight.shape[1]
-        w_mean = weight.sum(dim=1) / fan_in
-        centred = weight - w_mean[:, None]
-        w_var = (centred * centred).sum(dim=1) / fan_in
-        nan = torch.full((self.size,), float("nan"), dtype=torch.float64, device=weight.device)
-        if self.previous_weight is None or self.previous_weight.shape != weight.shape:
-            w_step = nan
-        else:
-            moved = weight - self.previous_weight.double()
-            w_step = (moved * moved).sum(dim=1).sqrt()
-        self.previous_weight = weight.to(module.weight.dtype, copy=True)  # .double() of float64 is no copy
-        w_dist0 = self.distance_from_start(weight, module.weight.dtype)
-        sums = self.sums.double()
-        if sums.device != weight.device:
-            sums = sums.to(weight.device)
+        rows = self._recorded_rows(weight)
+        values = self._weight_statistics(rows)
+        self._snapshots += 1
+        device = weight.device
+        sums, shift = self._recorded_sums()
+        sums = sums.double()
+        if sums.device != device:
+            sums, shift = sums.to(device), shift.to(device)
+        if bias is not None and self.neurons is not None:
+            bias = bias.index_select(0, self._index.to(bias.device))
+        nan = torch.full((len(rows),), float("nan"), dtype=torch.float64, device=device)
         n, passes = sums[COUNT], sums[GRAD_PASSES]
         centred_mean = sums[SHIFTED_SUM] / n
         act_var = (sums[SHIFTED_SUMSQ] / n - centred_mean * centred_mean).clamp_min(0)
-        values = {
-            "w_mean": w_mean, "w_std": w_var.sqrt(), "w_norm": (fan_in * (w_var + w_mean * w_mean)).sqrt(),
-            "w_step": w_step, "w_dist0": w_dist0, "bias": bias.double() if bias is not None else nan,
-            "w_rel_step": nan,  # the recorder derives it for every layer at once
-            "act_mean": torch.where(n > 0, self.shift.double().to(n.device) + centred_mean, nan),
+        values.update({
+            "bias": bias.double() if bias is not None else nan,
+            "act_mean": torch.where(n > 0, shift.double() + centred_mean, nan),
             "act_std": torch.where(n > 0, act_var.sqrt(), nan),
             "act_rate": torch.where(n > 0, sums[POSITIVE] / n, nan),
+            "act_relu_mean": torch.where(n > 0, sums[RELU_SUM] / n, nan),
             "grad_norm": torch.where(passes > 0, (sums[GRAD_SUMSQ] / passes).sqrt(), nan),
-        }
-        block = torch.stack([*(values[c] for c in STAT_COLUMNS), n, passes], dim=1).float()
+            "grad_abs_mean": torch.where(passes > 0, sums[GRAD_ABS] / passes, nan),
+        })
+        block = torch.stack([*(values[c] for c in COMPUTED), n, passes], dim=1).float()
         self.reset()
         return block
 
-    @staticmethod
-    def defined_mask(block: np.ndarray, has_previous: bool, has_bias: bool) -> np.ndarray:
+    def defined_mask(self, block: np.ndarray, has_bias: bool) -> np.ndarray:
         """Which values of a host copy of :meth:`stats` are defined (NaN also stands for "not defined")."""
         n, passes = block[:, -2] > 0, block[:, -1] > 0
         always = np.ones_like(n)
-        columns = {"w_step": always & has_previous, "bias": always & has_bias, "act_mean": n, "act_std": n,
-                   "act_rate": n, "grad_norm": passes, "w_rel_step": ~always}  # derived: counted in its inputs
-        return np.stack([columns.get(c, always) for c in STAT_COLUMNS], axis=1)
+        when = {"always": always, "previous": always & (self.keep_previous and self._snapshots > 1),
+                "initial": always & self.keep_initial, "bias": always & has_bias, "samples": n, "gradients": passes}
+        return np.stack([when[s.defined] for s in STATISTICS if s.name in COMPUTED], axis=1)

@@ -11,8 +11,8 @@ before a hook is attached: never an error inside the user's forward or backward 
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence, Union
 
 from torch import nn
 
@@ -20,7 +20,7 @@ from ..errors import FluxError
 
 __all__ = ["LayerKind", "WatchedLayer", "LayerSpec", "SUPPORTED", "layer_kind", "select_layers"]
 
-LayerSpec = Union[str, type]
+LayerSpec = str | type
 SUPPORTED = "Linear, Conv1d, Conv2d, Conv3d and transformers' Conv1D"
 
 

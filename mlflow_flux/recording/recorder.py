@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import weakref
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -23,16 +23,41 @@ from torch import nn
 
 from .. import fluctuation
 from ..errors import FluxError
+from ..statistics import COMPUTED, sum_row
 from ..traces.schema import STAT_COLUMNS, Snapshot
 from . import distributed
 from . import fastpath as kernels
 from .accumulators import LayerAccumulator, weight_and_bias
 from .layers import LayerSpec, select_layers
 
-__all__ = ["NeuronRecorder", "WatchedForward", "unwrap"]
+__all__ = ["NeuronRecorder", "WatchedForward", "unwrap", "neuron_subset"]
 
 _log = logging.getLogger(__name__)
 W_STEP, W_NORM, W_REL_STEP = (STAT_COLUMNS.index(c) for c in ("w_step", "w_norm", "w_rel_step"))
+# The chunk a snapshot's torch path works in: temporaries of about two float32 copies of it must stay under a quarter
+# of the largest watched weight (docs/traces.md), and no chunk is smaller than this many weights.
+MIN_CHUNK_ELEMENTS = 1 << 16
+
+
+def neuron_subset(name: str, size: int, budget: int) -> np.ndarray | None:
+    """The neurons recorded of a layer of ``size`` under a budget of ``budget`` per layer: all (None) when it fits,
+    else a fixed subset, the same for the same layer name and size in every run (seeded by the name).
+
+    >>> neuron_subset("fc", 4, 0) is None, neuron_subset("fc", 4, 8) is None, len(neuron_subset("fc", 100, 10))
+    (True, True, 10)
+    >>> bool((neuron_subset("fc", 100, 10) == neuron_subset("fc", 100, 10)).all())
+    True
+    """
+    if budget <= 0 or size <= budget:
+        return None
+    seed = [0, *name.encode()]  # stable across processes and Python versions (no hash randomisation)
+    return np.sort(np.random.default_rng(seed).choice(size, budget, replace=False))
+
+
+def _in_backward() -> bool:
+    """Whether autograd is running a backward pass now: a forward call then is a recomputation (activation
+    checkpointing, ``torch.utils.checkpoint`` in either mode) of a forward that was already counted."""
+    return torch._C._current_graph_task_id() != -1
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -57,7 +82,7 @@ class WatchedForward:
     the original forward back (``__reduce__``), so the copy is a plain model.
     """
 
-    __slots__ = ("original", "module", "accumulator", "active")
+    __slots__ = ("accumulator", "active", "module", "original")
 
     def __init__(self, module: nn.Module, accumulator: LayerAccumulator) -> None:
         self.original = module.forward
@@ -67,11 +92,17 @@ class WatchedForward:
 
     def __call__(self, *args, **kwargs):
         output = self.original(*args, **kwargs)
-        if self.active and self.module.training and torch.is_grad_enabled() and isinstance(output, torch.Tensor):
-            if torch.compiler.is_compiling():
+        if not self.active or not isinstance(output, torch.Tensor):
+            return output
+        if torch.compiler.is_compiling():
+            if self.module.training and torch.is_grad_enabled():
                 self.accumulator.add_output_compiled(output)
-            else:
+        elif self.module.training and torch.is_grad_enabled():
+            if not _in_backward():  # a checkpointed layer's forward, run again for its backward, counts once
                 self.accumulator.forward_tap(output)
+        elif output.requires_grad and self.accumulator.gradients_per_pass:
+            # An evaluation pass with gradients (a saliency map): its outputs do not count, nor its weight gradient.
+            output.register_hook(self.accumulator.skip_next_gradient)
         return output
 
     def __reduce__(self):
@@ -115,13 +146,15 @@ class NeuronRecorder:
     """
 
     def __init__(self, model: nn.Module, layers: Sequence[LayerSpec] | None = None, snapshot_every: int = 1,
-                 optimizer: torch.optim.Optimizer | None = None) -> None:
+                 optimizer: torch.optim.Optimizer | None = None, *, w_step: bool = True, w_dist0: bool = True,
+                 neuron_budget: int = 0) -> None:
         if snapshot_every < 1:
             raise FluxError(f"snapshot_every must be >= 1, got {snapshot_every}")
         self.model = model
         self.layer_specs = layers
         self.snapshot_every = snapshot_every
         self.optimizer = optimizer
+        self.w_step, self.w_dist0, self.neuron_budget = w_step, w_dist0, neuron_budget
         self.rank, self.world_size = 0, 1
         self._states: list[LayerAccumulator] = []
         self._handles: list = []
@@ -136,8 +169,30 @@ class NeuronRecorder:
 
     @property
     def layer_sizes(self) -> list[int]:
-        """Neurons per watched layer, in the order of :attr:`layer_names`."""
+        """Neurons recorded per watched layer (all, or the subset under ``neuron_budget``), in the order of
+        :attr:`layer_names`."""
+        return [state.recorded for state in self._states]
+
+    @property
+    def layer_widths(self) -> list[int]:
+        """Neurons per watched layer, recorded or not."""
         return [state.size for state in self._states]
+
+    @property
+    def memory(self) -> dict[str, int]:
+        """Bytes the recorder keeps for the whole run: on the model's device (per-neuron sums) and in host memory
+        (the weight copies behind ``w_step`` and ``w_dist0``, made at the first snapshot)."""
+        totals = {"device": 0, "host": 0}
+        for state in self._states:
+            for where, size in state.memory.items():
+                totals[where] += size
+        return totals
+
+    def samples_since_snapshot(self) -> dict[str, int]:
+        """Outputs counted per watched layer since the last snapshot (a sample, or each position of a conv's plane):
+        a forward recomputed by activation checkpointing is not counted again."""
+        row = sum_row("count")
+        return {state.name: int(state.sums[row, 0].item()) if state.size else 0 for state in self._states}
 
     @property
     def path(self) -> str:
@@ -148,19 +203,40 @@ class NeuronRecorder:
     def attached(self) -> bool:
         return bool(self._handles)
 
-    def attach(self) -> "NeuronRecorder":
+    def refuse_unsupported(self) -> None:
+        """Raise FluxError for a wrapping the recorder cannot read (FSDP1, a DTensor not sharded on dim 0)."""
+        distributed.refuse_unsupported(unwrap(self.model))
+
+    def attach(self) -> NeuronRecorder:
         """Resolve the layers, allocate buffers and install the hooks."""
         if self.attached:
             return self
         model = unwrap(self.model)
-        distributed.refuse_sharded(model)
+        distributed.refuse_unsupported(model)
         self.rank, self.world_size = distributed.world()
         if self.world_size > 1 and self.optimizer is None:
             raise FluxError("under torch.distributed, pass watch(model, optimizer=optimizer): gradients are read as "
                             "the optimizer applies them, once DDP has synchronized them")
         layers = select_layers(model, self.layer_specs)
         fastpath = kernels.fastpath()
-        self._states = [LayerAccumulator(layer, fastpath) for layer in layers]
+        largest = max(layer.module.weight.numel() * layer.module.weight.element_size() for layer in layers)
+        # The torch path's peak during a snapshot is about nine float32 chunks (a row-order copy, the differences,
+        # the allocator's slack; benchmarks/big_model.py measures it): chunks of 1/48 of the largest weight keep it
+        # under a quarter of that weight.
+        chunk = max(MIN_CHUNK_ELEMENTS, largest // 4 // 48)
+        self._states = [
+            LayerAccumulator(layer, fastpath, keep_previous=self.w_step, keep_initial=self.w_dist0,
+                             neurons=neuron_subset(layer.name, layer.size, self.neuron_budget), chunk_elements=chunk)
+            for layer in layers
+        ]
+        for layer, state in zip(layers, self._states):
+            state.gradients_per_pass = self.optimizer is None
+            state.shard = distributed.shard_rows(layer.module.weight)
+            if state.shard is not None and (layer.kind.weight_axis != 0 or state.neurons is not None):
+                raise FluxError(f"layer {layer.name!r} is sharded by FSDP2 "
+                                + ("along its inputs (transformers' Conv1D keeps a neuron per column): its rank "
+                                   "holds no whole neuron" if layer.kind.weight_axis != 0 else
+                                   "and neuron_budget picks a subset: record it whole (neuron_budget=0)"))
         try:
             for layer, state in zip(layers, self._states):
                 self._handles.append(_ForwardHandle(layer.module, WatchedForward(layer.module, state)))
@@ -177,7 +253,8 @@ class NeuronRecorder:
         self._slices = tuple(slice(start, start + size) for start, size in zip(self._offsets, sizes))
         self._rows = (
             np.repeat(np.arange(len(sizes), dtype=np.int32), sizes),
-            np.concatenate([np.arange(size, dtype=np.int32) for size in sizes]),
+            np.concatenate([np.arange(state.size, dtype=np.int32) if state.neurons is None
+                            else state.neurons.astype(np.int32) for state in self._states]),
         )
         return self
 
@@ -208,7 +285,7 @@ class NeuronRecorder:
             handle.remove()
         self._handles.clear()
 
-    def __enter__(self) -> "NeuronRecorder":
+    def __enter__(self) -> NeuronRecorder:
         return self.attach()
 
     def __exit__(self, *exc_info: object) -> None:
@@ -226,15 +303,22 @@ class NeuronRecorder:
         if self._rows is None:
             raise FluxError("the recorder is not attached: use it as a context manager or call attach() first")
         with torch.no_grad():
+            gathered: dict[int, torch.Tensor] = {}
             if self.world_size > 1:
                 distributed.pool(self._states)
+                # FSDP2: every rank computes the statistics of the neurons it holds; rank 0 gets them all.
+                sharded = [state for state in self._states if state.shard is not None]
+                if sharded:
+                    blocks = [state.stats(state.module_ref()) for state in sharded]
+                    full = distributed.gather_shards(blocks, [state.size for state in sharded])
+                    gathered = dict(zip(map(id, sharded), full)) if full is not None else {}
                 if self.rank != 0:
                     for state in self._states:
                         state.reset()
                     return None
-            return self._snapshot(epoch)
+            return self._snapshot(epoch, gathered)
 
-    def _snapshot(self, epoch: int) -> Snapshot:
+    def _snapshot(self, epoch: int, gathered: dict[int, torch.Tensor] | None = None) -> Snapshot:
         layer_index, neuron = self._rows
         # Column-major: each statistic is one contiguous column, which Arrow takes without a copy.
         stats = np.empty((len(STAT_COLUMNS), len(neuron)), dtype=np.float32)
@@ -243,24 +327,27 @@ class NeuronRecorder:
             module = state.module_ref()
             if module is None:
                 raise FluxError(f"layer {state.name!r} no longer exists")
+            if gathered and id(state) in gathered:  # FSDP2: every rank's neurons, put together
+                torch_path.append((start, state, gathered[id(state)], weight_and_bias(module)[1] is not None))
+                continue
             counted = state.fast_snapshot(module, stats.ctypes.data + start * stats.itemsize, len(neuron))
             if counted is None:
-                has_previous = state.previous_weight is not None
                 has_bias = weight_and_bias(module)[1] is not None
-                torch_path.append((start, state, state.stats(module), has_previous, has_bias))
+                torch_path.append((start, state, state.stats(module), has_bias))
             else:
                 nonfinite += counted
         if torch_path:
             # The snapshot's one device-to-host copy for every layer the fast path did not take.
             device = torch_path[0][2].device  # a model may span devices
-            host = torch.cat([block.to(device) for _, _, block, _, _ in torch_path]).cpu().numpy()
+            host = torch.cat([block.to(device) for _, _, block, _ in torch_path]).cpu().numpy()
             row = 0
-            for start, state, block, has_previous, has_bias in torch_path:
+            computed = len(COMPUTED)
+            for start, state, block, has_bias in torch_path:
                 part = host[row : row + len(block)]
                 row += len(block)
-                stats[:, start : start + len(block)] = part[:, : len(STAT_COLUMNS)].T
-                mask = LayerAccumulator.defined_mask(part, has_previous, has_bias)
-                nonfinite += int((~np.isfinite(part[:, : len(STAT_COLUMNS)]) & mask).sum())
+                stats[:computed, start : start + len(block)] = part[:, :computed].T
+                mask = state.defined_mask(part, has_bias)
+                nonfinite += int((~np.isfinite(part[:, :computed]) & mask).sum())
         stats[W_REL_STEP] = fluctuation.relative_update(stats[W_STEP], stats[W_NORM])
         self._snapshots += 1
         if self._snapshots <= 2:  # what the check catches shows from the first snapshot on

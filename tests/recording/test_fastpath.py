@@ -12,6 +12,7 @@ from torch import nn
 
 import mlflow_flux
 from mlflow_flux.recording import fastpath as kernels
+from mlflow_flux.statistics import COMPUTED, SUMS, c_layout, sum_row
 
 if kernels.fastpath() is None:
     if os.environ.get("MLFLOW_FLUX_REQUIRE_FASTPATH") == "1":
@@ -26,13 +27,16 @@ def test_the_loaded_extension_was_built_from_the_current_source():
     source = Path(mlflow_flux.__file__).parent / "recording" / "_fastpath.c"
     if not source.exists():
         pytest.skip("installed from a wheel: no source beside the package to compare with")
-    assert fast.source_sha256 == hashlib.sha256(source.read_bytes()).hexdigest(), (
+    assert fast.source_sha256 == hashlib.sha256(source.read_bytes() + c_layout().encode()).hexdigest(), (
         "mlflow_flux._fastpath is stale: rebuild it (make install, or pip install -e .)"
     )
 
 
-ROWS = 6  # count, shifted sum, shifted sum of squares, positives, squared gradient norms, gradient passes
-
+ROWS = len(SUMS)
+COUNT, SHIFTED_SUM, SHIFTED_SUMSQ, POSITIVE, RELU_SUM, GRAD_SUMSQ, GRAD_ABS, PASSES = (
+    sum_row(n) for n in ("count", "shifted_sum", "shifted_sumsq", "positive", "relu_sum", "grad_sumsq", "grad_abs",
+                         "grad_passes"))
+AT = {name: k for k, name in enumerate(COMPUTED)}  # where layer_statistics writes each statistic
 
 def _buffers(channels: int):
     return torch.zeros(ROWS, channels, dtype=torch.float64), torch.zeros(channels, dtype=torch.float32)
@@ -46,15 +50,16 @@ def _tap(kind: int, channels: int, sums: torch.Tensor, shift: torch.Tensor, ndim
 
 
 def _activity(sums: torch.Tensor, shift: torch.Tensor) -> np.ndarray:
-    """(count, mean, std, positives) per neuron, the way layer_statistics reads the sums."""
-    n = sums[0]
-    centred = sums[1] / n
-    return torch.stack([n, shift.double() + centred, (sums[2] / n - centred**2).clamp_min(0).sqrt(), sums[3]]).numpy()
+    """(count, mean, std, positives, sum of relu) per neuron, the way layer_statistics reads the sums."""
+    n = sums[COUNT]
+    centred = sums[SHIFTED_SUM] / n
+    return torch.stack([n, shift.double() + centred, (sums[SHIFTED_SUMSQ] / n - centred**2).clamp_min(0).sqrt(),
+                        sums[POSITIVE], sums[RELU_SUM]]).numpy()
 
 
 def _expected(y: np.ndarray) -> np.ndarray:
     y = y.astype(np.float64)
-    return np.stack([np.full(y.shape[1], len(y)), y.mean(0), y.std(0), (y > 0).sum(0)])
+    return np.stack([np.full(y.shape[1], len(y)), y.mean(0), y.std(0), (y > 0).sum(0), np.maximum(y, 0).sum(0)])
 
 
 @pytest.mark.parametrize("rows, channels", [(1, 1), (3, 7), (64, 1024), (70, 515), (5000, 9)])
@@ -100,6 +105,7 @@ def test_nan_and_inf_follow_the_torch_path():
     _tap(kernels.TAP_ROWS, 5, sums, shift)(y)
     activity = _activity(sums, shift)
     assert activity[3].tolist() == [9.0, 0.0, 9.0, 0.0, 0.0]  # NaN does not fire
+    assert activity[4].tolist()[:2] == [9.0, 0.0]  # nor does it add to the sum of relu(output)
     assert np.isfinite(activity[1, [0, 4]]).all() and not np.isfinite(activity[1, 1:4]).any()
 
 
@@ -108,75 +114,113 @@ def test_gradient_rows_and_columns_match_float64(rows, cols):
     g = torch.randn(rows, cols)
     by_row, shift = _buffers(rows)
     _tap(kernels.TAP_GRADIENT_ROWS, rows, by_row, shift)(g)
-    np.testing.assert_allclose(by_row[4].numpy(), (g.double() ** 2).sum(1).numpy(), rtol=1e-5)
-    assert by_row[5].tolist() == [1.0] * rows
+    np.testing.assert_allclose(by_row[GRAD_SUMSQ].numpy(), (g.double() ** 2).sum(1).numpy(), rtol=1e-5)
+    np.testing.assert_allclose(by_row[GRAD_ABS].numpy(), g.double().abs().mean(1).numpy(), rtol=1e-5)
+    assert by_row[PASSES].tolist() == [1.0] * rows
     by_column, shift = _buffers(cols)  # transformers' Conv1D: a neuron per column of its (in, out) weight
     _tap(kernels.TAP_GRADIENT_COLUMNS, cols, by_column, shift)(g)
-    np.testing.assert_allclose(by_column[4].numpy(), (g.double() ** 2).sum(0).numpy(), rtol=1e-5)
+    np.testing.assert_allclose(by_column[GRAD_SUMSQ].numpy(), (g.double() ** 2).sum(0).numpy(), rtol=1e-5)
+    np.testing.assert_allclose(by_column[GRAD_ABS].numpy(), g.double().abs().mean(0).numpy(), rtol=1e-5)
 
 
+def test_a_gradient_tap_drops_the_one_gradient_it_was_told_to_skip():
+    g = torch.randn(3, 4)
+    sums, shift = _buffers(3)
+    tap = _tap(kernels.TAP_GRADIENT_ROWS, 3, sums, shift)
+    tap.skip = 1
+    tap(g)  # the backward pass of an evaluation forward: dropped
+    assert not sums.any() and tap.skip == 0
+    tap(g)
+    assert sums[PASSES].tolist() == [1.0] * 3
+
+
+def _native(tensor: torch.Tensor, columns: bool) -> torch.Tensor:
+    """A (neurons, fan_in) block as the C pass takes it: as it is, or a column per neuron (transformers' Conv1D)."""
+    return tensor.t().contiguous() if columns else tensor
+
+
+@pytest.mark.parametrize("columns", [False, True], ids=["rows", "columns"])
 @pytest.mark.parametrize("rows, cols", [(1, 1), (64, 256), (5, 13)])
-def test_layer_statistics_match_float64_copy_the_weights_and_zero_the_sums(rows, cols):
+def test_layer_statistics_match_float64_copy_the_weights_and_zero_the_sums(rows, cols, columns):
     w, previous, bias = torch.randn(rows, cols) + 0.3, torch.randn(rows, cols), torch.randn(rows)
     initial = torch.randn(rows, cols)
     before, start = previous.double().clone(), initial.double().clone()
+    w_in, previous_in, initial_in = (_native(t, columns) for t in (w, previous, initial))
     sums = torch.rand(ROWS, rows, dtype=torch.float64) * 10
-    sums[0], sums[5] = 5.0, 2.0
+    sums[COUNT], sums[PASSES] = 5.0, 2.0
     shift = torch.randn(rows)
     expected_sums = sums.clone()
-    positions = tuple(range(9, -1, -1))  # written in reverse, to check they are honoured
-    out = np.empty((10, rows), dtype=np.float32)  # column-major: statistic k of row r at out[k, r]
+    out = np.empty((len(COMPUTED), rows), dtype=np.float32)  # column-major: statistic k of row r at out[k, r]
     means = torch.randn(rows, dtype=torch.float64)  # last snapshot's row means: only where the sums are centred
-    nonfinite = fast.layer_statistics(w.data_ptr(), previous.data_ptr(), initial.data_ptr(), rows, cols, True, True,
-                                      means.data_ptr(), bias.data_ptr(), sums.data_ptr(), shift.data_ptr(),
-                                      out.ctypes.data, rows, positions)
-    wd, (n, s1, s2, p, g, m) = w.double(), expected_sums
-    expected = [wd.mean(1), wd.std(1, unbiased=False), wd.norm(dim=1), (wd - before).norm(dim=1), bias.double(),
-                shift.double() + s1 / n, (s2 / n - (s1 / n) ** 2).clamp_min(0).sqrt(), p / n, (g / m).sqrt(),
-                (wd - start).norm(dim=1)]
-    np.testing.assert_allclose(out[::-1], torch.stack(expected).numpy(), rtol=1e-5, atol=1e-6)
-    assert nonfinite == 0 and torch.equal(previous, w) and not sums.any() and torch.equal(initial.double(), start)
+    nonfinite = fast.layer_statistics(w_in.data_ptr(), previous_in.data_ptr(), initial_in.data_ptr(), rows, cols,
+                                      True, True, True, means.data_ptr(), bias.data_ptr(), sums.data_ptr(),
+                                      shift.data_ptr(), out.ctypes.data, rows, columns)
+    wd, e = w.double(), expected_sums
+    n, s1 = e[COUNT], e[SHIFTED_SUM]
+    expected = {"w_mean": wd.mean(1), "w_std": wd.std(1, unbiased=False), "w_norm": wd.norm(dim=1),
+                "w_step": (wd - before).norm(dim=1), "bias": bias.double(), "act_mean": shift.double() + s1 / n,
+                "act_std": (e[SHIFTED_SUMSQ] / n - (s1 / n) ** 2).clamp_min(0).sqrt(), "act_rate": e[POSITIVE] / n,
+                "act_relu_mean": e[RELU_SUM] / n, "grad_norm": (e[GRAD_SUMSQ] / e[PASSES]).sqrt(),
+                "grad_abs_mean": e[GRAD_ABS] / e[PASSES], "w_dist0": (wd - start).norm(dim=1)}
+    for name, values in expected.items():
+        np.testing.assert_allclose(out[AT[name]], values.numpy(), rtol=1e-5, atol=1e-6, err_msg=name)
+    assert nonfinite == 0 and torch.equal(previous_in, w_in) and not sums.any()
+    assert torch.equal(initial_in.double(), _native(start, columns))
     np.testing.assert_allclose(means.numpy(), wd.mean(1).numpy(), rtol=1e-6)  # float lanes, as torch sums float32
     # Nothing to compare with, no bias, no samples, no passes: NaN, and not counted as non-finite. No start yet:
     # these weights become it, at distance 0.
-    nonfinite = fast.layer_statistics(w.data_ptr(), previous.data_ptr(), initial.data_ptr(), rows, cols, False, False,
-                                      means.data_ptr(), 0, sums.data_ptr(), shift.data_ptr(), out.ctypes.data, rows,
-                                      tuple(range(10)))
-    assert nonfinite == 0 and np.isnan(out[3:9]).all() and np.isfinite(out[:3]).all()
-    assert torch.equal(initial, w) and (out[9] == 0).all()
+    nonfinite = fast.layer_statistics(w_in.data_ptr(), previous_in.data_ptr(), initial_in.data_ptr(), rows, cols,
+                                      False, False, False, means.data_ptr(), 0, sums.data_ptr(), shift.data_ptr(),
+                                      out.ctypes.data, rows, columns)
+    undefined = [AT[c] for c in ("w_step", "bias", "act_mean", "act_std", "act_rate", "act_relu_mean", "grad_norm",
+                                 "grad_abs_mean")]
+    assert nonfinite == 0 and np.isnan(out[undefined]).all()
+    assert np.isfinite(out[[AT["w_mean"], AT["w_std"], AT["w_norm"]]]).all()
+    assert torch.equal(initial_in, w_in) and (out[AT["w_dist0"]] == 0).all()
+    # The copies switched off (address 0): w_step and w_dist0 are NaN, and nothing is counted.
+    nonfinite = fast.layer_statistics(w_in.data_ptr(), 0, 0, rows, cols, True, True, True, means.data_ptr(), 0,
+                                      sums.data_ptr(), shift.data_ptr(), out.ctypes.data, rows, columns)
+    assert nonfinite == 0 and np.isnan(out[[AT["w_step"], AT["w_dist0"]]]).all()
 
 
+@pytest.mark.parametrize("columns", [False, True], ids=["rows", "columns"])
 @pytest.mark.parametrize("offset, spread, moved", [(0.0, 1.0, 0.0), (1000.0, 1e-3, 0.0), (5.0, 1e-2, 3.0)])
-def test_weight_statistics_are_exact_whatever_the_offset_and_however_far_the_mean_moved(offset, spread, moved):
+def test_weight_statistics_are_exact_whatever_the_offset_and_however_far_the_mean_moved(offset, spread, moved,
+                                                                                       columns):
     torch.manual_seed(0)
     first = (offset + spread * torch.randn(8, 300)).float()
     then = (first + moved + spread * 0.01 * torch.randn(8, 300)).float()  # the next snapshot: moved, or not
-    previous, initial, means = torch.empty(8, 300), torch.empty(8, 300), torch.empty(8, dtype=torch.float64)
-    sums, shift, out = torch.zeros(ROWS, 8, dtype=torch.float64), torch.zeros(8), np.empty((10, 8), np.float32)
+    previous, initial = _native(torch.empty(8, 300), columns), _native(torch.empty(8, 300), columns)
+    means = torch.empty(8, dtype=torch.float64)
+    sums, shift = torch.zeros(ROWS, 8, dtype=torch.float64), torch.zeros(8)
+    out = np.empty((len(COMPUTED), 8), np.float32)
     for weights, has_previous in ((first, False), (then, True)):
-        fast.layer_statistics(weights.data_ptr(), previous.data_ptr(), initial.data_ptr(), 8, 300, has_previous,
-                              has_previous, means.data_ptr(), 0, sums.data_ptr(), shift.data_ptr(), out.ctypes.data, 8,
-                              tuple(range(10)))
+        native = _native(weights, columns)
+        fast.layer_statistics(native.data_ptr(), previous.data_ptr(), initial.data_ptr(), 8, 300, has_previous,
+                              has_previous, has_previous, means.data_ptr(), 0, sums.data_ptr(), shift.data_ptr(),
+                              out.ctypes.data, 8, columns)
     reference = then.double()
-    np.testing.assert_allclose(out[0], reference.mean(1).numpy(), rtol=1e-6, atol=1e-6 * spread)  # float32 rounding
-    np.testing.assert_allclose(out[1], reference.std(1, unbiased=False).numpy(), rtol=1e-5)
-    np.testing.assert_allclose(out[2], reference.norm(dim=1).numpy(), rtol=1e-6)
-    np.testing.assert_allclose(out[3], (reference - first.double()).norm(dim=1).numpy(), rtol=1e-5)
-    np.testing.assert_allclose(out[9], (reference - first.double()).norm(dim=1).numpy(), rtol=1e-5)  # w_dist0
+    np.testing.assert_allclose(out[AT["w_mean"]], reference.mean(1).numpy(), rtol=1e-6, atol=1e-6 * spread)
+    np.testing.assert_allclose(out[AT["w_std"]], reference.std(1, unbiased=False).numpy(), rtol=1e-5)
+    np.testing.assert_allclose(out[AT["w_norm"]], reference.norm(dim=1).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(out[AT["w_step"]], (reference - first.double()).norm(dim=1).numpy(), rtol=1e-5)
+    np.testing.assert_allclose(out[AT["w_dist0"]], (reference - first.double()).norm(dim=1).numpy(), rtol=1e-5)
 
 
 def test_layer_statistics_count_defined_values_that_are_not_finite():
     w, previous, initial = torch.tensor([[1.0, float("inf")], [1.0, 2.0]]), torch.zeros(2, 2), torch.zeros(2, 2)
-    sums = torch.tensor([[1.0, 1.0], [1.0, float("nan")], [1.0, 1.0], [1.0, 1.0], [4.0, 4.0], [1.0, 1.0]],
-                        dtype=torch.float64)
+    sums = torch.ones(ROWS, 2, dtype=torch.float64)
+    sums[SHIFTED_SUM, 1] = float("nan")
+    sums[GRAD_SUMSQ] = 4.0
     shift = torch.zeros(2)
-    out = np.empty((10, 2), dtype=np.float32)
+    out = np.empty((len(COMPUTED), 2), dtype=np.float32)
     means = torch.zeros(2, dtype=torch.float64)
-    nonfinite = fast.layer_statistics(w.data_ptr(), previous.data_ptr(), initial.data_ptr(), 2, 2, True, True,
+    nonfinite = fast.layer_statistics(w.data_ptr(), previous.data_ptr(), initial.data_ptr(), 2, 2, True, True, True,
                                       means.data_ptr(), 0, sums.data_ptr(), shift.data_ptr(), out.ctypes.data, 2,
-                                      tuple(range(10)))
+                                      False)
     # Row 0: mean, std (inf - inf), norm, step and distance of the inf weight; row 1: act_mean, act_std of the NaN sum.
-    assert nonfinite == int((~np.isfinite(out[[0, 1, 2, 3, 5, 6, 7, 8, 9]])).sum()) == 7
+    defined = [k for name, k in AT.items() if name != "bias"]
+    assert nonfinite == int((~np.isfinite(out[defined])).sum()) == 7
 
 
 def _train(store_run_name: str, model_factory, steps_per_epoch: int = 3, epochs: int = 3):

@@ -17,7 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from tests.reference import Reference  # noqa: E402
+from tests.reference import Reference
 
 EPOCHS, STEPS = 3, 4
 
@@ -54,14 +54,6 @@ def worker(rank: int, world: int, port: int, uri: str, experiment: str, out: str
         mlflow_flux.watch(ddp).start()
     except mlflow_flux.FluxError as exc:
         refusals["no optimizer"] = str(exc)
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
-
-    sharded = fully_shard(nn.Sequential(nn.Linear(6, 4)), mesh=init_device_mesh("cpu", (world,)))  # FSDP2 on CPU
-    try:
-        mlflow_flux.watch(sharded, optimizer=torch.optim.SGD(sharded.parameters(), lr=0.1)).start()
-    except mlflow_flux.FluxError as exc:
-        refusals["fsdp"] = str(exc)
     expected = {}
     with mlflow_flux.watch(ddp, optimizer=optimizer, window=2, log_figures=False) as flux:
         dist.all_gather = counting
@@ -73,7 +65,8 @@ def worker(rank: int, world: int, port: int, uri: str, experiment: str, out: str
                 optimizer.step()
             dist.all_gather = original  # the reference's own gathering of every rank's outputs is not ours
             outputs = [None] * world
-            dist.all_gather_object(outputs, {name: [t.numpy() for t in kept] for name, kept in reference.outputs.items()})
+            mine = {name: [t.numpy() for t in kept] for name, kept in reference.outputs.items()}
+            dist.all_gather_object(outputs, mine)
             if rank == 0:
                 for name in reference.outputs:
                     reference.outputs[name] = [torch.from_numpy(a) for part in outputs for a in part[name]]
@@ -91,7 +84,9 @@ def worker(rank: int, world: int, port: int, uri: str, experiment: str, out: str
     dist.destroy_process_group()
 
 
-def main() -> None:
+def spawn_on_two_ranks(worker) -> None:
+    """``worker(rank, 2, port, uri, experiment, out)`` on two processes, from this script's arguments
+    (``URI EXPERIMENT OUT``); fsdp_watch.py starts its ranks the same way."""
     uri, experiment, out = sys.argv[1:4]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -100,4 +95,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    spawn_on_two_ranks(worker)

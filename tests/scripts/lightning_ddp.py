@@ -8,14 +8,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import os  # noqa: E402
+import os
 
-import torch  # noqa: E402
-from lightning.pytorch import Trainer  # noqa: E402
-from lightning.pytorch.loggers import MLFlowLogger  # noqa: E402
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.loggers import MLFlowLogger
 
-from mlflow_flux.integrations.lightning import FluxCallback  # noqa: E402
-from tests.integrations.lightning_models import AutoEncoder, loaders, trainer_options  # noqa: E402
+from mlflow_flux.integrations.lightning import FluxCallback
+from tests.integrations.lightning_models import AutoEncoder, loaders, trainer_options
 
 if __name__ == "__main__":
     torch.manual_seed(0)
