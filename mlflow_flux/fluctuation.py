@@ -10,12 +10,13 @@ docs/metrics.md.
 
 from __future__ import annotations
 
+import importlib
 import math
 import warnings
-from typing import Mapping, NamedTuple, Sequence
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
 __all__ = [
     "median",
@@ -29,21 +30,33 @@ __all__ = [
     "window_stats",
     "summarize",
     "windows_of",
-    "layer_arrays",
     "window_summaries",
-    "summaries_from_arrays",
-    "summaries_over_epochs",
-    "DIVERGENCE_FACTOR",
-    "Divergence",
-    "divergence",
     "frozen_fraction",
     "relative_update",
     "participation_ratio",
     "WINDOW_COLUMNS",
     "LAST_SNAPSHOT_COLUMNS",
-    "lyapunov",
-    "early_index",
+    "Thresholds",
+    "TAU_MODES",
+    "DEFAULT_TAU_RELATIVE",
+    "DEFAULT_DORMANT_TAU",
+    "DORMANT_EPSILON",
+    "layer_normalized",
+    "dormant_mask",
+    "dormant_fraction",
 ]
+
+# Names that moved to rooms of their own (reshaping traces, training dynamics): still importable from here.
+_MOVED = dict.fromkeys(("layer_arrays", "summaries_from_arrays", "summaries_over_epochs"), "mlflow_flux.reshape")
+_MOVED.update(dict.fromkeys(("DIVERGENCE_FACTOR", "Divergence", "divergence", "lyapunov", "early_index"),
+                            "mlflow_flux.dynamics"))
+
+
+def __getattr__(name: str):
+    if name in _MOVED:
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # What each quantity means, as the report prints it: our reading of the paper, which publishes no formula.
 DEFINITIONS = (
@@ -53,8 +66,14 @@ DEFINITIONS = (
     ("bias fluctuation", "std over the window of bias[t, i]"),
     ("fires", "act_rate[t, i] > 0 at some snapshot t of the window"),
     ("dead", "act_rate[t, i] == 0 at every snapshot t of the window"),
-    ("participates", "fires and rel[i] >= tau"),
-    ("frozen", "fires but rel[i] < tau: still active, its weights no longer move (inactive, not dead)"),
+    ("participates", "fires and rel[i] >= tau (tau_mode=absolute, the default); with tau_mode=relative, fires and "
+                     "rel[i] / (mean over the layer's neurons of rel + 1e-9) >= tau_relative"),
+    ("frozen", "fires but does not participate: still active, its weights no longer move (inactive, not dead)"),
+    ("dormant (ReDo)", "s[i] = E|relu(out_i)| / (mean over the layer's neurons of E|relu(out_k)| + 1e-9) <= "
+                       "dormant_tau, E over the samples since the previous snapshot (Sokar et al. 2023); the network "
+                       "fraction leaves the output layer (the last watched) out"),
+    ("dormant (GraMa)", "g[i] = mean_j |dL/dW_ij| / (mean over the layer's neurons of the same + 1e-9) <= dormant_tau, "
+                        "averaged over the gradient passes since the previous snapshot (Liu et al. 2025)"),
     ("diverged", "the loss rose above DIVERGENCE_FACTOR (2) times its own minimum after reaching it and ended there"),
     ("distance from start", "w_dist0[t, i] = ||w_i(t) - w_i(first snapshot)||: how far the incoming weights moved"),
     ("relative update", "w_step[t, i] / w_norm[t, i]: the last step's size against the weights' size"),
@@ -68,11 +87,56 @@ DEFINITIONS = (
 )
 # Per-neuron columns taken over the whole window, and those taken at the window's last snapshot.
 WINDOW_COLUMNS = ("w_std", "bias", "act_rate")
-LAST_SNAPSHOT_COLUMNS = ("w_step", "w_norm", "w_dist0", "act_std")
-# The per-neuron trace columns every summary here is computed from (the trace stores them first).
+LAST_SNAPSHOT_COLUMNS = ("w_step", "w_norm", "w_dist0", "act_std", "act_relu_mean", "grad_abs_mean")
+# The per-neuron trace columns every summary here is computed from.
 INPUT_COLUMNS = (*WINDOW_COLUMNS, *LAST_SNAPSHOT_COLUMNS)
 DEFAULT_WINDOW = 10
 DEFAULT_TAU = 1e-4
+TAU_MODES = ("absolute", "relative")
+DEFAULT_TAU_RELATIVE = 0.1
+DEFAULT_DORMANT_TAU = 0.1  # the paper's (Sokar et al. 2023) tau > 0 setting; the reference code defaults to 0
+DORMANT_EPSILON = 1e-9  # added to the layer's mean score, as the reference code does (dopamine estimate_neuron_score)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The thresholds the summaries apply: participation (absolute ``tau`` on the relative fluctuation, or
+    ``tau_relative`` on it against the layer's mean with ``tau_mode="relative"``) and dormancy (``dormant_tau`` on
+    the ReDo and GraMa scores; tau = 0 is always reported as well).
+
+    >>> Thresholds().relative, Thresholds(tau_mode="relative").participation_tau
+    (False, 0.1)
+    """
+
+    tau: float = DEFAULT_TAU
+    tau_mode: str = "absolute"
+    tau_relative: float = DEFAULT_TAU_RELATIVE
+    dormant_tau: float = DEFAULT_DORMANT_TAU
+
+    def __post_init__(self) -> None:
+        for name in ("tau", "tau_relative"):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
+        if not (self.dormant_tau >= 0 and math.isfinite(self.dormant_tau)):
+            raise ValueError(f"dormant_tau must be a number >= 0, got {self.dormant_tau!r}")
+        if self.tau_mode not in TAU_MODES:
+            raise ValueError(f"tau_mode must be one of {', '.join(TAU_MODES)}, got {self.tau_mode!r}")
+
+    @property
+    def relative(self) -> bool:
+        return self.tau_mode == "relative"
+
+    @property
+    def participation_tau(self) -> float:
+        """The threshold participation is judged with, in its mode's units."""
+        return self.tau_relative if self.relative else self.tau
+
+    @staticmethod
+    def of(tau: float | Thresholds) -> Thresholds:
+        """A bare number is today's absolute tau."""
+        return tau if isinstance(tau, Thresholds) else Thresholds(tau=float(tau))
+
 # Per-layer summary keys, logged as ``flux/<layer>/<key>`` and ``flux/all/<key>``.
 SUMMARY_KEYS = (
     "participating",
@@ -84,6 +148,9 @@ SUMMARY_KEYS = (
     "w_rel_step_median",
     "w_dist0_median",
     "participation_ratio",
+    "dormant_frac",
+    "dormant0_frac",
+    "grama_frac",
 )
 
 
@@ -129,15 +196,17 @@ def relative_fluctuation(spread: np.ndarray) -> np.ndarray:
 
 
 def window_stats(
-    spread: np.ndarray, bias: np.ndarray, act_rate: np.ndarray, tau: float = DEFAULT_TAU
+    spread: np.ndarray, bias: np.ndarray, act_rate: np.ndarray, tau: float | Thresholds = DEFAULT_TAU,
+    sizes: list[int] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Per-neuron statistics of one layer over windows of snapshots.
+    """Per-neuron statistics of one layer (or of ``sizes`` layers side by side) over windows of snapshots.
 
     Args:
         spread: ``(B, W, N)`` ``w_std`` values: ``B`` windows of ``W`` snapshots of ``N`` neurons.
         bias: ``(B, W, N)`` biases (NaN for a layer without bias).
         act_rate: ``(B, W, N)`` fractions of positive outputs.
-        tau: participation threshold on the relative fluctuation.
+        tau: participation threshold on the relative fluctuation, or the run's :class:`Thresholds`.
+        sizes: the neurons of each layer when several lie side by side (a relative threshold is judged per layer).
 
     Returns:
         ``(B, N)`` arrays: ``sos``, ``rel``, ``bias_fluct`` (float64), ``fires``, ``dead``, ``participating`` (bool).
@@ -147,9 +216,14 @@ def window_stats(
     >>> stats = window_stats(s, np.zeros_like(s), r, tau=0.1)
     >>> stats["participating"].tolist(), stats["dead"].tolist()
     ([[True, False]], [[False, False]])
+    >>> # against the layer: rel = [0.5, 0], its mean 0.25; neuron 0 is at 2.0 x the mean, neuron 1 at 0 x
+    >>> window_stats(s, np.zeros_like(s), r, Thresholds(tau_mode="relative", tau_relative=1.5))["participating"]
+    array([[ True, False]])
     """
-    if tau <= 0 or not np.isfinite(tau):
-        raise ValueError(f"tau must be a positive number, got {tau!r}")
+    try:
+        thresholds = Thresholds.of(tau)
+    except ValueError:
+        raise ValueError(f"tau must be a positive number, got {tau!r}") from None
     act_rate = np.asarray(act_rate)
     spread = np.asarray(spread, dtype=np.float64)
     mean = spread.sum(axis=-2) / spread.shape[-2]
@@ -157,14 +231,66 @@ def window_stats(
     with np.errstate(divide="ignore", invalid="ignore"):
         rel = np.where(mean != 0, sos / mean, 0.0)
     fires = (act_rate > 0).any(axis=-2)
+    judged = layer_normalized(rel, sizes) if thresholds.relative else rel
     return {
         "sos": sos,
         "rel": rel,
         "bias_fluct": window_std(bias),
         "fires": fires,
         "dead": (act_rate == 0).all(axis=-2),
-        "participating": fires & (rel >= tau),
+        "participating": fires & (judged >= thresholds.participation_tau),
     }
+
+
+def _layer_means(values: np.ndarray, sizes: list[int] | None) -> np.ndarray:
+    """Each neuron's layer mean over the last axis, for ``sizes`` layers side by side (one layer: ``None``)."""
+    if sizes is None or len(sizes) <= 1:
+        return values.sum(axis=-1, keepdims=True) / values.shape[-1]
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(int)
+    means = np.add.reduceat(values, starts, axis=-1) / np.asarray(sizes)
+    return np.repeat(means, sizes, axis=-1)
+
+
+def layer_normalized(scores: np.ndarray, sizes: list[int] | None = None) -> np.ndarray:
+    """Each neuron's score against its layer's mean score, ``s_i / ((1/H) sum_k s_k + 1e-9)``: ReDo's and GraMa's
+    normalisation (the reference code adds the 1e-9), also the relative participation threshold's.
+
+    Args:
+        scores: ``(..., N)`` non-negative per-neuron scores: ``act_relu_mean`` (ReDo), ``grad_abs_mean`` (GraMa).
+        sizes: the neurons of each layer when several lie side by side on the last axis.
+
+    >>> layer_normalized(np.array([0.0, 1.0, 2.0, 5.0])).round(6).tolist()  # the layer's mean is 2
+    [0.0, 0.5, 1.0, 2.5]
+    >>> layer_normalized(np.array([1.0, 3.0, 4.0]), sizes=[2, 1]).round(6).tolist()  # means 2 and 4
+    [0.5, 1.5, 1.0]
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    return scores / (_layer_means(scores, sizes) + DORMANT_EPSILON)
+
+
+def dormant_mask(scores: np.ndarray, tau: float, sizes: list[int] | None = None) -> np.ndarray:
+    """The tau-dormant neurons: normalised score ``<= tau`` (Sokar et al. 2023, eq. 1; tau = 0: those whose score is
+    exactly 0, a ReLU that never fired).
+
+    >>> dormant_mask(np.array([0.0, 0.1, 1.0, 2.9]), 0.1).tolist()  # normalised: 0, 0.1, 1, 2.9
+    [True, True, False, False]
+    >>> dormant_mask(np.array([0.0, 0.1, 1.0, 2.9]), 0.0).tolist()
+    [True, False, False, False]
+    """
+    return layer_normalized(scores, sizes) <= tau
+
+
+def dormant_fraction(scores: np.ndarray, tau: float) -> np.ndarray:
+    """The fraction of one layer's neurons (last axis) that are tau-dormant; NaN where a score is not defined (no
+    sample or gradient since the previous snapshot).
+
+    >>> dormant_fraction(np.array([[0.0, 0.1, 1.0, 2.9], [0.0, np.nan, 1.0, 1.0]]), 0.1).tolist()
+    [0.5, nan]
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    defined = np.isfinite(scores).all(axis=-1)
+    fraction = dormant_mask(scores, tau).sum(axis=-1) / scores.shape[-1]
+    return np.where(defined, fraction, np.nan)[()]
 
 
 def median(x: np.ndarray) -> np.ndarray:
@@ -199,19 +325,20 @@ def median(x: np.ndarray) -> np.ndarray:
 
 
 def summarize(
-    layers: Mapping[str, Mapping[str, np.ndarray]], tau: float = DEFAULT_TAU
+    layers: Mapping[str, Mapping[str, np.ndarray]], tau: float | Thresholds = DEFAULT_TAU
 ) -> dict[str, np.ndarray]:
     """Summaries per layer and over all layers, for ``B`` windows at once.
 
     Args:
-        layers: per layer name, ``(B, W, N)`` arrays ``w_std``, ``bias``, ``act_rate`` and ``(B, N)`` arrays
-            ``w_step``, ``w_norm``, ``w_dist0``, ``act_std`` (at each window's last snapshot; one missing gives NaN
-            summaries for what needs it).
-        tau: participation threshold.
+        layers: per layer name, in the model's order, ``(B, W, N)`` arrays ``w_std``, ``bias``, ``act_rate`` and
+            ``(B, N)`` arrays of :data:`LAST_SNAPSHOT_COLUMNS` (at each window's last snapshot; one missing gives
+            NaN summaries for what needs it).
+        tau: participation threshold, or the run's :class:`Thresholds`.
 
     Returns:
         ``(B,)`` float64 arrays keyed ``"<layer>/<key>"`` and ``"all/<key>"`` for each key of
-        :data:`SUMMARY_KEYS`. Medians ignore non-finite values.
+        :data:`SUMMARY_KEYS`. Medians ignore non-finite values. The dormant fractions over ``all`` leave the last
+        layer out, as ReDo leaves out the output layer.
 
     >>> s = np.array([[[1.0, 1.0], [3.0, 1.0]]])
     >>> layer = {"w_std": s, "bias": np.zeros_like(s), "act_rate": np.ones_like(s), "w_step": np.ones((1, 2))}
@@ -233,17 +360,25 @@ def summarize(
 
 
 def _summarize_joined(names: list[str], sizes: list[int], joined: Mapping[str, np.ndarray],
-                      tau: float) -> dict[str, np.ndarray]:
+                      tau: float | Thresholds) -> dict[str, np.ndarray]:
     """:func:`summarize` on every layer's neurons side by side (``sizes`` neurons each, in ``names`` order).
 
     Every per-neuron quantity is computed once for all layers (they are elementwise along the window), then summed
     or reduced to medians per layer: the same numbers as layer by layer, in a tenth of the numpy calls.
     """
-    stats = window_stats(joined["w_std"], joined["bias"], joined["act_rate"], tau)
+    thresholds = Thresholds.of(tau)
+    stats = window_stats(joined["w_std"], joined["bias"], joined["act_rate"], thresholds, sizes)
     w_step = np.asarray(joined["w_step"], dtype=np.float64)
     rel_step = relative_update(w_step, joined["w_norm"])
     w_dist0 = np.asarray(joined["w_dist0"], dtype=np.float64)
     act_std = np.asarray(joined["act_std"], dtype=np.float64)
+    # ReDo's and GraMa's scores against each one's layer; a layer with an undefined score has no fraction.
+    dormancy = {}
+    for key, column, dormant_tau in (("dormant_frac", "act_relu_mean", thresholds.dormant_tau),
+                                     ("dormant0_frac", "act_relu_mean", 0.0),
+                                     ("grama_frac", "grad_abs_mean", thresholds.dormant_tau)):
+        scores = np.asarray(joined[column], dtype=np.float64)
+        dormancy[key] = (dormant_mask(scores, dormant_tau, sizes), np.isfinite(scores))
     out: dict[str, np.ndarray] = {}
     bounds = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
     scopes = [(name, slice(start, stop)) for name, start, stop in zip(names, bounds[:-1], bounds[1:])]
@@ -259,6 +394,21 @@ def _summarize_joined(names: list[str], sizes: list[int], joined: Mapping[str, n
         out[f"{name}/w_rel_step_median"] = median(rel_step[..., rows])
         out[f"{name}/w_dist0_median"] = median(w_dist0[..., rows])
         out[f"{name}/participation_ratio"] = participation_ratio(act_std[..., rows])
+        if name != "all":
+            for key, (mask, defined) in dormancy.items():
+                fraction = mask[..., rows].sum(axis=-1) / n
+                out[f"{name}/{key}"] = np.where(defined[..., rows].all(axis=-1), fraction, np.nan)
+    # Over the network: every layer but the output (the last) whose score is defined, as ReDo counts it.
+    counted = scopes[:-1] if len(scopes) > 1 else scopes
+    for key, (mask, defined) in dormancy.items():
+        dormant = np.zeros(np.shape(mask)[:-1])
+        total = np.zeros(np.shape(mask)[:-1])
+        for _, rows in counted:
+            layer_defined = defined[..., rows].all(axis=-1)
+            dormant = dormant + np.where(layer_defined, mask[..., rows].sum(axis=-1), 0)
+            total = total + np.where(layer_defined, rows.stop - rows.start, 0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out[f"all/{key}"] = np.where(total > 0, dormant / total, np.nan)
     return out
 
 
@@ -277,83 +427,6 @@ def windows_of(values: np.ndarray, window: int) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(view, -1, 1))
 
 
-def layer_arrays(trace: pd.DataFrame, columns: tuple[str, ...] = INPUT_COLUMNS):
-    """A long trace as ``(epochs, {layer: {column: (E, N) float32 array}})``, layers in order of appearance; of
-    ``columns``, those the trace holds.
-
-    Raises:
-        ValueError: a layer misses neurons at some epoch, or layers were snapshot at different epochs.
-    """
-    columns = tuple(c for c in columns if c in trace.columns)  # a trace written before a column existed lacks it
-    layer = trace["layer"]
-    codes, names = pd.factorize(layer.astype(str) if not isinstance(layer.dtype, pd.CategoricalDtype) else layer)
-    epoch = trace["epoch"].to_numpy()
-    neuron = trace["neuron"].to_numpy()
-    fast = _epoch_major_layout(codes, epoch, neuron)
-    if fast is not None:
-        return _split_epoch_major(trace, names, fast, columns)
-    order = np.lexsort((neuron, epoch, codes))
-    codes, epoch = codes[order], epoch[order]
-    bounds = np.flatnonzero(np.diff(codes)) + 1
-    epochs: np.ndarray | None = None
-    out: dict[str, dict[str, np.ndarray]] = {}
-    for rows in np.split(np.arange(len(order)), bounds):
-        if rows.size == 0:
-            continue
-        name = str(names[codes[rows[0]]])
-        layer_epochs = np.unique(epoch[rows])
-        if rows.size % layer_epochs.size:
-            raise ValueError(f"layer {name!r} does not have the same neurons at every epoch")
-        if epochs is None:
-            epochs = layer_epochs
-        elif not np.array_equal(epochs, layer_epochs):
-            raise ValueError(f"layer {name!r} has snapshots at other epochs than the first layer")
-        shape = (layer_epochs.size, rows.size // layer_epochs.size)
-        out[name] = {c: trace[c].to_numpy(dtype=np.float32)[order[rows]].reshape(shape) for c in columns}
-    return (epochs if epochs is not None else np.array([], dtype=np.int64)), out
-
-
-def _epoch_major_layout(codes: np.ndarray, epoch: np.ndarray, neuron: np.ndarray):
-    """``(epochs, codes of one epoch, neurons of one epoch)`` when every epoch repeats one row layout, as the
-    recorder writes it; None otherwise. Checking is one vectorised comparison; sorting would be a lexsort."""
-    if len(epoch) == 0:
-        return None
-    per_epoch = int(np.searchsorted(epoch, epoch[0], side="right"))
-    if per_epoch == 0 or len(epoch) % per_epoch:
-        return None
-    shape = (len(epoch) // per_epoch, per_epoch)
-    epochs_2d, codes_2d, neuron_2d = epoch.reshape(shape), codes.reshape(shape), neuron.reshape(shape)
-    epochs = epochs_2d[:, 0]
-    if (
-        (epochs_2d != epochs[:, None]).any()
-        or (np.diff(epochs) <= 0).any()
-        or (codes_2d != codes_2d[0]).any()
-        or (neuron_2d != neuron_2d[0]).any()
-    ):
-        return None
-    first_codes, first_neurons = codes_2d[0], neuron_2d[0]
-    # each layer must be one contiguous block of neurons 0..N-1 within the epoch
-    starts = np.flatnonzero(np.r_[True, np.diff(first_codes) != 0])
-    if len(np.unique(first_codes)) != len(starts):
-        return None
-    return epochs, first_codes, first_neurons, starts, shape
-
-
-def _split_epoch_major(trace, names, layout, columns):
-    epochs, first_codes, first_neurons, starts, shape = layout
-    bounds = list(starts) + [shape[1]]
-    out: dict[str, dict[str, np.ndarray]] = {}
-    wide = {c: trace[c].to_numpy(dtype=np.float32).reshape(shape) for c in columns}
-    for begin, end in zip(bounds[:-1], bounds[1:]):
-        block = first_neurons[begin:end]
-        order = np.argsort(block, kind="stable")
-        columns_of_layer = slice(begin, end) if (order == np.arange(len(order))).all() else begin + order
-        out[str(names[first_codes[begin]])] = {
-            c: np.ascontiguousarray(wide[c][:, columns_of_layer]) for c in columns
-        }
-    return epochs, out
-
-
 def _column(arrays: Mapping[str, np.ndarray], key: str) -> np.ndarray:
     """One layer's ``(E, N)`` column, or NaN for a column the trace does not hold (written before it existed)."""
     if key in arrays:
@@ -361,7 +434,7 @@ def _column(arrays: Mapping[str, np.ndarray], key: str) -> np.ndarray:
     return np.full(np.shape(arrays["w_std"]), np.nan, dtype=np.float32)
 
 
-def window_summaries(layers: dict, window: int, tau: float) -> dict[str, np.ndarray]:
+def window_summaries(layers: dict, window: int, tau: float | Thresholds) -> dict[str, np.ndarray]:
     """:func:`summarize` over every run of ``window`` consecutive snapshots of :func:`layer_arrays`' output.
 
     The recorder calls it live on exactly ``window`` snapshots (one window, no pandas in the training loop); the
@@ -378,77 +451,6 @@ def window_summaries(layers: dict, window: int, tau: float) -> dict[str, np.ndar
     joined = {key: windows_of(side_by_side[key], window) for key in WINDOW_COLUMNS}
     joined.update({key: side_by_side[key][window - 1 :] for key in LAST_SNAPSHOT_COLUMNS})
     return _summarize_joined(names, [np.shape(layers[name]["w_std"])[-1] for name in names], joined, tau)
-
-
-def summaries_from_arrays(epochs: np.ndarray, layers: dict, window: int, tau: float) -> pd.DataFrame:
-    """:func:`summaries_over_epochs` on what :func:`layer_arrays` returned."""
-    if window < 2:
-        raise ValueError(f"window must be >= 2 snapshots, got {window}")
-    if len(epochs) < window:
-        return pd.DataFrame(index=pd.Index([], name="epoch"))
-    return pd.DataFrame(window_summaries(layers, window, tau), index=pd.Index(epochs[window - 1 :], name="epoch"))
-
-
-def summaries_over_epochs(trace: pd.DataFrame, window: int = DEFAULT_WINDOW, tau: float = DEFAULT_TAU) -> pd.DataFrame:
-    """Recompute the live summaries at every snapshot of a trace whose window is full.
-
-    Args:
-        trace: a long trace with columns ``epoch``, ``layer``, ``neuron``, ``w_std``, ``bias``, ``act_rate``,
-            ``w_step`` (as :func:`mlflow_flux.load_traces` returns it).
-        window: snapshots per window.
-        tau: participation threshold.
-
-    Returns:
-        One row per epoch (index ``epoch``) and one column per summary key (``"<layer>/<key>"``, ``"all/<key>"``),
-        equal to the ``flux/...`` metrics the recorder logged for the same settings.
-    """
-    if window < 2:
-        raise ValueError(f"window must be >= 2 snapshots, got {window}")
-    epochs, layers = layer_arrays(trace)
-    return summaries_from_arrays(epochs, layers, window, tau)
-
-
-# A run "diverged" when its loss rose above this multiple of its own minimum and ended there.
-DIVERGENCE_FACTOR = 2.0
-
-
-class Divergence(NamedTuple):
-    """Where a loss history diverged: its minimum, the first step after it above ``factor`` x the minimum, the last
-    value."""
-
-    best_step: int
-    best: float
-    step: int
-    final: float
-
-
-def divergence(steps: Sequence[int], losses: Sequence[float], factor: float = DIVERGENCE_FACTOR) -> Divergence | None:
-    """The divergence of a loss history, or None when its last value is within ``factor`` of its minimum.
-
-    A history that became NaN or infinite diverged at the first such step.
-
-    >>> divergence([0, 1, 2, 3, 4], [0.5, 0.1, 0.12, 0.3, 0.4])
-    Divergence(best_step=1, best=0.1, step=3, final=0.4)
-    >>> divergence([0, 1, 2], [0.5, 0.1, 0.15]) is None, divergence([], []) is None
-    (True, True)
-    >>> divergence([0, 1, 2], [0.5, float("nan"), 0.1]).step
-    1
-    """
-    values = np.asarray(losses, dtype=float)
-    steps = np.asarray(steps)
-    if len(values) == 0:
-        return None
-    bad = ~np.isfinite(values)
-    if bad.any():
-        first = int(np.argmax(bad))
-        best = int(np.argmin(values[:first])) if first else 0
-        return Divergence(int(steps[best]), float(values[best]) if first else math.nan, int(steps[first]),
-                          float(values[-1]))
-    best = int(np.argmin(values))
-    if not values[-1] > factor * values[best]:
-        return None
-    after = np.flatnonzero(values[best:] > factor * values[best])
-    return Divergence(int(steps[best]), float(values[best]), int(steps[best + after[0]]), float(values[-1]))
 
 
 def relative_update(w_step: np.ndarray, w_norm: np.ndarray) -> np.ndarray:
@@ -472,7 +474,8 @@ def participation_ratio(act_std: np.ndarray) -> np.ndarray:
     Neurons whose ``act_std`` is not finite (not seen since the last snapshot) are left out; NaN when none is
     finite.
 
-    >>> participation_ratio(np.array([1.0, 1.0, 1.0, 1.0])).item(), participation_ratio(np.array([3.0, 0.0, 0.0])).item()
+    >>> ratio = participation_ratio
+    >>> ratio(np.array([1.0, 1.0, 1.0, 1.0])).item(), ratio(np.array([3.0, 0.0, 0.0])).item()
     (4.0, 1.0)
     >>> round(participation_ratio(np.array([2.0, 1.0])).item(), 4), participation_ratio(np.array([0.0, 0.0])).item()
     (1.4706, 0.0)
@@ -489,42 +492,13 @@ def participation_ratio(act_std: np.ndarray) -> np.ndarray:
     return np.where(finite.any(axis=-1), ratio, np.nan)
 
 
-def lyapunov(distance, initial, t):
-    """The finite-time Lyapunov estimate ``ln(d(t) / d(0)) / t`` of two trajectories ``distance`` apart after ``t``
-    epochs that started ``initial`` apart (arrays broadcast).
-
-    Where the twins coincide (``d(t) = 0``, e.g. from identical weights) it is ``-inf``, never NaN; where they
-    started identical but differ now it is ``+inf``. ``t`` must be positive.
-
-    >>> float(lyapunov(np.e ** 2, 1.0, 2)), bool(lyapunov(0.5, 1.0, 1) == -np.log(2))
-    (1.0, True)
-    >>> lyapunov(np.array([0.0, 0.0, 1e-3]), np.array([0.0, 1e-6, 0.0]), 5).tolist()
-    [-inf, -inf, inf]
-    """
-    distance = np.asarray(distance, dtype=np.float64)
-    initial = np.asarray(initial, dtype=np.float64)
-    t = np.asarray(t, dtype=np.float64)
-    if (t <= 0).any():
-        raise ValueError(f"t must be positive, got {t!r}")
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rate = np.log(distance / initial) / t
-    coincide = distance == 0
-    return np.where(coincide, -np.inf, np.where((initial == 0) & (distance > 0), np.inf, rate))
-
-
-def early_index(epochs: int, fraction: float = 0.1) -> int:
-    """The epoch (0-based) that ends the first ``fraction`` of ``epochs``: where the report reads "early" lambda.
-
-    >>> early_index(1000), early_index(30), early_index(5)
-    (99, 2, 0)
-    """
-    return max(0, math.ceil(fraction * epochs) - 1)
-
-
 def frozen_fraction(participating_frac: float, dead_frac: float) -> float:
-    """The fraction of neurons that fire but no longer participate: ``1 - dead - participating``.
+    """The fraction of neurons that fire but no longer participate: ``1 - dead - participating`` (NaN where either
+    is: a run without a full window).
 
-    >>> round(frozen_fraction(0.0, 0.64), 6)
-    0.36
+    >>> round(frozen_fraction(0.0, 0.64), 6), frozen_fraction(float("nan"), 0.5)
+    (0.36, nan)
     """
+    if math.isnan(participating_frac) or math.isnan(dead_frac):
+        return math.nan
     return max(0.0, 1.0 - dead_frac - participating_frac)
