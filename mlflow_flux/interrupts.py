@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 __all__ = ["interrupted", "exit_code", "stop_on_signals", "PARENT_PID_ENV", "stop_with_parent"]
 
@@ -51,6 +51,20 @@ def _ours(signum: int, handler) -> bool:
     return handler in (signal.SIG_DFL, None)
 
 
+def _in_finalizer(frame) -> bool:
+    """Whether the interrupted code is a finalizer (a ``__del__``, a weakref callback): an exception raised there
+    is printed as "Exception ignored" and lost, so the interrupt would be too. The innermost frames only: a
+    finalizer runs between any two bytecodes of the code below it."""
+    for _ in range(8):
+        if frame is None:
+            return False
+        code = frame.f_code
+        if code.co_name == "__del__" or code.co_filename.endswith(("weakref.py", "_weakrefset.py")):
+            return True
+        frame = frame.f_back
+    return False
+
+
 @contextlib.contextmanager
 def stop_on_signals(stream=None) -> Iterator[None]:
     """Within the block, SIGINT and SIGTERM raise :func:`interrupted` once; later ones print a line and are ignored
@@ -66,6 +80,9 @@ def stop_on_signals(stream=None) -> Iterator[None]:
     received: list[int] = []
 
     def handle(signum, frame):
+        if _in_finalizer(frame):  # raised there, Python would print it and go on: deliver it again just after
+            threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
+            return
         received.append(signum)
         if len(received) == 1:
             raise interrupted(signum)

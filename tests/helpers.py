@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -61,6 +62,25 @@ def run_cli(store: dict, *args: str, timeout: float = 300, cwd: Path = ROOT) -> 
     )
 
 
+def run_cli_concurrently(commands: list[tuple[list[str], dict]], timeout: float = 300,
+                         cwd: Path = ROOT) -> list[subprocess.CompletedProcess]:
+    """``mlflow-flux ARGS`` for each ``(ARGS, env)`` at once, in that order: commands that only check their input
+    (and fail) spend most of their time importing, which two cores do side by side."""
+    started = [(args, subprocess.Popen([*PYTHON, "-m", "mlflow_flux.cli", *args], cwd=cwd, env=env,
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+               for args, env in commands]
+    done = []
+    for args, process in started:
+        try:
+            out, err = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for _, other in started:
+                other.kill()
+            raise
+        done.append(subprocess.CompletedProcess(args, process.returncode, out, err))
+    return done
+
+
 def run_mlflow_project(store: dict, *params: str, entry_point: str = "main", timeout: float = 600):
     """``mlflow run . --env-manager local -e ENTRY -P ...`` from the project root."""
     args = [sys.executable, "-m", "mlflow", "run", str(ROOT), "--env-manager", "local", "-e", entry_point,
@@ -80,46 +100,68 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class MlflowServer:
-    """A real `mlflow server` on 127.0.0.1 (sqlite backend, artifacts served by the server), in its own process
-    group: its workers outlive a plain kill of the parent, so it is stopped by group."""
+GUARD = Path(__file__).resolve().parent / "scripts" / "guard.py"
 
-    def __init__(self, root: Path, port: int | None = None) -> None:
+
+class GuardedProcess:
+    """A server process in its own process group (its workers outlive a plain kill of the parent, so it is stopped
+    by group) that dies with the test process however that dies: tests/scripts/guard.py holds the parent-death
+    signal."""
+
+    def __init__(self, name: str, log: Path) -> None:
+        self.name, self.log = name, log
+        self.process: subprocess.Popen | None = None
+
+    def spawn(self, command: list[str], env: dict | None = None, cwd: Path | None = None) -> None:
+        out = open(self.log, "a")  # noqa: SIM115 -- the server's output, for as long as it runs
+        self.process = subprocess.Popen([sys.executable, str(GUARD), *command], stdout=out, stderr=subprocess.STDOUT,
+                                        start_new_session=True, env=env, cwd=cwd)
+
+    def wait_until(self, ready, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                break
+            try:
+                if ready():
+                    return
+            except Exception:  # noqa: BLE001 -- not up yet: refused, reset, or the client's own kind of that
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"{self.name} did not start: " + self.log.read_text()[-3000:])
+
+    def stop(self) -> None:
+        """End the whole group at once: what these servers hold is thrown away with them, and a graceful stop
+        (PostgreSQL's smart shutdown, gunicorn's workers) costs ~10 s each. A store that dies is what some tests
+        want anyway."""
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):  # already gone
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+        self.process = None
+
+
+class MlflowServer(GuardedProcess):
+    """A real `mlflow server` on 127.0.0.1: by default a sqlite backend and artifacts served from local disk."""
+
+    def __init__(self, root: Path, port: int | None = None, backend: str | None = None,
+                 artifacts: str | None = None, options: tuple[str, ...] = (), env: dict | None = None) -> None:
+        super().__init__("mlflow server", root / "server.log")
         self.root = root
         self.port = port or free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen | None = None
+        self.backend = backend or f"sqlite:///{root / 'server.db'}"
+        self.artifacts = artifacts or str(root / "artifacts")
+        self.options, self.env = options, env
 
-    def start(self, timeout: float = 120) -> "MlflowServer":
-        log = open(self.root / "server.log", "a")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
-             "--backend-store-uri", f"sqlite:///{self.root / 'server.db'}",
-             "--artifacts-destination", str(self.root / "artifacts"), "--workers", "1"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if urllib.request.urlopen(f"{self.uri}/health", timeout=2).status == 200:
-                    return self
-            except OSError:
-                time.sleep(0.5)
-        self.stop()
-        raise RuntimeError("mlflow server did not answer /health: " + (self.root / "server.log").read_text()[-2000:])
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-        except ProcessLookupError:
-            pass
-        self.process = None
+    def start(self, timeout: float = 120) -> MlflowServer:
+        self.spawn([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
+                    "--backend-store-uri", self.backend, "--artifacts-destination", self.artifacts, "--workers", "1",
+                    *self.options], env=self.env, cwd=self.root)
+        self.wait_until(lambda: urllib.request.urlopen(f"{self.uri}/health", timeout=2).status == 200, timeout)
+        return self
 
 
 def train_mlp(epochs: int, **watch_options) -> tuple[str, nn.Module]:

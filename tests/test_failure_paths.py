@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -142,7 +141,8 @@ def test_an_unreachable_server_is_one_line_within_seconds_for_every_command(stor
         elapsed = time.monotonic() - started
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert result.returncode == 1, (command, result.stderr)
-        assert lines == [f"mlflow-flux: error: cannot reach the tracking server at {dead} (connection refused)"], command
+        expected = f"mlflow-flux: error: cannot reach the tracking server at {dead} (connection refused)"
+        assert lines == [expected], command
         assert elapsed < start_up + 20, (command, elapsed, start_up)  # the check itself takes ~1 s
     started = time.monotonic()
     with pytest.raises(FluxError, match=f"cannot reach the tracking server at {dead}"):
@@ -166,7 +166,8 @@ def test_a_server_that_dies_mid_run_costs_a_bounded_wait_and_keeps_the_trace(tmp
     message = [line for line in err.splitlines() if line.startswith("mlflow-flux: error:")]
     assert len(message) == 1 and f"tracking server at {server.uri} stopped answering" in message[0]
     assert "Traceback" not in err
-    kept = Path(message[0].split("the trace is kept at ")[1].split(" (upload")[0])
+    kept = Path(message[0].split("; kept at ")[1].split("; upload it with: ")[0])
+    assert "traces/traces.parquet" in message[0] and "did not reach the artifact store" in message[0]
     trace = read_trace_files([kept / "traces.parquet"]).to_pandas()
     assert set(trace.epoch) == set(range(1000))  # every epoch, in one compacted file on local disk
     assert after < 240, after  # training time plus at most the 10 s upload timeout and a few health checks

@@ -12,7 +12,7 @@ import logging
 import queue
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 __all__ = ["Worker"]
 
@@ -43,7 +43,7 @@ class Worker:
         self.probe_interval = probe_interval
         self.dropped = 0
         self.offline = False
-        self._queue: "queue.Queue[object]" = queue.Queue()
+        self._queue: queue.Queue[object] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._give_up = threading.Event()
         self._idle = threading.Condition()

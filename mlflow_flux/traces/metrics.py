@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import numbers
 import time
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 from mlflow.entities import Metric
 
@@ -65,7 +65,7 @@ class MetricLogger:
     def offline(self) -> bool:
         return self._worker.offline
 
-    def start(self) -> "MetricLogger":
+    def start(self) -> MetricLogger:
         self._worker.start()
         self._last_send = time.monotonic()
         return self
@@ -110,7 +110,7 @@ class MetricLogger:
         try:
             self.client.log_batch(self.run_id, metrics=chunk)
             self._handled += len(chunk)
-        except Exception as exc:  # noqa: BLE001 -- sorted below: rejected, or retried by the worker
+        except Exception as exc:  # sorted below: rejected, or retried by the worker
             if not _rejected(exc):
                 raise
             if len(chunk) == 1:

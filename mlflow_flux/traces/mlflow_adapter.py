@@ -11,9 +11,11 @@ Imports are deferred: MLflow loads our plugin while it is itself still importing
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 __all__ = [
     "PARENT_RUN_ID_TAG",
@@ -24,9 +26,17 @@ __all__ = [
     "http_get",
     "ArtifactAccess",
     "artifact_access",
+    "RemoteFile",
+    "remote_file",
+    "download_quietly",
     "delete_artifacts",
     "abandon_active_run",
     "keep_status_past_mlflow_run",
+    "metric_value",
+    "flux_error",
+    "http_status",
+    "auth_errors",
+    "is_auth_error",
 ]
 
 # MLflow's documented system tags.
@@ -98,6 +108,98 @@ def artifact_access(artifact_uri: str) -> ArtifactAccess:
     return ArtifactAccess("other", None)
 
 
+@dataclass(frozen=True)
+class RemoteFile:
+    """An artifact read over HTTP: a presigned URL of the store itself (``headers`` go with every request, no MLflow
+    credentials), or the file's address on MLflow's artifact server (``base_uri`` + ``endpoint``, with them)."""
+
+    url: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    base_uri: str | None = None
+    endpoint: str | None = None
+
+    @property
+    def presigned(self) -> bool:
+        return self.url is not None
+
+
+def remote_file(artifact_uri: str, path: str) -> RemoteFile | None:
+    """How to read a run's artifact ``path`` with HTTP Range requests, or None where only a download works.
+
+    MLflow's artifact server (``mlflow-artifacts:``) answers ranges itself when it keeps files on its own disk, but for
+    a cloud destination (``--artifacts-destination s3://...``) it streams the whole object whatever the range (3.17,
+    ``handlers._download_artifact``): it is asked for a presigned URL of the store first (``GET
+    /mlflow-artifacts/presigned/...``, 501 where it has none). A client that talks to the store itself (``s3://``,
+    ``gs://``, ``wasbs://``) presigns the URL with the store's own client.
+    """
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+    from mlflow.store.artifact.http_artifact_repo import HttpArtifactRepository
+
+    repo = get_artifact_repository(artifact_uri)
+    if isinstance(repo, HttpArtifactRepository):
+        try:
+            signed = repo._get_presigned_download_url(path)
+            return RemoteFile(url=signed.url, headers=tuple(signed.headers.items()))
+        except Exception as exc:
+            status = http_status(exc)
+            if status in (401, 403):
+                raise
+        return RemoteFile(base_uri=repo.artifact_uri, endpoint="/" + path)
+    signer = getattr(repo, "get_download_presigned_url", None)
+    if signer is not None:
+        try:
+            signed = signer(path)
+            return RemoteFile(url=signed.url, headers=tuple(signed.headers.items()))
+        except NotImplementedError:
+            pass
+    return _signed_by_sdk(repo, path)
+
+
+def _signed_by_sdk(repo, path: str) -> RemoteFile | None:
+    """GCS and Azure Blob stores, whose MLflow repositories (3.17) offer no presigned download: a URL signed with
+    their own SDK client for an hour, or None (then the file is downloaded)."""
+    import datetime
+    import posixpath
+
+    name = type(repo).__name__
+    try:
+        if name == "GCSArtifactRepository":
+            bucket, prefix = repo.parse_gcs_uri(repo.artifact_uri)
+            blob = repo._get_bucket(bucket).blob(posixpath.join(prefix, path))
+            return RemoteFile(url=blob.generate_signed_url(version="v4", expiration=datetime.timedelta(hours=1)))
+        if name == "AzureBlobArtifactRepository":
+            from azure.storage.blob import BlobSasPermissions, generate_blob_sas
+
+            container, account, prefix, _ = repo.parse_wasbs_uri(repo.artifact_uri)
+            blob_name = posixpath.join(prefix, path)
+            client = repo.client
+            credential = client.credential
+            sas = generate_blob_sas(account, container, blob_name, account_key=getattr(credential, "account_key", None),
+                                    permission=BlobSasPermissions(read=True),
+                                    expiry=datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1))
+            return RemoteFile(url=f"{client.url.rstrip('/')}/{container}/{blob_name}?{sas}")
+    except Exception:  # noqa: BLE001 -- no SDK, no key to sign with: the file is downloaded instead
+        return None
+    return None
+
+
+def download_quietly(client, run_id: str, path: str, dst: str) -> str:
+    """``client.download_artifacts`` without MLflow's progress bars (3.17 draws one per download unless the environment
+    says otherwise: ``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR``): each file through the store's own ``_download_file``.
+    Returns the local path of ``path`` (a file, or a folder of files)."""
+    from pathlib import Path
+
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    repo = get_artifact_repository(client.get_run(run_id).info.artifact_uri)
+    listed = [f.path for f in client.list_artifacts(run_id, path) if not f.is_dir]
+    for remote in listed or [path]:  # a file lists as nothing
+        local = Path(dst) / remote
+        local.parent.mkdir(parents=True, exist_ok=True)
+        repo._download_file(remote, str(local))
+    return str(Path(dst) / path)
+
+
 def delete_artifacts(artifact_uri: str, path: str) -> None:
     """Delete ``path`` under a run's artifacts; raises where the store does not allow deletion."""
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
@@ -122,32 +224,35 @@ def abandon_active_run(run_id: str) -> bool:
     return True
 
 
-# Run by a short-lived helper process: wait for `mlflow run` (the parent) to exit, then put the status back.
-_RESTORE_STATUS = """
-import os, signal, sys, time
-signal.signal(signal.SIGINT, signal.SIG_IGN)
-signal.signal(signal.SIGTERM, signal.SIG_IGN)
-parent, run_id, status, deadline = int(sys.argv[1]), sys.argv[2], sys.argv[3], time.monotonic() + float(sys.argv[4])
-while time.monotonic() < deadline:
-    try:
-        os.kill(parent, 0)
-    except ProcessLookupError:
-        break
-    time.sleep(0.1)
-from mlflow.tracking import MlflowClient
-client = MlflowClient()
-if client.get_run(run_id).info.status != status:
-    client.set_terminated(run_id, status)
-"""
+def _restore_status(parent: int, run_id: str, status: str, timeout: float) -> None:
+    """What the helper process does: wait for ``mlflow run`` (``parent``) to exit, then write ``status`` again."""
+    import signal
+    import time
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(parent, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    if client.get_run(run_id).info.status != status:
+        client.set_terminated(run_id, status)
 
 
 def keep_status_past_mlflow_run(run_id: str, status: str, mlflow_run_pid: int, timeout: float = 60.0) -> None:
     """Make ``status`` (KILLED) stick on the run ``mlflow run`` made for this process.
 
-    MLflow 3.17's ``mlflow run``, once its child exits, ends the run FAILED unless it is already terminated, but its
-    check passes the status string to ``RunStatus.is_terminated``, which expects the enum's integer, so it always
-    overwrites (``mlflow/projects/__init__.py``, ``_maybe_set_run_terminated``). A status set by this process can
-    only stick if it is written again after ``mlflow run`` exits: a helper process waits for that (at most
+    Works around MLflow 3.17's ``mlflow run`` (``mlflow/projects/__init__.py``, ``_maybe_set_run_terminated``; see
+    also mlflow/mlflow#1832, "KILLED state for a run"): once its child exits it ends the run FAILED unless it is
+    already terminated, but its check passes the status string to ``RunStatus.is_terminated``, which expects the
+    enum's integer, so it always overwrites. A status set by this process can only stick if it is written again after
+    ``mlflow run`` exits: a helper process (``python -m mlflow_flux.traces.mlflow_adapter``) waits for that (at most
     ``timeout`` seconds, ignoring further signals) and writes it back. It is in the same process group as us.
     Nothing is started when ``mlflow run`` (``mlflow_run_pid``, our parent when we started) is already gone.
     """
@@ -158,5 +263,87 @@ def keep_status_past_mlflow_run(run_id: str, status: str, mlflow_run_pid: int, t
         os.kill(mlflow_run_pid, 0)
     except ProcessLookupError:
         return
-    subprocess.Popen([sys.executable, "-c", _RESTORE_STATUS, str(mlflow_run_pid), run_id, status, str(timeout)],
+    subprocess.Popen([sys.executable, "-m", __name__, str(mlflow_run_pid), run_id, status, str(timeout)],
                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def http_status(exc: BaseException) -> int | None:
+    """The HTTP status behind an MLflow client error: 401 and 403 arrive as ``MlflowException`` (error codes
+    ``UNAUTHENTICATED``, ``PERMISSION_DENIED``), as ``RestException``, or as a requests ``HTTPError``."""
+    code = getattr(exc, "error_code", None)
+    if code in ("UNAUTHENTICATED",):
+        return 401
+    if code in ("PERMISSION_DENIED",):
+        return 403
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None)
+    if isinstance(status, int):
+        return status
+    getter = getattr(exc, "get_http_status_code", None)
+    if callable(getter):
+        try:
+            value = getter()
+        except Exception:  # noqa: BLE001 -- no status to read: the error is not an HTTP one
+            value = None
+        if value in (401, 403):
+            return value
+    text = str(exc)
+    for status in (401, 403):
+        if f"{status} Client Error" in text or f"status code {status}" in text:
+            return status
+    return None
+
+
+def flux_error(exc: BaseException, tracking_uri: str, otherwise: str, what: str | None = None):
+    """The one-line error for an MLflow call that failed: not authenticated (401), permission denied (403) on
+    ``what`` (``"experiment 'atlas'"``, ``"run 0a1b..."``), else ``otherwise`` (e.g. "no run with id ...")."""
+    from ..errors import NoRunsMatch, NotAuthenticated, PermissionDenied
+
+    status = http_status(exc)
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    if status == 401:
+        return NotAuthenticated(f"not authenticated at {tracking_uri}: check MLFLOW_TRACKING_USERNAME and "
+                                "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)")
+    if status == 403:
+        return PermissionDenied(f"permission denied on {what or 'what was asked'} at {tracking_uri} for user "
+                                f"{user or '(none)'}: ask its owner or an admin for READ (or EDIT to write)")
+    return NoRunsMatch(otherwise)
+
+
+def is_auth_error(exc: BaseException) -> bool:
+    """Whether an MLflow error is a 401 or 403: code that turns MLflow's errors into its own ("no run with id")
+    must let these through to :func:`auth_errors`."""
+    return http_status(exc) in (401, 403)
+
+
+@contextlib.contextmanager
+def auth_errors(tracking_uri: str | None = None, what: str | None = None) -> Iterator[None]:
+    """Turn a 401 or 403 from MLflow, wherever it surfaces (the tracking API, an artifact download), into the
+    one-line :class:`~mlflow_flux.errors.NotAuthenticated` or :class:`~mlflow_flux.errors.PermissionDenied`; any
+    other error passes through unchanged."""
+    from ..errors import FluxError
+
+    try:
+        yield
+    except FluxError:
+        raise
+    except Exception as exc:
+        if http_status(exc) not in (401, 403):
+            raise
+        import mlflow
+
+        raise flux_error(exc, tracking_uri or mlflow.get_tracking_uri(), "", what) from None
+
+
+def metric_value(value: float) -> float:
+    """A metric's value as it was logged. MLflow's SQL tracking store (3.17, ``SqlAlchemyStore.sanitize_metric_value``:
+    "Sql can not represent Infs") writes +-inf as the largest float64 of that sign: read back as +-inf."""
+    if abs(value) >= 1.7976931348623157e308:
+        return math.copysign(math.inf, value)
+    return value
+
+
+if __name__ == "__main__":  # the helper process of keep_status_past_mlflow_run
+    import sys
+
+    _restore_status(int(sys.argv[1]), sys.argv[2], sys.argv[3], float(sys.argv[4]))

@@ -6,7 +6,7 @@ command asks once before it starts, and the background uploads ask before each j
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from ..errors import FluxError
 from . import mlflow_adapter

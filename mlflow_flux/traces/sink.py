@@ -6,16 +6,18 @@ and the threads; ``close()`` compacts the segments into one file and logs it.
 
 What is kept, whatever happens: a local file is deleted only once its content is elsewhere on local disk (segments,
 once compacted and checked) or confirmed in the run (the compacted trace). A segment that cannot be written (a
-full disk) stops the sink with one error; everything written before stays.
+full disk) stops the sink with one error; everything written before stays. Every file the sink was asked to upload
+(the trace, figures, the explorer page) is accounted for: :attr:`SinkResult.missing` names those the run does not
+hold, and the spool that keeps them stays.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -23,10 +25,18 @@ import pyarrow.parquet as pq
 from ..errors import FluxError
 from . import mlflow_adapter
 from .background import Worker
-from .schema import (PARQUET_OPTIONS, PARTS_DIR, TRACE_ARTIFACT_DIR, TRACE_FILE, TRACE_SCHEMA, Snapshot,
-                     snapshots_to_table, write_trace_table)
+from .schema import (
+    PARQUET_OPTIONS,
+    PARTS_DIR,
+    TRACE_ARTIFACT_DIR,
+    TRACE_FILE,
+    TRACE_SCHEMA,
+    Snapshot,
+    snapshots_to_table,
+    write_trace_table,
+)
 
-__all__ = ["TraceSink", "TraceWriteError", "SinkResult", "ROW_GROUP_ROWS"]
+__all__ = ["TraceSink", "TraceWriteError", "SinkResult", "ROW_GROUP_ROWS", "compact_segments"]
 
 _log = logging.getLogger(__name__)
 
@@ -43,12 +53,13 @@ class SinkResult:
 
     local_dir: Path
     trace_path: Path | None  # the compacted trace on local disk (None: no snapshot, or compaction failed)
-    uploaded: bool  # the compacted trace is confirmed in the run (or there was none), and the local copy was removed
+    uploaded: bool  # the compacted trace is confirmed in the run (or there was none)
+    missing: tuple[str, ...] = ()  # artifact paths the run does not hold (the trace, figures, ...)
 
     @property
     def kept(self) -> Path | None:
-        """The local directory that still holds the trace, or None when the run has it all."""
-        return None if self.uploaded or not self.local_dir.exists() else self.local_dir
+        """The local directory that still holds what the run lacks, or None when the run has it all."""
+        return None if not self.missing or not self.local_dir.exists() else self.local_dir
 
 
 class TraceSink:
@@ -76,6 +87,7 @@ class TraceSink:
         self._write_error: OSError | None = None
         self._trace_path: Path | None = None
         self._trace_confirmed = False
+        self._files: dict[str, bool] = {}  # artifact path -> reached the run (files queued with upload())
 
     @property
     def parts_dir(self) -> Path:
@@ -85,7 +97,7 @@ class TraceSink:
     def offline(self) -> bool:
         return self._uploader.offline
 
-    def start(self) -> "TraceSink":
+    def start(self) -> TraceSink:
         try:
             self.parts_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -152,9 +164,17 @@ class TraceSink:
         self._writer.wait()
         return self._uploader.wait(timeout)
 
-    def upload(self, path: Path, artifact_dir: str) -> None:
-        """Queue another local file for the run's artifacts (e.g. a figure written into the spool)."""
-        self._uploader.submit(lambda: self.client.log_artifact(self.run_id, str(path), artifact_dir))
+    def upload(self, path: Path, artifact_dir: str | None) -> None:
+        """Queue another local file for the run's artifacts (e.g. a figure written into the spool); ``artifact_dir``
+        None: the run's root. :attr:`SinkResult.missing` names it if it does not arrive."""
+        key = f"{artifact_dir}/{path.name}" if artifact_dir else path.name
+        self._files[key] = False
+
+        def send() -> None:
+            self.client.log_artifact(self.run_id, str(path), artifact_dir)
+            self._files[key] = True
+
+        self._uploader.submit(send)
 
     def finish(self) -> None:
         """Close the last segment and queue the compaction (writer thread) and its upload (uploader thread).
@@ -172,6 +192,15 @@ class TraceSink:
         if self._trace_path is not None:
             self._uploader.submit(lambda: self._upload_trace(self._trace_path))
 
+    def compacted(self) -> Path | list[Path] | None:
+        """After :meth:`finish`: wait for the local writes, then the compacted trace on local disk (or, where
+        compaction failed, its segments; None when there is no snapshot). It stays there until :meth:`wait`."""
+        self._writer.wait()
+        if self._trace_path is not None and self._trace_path.exists():
+            return self._trace_path
+        parts = [p for p in self._parts if p.exists()]
+        return parts or None
+
     def wait(self, timeout: float | None = None) -> SinkResult:
         """Wait for local writes, then at most ``timeout`` seconds for uploads. Without a confirmed upload the
         local directory stays, with the compacted trace (or the segments) in it."""
@@ -179,10 +208,12 @@ class TraceSink:
         done = self._uploader.close(timeout)
         # A run closed before its first snapshot has no trace: nothing to keep, and nothing to warn about.
         empty = not self._parts and self._write_error is None
-        uploaded = done and (self._trace_confirmed or empty)
-        if uploaded:
+        uploaded = self._trace_confirmed or empty
+        missing = ([] if uploaded else [f"{TRACE_ARTIFACT_DIR}/{TRACE_FILE}"]) + [
+            key for key, arrived in self._files.items() if not arrived]
+        if done and not missing:
             shutil.rmtree(self.local_dir, ignore_errors=True)
-        return SinkResult(self.local_dir, self._trace_path, uploaded)
+        return SinkResult(self.local_dir, self._trace_path, uploaded, tuple(missing))
 
     def close(self, timeout: float | None = None) -> SinkResult:
         """:meth:`finish`, then :meth:`wait`."""
@@ -190,32 +221,12 @@ class TraceSink:
         return self.wait(timeout)
 
     def _compact(self, parts: list[Path]) -> Path | None:
-        """Merge the segments into one file (row groups of about ROW_GROUP_ROWS rows: few requests for a reader over
-        HTTP, memory bounded by one row group whatever the number of epochs); the segments go once it is checked."""
-        path = self.local_dir / TRACE_FILE
-        tmp = path.with_suffix(".tmp")
+        """Merge the segments into one file; the segments go once it is checked."""
         try:
-            rows = 0
-            with pq.ParquetWriter(tmp, TRACE_SCHEMA, **PARQUET_OPTIONS) as writer:
-                pending: list[pa.Table] = []
-                for part in parts:
-                    pending.append(pq.read_table(part, schema=TRACE_SCHEMA))
-                    rows += pending[-1].num_rows
-                    if sum(t.num_rows for t in pending) >= ROW_GROUP_ROWS:
-                        writer.write_table(pa.concat_tables(pending), row_group_size=ROW_GROUP_ROWS * 2)
-                        pending = []
-                if pending:
-                    writer.write_table(pa.concat_tables(pending), row_group_size=ROW_GROUP_ROWS * 2)
-            if pq.ParquetFile(tmp).metadata.num_rows != rows:
-                raise OSError(f"the compacted trace does not hold the {rows} rows of its segments")
-            tmp.rename(path)
+            return compact_segments(parts, self.local_dir / TRACE_FILE)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             _log.error("cannot compact the trace in %s (%s): its segments are kept there", self.local_dir, exc)
             return None
-        for part in parts:
-            part.unlink()
-        return path
 
     def _upload_trace(self, path: Path) -> None:
         self.client.log_artifact(self.run_id, str(path), TRACE_ARTIFACT_DIR)
@@ -237,3 +248,35 @@ class TraceSink:
             return False
         key = f"{TRACE_ARTIFACT_DIR}/{TRACE_FILE}"
         return key in listed and listed[key] in (None, path.stat().st_size)
+
+
+def compact_segments(parts: list[Path], path: Path) -> Path:
+    """Merge trace segments into one file at ``path`` (row groups of about ROW_GROUP_ROWS rows: few requests for a
+    reader over HTTP, memory bounded by one row group whatever the number of epochs); the segments are deleted once
+    the file is written and holds their rows.
+
+    Raises:
+        OSError: the file could not be written or does not hold the segments' rows (the segments are kept).
+    """
+    tmp = path.with_suffix(".tmp")
+    try:
+        rows = 0
+        with pq.ParquetWriter(tmp, TRACE_SCHEMA, **PARQUET_OPTIONS) as writer:
+            pending: list[pa.Table] = []
+            for part in parts:
+                pending.append(pq.read_table(part, schema=TRACE_SCHEMA))
+                rows += pending[-1].num_rows
+                if sum(t.num_rows for t in pending) >= ROW_GROUP_ROWS:
+                    writer.write_table(pa.concat_tables(pending), row_group_size=ROW_GROUP_ROWS * 2)
+                    pending = []
+            if pending:
+                writer.write_table(pa.concat_tables(pending), row_group_size=ROW_GROUP_ROWS * 2)
+        if pq.ParquetFile(tmp).metadata.num_rows != rows:
+            raise OSError(f"the compacted trace does not hold the {rows} rows of its segments")
+        tmp.rename(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    for part in parts:
+        part.unlink()
+    return path

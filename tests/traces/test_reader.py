@@ -12,6 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 import mlflow_flux
+from mlflow_flux.traces.mlflow_adapter import RemoteFile
 from mlflow_flux.traces.reader import RangedHttpFile
 from mlflow_flux.traces.schema import KEY_COLUMNS, STAT_COLUMNS, SUMMARY_COLUMNS, TRACE_SCHEMA, write_trace_table
 from tests.helpers import train_mlp
@@ -28,7 +29,7 @@ def test_load_traces_options(store):
     table = mlflow_flux.load_traces(run_id, epochs=[4], as_arrow=True)
     assert table.num_rows == 32 + 16 + 10 and table.schema.field("w_std").type == "float"
     params = MlflowClient().get_run(run_id).data.params
-    assert params["flux.layers"] == "0,2,4" and params["flux.snapshot_every"] == "2"
+    assert params["flux.layers"] == "0,2,4" and params["snapshot_every"] == "2"  # a setting under its own name
 
 
 
@@ -90,7 +91,7 @@ def test_a_server_that_ignores_range_is_read_whole_once_and_gives_the_same_table
     directory, uri = plain_file_server
     table = _trace_table(epochs=50, neurons=300)
     write_trace_table(table, directory / "trace.parquet")
-    ranged = RangedHttpFile(uri, "/trace.parquet")
+    ranged = RangedHttpFile(RemoteFile(base_uri=uri, endpoint="/trace.parquet"))
     read = pq.ParquetFile(pa.PythonFile(ranged, mode="r"), pre_buffer=True).read(columns=[*KEY_COLUMNS,
                                                                                          *SUMMARY_COLUMNS])
     assert read.equals(table.select([*KEY_COLUMNS, *SUMMARY_COLUMNS]))
@@ -101,4 +102,4 @@ def test_a_server_that_ignores_range_is_read_whole_once_and_gives_the_same_table
 def test_a_missing_file_is_an_error_not_an_empty_table(plain_file_server):
     _, uri = plain_file_server
     with pytest.raises(OSError, match="HTTP 404"):
-        RangedHttpFile(uri, "/nothing.parquet").size()
+        RangedHttpFile(RemoteFile(base_uri=uri, endpoint="/nothing.parquet")).size()

@@ -12,7 +12,6 @@ from mlflow.tracking import MlflowClient
 from torch import nn
 
 import mlflow_flux
-
 from mlflow_flux.traces.background import Worker
 from mlflow_flux.traces.reader import read_trace_files
 from mlflow_flux.traces.schema import STAT_COLUMNS, Snapshot
