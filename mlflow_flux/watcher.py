@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import inspect
 import logging
-import math
 import numbers
 import os
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -29,18 +29,23 @@ from torch import nn
 
 from . import fluctuation
 from .errors import FluxError, InvalidParameter
+from .figures.data import RunFigureData
 from .interrupts import stop_on_signals
 from .recording import distributed
 from .recording.layers import LayerSpec
 from .recording.recorder import NeuronRecorder
-from .report.figure_data import RunFigureData
+from .settings import Number, RecorderSettings
+from .traces import mlflow_adapter
+from .traces.lifecycle import RunEnd, abandon, finish_run, interruption, mark_missing
 from .traces.metrics import MetricLogger
-from .traces.mlflow_adapter import abandon_active_run
+from .traces.runs import FASTPATH_PARAM, LAYERS_PARAM
 from .traces.schema import SUMMARY_COLUMNS, Snapshot
 from .traces.server import check_reachable, health_probe
 from .traces.sink import TraceSink, TraceWriteError
 
-__all__ = ["FluxWatcher", "WatchResult", "watch", "DEFAULT_UPLOAD_TIMEOUT", "UPLOAD_TIMEOUT_ENV", "default_upload_timeout"]
+__all__ = ["FluxWatcher", "WatchResult", "watch", "checked_watch_options", "DEFAULT_UPLOAD_TIMEOUT",
+           "UPLOAD_TIMEOUT_ENV",
+           "default_upload_timeout"]
 
 _log = logging.getLogger(__name__)
 
@@ -61,37 +66,8 @@ def _number(raw: str) -> object:
         return raw
 
 
-def _int_option(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise InvalidParameter(name, value, f"expected an integer >= {minimum}")
-    return int(value)
-
-
 def _positive_option(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (math.isfinite(value) and value > 0):
-        raise InvalidParameter(name, value, "expected a positive number")
-    return float(value)
-
-
-SETTINGS_PREFIXES = ("flux.", "")
-
-
-def _layer_metrics_option(value: object) -> tuple[str, ...]:
-    """``False``: whole-network summaries only; ``True``: every summary per layer too; or the summaries wanted per
-    layer, e.g. ``["participating_frac"]``."""
-    if isinstance(value, bool):
-        return fluctuation.SUMMARY_KEYS if value else ()
-    if isinstance(value, str):
-        raise InvalidParameter("layer_metrics", value, f"expected a list, e.g. layer_metrics=[{value!r}]")
-    try:
-        keys = tuple(value)
-    except TypeError:
-        raise InvalidParameter("layer_metrics", value, "expected True, False or a list of summary names") from None
-    unknown = [key for key in keys if key not in fluctuation.SUMMARY_KEYS]
-    if unknown:
-        raise InvalidParameter("layer_metrics", unknown[0],
-                               f"expected summary names among {', '.join(fluctuation.SUMMARY_KEYS)}")
-    return keys
+    return Number().check(name, value)
 
 
 def _layers_option(layers: object) -> list[LayerSpec] | None:
@@ -115,66 +91,67 @@ def _layers_option(layers: object) -> list[LayerSpec] | None:
 
 @dataclass(frozen=True)
 class WatchResult:
-    """What reached the run when the watcher closed."""
+    """What reached the run when the watcher closed.
+
+    Attributes:
+        run_id: the run recorded into.
+        uploaded: the compacted trace is confirmed in the run.
+        kept_trace: the local spool that keeps what the run does not hold (None: the run has it all).
+        lost_metrics: metric values the run did not get.
+        offline: the tracking server stopped answering.
+        missing: the artifacts (``traces/traces.parquet``, figures, the explorer page) the run does not hold.
+    """
 
     run_id: str
-    uploaded: bool  # the compacted trace is confirmed in the run
-    kept_trace: Path | None  # where the trace stayed on local disk (the run does not have it all)
-    lost_metrics: int  # metrics the run did not get
-    offline: bool  # the tracking server stopped answering
+    uploaded: bool
+    kept_trace: Path | None
+    lost_metrics: int
+    offline: bool
+    missing: tuple[str, ...] = ()
 
     @property
     def complete(self) -> bool:
-        return self.uploaded and not self.lost_metrics and not self.offline
+        return self.uploaded and not self.missing and not self.lost_metrics and not self.offline
 
 
 class FluxWatcher:
-    """Hooks on a model plus the sinks of one run. Build it with :func:`watch`; use it as a context manager."""
+    """Hooks on a model plus the sinks of one run. Build it with :func:`watch`; use it as a context manager.
+
+    Args:
+        model: the model to watch.
+        settings: the recorder's settings (:class:`~mlflow_flux.settings.RecorderSettings`), logged as params.
+        layers, optimizer, run_id, trace_dir, upload_timeout, metrics_interval: see :func:`watch`.
+    """
 
     def __init__(
         self,
         model: nn.Module,
+        settings: RecorderSettings | None = None,
         *,
-        run_id: str | None = None,
         layers: Sequence[LayerSpec] | None = None,
-        snapshot_every: int = 1,
-        window: int = fluctuation.DEFAULT_WINDOW,
-        tau: float = fluctuation.DEFAULT_TAU,
-        summary_every: int = 10,
-        flush_every: int = 10,
-        trace_dir: str | os.PathLike | None = None,
-        log_figures: bool = True,
-        metrics_interval: float = 5.0,
-        upload_timeout: float | None = None,
         optimizer: torch.optim.Optimizer | None = None,
-        layer_metrics: bool | Sequence[str] = False,
-        settings_prefix: str = "flux.",
+        run_id: str | None = None,
+        trace_dir: str | os.PathLike | None = None,
+        upload_timeout: float | None = None,
+        metrics_interval: float = 5.0,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise InvalidParameter("model", type(model).__name__, "expected a torch.nn.Module")
+        if settings is not None and not isinstance(settings, RecorderSettings):
+            raise InvalidParameter("settings", type(settings).__name__, "expected RecorderSettings")
         if run_id is not None and not isinstance(run_id, str):
             raise InvalidParameter("run_id", run_id, "expected a run id string")
         if trace_dir is not None and not isinstance(trace_dir, (str, os.PathLike)):
             raise InvalidParameter("trace_dir", trace_dir, "expected a directory path")
-        if not isinstance(log_figures, bool):
-            raise InvalidParameter("log_figures", log_figures, "expected True or False")
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
             raise InvalidParameter("optimizer", type(optimizer).__name__, "expected a torch.optim.Optimizer")
-        self.layer_metrics = _layer_metrics_option(layer_metrics)
-        if settings_prefix not in SETTINGS_PREFIXES:
-            raise InvalidParameter("settings_prefix", settings_prefix,
-                                   f"expected one of {', '.join(map(repr, SETTINGS_PREFIXES))}")
-        self.settings_prefix = settings_prefix
+        self.settings = settings if settings is not None else RecorderSettings()
         self.recorder = NeuronRecorder(model, layers=_layers_option(layers),
-                                       snapshot_every=_int_option("snapshot_every", snapshot_every, 1),
-                                       optimizer=optimizer)
+                                       snapshot_every=self.settings.snapshot_every, optimizer=optimizer,
+                                       w_step=self.settings.w_step, w_dist0=self.settings.w_dist0,
+                                       neuron_budget=self.settings.neuron_budget)
         self.run_id = run_id
-        self.window = _int_option("window", window, 2)
-        self.tau = _positive_option("tau", tau)
-        self.summary_every = _int_option("summary_every", summary_every, 1)
-        self.flush_every = _int_option("flush_every", flush_every, 1)
         self.trace_dir = Path(trace_dir) if trace_dir is not None else None
-        self.log_figures = log_figures
         self.metrics_interval = _positive_option("metrics_interval", metrics_interval)
         self.upload_timeout = (default_upload_timeout() if upload_timeout is None
                                else _positive_option("upload_timeout", upload_timeout))
@@ -188,6 +165,16 @@ class FluxWatcher:
         self._snapshots = 0
         self._closed = False
         self._signals: contextlib.ExitStack | None = None
+        self._run_name = ""
+        self._losses: dict[str, list[tuple[int, float]]] = {}  # the loss metrics end_epoch was given, for the page
+
+    # The settings the rest of the watcher reads often, by name.
+    window = property(lambda self: self.settings.window)
+    tau = property(lambda self: self.settings.tau)
+    summary_every = property(lambda self: self.settings.summary_every)
+    flush_every = property(lambda self: self.settings.flush_every)
+    layer_metrics = property(lambda self: self.settings.layer_metrics)
+    log_figures = property(lambda self: self.settings.log_figures)
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
@@ -196,13 +183,14 @@ class FluxWatcher:
         """Whether this process writes the run: always, except on ranks other than 0 under torch.distributed."""
         return self.recorder.rank == 0
 
-    def start(self) -> "FluxWatcher":
+    def start(self) -> FluxWatcher:
         """Resolve the run, attach the hooks, open the sinks, and log the recorder's settings as params.
 
         Under torch.distributed every rank calls it; only rank 0 needs an active run and writes.
         """
         import mlflow
 
+        self.recorder.refuse_unsupported()  # before the run is touched: a refused model leaves it as it was
         if distributed.world()[0] != 0:
             self.recorder.attach()  # records, and joins each snapshot's all_gather; rank 0 writes
             return self
@@ -214,21 +202,52 @@ class FluxWatcher:
         tracking_uri = mlflow.get_tracking_uri()
         check_reachable(tracking_uri)
         self.client = MlflowClient()
-        existing = self.client.get_run(self.run_id).data.params
-        if "flux.layers" in existing:
+        with mlflow_adapter.auth_errors(tracking_uri, f"run {self.run_id}"):  # reading it, logging the params
+            return self._start_recording(tracking_uri)
+
+    def _start_recording(self, tracking_uri: str) -> FluxWatcher:
+        run = self.client.get_run(self.run_id)
+        existing = run.data.params
+        self._run_name = run.data.tags.get("mlflow.runName", self.run_id[:8])
+        if LAYERS_PARAM in existing:
             raise FluxError(
                 f"run {self.run_id} already holds a watcher's traces: start another run "
                 "(mlflow.start_run(nested=True)) for a second watch"
             )
+        new_params = self._new_params(existing)
         self.recorder.attach()
         try:
-            self._open_sinks(health_probe(tracking_uri), existing)
+            self._open_sinks(health_probe(tracking_uri), new_params)
         except BaseException:
             self.recorder.detach()  # a watcher that failed to start leaves no hook on the user's model
             raise
         return self
 
-    def _open_sinks(self, reachable, existing: Mapping[str, str]) -> None:
+    def _new_params(self, existing: Mapping[str, str]) -> dict[str, str]:
+        """The settings the run does not hold yet. A setting it holds under the same name (`mlflow run` logs the
+        MLproject's parameters, the study its config) must have the same value: the report reads the trace with it.
+
+        Raises:
+            InvalidParameter: the run holds a param of a setting's name with another value.
+        """
+        new = {}
+        for spec in self.settings.schema():
+            value = getattr(self.settings, spec.name)
+            if spec.name not in existing:
+                new[spec.name] = spec.kind.format(value)
+                continue
+            try:
+                same = spec.kind.parse(spec.name, existing[spec.name]) == value
+            except InvalidParameter:
+                same = False
+            if not same:
+                raise InvalidParameter(spec.name, value, f"run {self.run_id} already has the param {spec.name}="
+                                                         f"{existing[spec.name]!r}, the name mlflow-flux logs this "
+                                                         f"setting under: pass {spec.name}={existing[spec.name]} or "
+                                                         "record into another run")
+        return new
+
+    def _open_sinks(self, reachable, new_params: Mapping[str, str]) -> None:
         if self.trace_dir is None:
             self.trace_dir = Path(tempfile.gettempdir()) / "mlflow-flux" / self.run_id
         self.metrics = MetricLogger(self.client, self.run_id, interval=self.metrics_interval, reachable=reachable)
@@ -247,21 +266,13 @@ class FluxWatcher:
         self.client.log_batch(
             self.run_id,
             params=[
-                # `mlflow run` may have logged a setting under its plain name already (MLflow refuses a change).
-                *(Param(self.settings_prefix + name, str(value)) for name, value in self.settings().items()
-                  if self.settings_prefix + name not in existing),
-                Param("flux.layers", ",".join(self.recorder.layer_names)[:6000]),
-                Param("flux.fastpath", self.recorder.path),
+                *(Param(name, value) for name, value in new_params.items()),
+                Param(LAYERS_PARAM, ",".join(self.recorder.layer_names)[:6000]),
+                Param(FASTPATH_PARAM, self.recorder.path),
             ],
         )
 
-    def settings(self) -> dict[str, object]:
-        """The recorder settings a run's trace is read with, logged as ``flux.<name>`` params (or under the plain
-        names, with ``settings_prefix=""``, for runs whose own settings already use them)."""
-        return {"window": self.window, "tau": self.tau, "snapshot_every": self.recorder.snapshot_every,
-                "summary_every": self.summary_every, "flush_every": self.flush_every}
-
-    def __enter__(self) -> "FluxWatcher":
+    def __enter__(self) -> FluxWatcher:
         self._signals = contextlib.ExitStack()
         self._signals.enter_context(stop_on_signals())  # SIGTERM, like Ctrl-C, ends the run KILLED with its trace
         try:
@@ -273,24 +284,14 @@ class FluxWatcher:
     def __exit__(self, exc_type, exc, tb) -> None:
         interrupted = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
         try:
-            self.close(interrupted=interrupted)
-            if interrupted:
-                self._end_run_killed()
+            result = self.close(interrupted=interrupted)
+            if interrupted and self.client is not None and self.run_id is not None:
+                # Ctrl-C or SIGTERM: the run ends KILLED (MLflow's own context manager would record FAILED).
+                finish_run(self.client, self.run_id, "KILLED", interruption(exc),
+                           RunEnd(self.run_id, offline=bool(result and result.offline)))
         finally:
             if self._signals is not None:
                 self._signals.close()
-
-    def _end_run_killed(self) -> None:
-        """Ctrl-C or SIGTERM: the run ends KILLED (MLflow's own context manager would record FAILED)."""
-        import mlflow
-
-        if self.result is not None and self.result.offline:
-            return  # the server does not answer: the run's status cannot be set
-        active = mlflow.active_run()
-        if active is not None and active.info.run_id == self.run_id:
-            mlflow.end_run("KILLED")  # popped from the fluent stack, so start_run's __exit__ leaves it alone
-        elif self.client is not None and self.run_id is not None:
-            self.client.set_terminated(self.run_id, "KILLED")
 
     # -- per epoch ---------------------------------------------------------------------------------------------
 
@@ -321,6 +322,9 @@ class FluxWatcher:
                 self.recorder.snapshot(int(epoch))  # this rank's sums join rank 0's snapshot
             return {}
         logged = dict(metrics or {})
+        for name, value in logged.items():
+            if "loss" in str(name).lower() and isinstance(value, numbers.Real):
+                self._losses.setdefault(str(name), []).append((int(epoch), float(value)))
         if self.recorder.should_snapshot(epoch):
             snapshot = self.recorder.snapshot(int(epoch))
             try:
@@ -358,8 +362,8 @@ class FluxWatcher:
             name: {c: np.stack([s[c] for s in recent]) for c in SUMMARY_COLUMNS}
             for name, recent in self._recent.items()
         }
-        row = {key: float(values[0]) for key, values in fluctuation.window_summaries(layers, self.window,
-                                                                                   self.tau).items()}
+        summaries = fluctuation.window_summaries(layers, self.window, self.settings.thresholds)
+        row = {key: float(values[0]) for key, values in summaries.items()}
         if self._figures is not None:
             self._figures.add_summaries(snapshot.epoch, row)
         for name, value in row.items():
@@ -389,18 +393,32 @@ class FluxWatcher:
         self.sink.finish()  # the compaction runs on the writer thread while the figures are drawn here
         if self.log_figures and not interrupted and self.sink.write_error is None:
             self._save_figures()
+        if self.settings.explorer and not interrupted and self.sink.write_error is None:
+            self._save_explorer()
         sink = self.sink.wait(max(0.0, deadline - time.monotonic()))
         metrics_done = self.metrics.close(max(0.0, deadline - time.monotonic()))
         offline = self.sink.offline or self.metrics.offline or not metrics_done
-        self.result = WatchResult(self.run_id, sink.uploaded, sink.kept, self.metrics.lost, offline)
+        self.result = WatchResult(self.run_id, sink.uploaded, sink.kept, self.metrics.lost, offline, sink.missing)
         self._report(self.result)
         return self.result
 
+    def log_figure(self, figure, artifact_file: str) -> None:
+        """Save a matplotlib figure into the spool and log it to the run, like ``mlflow.log_figure``, but through
+        the watcher's uploads: bounded by ``upload_timeout``, and named in :attr:`WatchResult.missing` (the spool
+        keeps it) when it does not arrive."""
+        if self.sink is None:
+            return
+        path = self.trace_dir / artifact_file
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            figure.savefig(path, format="png", dpi=100)
+        except Exception as exc:  # noqa: BLE001 - a figure never fails a run
+            _log.warning("figure %s of run %s not saved: %s", artifact_file, self.run_id, exc)
+            return
+        self.sink.upload(path, artifact_file.rsplit("/", 1)[0] if "/" in artifact_file else None)
+
     def _save_figures(self) -> None:
-        from .report.plots import (  # matplotlib: imported only by a run that draws figures
-            run_figures,
-            save_png,
-        )
+        from .figures.draw import run_figures, save_png  # matplotlib: imported only by a run that draws figures
 
         directory = self.trace_dir / "figures"
         # A figure is worth less than the trace: one that cannot be drawn or saved never fails the close.
@@ -418,38 +436,86 @@ class FluxWatcher:
                 continue
             self.sink.upload(path, "figures")
 
+    def _save_explorer(self) -> None:
+        """The run's explorer page, from its trace on local disk (read a chunk of snapshots at a time), into the spool
+        and the run. Like a figure, a page that cannot be built never fails the close."""
+        from .explorer import PAGE_FILE, RunInput, pool_run, render_page  # imported only where a page is built
+
+        trace = self.sink.compacted()
+        if trace is None:
+            return
+        losses = {key: (np.array([s for s, _ in points]), np.array([v for _, v in points], dtype=np.float32))
+                  for key, points in self._losses.items() if len(points) > 1}
+        path = self.trace_dir / PAGE_FILE
+        try:
+            pooled = pool_run(RunInput(self.run_id, self._run_name, trace, self.window, self.settings.thresholds,
+                                            losses=losses))
+            path.write_text(render_page([pooled], f"mlflow-flux explorer: {self._run_name}", f"run {self.run_id}"),
+                            encoding="utf-8")
+        except Exception as exc:  # noqa: BLE001 - a page is worth less than the trace
+            _log.warning("the explorer page of run %s was not built: %s", self.run_id, exc)
+            return
+        self.sink.upload(path, None)
+
     def _report(self, result: WatchResult) -> None:
         if result.lost_metrics and not result.offline:
             self.metrics.tag_losses()
-        if result.offline and abandon_active_run(self.run_id):
-            # The run cannot be ended on a server that does not answer; MLflow's end_run (and its atexit hook)
-            # would retry for minutes and hold the user's process at exit.
-            _log.warning("run %s stays RUNNING: the tracking server does not answer", self.run_id)
-        if result.kept_trace is not None:
-            _log.warning("the trace of run %s did not reach the run and is kept at %s; upload it later with: "
-                         "mlflow artifacts log-artifacts --run-id %s --local-dir %s --artifact-path traces",
-                         self.run_id, result.kept_trace, self.run_id, result.kept_trace)
+        if result.offline:  # the run cannot be ended on a server that does not answer
+            abandon(self.run_id)
+        if result.missing:
+            end = RunEnd(self.run_id)
+            end.missing(result.missing, result.kept_trace)
+            if not result.offline:  # the run says so itself, whoever ends it
+                mark_missing(self.client, end)
+            _log.warning("run %s: %s", self.run_id, end.describe())
         if result.lost_metrics:
             _log.warning("run %s lost %d metric values (%s)", self.run_id, result.lost_metrics,
                          "the tracking server stopped answering" if result.offline else "refused by the store")
 
 
-def watch(model: nn.Module, **options) -> FluxWatcher:
+_DEFAULTS = RecorderSettings()
+
+
+def watch(
+    model: nn.Module,
+    *,
+    layers: Sequence[LayerSpec] | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    run_id: str | None = None,
+    trace_dir: str | os.PathLike | None = None,
+    upload_timeout: float | None = None,
+    metrics_interval: float = 5.0,
+    snapshot_every: int = _DEFAULTS.snapshot_every,
+    window: int = _DEFAULTS.window,
+    tau: float = _DEFAULTS.tau,
+    tau_mode: str = _DEFAULTS.tau_mode,
+    tau_relative: float = _DEFAULTS.tau_relative,
+    dormant_tau: float = _DEFAULTS.dormant_tau,
+    summary_every: int = _DEFAULTS.summary_every,
+    flush_every: int = _DEFAULTS.flush_every,
+    layer_metrics: bool | Sequence[str] = _DEFAULTS.layer_metrics,
+    log_figures: bool = _DEFAULTS.log_figures,
+    explorer: bool = _DEFAULTS.explorer,
+    w_step: bool = _DEFAULTS.w_step,
+    w_dist0: bool = _DEFAULTS.w_dist0,
+    neuron_budget: int = _DEFAULTS.neuron_budget,
+) -> FluxWatcher:
     """Record every neuron of ``model`` into the active MLflow run.
 
     Args:
         model: any ``nn.Module``; by default every ``Linear`` and ``Conv1d/2d/3d`` layer is watched.
-        **options: ``layers`` (a list of names, glob patterns or module types), ``snapshot_every`` (epochs),
-            ``window`` (snapshots per fluctuation window), ``tau`` (participation threshold),
-            ``summary_every`` (log the ``flux/...`` summaries on every N-th snapshot, from the first full window),
-            ``flush_every`` (snapshots per closed trace segment: what a SIGKILL can lose), ``run_id``,
-            ``trace_dir`` (local spool), ``log_figures``, ``upload_timeout`` (seconds ``close()`` waits for
-            uploads; default 60, or ``$MLFLOW_FLUX_UPLOAD_TIMEOUT``), ``optimizer`` (read gradients as this
-            optimizer applies them: unscaled under a GradScaler, once per step under gradient accumulation,
-            synchronized under DDP; required under torch.distributed), ``layer_metrics`` (``False``, the default:
-            the ``flux/...`` summaries of the whole network only; ``True``: every summary of every layer too, as
-            ``flux/<layer>/...``; or the names of the summaries wanted per layer), ``settings_prefix`` (``"flux."``,
-            the default, or ``""``: the names the window, tau and the other recorder settings are logged under).
+        layers: names, glob patterns (``"encoder.*"``) or module types to watch instead.
+        optimizer: read gradients as this optimizer applies them: unscaled under a GradScaler, once per step under
+            gradient accumulation, synchronized under DDP; required under torch.distributed.
+        run_id: record into this run instead of the active one.
+        trace_dir: the local spool of the trace (default ``$TMPDIR/mlflow-flux/<run id>``).
+        upload_timeout: seconds ``close()`` waits for uploads (default 60, or ``$MLFLOW_FLUX_UPLOAD_TIMEOUT``).
+        metrics_interval: seconds between two metric sends.
+        snapshot_every, window, tau, tau_mode, tau_relative, dormant_tau, summary_every, flush_every,
+            layer_metrics, log_figures, explorer, w_step, w_dist0, neuron_budget: the recorder's settings
+            (:class:`~mlflow_flux.settings.RecorderSettings`, docs/traces.md), logged as params under these names.
+            ``layer_metrics``: ``False`` (the whole network's summaries only), ``True`` (every summary of every
+            layer too, as ``flux/<layer>/...``) or the names of the summaries wanted per layer.
 
     Returns:
         A :class:`FluxWatcher`; use it as a context manager and call ``end_epoch(epoch)`` once per epoch.
@@ -458,8 +524,24 @@ def watch(model: nn.Module, **options) -> FluxWatcher:
         FluxError: a bad option (one line naming it), no active run, or an unreachable tracking server.
 
     While watched, each watched layer has a tensor hook on its weight and, on CPU with the compiled fast path, a
-    wrapper as its ``forward`` (elsewhere a forward hook); all are taken out on exit. A ``copy.deepcopy`` or
-    ``torch.save`` of the model meanwhile gives a plain, unwatched model. Inside the ``with`` block SIGTERM is
-    handled like Ctrl-C (unless the program installed its own handler): the run ends KILLED with its trace.
+    wrapper as its ``forward``; all are taken out on exit. A ``copy.deepcopy`` or ``torch.save`` of the model
+    meanwhile gives a plain, unwatched model. Inside the ``with`` block SIGTERM is handled like Ctrl-C (unless the
+    program installed its own handler): the run ends KILLED with its trace.
     """
-    return FluxWatcher(model, **options)
+    settings = RecorderSettings(snapshot_every=snapshot_every, window=window, tau=tau, tau_mode=tau_mode,
+                                tau_relative=tau_relative, dormant_tau=dormant_tau, summary_every=summary_every,
+                                flush_every=flush_every, layer_metrics=layer_metrics, log_figures=log_figures,
+                                explorer=explorer, w_step=w_step, w_dist0=w_dist0, neuron_budget=neuron_budget)
+    return FluxWatcher(model, settings, layers=layers, optimizer=optimizer, run_id=run_id, trace_dir=trace_dir,
+                       upload_timeout=upload_timeout, metrics_interval=metrics_interval)
+
+
+def checked_watch_options(options: Mapping[str, object]) -> dict[str, object]:
+    """``options`` checked against :func:`watch`'s keywords now (a framework callback takes them at construction,
+    long before it calls ``watch()``): an unknown name or a bad value is one :class:`InvalidParameter`."""
+    known = [name for name in inspect.signature(watch).parameters if name != "model"]
+    for name, value in options.items():
+        if name not in known:
+            raise InvalidParameter(name, value, f"not an option of watch(); its options: {', '.join(known)}")
+    RecorderSettings(**{k: v for k, v in options.items() if k in RecorderSettings.names()})
+    return dict(options)

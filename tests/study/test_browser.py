@@ -8,6 +8,7 @@ the path.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -16,8 +17,11 @@ import uuid
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 
+import mlflow_flux
+from mlflow_flux.explorer.encoding import RELATIVE_RESOLUTION
 from tests.helpers import PYTHON, ROOT, subprocess_env
 
 pytestmark = pytest.mark.slow
@@ -129,3 +133,82 @@ def test_the_ui_opens_on_the_sweep_and_its_variants_and_shows_the_report(server,
     text = claims.inner_text("body")
     assert "(a) lr 0.01 reconstructs best" in text and "(b) lr 0.01 leaves more neurons inactive" in text
     page.screenshot(path=str(shots / "report.png"), full_page=True)
+
+    # The explorer pages, through the UI's artifact viewer: a variant's, then the report's over every run.
+    explore_url = re.search(r"^  explore: +(\S+)$", out.stdout, re.M).group(1)
+    variant_url = f"{server['uri']}/#/experiments/{experiment_id}/runs/{variant.info.run_id}/artifacts/explorer.html" \
+                  "?workflowType=machine_learning"
+    # Each in a page of its own: a hash-only navigation from another run's artifact view leaves MLflow's artifact
+    # list empty ("No Artifacts Recorded") until a reload.
+    for url, shot, runs in ((variant_url, "explorer_variant.png", 1), (explore_url, "explorer_report.png", 2)):
+        viewer = page.context.browser.new_page(viewport={"width": 1400, "height": 1000})
+        viewer.set_default_timeout(60_000)
+        _check_explorer(viewer, url, shots / shot, runs=runs)
+        viewer.close()
+
+
+def _explorer_frame(page, url: str):
+    """Open ``url`` (an explorer page in MLflow's artifact viewer) and return the viewer's frame once drawn."""
+    page.goto(url)
+    for _ in range(120):
+        for frame in page.frames:
+            if frame is page.main_frame:
+                continue
+            try:
+                if frame.evaluate("() => document.body && document.body.getAttribute('data-ready') === 'true'"):
+                    return frame
+            except Exception:  # noqa: BLE001 -- a frame that is navigating away answers nothing
+                continue
+        page.wait_for_timeout(500)
+    raise AssertionError(f"the explorer page did not draw in the artifact viewer: {url}")
+
+
+def _check_explorer(page, url: str, screenshot: Path, runs: int) -> None:
+    requests, errors = [], []
+
+    def on_request(request):  # Playwright tags its handlers: a bound builtin (list.append) cannot be one
+        requests.append(request)
+
+    def on_error(error):
+        errors.append(str(error))
+
+    page.on("request", on_request)
+    page.on("pageerror", on_error)
+    frame = _explorer_frame(page, url)
+    api = frame.evaluate("() => ({runs: fluxExplorer.runs, errors: fluxExplorer.errors, quantities: "
+                         "fluxExplorer.quantities, resolution: fluxExplorer.resolution})")
+    assert len(api["runs"]) == runs and not api["errors"], api
+    # The heatmap is drawn: its pixels are not blank.
+    painted = frame.evaluate("""() => { const c = document.querySelector('canvas.heatmap');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0;
+        for (let i = 0; i < d.length; i += 4) if (d[i + 3] && !(d[i] > 250 && d[i + 1] > 250 && d[i + 2] > 250)) n++;
+        return n / (c.width * c.height); }""")
+    assert painted > 0.5, painted
+    # Choosing a neuron (a click on its row) shows the values the trace holds for it, within the stated resolution.
+    drawn = frame.evaluate("() => ({rows: fluxExplorer.drawn.rows, bins: fluxExplorer.drawn.bins, "
+                           "layer: fluxExplorer.drawn.layer, run: fluxExplorer.drawn.run})")
+    row = drawn["rows"][len(drawn["rows"]) // 2]
+    offset = frame.evaluate(f"() => fluxExplorer.cellOffset({row}, {drawn['bins'][-1]})")
+    frame.locator("canvas.heatmap").click(position=offset)
+    selected = frame.evaluate("() => fluxExplorer.selected")
+    assert selected is not None and selected["layer"] == drawn["layer"], selected
+    trace = mlflow_flux.load_traces(drawn["run"], layers=[drawn["layer"]])
+    rows = trace[trace["neuron"] == selected["neuron"]].sort_values("epoch")
+    assert rows["epoch"].tolist() == selected["last"]  # nothing pooled in this sweep: a bin is a snapshot
+    for column, values in selected["values"].items():
+        expected = rows[column].to_numpy(dtype=float)
+        got = np.array([np.nan if v is None else v for v in values], dtype=float)
+        finite = np.isfinite(expected)
+        assert (np.isfinite(got) == finite).all(), column
+        assert (np.abs(got[finite] - expected[finite]) <= RELATIVE_RESOLUTION * np.abs(expected[finite])).all(), column
+    shown = frame.locator("td.value[data-quantity='w_std']").inner_text()
+    # the table shows the page's value (checked against the trace above) to 4 significant digits
+    held = selected["values"]["w_std"][-1]
+    assert math.isclose(float(shown), held, rel_tol=5e-4), (shown, held)
+    # Nothing leaves the page (the viewer loads it from a blob: URL), and nothing failed in it.
+    own = [r.url for r in requests if r.frame == frame and not r.url.startswith(("blob:", "data:", "about:"))]
+    assert not own, own
+    assert not errors, errors
+    page.remove_listener("request", on_request)
+    page.remove_listener("pageerror", on_error)
+    frame.frame_element().screenshot(path=str(screenshot))  # the viewer's iframe, as the user sees it

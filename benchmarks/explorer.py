@@ -1,0 +1,196 @@
+"""The explorer page: what it adds to close(), how big it is, how soon Chromium draws it, and that bigger traces
+stay bounded.
+
+    .venv/bin/python benchmarks/explorer.py               # about 6 minutes on 2 cores
+    .venv/bin/python benchmarks/explorer.py --big-neurons 4096 --big-epochs 500
+
+1. A default study variant's shape: the study's autoencoder (1680 neurons), watched for 1000 epochs of one small
+   step each (a temporary sqlite store, no figures), closed with the page and without it, alternating, 2 rounds:
+   the median close() times and their difference; the page's size; the peak resident memory close() adds for a run
+   of 250 epochs and one of 1000 (flat in epochs: the page is built a chunk of snapshots at a time).
+2. That page opened from disk in Chromium (Debian's, through Playwright), 3 loads: the time from navigation to the
+   first heatmap drawn (``window.fluxExplorer.timings.firstHeatmap``), median.
+3. A bigger trace written as the sink writes it (default 6 layers x 2048 neurons x 1500 epochs): the page's size and
+   build time, and what it says it pooled.
+Targets (issue "See every neuron"): page <= 4 MB, first heatmap <= 2 s, close() + <= 0.5 s, memory flat in epochs,
+any trace <= ~10 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def rss_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(field)
+
+
+def watched_run(epochs: int, explorer: bool, spool: Path) -> tuple[float, int, Path | None]:
+    """A study-shaped run; the seconds close() took, the peak memory it added (bytes), and its page."""
+    import mlflow
+
+    import mlflow_flux
+    from mlflow_flux.study.config import TrainConfig
+    from mlflow_flux.study.model import Autoencoder
+
+    config = TrainConfig()
+    torch.manual_seed(0)
+    model = Autoencoder(config.image_size**2, config.hidden)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    data = torch.rand(8, config.image_size**2)
+    trace_dir = spool / f"run-{time.monotonic_ns()}"
+    with mlflow.start_run() as run:
+        flux = mlflow_flux.watch(model, optimizer=optimizer, log_figures=False, explorer=explorer,
+                                 trace_dir=trace_dir).start()
+        for epoch in range(epochs):
+            optimizer.zero_grad()
+            loss = torch.nn.functional.mse_loss(model(data), data)
+            loss.backward()
+            optimizer.step()
+            flux.end_epoch(epoch, {"loss": float(loss)})
+        before = rss_kib("VmRSS")
+        Path("/proc/self/clear_refs").write_text("5")
+        started = time.perf_counter()
+        flux.close()
+        seconds = time.perf_counter() - started
+        added = (rss_kib("VmHWM") - before) * 1024
+    page = None
+    if explorer:
+        page = spool / f"explorer-{run.info.run_id}.html"
+        mlflow.MlflowClient().download_artifacts(run.info.run_id, "explorer.html", str(spool))
+        (spool / "explorer.html").rename(page)
+    return seconds, added, page
+
+
+def first_heatmap(page: Path, loads: int = 3) -> list[float]:
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    browser_path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser_path is None:
+        return []
+    times = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=browser_path, args=["--no-sandbox"])
+        for _ in range(loads):
+            tab = browser.new_page()
+            tab.goto(page.as_uri())
+            tab.wait_for_function("window.fluxExplorer && window.fluxExplorer.timings.firstHeatmap !== null",
+                                  timeout=60_000)
+            times.append(tab.evaluate("window.fluxExplorer.timings.firstHeatmap") / 1000)
+            tab.close()
+        browser.close()
+    return times
+
+
+def big_trace(directory: Path, layers: int, width: int, epochs: int) -> Path:
+    """A trace of ``layers`` x ``width`` neurons written as the sink writes it (segments of 50 snapshots, then
+    compacted by the sink's own ``compact_segments``), without a run to upload it to."""
+    from mlflow_flux.traces.schema import STAT_COLUMNS, Snapshot, snapshots_to_table, write_trace_table
+    from mlflow_flux.traces.sink import compact_segments
+
+    names = [f"block{i}.mlp" for i in range(layers)]
+    layer_index = np.repeat(np.arange(layers, dtype=np.int32), width)
+    neuron = np.tile(np.arange(width, dtype=np.int32), layers)
+    rng = np.random.default_rng(0)
+    stats = rng.random((len(STAT_COLUMNS), len(neuron)), dtype=np.float32)
+    dead = rng.random(len(neuron)) < 0.2
+    parts, pending = [], []
+    for epoch in range(epochs):
+        stats = stats + rng.normal(0, 1e-3, stats.shape).astype(np.float32)
+        current = stats.copy()
+        current[STAT_COLUMNS.index("act_rate")][dead] = 0.0
+        pending.append(Snapshot(epoch, names, layer_index, neuron, current, 0))
+        if len(pending) == 50:
+            parts.append(directory / f"part-{len(parts):05d}.parquet")
+            write_trace_table(snapshots_to_table(pending), parts[-1])
+            pending = []
+    if pending:
+        parts.append(directory / f"part-{len(parts):05d}.parquet")
+        write_trace_table(snapshots_to_table(pending), parts[-1])
+    return compact_segments(parts, directory / "traces.parquet")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--epochs", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--big-layers", type=int, default=6)
+    parser.add_argument("--big-neurons", type=int, default=2048)
+    parser.add_argument("--big-epochs", type=int, default=1500)
+    args = parser.parse_args()
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    import mlflow
+
+    from mlflow_flux.explorer import RunInput, pool_run, render_page
+    from mlflow_flux.explorer.encoding import read_page
+
+    with tempfile.TemporaryDirectory() as tmp:
+        spool = Path(tmp)
+        mlflow.set_tracking_uri(f"sqlite:///{spool}/bench.db")
+        mlflow.set_experiment("explorer-bench")
+        closes = {True: [], False: []}
+        page = None
+        for _ in range(args.rounds):
+            for explorer in (True, False):
+                seconds, _, made = watched_run(args.epochs, explorer, spool)
+                closes[explorer].append(seconds)
+                page = made or page
+        with_page, without = statistics.median(closes[True]), statistics.median(closes[False])
+        print(f"default variant shape (1680 neurons x {args.epochs} epochs): close() {with_page:.2f} s with the page, "
+              f"{without:.2f} s without: the page adds {with_page - without:.2f} s "
+              f"(rounds: {', '.join(f'{a:.2f}/{b:.2f}' for a, b in zip(closes[True], closes[False]))})")
+        meta, _ = read_page(page.read_text(encoding="utf-8"))
+        print(f"  page: {page.stat().st_size / 1e6:.2f} MB; pooled: {meta['pooled']}")
+        memory = {}
+        for epochs in (args.epochs // 4, args.epochs):
+            _, added, _ = watched_run(epochs, True, spool)
+            memory[epochs] = added
+        print("  peak memory close() adds (page, compaction, upload): "
+              + ", ".join(f"{e} epochs {m / 2**20:.1f} MiB" for e, m in memory.items())
+              + f" (ratio {memory[args.epochs] / max(1, memory[args.epochs // 4]):.2f})")
+        times = first_heatmap(page)
+        if times:
+            print(f"  first heatmap drawn in Chromium: {statistics.median(times):.2f} s after navigation "
+                  f"(loads: {', '.join(f'{t:.2f}' for t in times)})")
+        else:
+            print("  first heatmap: no chromium on this machine (apt-get install chromium)")
+        big_dir = spool / "big"
+        big_dir.mkdir()
+        started = time.perf_counter()
+        trace = big_trace(big_dir, args.big_layers, args.big_neurons, args.big_epochs)
+        written = time.perf_counter() - started
+        neurons = args.big_layers * args.big_neurons
+        started = time.perf_counter()
+        pooled = pool_run(RunInput("big", "big", trace, losses={}))
+        html = render_page([pooled], "big", "")
+        built = time.perf_counter() - started
+        big_page = big_dir / "explorer.html"
+        big_page.write_text(html, encoding="utf-8")
+        meta, _ = read_page(html)
+        print(f"bigger trace: {neurons:,} neurons x {args.big_epochs} epochs ({trace.stat().st_size / 1e6:.0f} MB, "
+              f"written in {written:.0f} s): page {big_page.stat().st_size / 1e6:.2f} MB built in "
+              f"{built:.1f} s; pooled: {meta['pooled']}")
+        times = first_heatmap(big_page, loads=1)
+        if times:
+            print(f"  first heatmap drawn in Chromium: {times[0]:.2f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,224 @@
+"""From traces to an explorer page: read each run's trace a chunk of snapshots at a time (local files, or anything
+``pyarrow.parquet.ParquetFile`` opens, such as the ranged reader over HTTP), pool it (:mod:`.pooling`), and render one
+self-contained page (:mod:`.page`). Memory stays flat in the number of snapshots: no whole-trace table is built.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .. import fluctuation, reshape
+from ..statistics import STAT_NAMES
+from ..traces.schema import KEY_COLUMNS
+from .pooling import DEAD, FROZEN, PARTICIPATING, PooledLayer, TracePooler
+
+__all__ = ["RunInput", "PooledRun", "pool_run", "snapshot_chunks", "Budget"]
+
+COLUMNS = STAT_NAMES  # every trace column is drawn
+
+
+@dataclass
+class RunInput:
+    """One run to draw: its identity, its trace, the settings its states are read with, and its loss."""
+
+    run_id: str
+    name: str
+    trace: object  # a path, a list of paths (segments), or an open file
+    window: int = fluctuation.DEFAULT_WINDOW
+    tau: float | fluctuation.Thresholds = fluctuation.DEFAULT_TAU  # a bare number: an absolute tau
+    group: str = ""
+    losses: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # key -> (steps, values)
+
+
+@dataclass
+class PooledRun:
+    """One run, pooled: what the page draws of it."""
+
+    run: RunInput
+    epochs: np.ndarray  # every snapshot's epoch
+    width: int  # snapshots per bin
+    layers: dict[str, PooledLayer]
+    fractions: np.ndarray  # (snapshots, 3): the whole network's participating, frozen, dead fractions
+
+    @property
+    def bins(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each bin's first and last epoch."""
+        starts = np.arange(0, len(self.epochs), self.width)
+        ends = np.minimum(starts + self.width, len(self.epochs)) - 1
+        return self.epochs[starts], self.epochs[ends]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much of a run the page holds: at most ``values`` numbers (two bytes each before compression), split into
+    bins of snapshots, and at most ``rows`` neurons per layer (past it: quantile bands and the extreme neurons).
+
+    >>> Budget(values=1_000_000).bins(neurons=1000, columns=9)
+    100
+    """
+
+    values: int = 2_400_000
+    rows: int = 1024
+    min_bins: int = 24
+
+    def bins(self, neurons: int, columns: int) -> int:
+        per_bin = max(1, neurons) * (columns + 1)  # +1: the states
+        return max(self.min_bins, self.values // per_bin)
+
+
+class _Layout:
+    """The row layout every snapshot of a trace repeats (as the recorder writes it): its layers and neurons."""
+
+    def __init__(self, layer: np.ndarray, neuron: np.ndarray) -> None:
+        self.rows = len(layer)
+        codes, names = _codes(layer)
+        starts = np.flatnonzero(np.r_[True, np.diff(codes) != 0])
+        ends = np.r_[starts[1:], self.rows]
+        self.layers = [(str(names[codes[a]]), slice(int(a), int(b))) for a, b in zip(starts, ends)]
+        self.neuron = neuron
+        if len({name for name, _ in self.layers}) != len(self.layers):
+            raise ValueError("a layer's rows are not contiguous within a snapshot")
+
+
+def _codes(layer) -> tuple[np.ndarray, list]:
+    names, codes = np.unique(np.asarray(layer, dtype=str), return_inverse=True)
+    return codes, list(names)
+
+
+def _layer_names(column) -> np.ndarray:
+    """A batch's layer column as names (it is dictionary-encoded in traces the sink writes)."""
+    if pa.types.is_dictionary(column.type):
+        return np.asarray(column.dictionary.to_pylist(), dtype=object)[column.indices.to_numpy()]
+    return np.asarray(column.to_pylist(), dtype=object)
+
+
+def snapshot_chunks(source, columns: Sequence[str], chunk_rows: int = 1 << 20
+                    ) -> Iterator[tuple[_Layout, int, np.ndarray, dict[str, dict[str, np.ndarray]]]]:
+    """The trace's snapshots, a chunk at a time: ``(layout, total snapshots, epochs, {layer: {column: (E, N)}})``.
+
+    Reads record batches of about ``chunk_rows`` rows (only ``columns`` and the keys), so memory is bounded by a
+    chunk whatever the number of snapshots.
+
+    Raises:
+        ValueError: the snapshots do not all repeat one row layout (the recorder always writes one).
+    """
+    if isinstance(source, (list, tuple)):  # segments of a trace that was never compacted, in order
+        for path in source:
+            yield from snapshot_chunks(path, columns, chunk_rows)
+        return
+    parquet = pq.ParquetFile(source)
+    wanted = [c for c in columns if c in set(parquet.schema_arrow.names)]
+    layout: _Layout | None = None
+    total = 0
+    carry: dict[str, np.ndarray] = {}
+    for batch in parquet.iter_batches(batch_size=chunk_rows, columns=[*KEY_COLUMNS, *wanted]):
+        arrays = {name: batch.column(name).to_numpy(zero_copy_only=False) for name in ("epoch", "neuron", *wanted)}
+        if layout is None:
+            arrays["layer"] = _layer_names(batch.column("layer"))
+        arrays = {k: np.concatenate([carry[k], v]) if k in carry else v for k, v in arrays.items()}
+        if layout is None:
+            epoch = arrays["epoch"]
+            changes = np.flatnonzero(epoch != epoch[0])
+            if not len(changes) and len(epoch) < parquet.metadata.num_rows:
+                carry = arrays  # the first snapshot is not complete yet
+                continue
+            rows = int(changes[0]) if len(changes) else len(epoch)
+            layout = _Layout(arrays["layer"][:rows], arrays["neuron"][:rows])
+            if parquet.metadata.num_rows % rows:
+                raise ValueError("the trace's snapshots do not all hold the same neurons")
+            total = parquet.metadata.num_rows // rows
+        arrays.pop("layer", None)
+        complete = (len(arrays["epoch"]) // layout.rows) * layout.rows
+        carry = {k: v[complete:] for k, v in arrays.items()}
+        if complete:
+            yield (layout, total, *_split(layout, arrays, complete, wanted))
+
+
+def _split(layout: _Layout, arrays: dict[str, np.ndarray], complete: int, columns) -> tuple:
+    count = complete // layout.rows
+    epochs = arrays["epoch"][:complete].reshape(count, layout.rows)
+    if (epochs != epochs[:, :1]).any() or (arrays["neuron"][:complete].reshape(count, layout.rows) !=
+                                           layout.neuron).any():
+        raise ValueError("the trace's snapshots do not all repeat one row layout")
+    out = {}
+    for name, rows in layout.layers:
+        out[name] = {c: np.ascontiguousarray(arrays[c][:complete].reshape(count, layout.rows)[:, rows],
+                                             dtype=np.float32) for c in columns}
+    return epochs[:, 0], out
+
+
+def pool_run(run: RunInput, budget: Budget = Budget()) -> PooledRun:
+    """Read ``run``'s trace a chunk of snapshots at a time and pool it within ``budget``."""
+    pooler = None
+    try:
+        for layout, total, epochs, layers in snapshot_chunks(run.trace, COLUMNS):
+            if pooler is None:
+                pooler = _pooler(run, layout, total, budget)
+            pooler.add(epochs, layers)
+    except ValueError:
+        pooler = _pool_whole(run, budget)  # an unusual layout: the reshaping that sorts, on the whole trace
+    if pooler is None:
+        raise ValueError(f"run {run.run_id} has an empty trace")
+    layers = pooler.result()
+    wide = pooler.extreme_rows()
+    if wide:  # the banded layers' extreme neurons: a second pass for their histories
+        _fill_extremes(run, layers, wide, pooler.width, budget)
+    return PooledRun(run, np.asarray(pooler.epochs, dtype=np.int64), pooler.width, layers, _network(layers))
+
+
+def _pooler(run: RunInput, layout: _Layout, total: int, budget: Budget) -> TracePooler:
+    neurons = sum(min(rows.stop - rows.start, budget.rows) for _, rows in layout.layers)
+    return TracePooler([(name, layout.neuron[rows]) for name, rows in layout.layers], total, COLUMNS, run.window,
+                       run.tau, max_bins=budget.bins(neurons, len(COLUMNS)), max_rows=budget.rows)
+
+
+def _pool_whole(run: RunInput, budget: Budget) -> TracePooler:
+    from ..traces.reader import read_trace_files
+
+    paths = run.trace if isinstance(run.trace, (list, tuple)) else [run.trace]
+    trace = read_trace_files(paths).to_pandas()
+    epochs, layers = reshape.layer_arrays(trace, COLUMNS)
+    neurons = {name: np.sort(trace.loc[trace["layer"] == name, "neuron"].unique()) for name in layers}
+    total_rows = sum(min(len(n), budget.rows) for n in neurons.values())
+    pooler = TracePooler(list(neurons.items()), len(epochs), COLUMNS, run.window, run.tau,
+                         max_bins=budget.bins(total_rows, len(COLUMNS)), max_rows=budget.rows)
+    pooler.add(epochs, layers)
+    return pooler
+
+
+def _fill_extremes(run: RunInput, layers: dict[str, PooledLayer], wide: dict[str, np.ndarray], width: int,
+                   budget: Budget) -> None:
+    """For each banded layer, pool only its extreme neurons' rows, with the same bins as the first pass."""
+    sub = None
+    for _, total, epochs, arrays in snapshot_chunks(run.trace, COLUMNS):
+        picked = {name: {c: values[:, wide[name]] for c, values in arrays[name].items()} for name in wide}
+        if sub is None:
+            sub = TracePooler([(name, layers[name].neurons[rows]) for name, rows in wide.items()], total, COLUMNS,
+                              run.window, run.tau, max_bins=math.ceil(total / width), max_rows=budget.rows * 64)
+        sub.add(epochs, picked)
+    if sub is None:
+        return
+    for name, pooled in sub.result().items():
+        layer = layers[name]
+        rows = wide[name]
+        layer.values = pooled.values
+        layer.states = layer.states[:, rows]
+        layer.stops_participating = layer.stops_participating[rows]
+        layer.dies = layer.dies[rows]
+        layer.neurons = layer.neurons[rows]
+
+
+def _network(layers: dict[str, PooledLayer]) -> np.ndarray:
+    """The whole network's state fractions: each layer's weighted by its neurons."""
+    total = sum(layer.width for layer in layers.values())
+    weighted = sum(layer.fractions.astype(np.float64) * layer.width for layer in layers.values())
+    return (weighted / max(1, total)).astype(np.float32)
+
+
+STATE_NAMES = {PARTICIPATING: "participating", FROZEN: "frozen", DEAD: "dead"}

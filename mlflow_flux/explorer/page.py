@@ -1,0 +1,157 @@
+"""The explorer page: pooled runs in, one self-contained HTML page out (its data, script and style inline; nothing
+fetched). Pure: no MLflow, no file I/O beyond the page's own script and style, read from this package.
+"""
+
+from __future__ import annotations
+
+import html
+import warnings
+from collections.abc import Sequence
+from importlib import resources
+
+import numpy as np
+from scipy import stats
+
+from .. import fluctuation
+from ..statistics import STATISTICS
+from ..version import __version__
+from .build import PooledRun
+from .encoding import RELATIVE_RESOLUTION, Blob, manifest_json
+from .pooling import BANDS, NEVER, STATES
+
+__all__ = ["render_page", "FORMAT_VERSION", "LINEAR_COLUMNS"]
+
+FORMAT_VERSION = 1
+# Drawn on a linear scale whatever their spread: bounded fractions.
+LINEAR_COLUMNS = ("act_rate",)
+_INT32_NEVER = np.iinfo(np.int32).max
+
+
+def _range(values: np.ndarray, column: str) -> list:
+    """``[low, high, lowest positive, log]`` of the finite values (0.5th-99.5th percentiles: one outlier does not
+    flatten the colour scale); log when nothing is negative and the positive values span two decades or more."""
+    finite = values[np.isfinite(values)]
+    if not finite.size:
+        return [0.0, 1.0, 1.0, False]
+    low, high = (float(v) for v in np.percentile(finite, [0.5, 99.5]))
+    positive = finite[finite > 0]
+    positive_low = float(np.percentile(positive, 0.5)) if positive.size else 1.0
+    log = (column not in LINEAR_COLUMNS and finite.min() >= 0 and positive.size > 0
+           and float(positive.max()) >= 100 * positive_low)
+    return [low, high, positive_low, bool(log)]
+
+
+def _epochs32(values: np.ndarray) -> np.ndarray:
+    return np.where(values >= NEVER, _INT32_NEVER, values).astype(np.int32)
+
+
+def _layer(blob: Blob, prefix: str, layer) -> dict:
+    rows = layer.neurons.astype(np.int32)
+    values = dict(layer.values)
+    states = layer.states
+    stops, dies = layer.stops_participating, layer.dies
+    if layer.banded:  # quantile bands first (rows -1 .. -len(BANDS)), then the extreme neurons
+        count = len(BANDS)
+        rows = np.concatenate([-(np.arange(count, dtype=np.int32) + 1), rows])
+        values = {c: np.concatenate([layer.bands[c], values[c]], axis=1) if c in values else layer.bands[c]
+                  for c in layer.bands}
+        states = np.concatenate([np.zeros((states.shape[0], count), dtype=np.uint8), states], axis=1)
+        stops = np.concatenate([np.full(count, NEVER), stops])
+        dies = np.concatenate([np.full(count, NEVER), dies])
+    entry = {
+        "name": layer.name, "width": int(layer.width), "banded": layer.banded,
+        "rows": blob.add(f"{prefix}/rows", rows, "i32"),
+        "values": {c: blob.add(f"{prefix}/{c}", v, "bf16") for c, v in values.items()},
+        "ranges": {c: _range(v, c) for c, v in values.items()},
+        "states": blob.add(f"{prefix}/states", states, "u8"),
+        "fractions": blob.add(f"{prefix}/fractions", layer.fractions, "f32"),
+        "stops": blob.add(f"{prefix}/stops", _epochs32(stops), "i32"),
+        "dies": blob.add(f"{prefix}/dies", _epochs32(dies), "i32"),
+    }
+    return entry
+
+
+def _run(blob: Blob, index: int, pooled: PooledRun) -> dict:
+    prefix = f"r{index}"
+    first, last = pooled.bins
+    run = pooled.run
+    thresholds = fluctuation.Thresholds.of(run.tau)
+    return {
+        "id": run.run_id, "name": run.name, "group": run.group, "window": run.window,
+        "tau": thresholds.participation_tau, "tau_mode": thresholds.tau_mode,
+        "epochs": blob.add(f"{prefix}/epochs", pooled.epochs, "i32"),
+        "bins": {"first": blob.add(f"{prefix}/bin_first", first, "i32"),
+                 "last": blob.add(f"{prefix}/bin_last", last, "i32")},
+        "width": pooled.width,
+        "fractions": blob.add(f"{prefix}/fractions", pooled.fractions, "f32"),
+        "loss": [{"key": key, "steps": blob.add(f"{prefix}/loss{k}/steps", steps, "i32"),
+                  "values": blob.add(f"{prefix}/loss{k}/values", values, "f32")}
+                 for k, (key, (steps, values)) in enumerate(run.losses.items())],
+        "layers": [_layer(blob, f"{prefix}/L{k}", layer) for k, layer in enumerate(pooled.layers.values())],
+    }
+
+
+def interval_curves(runs: Sequence[PooledRun]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A group's network-wide state fractions over the epochs all its runs share: mean and two-sided 95% Student-t
+    interval over its runs (NaN bounds with one run)."""
+    common = runs[0].epochs
+    for run in runs[1:]:
+        common = np.intersect1d(common, run.epochs)
+    stacked = np.stack([run.fractions[np.searchsorted(run.epochs, common)].astype(np.float64) for run in runs])
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "Mean of empty slice" before the first full window
+        mean = np.nanmean(stacked, axis=0)
+        n = np.isfinite(stacked).sum(axis=0)
+        spread = np.nanstd(stacked, axis=0, ddof=1) if len(runs) > 1 else np.full_like(mean, np.nan)
+    half = np.where(n > 1, stats.t.ppf(0.975, np.maximum(n - 1, 1)) * spread / np.sqrt(np.maximum(n, 1)), np.nan)
+    return common, mean, mean - half, mean + half
+
+
+def _pooled_text(pooled: Sequence[PooledRun]) -> str:
+    parts = []
+    for run in pooled:
+        bins = len(run.bins[0])
+        what = (f"{len(run.epochs)} snapshots, not pooled" if run.width == 1 else
+                f"{len(run.epochs)} snapshots pooled into {bins} bins of {run.width} (each bin: the mean of its "
+                f"snapshots; states: the window ending at its last snapshot)")
+        banded = [f"{layer.name} ({layer.width} neurons: quantile bands {', '.join(f'{q:g}' for q in BANDS)} and "
+                  f"{len(layer.neurons)} extreme neurons)" for layer in run.layers.values() if layer.banded]
+        parts.append(f"{run.run.name}: {what}" + (f"; banded: {'; '.join(banded)}" if banded else ""))
+    return "What is drawn: " + " | ".join(parts)
+
+
+def render_page(pooled: Sequence[PooledRun], title: str, subtitle: str = "",
+                groups: Sequence[tuple[str, Sequence[int]]] | None = None) -> str:
+    """One explorer page over ``pooled`` runs; ``groups`` (name, run indices) as the report groups them (several runs
+    only). Everything the page draws is in it."""
+    blob = Blob()
+    runs = [_run(blob, index, run) for index, run in enumerate(pooled)]
+    group_entries = []
+    for g, (name, members) in enumerate(groups or []):
+        entry = {"name": name, "runs": list(members)}
+        if members:
+            epochs, mean, low, high = interval_curves([pooled[i] for i in members])
+            entry["curves"] = {"epochs": blob.add(f"g{g}/epochs", epochs, "i32"),
+                               "mean": blob.add(f"g{g}/mean", mean, "f32"),
+                               "low": blob.add(f"g{g}/low", low, "f32"), "high": blob.add(f"g{g}/high", high, "f32")}
+        group_entries.append(entry)
+    data = blob.encode()
+    meta = {
+        "version": FORMAT_VERSION, "title": title, "subtitle": subtitle,
+        "generator": f"mlflow-flux {__version__}",
+        "pooled": _pooled_text(pooled),
+        "resolution": (f"Values are stored as bfloat16 (8 significant bits): each is within "
+                       f"{RELATIVE_RESOLUTION:.2%} of the trace's value where a bin holds one snapshot; NaN is "
+                       "'not defined' (docs/traces.md)."),
+        "quantities": [{"name": s.name, "meaning": s.meaning} for s in STATISTICS],
+        "states": list(STATES), "bands": list(BANDS), "manifest": blob.manifest,
+        "groups": group_entries, "runs": runs,
+    }
+    static = resources.files(__package__) / "static"
+    script = (static / "explorer.js").read_text(encoding="utf-8")
+    style = (static / "explorer.css").read_text(encoding="utf-8")
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f'<style>{style}</style></head><body><div id="app"></div>'
+            f'<script type="application/json" id="flux-meta">{manifest_json(meta)}</script>'
+            f'<script type="application/octet-stream" id="flux-data">{data}</script>'
+            f"<script>{script}</script></body></html>")

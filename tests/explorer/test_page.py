@@ -1,0 +1,87 @@
+"""The explorer page a watched run logs when it closes, and explore() for any run: one self-contained file whose
+data decode to what the trace holds."""
+
+from __future__ import annotations
+
+import re
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from torch import nn
+
+import mlflow_flux
+from mlflow_flux.explorer.encoding import RELATIVE_RESOLUTION, read_page
+from mlflow_flux.statistics import STAT_NAMES
+from tests.helpers import run_cli
+
+
+def _train(epochs: int = 6, **options) -> str:
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(6, 12), nn.ReLU(), nn.Linear(12, 4))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
+    x = torch.randn(48, 6)
+    with mlflow.start_run(run_name="page") as run:
+        with mlflow_flux.watch(model, window=3, log_figures=False, **options) as flux:
+            for epoch in range(epochs):
+                for batch in x.split(16):
+                    optimizer.zero_grad()
+                    loss = nn.functional.mse_loss(model(batch), batch[:, :4])
+                    loss.backward()
+                    optimizer.step()
+                flux.end_epoch(epoch, {"loss/train": float(loss)})
+    return run.info.run_id
+
+
+def _page(run_id: str, tmp_path) -> str:
+    path = MlflowClient().download_artifacts(run_id, "explorer.html", str(tmp_path))
+    return open(path, encoding="utf-8").read()
+
+
+def test_a_watched_run_logs_a_self_contained_page_whose_values_are_the_trace(store, tmp_path):
+    run_id = _train()
+    page = _page(run_id, tmp_path)
+    # Nothing is fetched: no external script, style, image or link address anywhere in the page.
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
+    assert "<script src" not in page and "@import" not in page
+    meta, arrays = read_page(page)
+    (run,) = meta["runs"]
+    assert run["id"] == run_id and run["loss"][0]["key"] == "loss/train"
+    trace = mlflow_flux.load_traces(run_id)
+    assert arrays[run["epochs"]].tolist() == sorted(trace["epoch"].unique())
+    assert [layer["name"] for layer in run["layers"]] == ["0", "2"]
+    for layer in run["layers"]:
+        rows = trace[trace["layer"] == layer["name"]]
+        assert set(layer["values"]) == set(STAT_NAMES)
+        for column in STAT_NAMES:  # nothing was pooled: each value within the stated resolution of the trace
+            expected = rows.pivot(index="epoch", columns="neuron", values=column).to_numpy(dtype=np.float64)
+            got = arrays[layer["values"][column]].astype(np.float64)
+            finite = np.isfinite(expected)
+            assert (np.isfinite(got) == finite).all(), column
+            assert (np.abs(got[finite] - expected[finite]) <= RELATIVE_RESOLUTION * np.abs(expected[finite])).all()
+    assert "not pooled" in meta["pooled"] and "0.39%" in meta["resolution"]
+
+
+def test_the_page_can_be_switched_off_and_explore_builds_it_for_any_run(store, tmp_path):
+    run_id = _train(explorer=False)
+    assert "explorer.html" not in [f.path for f in MlflowClient().list_artifacts(run_id)]
+    path = mlflow_flux.explore(run_id, output=tmp_path / "page.html")
+    meta, _ = read_page(path.read_text(encoding="utf-8"))
+    assert meta["runs"][0]["id"] == run_id
+    second = _train(explorer=False)
+    both = mlflow_flux.explore([run_id, second], output=tmp_path / "both.html")
+    meta, _ = read_page(both.read_text(encoding="utf-8"))
+    assert [r["id"] for r in meta["runs"]] == [run_id, second] and len(meta["groups"]) == 2
+
+
+@pytest.mark.slow
+def test_the_cli_writes_the_page_and_refuses_an_unknown_run_in_one_line(store, tmp_path):
+    run_id = _train(explorer=False)
+    out = run_cli(store, "explore", run_id, "--output", str(tmp_path / "x.html"), timeout=180)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "x.html").exists() and "explorer page written to" in out.stdout
+    bad = run_cli(store, "explore", "0" * 32, timeout=180)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        f"mlflow-flux: error: no run with id '{'0' * 32}' at {store['uri']}"]
