@@ -7,6 +7,8 @@
                 ...
                 flux.end_epoch(epoch, {"loss/train": loss})
     traces = mlflow_flux.load_traces(run_id)
+    mlflow_flux.explore(run_id)                      # the interactive page, as every watched run logs it
+    report = mlflow_flux.compare(experiment="mine")  # the cross-run report
 """
 
 from __future__ import annotations
@@ -14,25 +16,65 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from .version import __version__
 
 # Public names load on first use: MLflow imports our plugin while it is itself still importing, and a plain
 # `import mlflow_flux` should not pay for torch and MLflow before they are needed.
 _EXPORTS = {
-    "FluxError": ".errors",
-    "FluxWatcher": ".watcher",
+    # the recorder
     "watch": ".watcher",
+    "FluxWatcher": ".watcher",
+    "WatchResult": ".watcher",
+    "RecorderSettings": ".settings",
+    # reading and comparing
     "load_traces": ".traces.reader",
+    "explore": ".explorer.runs",
+    "query": ".sql.engine",
+    "traces_dataset": ".sql.ray_data",
     "compare": ".report.pipeline",
+    "Report": ".report.render",
+    "ReportSpec": ".report.spec",
+    "ClaimSpec": ".report.claims",
+    "Claim": ".report.claims",
+    # errors: what a user can fix, each with its exit code on the command line
+    "FluxError": ".errors",
+    "InvalidParameter": ".errors",
+    "NoRunsMatch": ".errors",
+    "QueryError": ".errors",
+    "KeptLocally": ".errors",
+    "TrackingLost": ".errors",
+    "NotAuthenticated": ".errors",
+    "PermissionDenied": ".errors",
+    "DivergedError": ".errors",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = [  # the names of _EXPORTS, written out for readers and tools
+    "__version__", "watch", "FluxWatcher", "WatchResult", "RecorderSettings", "load_traces", "explore", "query",
+    "traces_dataset", "compare", "Report", "ReportSpec", "ClaimSpec", "Claim", "FluxError", "InvalidParameter",
+    "NoRunsMatch", "QueryError", "KeptLocally", "TrackingLost", "NotAuthenticated", "PermissionDenied", "DivergedError",
+]
 
 if TYPE_CHECKING:
-    from .errors import FluxError
+    from .errors import (
+        DivergedError,
+        FluxError,
+        InvalidParameter,
+        KeptLocally,
+        NoRunsMatch,
+        NotAuthenticated,
+        PermissionDenied,
+        TrackingLost,
+    )
+    from .explorer.runs import explore
+    from .report.claims import Claim, ClaimSpec
     from .report.pipeline import compare
+    from .report.render import Report
+    from .report.spec import ReportSpec
+    from .settings import RecorderSettings
+    from .sql.engine import query
+    from .sql.ray_data import traces_dataset
     from .traces.reader import load_traces
-    from .watcher import FluxWatcher, watch
+    from .watcher import FluxWatcher, WatchResult, watch
 
 
 def __getattr__(name: str) -> Any:

@@ -11,16 +11,17 @@ Bad input is one line on stderr and exit code 2, before any work starts; Ctrl-C 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import sys
 import warnings
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from .errors import FluxError, InvalidParameter, UsageError
 from .interrupts import exit_code, stop_on_signals, stop_with_parent
-from .study.config import ATLAS_DEFAULTS, OPTION_HELP, SWEEP_DEFAULTS, SWEPT, TrainConfig
+from .settings import RecorderSettings, Settings, describe
+from .study.config import ATLAS_DEFAULTS, PER_VARIANT, SWEPT, SweepSettings, TrainConfig
+from .traces import mlflow_adapter
 
 __all__ = ["main"]
 
@@ -54,23 +55,20 @@ def _unknown_options(args: argparse.Namespace, unknown: list[str]) -> FluxError:
 
 def _fail_the_mlflow_run(message: str) -> None:
     """Under ``mlflow run`` (which made a run for this process), bad input ends that run FAILED with the reason."""
-    import os
-
     run_id = os.environ.get("MLFLOW_RUN_ID")
     if not run_id:
         return
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from .traces.runs import FAILURE_TAG
+    from .traces.lifecycle import finish_run
     from .traces.server import check_reachable
 
     try:
         check_reachable(mlflow.get_tracking_uri())
         client = MlflowClient()
         if client.get_run(run_id).info.status == "RUNNING":
-            client.set_tag(run_id, FAILURE_TAG, message[:5000])
-            client.set_terminated(run_id, "FAILED")
+            finish_run(client, run_id, "FAILED", message)
     except Exception:  # noqa: BLE001 -- the one-line error is already printed; the run is MLflow's to end then
         pass
 
@@ -91,16 +89,22 @@ def _keep_killed(run_id: str, mlflow_run_pid: int) -> None:
         pass
 
 
+def _add_options(parser: argparse.ArgumentParser, settings: type[Settings], names: Sequence[str],
+                 defaults: Mapping[str, str] | None = None) -> None:
+    """One option per setting, its help derived from the declaration. Every option is a string here: the settings
+    parse and check them (one error naming the setting, exit 2), so the CLI and the MLproject agree."""
+    for name in names:
+        spec = settings.spec(name)
+        default = (defaults or {}).get(name)
+        value = spec.kind.parse(name, default) if default is not None else None
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, metavar="VALUE", help=describe(spec, value))
+
+
 def _add_train_options(parser: argparse.ArgumentParser, skip: Sequence[str] = (),
                        defaults: Mapping[str, str] | None = None) -> None:
-    # Every option is a string here: config.py parses and checks them, so the CLI and MLproject agree.
-    for field in dataclasses.fields(TrainConfig):
-        if field.name in skip:
-            continue
-        default = (defaults or {}).get(field.name, field.default)
-        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-        parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, metavar="VALUE",
-                            help=f"{OPTION_HELP[field.name]} (default: {shown})")
+    """The study's settings first, then the recorder's."""
+    names = [*TrainConfig.study_names(), *RecorderSettings.names()]
+    _add_options(parser, TrainConfig, [name for name in names if name not in skip], defaults)
 
 
 def _given(args: argparse.Namespace, names: Sequence[str]) -> dict[str, str]:
@@ -110,7 +114,7 @@ def _given(args: argparse.Namespace, names: Sequence[str]) -> dict[str, str]:
 def _train(args: argparse.Namespace) -> int:
     from .study.config import parse_train_config
 
-    config = parse_train_config(_given(args, [f.name for f in dataclasses.fields(TrainConfig)]))
+    config = parse_train_config(_given(args, TrainConfig.names()))
     from .study.train import train
 
     result = train(config, progress=not args.quiet)
@@ -127,8 +131,8 @@ def _sweep(args: argparse.Namespace) -> int:
     from .study.config import parse_sweep_config
 
     started = time.monotonic()
-    names = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in SWEPT]
-    given = _given(args, ["optimizers", "lrs", "seeds", "max_parallel", "report", "backend", *names])
+    names = [name for name in TrainConfig.names() if name not in PER_VARIANT]
+    given = _given(args, [*SweepSettings.names(), *names])
     config = parse_sweep_config({**(ATLAS_DEFAULTS if args.command == "atlas" else {}), **given})
     # The first line comes before MLflow and torch are imported (seconds on a busy machine).
     print(f"mlflow-flux: {config.name}: {config.variants} variants (optimizers {','.join(config.optimizers)}; "
@@ -138,10 +142,10 @@ def _sweep(args: argparse.Namespace) -> int:
 
     result = run_sweep(config)
     report = None
-    if config.report and len(result.failed) < len(result.variants):
+    if config.report and len(result.failed) + len(result.kept) < len(result.variants):
         from .report.pipeline import compare
 
-        report = compare(result.sweep_run_id)  # failed variants show up as skipped
+        report = compare(result.sweep_run_id)  # failed variants, and those whose trace is kept, show up as skipped
         print_report_summary(report)
     _print_closing(config.name, result, report, time.monotonic() - started)
     if not result.ok:
@@ -150,6 +154,13 @@ def _sweep(args: argparse.Namespace) -> int:
         for reason in result.failed.values():
             print(f"  {reason}", file=sys.stderr)
         return 1
+    if result.kept:
+        from .errors import KeptLocally
+
+        print(f"mlflow-flux: sweep {result.sweep_run_id} finished, but the results of {len(result.kept)} of "
+              f"{len(result.variants)} variants are kept locally (above: where, and the command that uploads them)",
+              file=sys.stderr)
+        return KeptLocally.exit_code
     return 0
 
 
@@ -157,6 +168,7 @@ def _print_closing(name: str, result, report, seconds: float) -> None:
     """Where to look next: the sweep's runs in the UI, and the report."""
     import mlflow
 
+    from .report.render import EXPLORER_FILE, REPORT_DIR
     from .study.progress import format_duration
     from .traces import links
 
@@ -168,6 +180,10 @@ def _print_closing(name: str, result, report, seconds: float) -> None:
              f"  runs:   {links.sweep_runs_url(uri, experiment_id, result.sweep_run_id)}"]
     if report is not None and report.run_id:
         lines.append(f"  report: {links.artifact_url(uri, experiment_id, report.run_id, 'report/report.html')}")
+        if EXPLORER_FILE in report.files:
+            explorer = links.artifact_url(uri, experiment_id, report.run_id, f"{REPORT_DIR}/{EXPLORER_FILE}")
+            lines.append(f"  explore: {explorer}")
+    lines += [f"  kept locally: {kept}" for kept in result.kept.values()]
     command = links.ui_command(uri)
     if command:
         lines.append(f"  (serve the UI first: {command})")
@@ -176,10 +192,8 @@ def _print_closing(name: str, result, report, seconds: float) -> None:
 
 def _compare(args: argparse.Namespace) -> int:
     from .report.pipeline import compare
-    from .study.config import parse_floats, parse_ints
-
-    window = parse_ints("window", args.window, minimum=2)[0] if args.window is not None else None
-    tau = parse_floats("tau", args.tau)[0] if args.tau is not None else None
+    window = RecorderSettings.spec("window").kind.parse("window", args.window) if args.window else None
+    tau = RecorderSettings.spec("tau").kind.parse("tau", args.tau) if args.tau else None
     # An empty value is "not given": the compare entry point of the MLproject passes every option, empty or not.
     sweep, experiment, filter_string = (value or None for value in (args.sweep, args.experiment, args.filter))
     chosen = [f"--{name}" for name, value in (("sweep", sweep), ("experiment", experiment), ("filter", filter_string))
@@ -193,12 +207,57 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _explore(args: argparse.Namespace) -> int:
+    from .explorer.runs import explore
+
+    path = explore(args.run_ids, output=args.output, group_by=args.group_by or None)
+    print(f"explorer page written to {path}")
+    return 0
+
+
+def _query(args: argparse.Namespace) -> int:
+    from .errors import InvalidParameter
+    from .sql.engine import QueryResult, query
+
+    output = args.output or None
+    if output is not None and not output.endswith((".parquet", ".csv")):
+        raise InvalidParameter("output", output, "expected a file ending in .parquet or .csv")
+    result = QueryResult()
+    runs = [r.strip() for r in args.runs.split(",") if r.strip()] if args.runs else None
+    table = query(args.sql, experiment=args.experiment or None, filter_string=args.filter or None, runs=runs,
+                  as_arrow=True, result=result)
+    for run_id, why in result.skipped:
+        print(f"skipped run {run_id}: {why}", file=sys.stderr)
+    if output is None:
+        import pandas as pd
+
+        with pd.option_context("display.max_rows", 200, "display.width", 160):
+            print(table.to_pandas().to_string(index=False))
+    elif output.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        pq.write_table(table, output)
+    else:
+        import pyarrow.csv as pacsv
+
+        pacsv.write_csv(table, output)
+    if output is not None:
+        print(f"{table.num_rows} rows written to {output} ({len(result.runs)} runs)")
+    return 0
+
+
+def _upload(args: argparse.Namespace) -> int:
+    from .traces.recovery import upload_kept
+
+    uploaded = upload_kept(args.run_id, args.directory)
+    print(f"uploaded {len(uploaded)} file(s) into run {args.run_id}: {', '.join(uploaded)}")
+    return 0
+
+
 def print_report_summary(report) -> None:
     groups = report.groups
     print(f"compared {len(report.runs)} runs ({len(report.skipped)} skipped)")
-    from .report.loading import FACET
-
-    facet = FACET if FACET in groups.columns[:1] else None  # groups per optimizer, then the grouping
+    facet = report.facet if report.facet and report.facet in groups.columns[:1] else None  # per facet value first
     key = groups.columns[1 if facet else 0]  # the grouping parameter
     for _, row in groups.iterrows():
         value = row[key]
@@ -211,6 +270,8 @@ def print_report_summary(report) -> None:
         print(f"  claim ({claim.label}) {claim.text}: {claim.verdict.upper()}")
         for note in claim.notes:
             print(f"    - {note}")
+        if claim.depends_on_definition:
+            print(f"    - {claim.depends_on_definition}")
     for run_id, name, reason in report.skipped:
         print(f"  skipped {name or run_id}: {reason}")
     if report.run_id:
@@ -220,19 +281,8 @@ def print_report_summary(report) -> None:
 
 
 def _add_sweep_options(sweep: argparse.ArgumentParser, defaults: Mapping[str, str]) -> None:
-    sweep.add_argument("--optimizers", metavar="LIST",
-                       help=f"comma-separated optimizers: adam, sgd (default: {defaults['optimizers']})")
-    sweep.add_argument("--lrs", metavar="LIST", help=f"comma-separated learning rates (default: {defaults['lrs']})")
-    sweep.add_argument("--seeds", metavar="LIST", help=f"comma-separated seeds (default: {defaults['seeds']})")
-    sweep.add_argument("--max-parallel", dest="max_parallel", metavar="N",
-                       help="variants at a time; auto: as many as finish soonest on this machine's cores "
-                            "(default: auto)")
-    sweep.add_argument("--report", metavar="BOOL", help="build the comparison report at the end: true or false "
-                                                        "(default: true)")
-    sweep.add_argument("--backend", metavar="NAME",
-                       help="where variants run: local processes, or ray (RAY_ADDRESS, else a local instance) "
-                            "(default: local)")
-    _add_train_options(sweep, skip=SWEPT, defaults=defaults)
+    _add_options(sweep, SweepSettings, SweepSettings.names(), defaults)
+    _add_train_options(sweep, skip=PER_VARIANT, defaults=defaults)
     sweep.set_defaults(func=_sweep)
 
 
@@ -242,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
                         help="also show MLflow's own INFO messages (hidden by default)")
     parser = _Parser(prog="mlflow-flux", description=DESCRIPTION, parents=[common])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sweep,atlas,compare}")
+    sub = parser.add_subparsers(dest="command", required=True,
+                                metavar="{train,sweep,atlas,compare,explore,query,upload}")
 
     train = sub.add_parser("train", help="train one variant into one MLflow run", parents=[common],
                            description="Train one variant of the built-in study into one MLflow run.")
@@ -254,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
                                          "lr, seed)",
                            parents=[common], description="Run the study's sweep: one parent run, one child run "
                                                          "per (optimizer, lr, seed), then the report.")
-    _add_sweep_options(sweep, SWEEP_DEFAULTS)
+    _add_sweep_options(sweep, {})
     atlas = sub.add_parser("atlas", help="the map of where the paper's claims hold: the sweep over optimizers, "
                                          "learning rates and seeds", parents=[common],
                            description="The sweep with the atlas's defaults (adam and sgd, three learning rates, "
@@ -278,19 +329,59 @@ def build_parser() -> argparse.ArgumentParser:
                          help="the metric reported as the loss (default: flux/loss_final or loss/final, else the last "
                               "flux/loss_train or loss/train)")
     compare.set_defaults(func=_compare)
+
+    explore = sub.add_parser("explore", help="the interactive explorer page of runs holding a trace",
+                             parents=[common], description="Write the explorer page (one self-contained HTML file) "
+                                                           "of one run, or of several side by side.")
+    explore.add_argument("run_ids", nargs="+", metavar="RUN_ID", help="runs that hold a trace")
+    explore.add_argument("--output", metavar="FILE", help="the page's path (default: flux-explorer-<run>.html here)")
+    explore.add_argument("--group-by", metavar="PARAM", help="group several runs by this parameter")
+    explore.set_defaults(func=_explore)
+
+    query = sub.add_parser("query", help="SQL over every trace row of many runs (views: traces, runs)",
+                           parents=[common], description="Run SQL over the traces of an experiment's runs: the view "
+                                                          "traces holds every trace row with its run's id, name, "
+                                                          "status and parameters as columns; runs one row per run.")
+    query.add_argument("sql", metavar="SQL")
+    query.add_argument("--experiment", metavar="NAME", help="the experiment (name or id; default: the current one)")
+    query.add_argument("--filter", metavar="FILTER", help="an MLflow filter string over its runs")
+    query.add_argument("--runs", metavar="IDS", help="comma-separated run ids instead")
+    query.add_argument("--output", metavar="FILE", help="write the rows to FILE (.parquet or .csv) instead of printing")
+    query.set_defaults(func=_query)
+
+    upload = sub.add_parser("upload", help="upload what a run kept locally (the command its mlflow_flux.missing "
+                                           "tag names)", parents=[common],
+                            description="Upload a run's kept spool: every file goes where a normal run has it, the "
+                                        "trace's leftover segments are removed from the run, the local copy after.")
+    upload.add_argument("run_id", metavar="RUN_ID")
+    upload.add_argument("directory", metavar="DIR", help="the kept spool (the run's mlflow_flux.kept_at tag)")
+    upload.set_defaults(func=_upload)
     return parser
 
 
 def _quiet_mlflow(verbose: bool) -> None:
-    """MLflow's INFO lines (database migrations, "View run at ...") are off unless --verbose; the variants a sweep
-    starts inherit the setting through MLFLOW_LOGGING_LEVEL, which MLflow reads as it is imported."""
+    """MLflow's chatter (INFO lines, database migrations, "View run at ...", download progress bars) is off unless
+    --verbose; the variants a sweep starts inherit the settings through MLflow's own environment variables, which it
+    reads as it needs them."""
     if verbose:
         os.environ["MLFLOW_LOGGING_LEVEL"] = "INFO"
     else:
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per trace read
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per artifact read
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # "View run ..." per run ending
     if "mlflow" in sys.modules:  # imported already (under `mlflow run` only its plugin loader did): set it too
         logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"].upper())
+
+
+def _subject(args: argparse.Namespace) -> str | None:
+    """What a command reads or writes, as a permission error names it."""
+    experiment = getattr(args, "experiment", None) or os.environ.get("MLFLOW_EXPERIMENT_NAME")
+    runs = getattr(args, "run_ids", None) or ([args.run_id] if getattr(args, "run_id", None) else [])
+    if getattr(args, "sweep", None):
+        return f"sweep {args.sweep}"
+    if runs:
+        return f"run {', '.join(runs)}"
+    return f"experiment {experiment!r}" if experiment else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -309,7 +400,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if unknown:
                 raise _unknown_options(args, unknown)
             _quiet_mlflow(getattr(args, "verbose", False))
-            return args.func(args)
+            with mlflow_adapter.auth_errors(what=_subject(args)):  # a 401 or 403 anywhere: one line, its own code
+                return args.func(args)
     except FluxError as exc:
         print(f"mlflow-flux: error: {exc}", file=sys.stderr)
         if exc.exit_code == 2:

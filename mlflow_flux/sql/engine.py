@@ -1,0 +1,191 @@
+"""``mlflow_flux.query(sql, ...)``: SQL over every trace row of the selected runs, in DuckDB.
+
+Two views: ``traces`` (one row per run x snapshot x layer x neuron: the trace's columns, then the run's id, name,
+status and parameters, typed) and ``runs`` (one row per run: its id, name, status, parameters and the last value of
+every metric). The engine reads only what the query needs: DuckDB pushes the projection and the filters into the
+Arrow dataset (:mod:`.sources`), which prunes runs by their parameters and row groups by their epochs, and fetches
+remote column chunks with HTTP ranges, cached on local disk.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+
+from ..errors import FluxError, InvalidParameter, NoRunsMatch, QueryError
+from ..traces import mlflow_adapter
+from ..traces.runs import LAYERS_PARAM
+from ..traces.server import check_reachable
+from .sources import DEFAULT_CACHE, RunTrace, column_name, run_trace, trace_dataset, typed_params
+
+__all__ = ["query", "QueryResult", "select_traces"]
+
+
+@dataclass
+class QueryResult:
+    """What :func:`query` read: the runs it answered over and those it skipped, with the reason; for remote traces,
+    the bytes and requests that crossed the network against the traces' total size."""
+
+    runs: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (run id, reason)
+    fetched: int = 0  # bytes received from the artifact store (0 for a local store: read in place)
+    requests: int = 0  # HTTP requests to it
+    trace_bytes: int = 0  # the selected runs' trace files, together
+
+
+def select_traces(client, experiment: str | None, filter_string: str | None, runs: Sequence[str] | None,
+                  tracking_uri: str) -> tuple[list, list[RunTrace], list[tuple[str, str]]]:
+    """The runs asked for (by id, or every run of the experiment holding a trace that meets the filter), their
+    traces, and those skipped with a reason (no trace, results kept locally)."""
+    if runs is not None:
+        found = []
+        for run_id in runs:
+            try:
+                found.append(client.get_run(run_id))
+            except Exception as exc:  # noqa: BLE001 -- MLflow raises its own kinds: unknown run, 401, 403
+                raise mlflow_adapter.flux_error(exc, tracking_uri, f"no run with id {run_id!r} at {tracking_uri}",
+                                                f"run {run_id}") from None
+    else:
+        ids = _experiment_ids(client, experiment, tracking_uri)
+        condition = f"params.`{LAYERS_PARAM}` LIKE '%'" + (f" and {filter_string}" if filter_string else "")
+        try:
+            found = list(client.search_runs(ids, condition, max_results=50_000))
+        except Exception as exc:  # noqa: BLE001 -- a malformed filter is the usual cause
+            if mlflow_adapter.is_auth_error(exc):
+                raise mlflow_adapter.flux_error(exc, tracking_uri, "", f"experiment {experiment!r}") from None
+            raise InvalidParameter("filter", filter_string, getattr(exc, "message", str(exc)).splitlines()[0]) \
+                from None
+    if not found:
+        raise NoRunsMatch(f"no runs holding a trace match {_described(experiment, filter_string, runs)}")
+    traces, skipped = [], []
+    for run in found:
+        try:
+            traces.append(run_trace(client, run))
+        except FluxError as exc:
+            skipped.append((run.info.run_id, str(exc)))
+    return found, traces, skipped
+
+
+def _described(experiment, filter_string, runs) -> str:
+    if runs is not None:
+        return f"runs {', '.join(runs)}"
+    return (f"experiment {experiment!r}" if experiment else "the current experiment") + \
+        (f" and filter {filter_string!r}" if filter_string else "")
+
+
+def _experiment_ids(client, experiment: str | None, tracking_uri: str) -> list[str]:
+    if experiment is None:
+        return [mlflow_adapter.current_experiment_id()]
+    try:
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            found = client.get_experiment(experiment)
+    except Exception as exc:  # noqa: BLE001 -- unknown id, 401, 403
+        if mlflow_adapter.is_auth_error(exc):
+            raise mlflow_adapter.flux_error(exc, tracking_uri, "", f"experiment {experiment!r}") from None
+        found = None
+    if found is None:
+        raise NoRunsMatch(f"no experiment named {experiment!r} at {tracking_uri}")
+    return [found.experiment_id]
+
+
+def _runs_table(found: Sequence) -> pa.Table:
+    """One row per run: id, name, status, start time, typed parameters, the last value of every metric."""
+    names, types = typed_params([run.data.params for run in found])
+    rows = []
+    for run in found:
+        row = {"run_id": run.info.run_id, "run_name": run.data.tags.get(mlflow_adapter.RUN_NAME_TAG, ""),
+               "status": run.info.status, "experiment_id": run.info.experiment_id,
+               "start_time": pd.Timestamp(run.info.start_time, unit="ms")}
+        for name in names:
+            value = run.data.params.get(name)
+            if value is None:
+                row[column_name(name)] = None
+            elif pa.types.is_boolean(types[name]):
+                row[column_name(name)] = value.strip().lower() == "true"
+            elif pa.types.is_integer(types[name]):
+                row[column_name(name)] = int(value)
+            elif pa.types.is_floating(types[name]):
+                row[column_name(name)] = float(value)
+            else:
+                row[column_name(name)] = value
+        for key, value in run.data.metrics.items():
+            row[key] = mlflow_adapter.metric_value(value)
+        rows.append(row)
+    return pa.Table.from_pandas(pd.DataFrame(rows), preserve_index=False)
+
+
+def _sql_error(exc: Exception) -> str:
+    """DuckDB's message, in one line: the kind and what it says first (a binder error names the column)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return re.sub(r"\s+", " ", text)[:400]
+
+
+def query(sql: str, *, experiment: str | None = None, filter_string: str | None = None,
+          runs: Sequence[str] | None = None, as_arrow: bool = False, tracking_uri: str | None = None,
+          cache: str | os.PathLike | None = DEFAULT_CACHE, result: QueryResult | None = None):
+    """Run ``sql`` over the traces of many runs, on one machine.
+
+    Args:
+        sql: a DuckDB query over the views ``traces`` (every trace row, with the run's ``run_id``, ``run_name``,
+            ``status`` and parameters as typed columns; a parameter named like a trace column is ``param_<name>``) and
+            ``runs`` (one row per run: its parameters and the last value of each metric).
+        experiment: the runs of this experiment (name or id) that hold a trace; default: the current experiment.
+        filter_string: an MLflow filter over those runs, e.g. ``"params.optimizer = 'sgd'"``.
+        runs: these run ids instead.
+        as_arrow: return a ``pyarrow.Table`` instead of a pandas DataFrame.
+        tracking_uri: the tracking server; default: MLflow's current one.
+        cache: where remote traces' byte ranges are kept between queries (None: not kept).
+        result: filled with the runs answered and those skipped (no trace, kept locally), with the reason.
+
+    Returns:
+        The query's rows.
+
+    Raises:
+        FluxError: an unreachable server, no matching runs, a SQL error or an unknown column (one line each); not
+            authenticated or not permitted (their own exit codes on the command line).
+    """
+    import duckdb
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    if not isinstance(sql, str) or not sql.strip():
+        raise InvalidParameter("sql", sql, "expected a SQL query over the views traces and runs")
+    uri = tracking_uri or mlflow.get_tracking_uri()
+    check_reachable(uri)
+    client = MlflowClient(tracking_uri)
+    found, traces, skipped = select_traces(client, experiment, filter_string, runs, uri)
+    if result is not None:
+        result.runs[:] = [t.run_id for t in traces]
+        result.skipped[:] = skipped
+    if not traces:
+        reasons = "; ".join(f"{run_id}: {why}" for run_id, why in skipped)
+        raise NoRunsMatch(f"none of the {len(found)} runs holds a readable trace ({reasons})")
+    if cache is not None:
+        Path(cache).mkdir(parents=True, exist_ok=True)
+    connection = duckdb.connect()
+    dataset = trace_dataset(traces, cache)
+    try:
+        connection.register("traces", dataset)
+        connection.register("runs", _runs_table([run for run in found
+                                                 if run.info.run_id in {t.run_id for t in traces}]))
+        try:
+            answer = connection.sql(sql).to_arrow_table()
+        except duckdb.Error as exc:
+            raise QueryError(f"the query failed: {_sql_error(exc)}") from None
+    finally:
+        connection.close()
+        if result is not None:
+            opened = dataset.filesystem.handler.opened
+            result.fetched = sum(f.fetched for f in opened)
+            result.requests = sum(f.requests for f in opened)
+            result.trace_bytes = sum(t.size or 0 for t in traces)
+    if isinstance(answer, pa.RecordBatchReader):
+        answer = answer.read_all()
+    return answer if as_arrow else answer.to_pandas()
