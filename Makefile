@@ -8,9 +8,9 @@ export MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
 # On a machine without a C compiler: make test REQUIRE_FASTPATH=0 (the recorder then uses torch ops).
 REQUIRE_FASTPATH ?= 1
 # The tests run the integrations too (Lightning, transformers, Ray, the browser test's Playwright).
-EXTRAS ?= test,lightning,transformers,ray,browser
+EXTRAS ?= test,query,lightning,transformers,ray,browser,stack
 
-.PHONY: run test bench install browser clean
+.PHONY: run test bench install browser stack clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,7 @@ $(BIN)/python:
 
 # Reinstall when the dependency declarations or the C extension change. The editable install builds the extension
 # in place; the old one is removed first so a failed build cannot hide behind it.
-$(STAMP): $(BIN)/python pyproject.toml setup.py constraints.txt mlflow_flux/recording/_fastpath.c
+$(STAMP): $(BIN)/python pyproject.toml setup.py constraints.txt mlflow_flux/recording/_fastpath.c mlflow_flux/statistics.py
 	rm -f mlflow_flux/recording/_fastpath*.so
 	MLFLOW_FLUX_REQUIRE_FASTPATH=$(REQUIRE_FASTPATH) $(BIN)/pip install --quiet -c constraints.txt -e '.[$(EXTRAS)]'
 	touch $(STAMP)
@@ -35,22 +35,38 @@ browser:
 	        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1; }; }; } || \
 	  echo "chromium missing: apt-get install chromium (the browser test will fail without it)"
 
+# The team-stack tests start PostgreSQL from Debian's package (tests/stack.py): installed here when missing and we
+# may (root with apt-get); otherwise those tests fail (REQUIRE_STACK=1) and say how.
+stack:
+	@[ -x /usr/lib/postgresql/15/bin/postgres ] || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null 2>&1 || \
+	      { apt-get update -qq >/dev/null 2>&1 && \
+	        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null 2>&1; }; }; } || \
+	  echo "postgresql missing: apt-get install postgresql (the team-stack tests will fail without it)"
+
 # MLflow's own INFO lines (from `mlflow run` itself) are off unless VERBOSE=1; the sweep ends with the UI's URL.
 VERBOSE ?= 0
 run: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" MLFLOW_LOGGING_LEVEL=$(if $(filter 1,$(VERBOSE)),INFO,WARNING) \
 	  $(BIN)/mlflow run . --env-manager local $(if $(filter 1,$(VERBOSE)),-P verbose=true) $(ARGS)
 
-# The whole suite under `python -OO` (no docstrings, no asserts: nothing of ours may lean on them), then the doctests,
-# every test not marked slow, and those that need docstrings (transformers' models) in plain python: both modes,
-# without running the end-to-end tests twice.
+# Lint first (ruff, configured in pyproject.toml: zero findings), then the whole suite under `python -OO` (no
+# docstrings, no asserts: nothing of ours may lean on them), then what -OO cannot run in plain python: the doctests
+# and the tests that need docstrings (transformers' models). The slowest tests are listed (--durations).
+# One process: two pytest-xdist workers made the suite no faster on two cores (it is CPU-bound: every test process
+# imports torch and MLflow), and PYTHONOPTIMIZE, which the workers would need, breaks Ray's own processes.
 # 1: the browser test fails (not skips) without chromium and Playwright.
 REQUIRE_BROWSER ?= 1
+# 1: the team-stack tests fail (not skip) without PostgreSQL, moto and MLflow's auth app.
+REQUIRE_STACK ?= 1
 TEST_ENV := PATH="$(CURDIR)/$(BIN):$$PATH" MLFLOW_FLUX_REQUIRE_FASTPATH=$(REQUIRE_FASTPATH) \
-	MLFLOW_FLUX_REQUIRE_BROWSER=$(REQUIRE_BROWSER)
-test: $(STAMP) browser
+	MLFLOW_FLUX_REQUIRE_BROWSER=$(REQUIRE_BROWSER) MLFLOW_FLUX_REQUIRE_STACK=$(REQUIRE_STACK)
+test: $(STAMP) browser stack
+	$(BIN)/ruff check .
 	$(TEST_ENV) $(BIN)/python -OO -m pytest -p no:cacheprovider $(PYTEST_ARGS)
-	$(TEST_ENV) $(BIN)/python -m pytest -p no:cacheprovider -m "not slow or docstrings" $(PYTEST_ARGS)
+	$(TEST_ENV) $(BIN)/python -m pytest -p no:cacheprovider mlflow_flux $(PYTEST_ARGS)
+	$(TEST_ENV) $(BIN)/python -m pytest -p no:cacheprovider -m docstrings tests $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/recorder.py
@@ -58,6 +74,9 @@ bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/sweep.py
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/report.py
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/metric_logging.py --paper-rounds 0
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/big_model.py
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/explorer.py
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/query.py
 
 clean:
 	rm -rf $(VENV) mlflow.db mlruns mlartifacts test-artifacts

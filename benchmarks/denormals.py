@@ -19,8 +19,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mlflow_flux.study.model import Autoencoder  # noqa: E402
-from mlflow_flux.study.shapes import ShapeSpec, make_shapes  # noqa: E402
+from mlflow_flux.study.model import Autoencoder
+from mlflow_flux.study.shapes import ShapeSpec, make_shapes
 
 
 def train(flush: bool, epochs: int, lr: float) -> tuple[float, float]:

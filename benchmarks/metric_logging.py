@@ -42,7 +42,7 @@ class MlflowAsyncLogger:
     def __init__(self, client, run_id: str, interval: float = 5.0) -> None:
         self.client, self.run_id, self._last = client, run_id, None
 
-    def start(self) -> "MlflowAsyncLogger":
+    def start(self) -> MlflowAsyncLogger:
         return self
 
     def log(self, metrics, step: int) -> None:
@@ -92,7 +92,8 @@ def main() -> None:
             for label, logger in loggers.items():
                 work_figures[label].append(work(logger))
                 us, seconds, landed = work_figures[label][-1]
-                print(f"{label:34s} 1000 epochs x 46 metrics: log() {us:6.1f} us per epoch, process CPU {seconds:5.2f} s, "
+                print(f"{label:34s} 1000 epochs x 46 metrics: log() {us:6.1f} us per epoch, "
+                      f"process CPU {seconds:5.2f} s, "
                       f"{landed}/1000 points landed at close()", flush=True)
         if args.work_rounds:
             print("summary (work, medians): " + ", ".join(

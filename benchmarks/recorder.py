@@ -278,7 +278,8 @@ def peak_memory(epochs: int, wide: bool = False) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="What watching costs: watched vs plain training time, trace size, memory.")
+    parser = argparse.ArgumentParser(
+        description="What watching costs: watched vs plain training time, trace size, memory.")
     parser.add_argument("--pairs", type=int, default=41)
     parser.add_argument("--bytes-epochs", type=int, default=100)
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)

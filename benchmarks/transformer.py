@@ -32,8 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import mlflow_flux  # noqa: E402
 from recorder import alternate, report  # noqa: E402
+
+import mlflow_flux  # noqa: E402
 
 VOCAB, TOKENS, WIDTH, HEADS, BLOCKS, BATCH, STEPS = 256, 64, 128, 4, 4, 16, 10
 
