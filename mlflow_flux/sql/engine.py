@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,12 +64,18 @@ def select_traces(client, experiment: str | None, filter_string: str | None, run
                 from None
     if not found:
         raise NoRunsMatch(f"no runs holding a trace match {_described(experiment, filter_string, runs)}")
-    traces, skipped = [], []
-    for run in found:
+    def described(run) -> RunTrace | FluxError:
         try:
-            traces.append(run_trace(client, run))
+            return run_trace(client, run)
         except FluxError as exc:
-            skipped.append((run.info.run_id, str(exc)))
+            return exc
+
+    # One artifact listing per run, each a round trip to the server: side by side, in the runs' order (serially
+    # they were ~0.4 s of the atlas's 1.2 s query).
+    with ThreadPoolExecutor(max_workers=min(8, len(found))) as pool:
+        answers = list(pool.map(described, found))
+    traces = [answer for answer in answers if isinstance(answer, RunTrace)]
+    skipped = [(run.info.run_id, str(answer)) for run, answer in zip(found, answers) if isinstance(answer, FluxError)]
     return found, traces, skipped
 
 
