@@ -10,24 +10,6 @@ from ..traces.runs import LAYERS_PARAM, ROLE_TAG, SWEEP_TAG
 __all__ = ["select_runs"]
 
 
-def _experiment_ids(client, experiment: str | None) -> list[str]:
-    import mlflow
-
-    if experiment is None:
-        return [mlflow_adapter.current_experiment_id()]
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        try:
-            found = client.get_experiment(experiment)
-        except Exception as exc:  # not an id either; a 401/403 goes up as itself
-            if mlflow_adapter.is_auth_error(exc):
-                raise
-            found = None
-    if found is None:
-        raise NoRunsMatch(f"no experiment named {experiment!r} at {mlflow.get_tracking_uri()}")
-    return [found.experiment_id]
-
-
 # Every run a watcher wrote holds this parameter; sweeps' parents and report runs do not. A study variant that
 # failed before its watcher started has no trace but is still listed (as skipped, with its reason).
 HAS_TRACE = f"params.`{LAYERS_PARAM}` LIKE '%'"
@@ -64,7 +46,7 @@ def select_runs(client, sweep_id: str | None = None, experiment: str | None = No
         query = f"tags.`{SWEEP_TAG}` = '{sweep_id}'"
         description = f"sweep {sweep_id}"
     else:
-        ids = _experiment_ids(client, experiment)
+        ids = mlflow_adapter.experiment_ids(client, experiment)
         if filter_string:
             # MLflow's filter grammar has AND only and no parentheses, so joining needs no grouping.
             query, description = filter_string, f"filter {filter_string!r}"

@@ -53,7 +53,7 @@ def select_traces(client, experiment: str | None, filter_string: str | None, run
                 raise mlflow_adapter.flux_error(exc, tracking_uri, f"no run with id {run_id!r} at {tracking_uri}",
                                                 f"run {run_id}") from None
     else:
-        ids = _experiment_ids(client, experiment, tracking_uri)
+        ids = mlflow_adapter.experiment_ids(client, experiment, tracking_uri)
         condition = f"params.`{LAYERS_PARAM}` LIKE '%'" + (f" and {filter_string}" if filter_string else "")
         try:
             found = list(client.search_runs(ids, condition, max_results=50_000))
@@ -84,22 +84,6 @@ def _described(experiment, filter_string, runs) -> str:
         return f"runs {', '.join(runs)}"
     return (f"experiment {experiment!r}" if experiment else "the current experiment") + \
         (f" and filter {filter_string!r}" if filter_string else "")
-
-
-def _experiment_ids(client, experiment: str | None, tracking_uri: str) -> list[str]:
-    if experiment is None:
-        return [mlflow_adapter.current_experiment_id()]
-    try:
-        found = client.get_experiment_by_name(experiment)
-        if found is None:
-            found = client.get_experiment(experiment)
-    except Exception as exc:  # noqa: BLE001 -- unknown id, 401, 403
-        if mlflow_adapter.is_auth_error(exc):
-            raise mlflow_adapter.flux_error(exc, tracking_uri, "", f"experiment {experiment!r}") from None
-        found = None
-    if found is None:
-        raise NoRunsMatch(f"no experiment named {experiment!r} at {tracking_uri}")
-    return [found.experiment_id]
 
 
 def _runs_table(found: Sequence) -> pa.Table:
@@ -180,8 +164,8 @@ def query(sql: str, *, experiment: str | None = None, filter_string: str | None 
     dataset = trace_dataset(traces, cache)
     try:
         connection.register("traces", dataset)
-        connection.register("runs", _runs_table([run for run in found
-                                                 if run.info.run_id in {t.run_id for t in traces}]))
+        answered = {t.run_id for t in traces}
+        connection.register("runs", _runs_table([run for run in found if run.info.run_id in answered]))
         try:
             answer = connection.sql(sql).to_arrow_table()
         except duckdb.Error as exc:

@@ -37,6 +37,7 @@ __all__ = [
     "http_status",
     "auth_errors",
     "is_auth_error",
+    "experiment_ids",
 ]
 
 # MLflow's documented system tags.
@@ -49,6 +50,40 @@ def current_experiment_id() -> str:
     from mlflow.tracking.fluent import _get_experiment_id
 
     return _get_experiment_id()
+
+
+def experiment_ids(client, experiment: str | None, tracking_uri: str | None = None) -> list[str]:
+    """``[id]`` of ``experiment`` (a name, else an id), as ``search_runs`` takes it; the current experiment's for None.
+
+    Raises:
+        NoRunsMatch: no experiment by that name or id.
+        NotAuthenticated, PermissionDenied: the server answered 401 / 403.
+    """
+    import mlflow
+
+    from ..errors import NoRunsMatch
+
+    if experiment is None:
+        return [current_experiment_id()]
+    uri = tracking_uri or mlflow.get_tracking_uri()
+    missing = f"no experiment named {experiment!r} at {uri}"
+    subject = f"experiment {experiment!r}"
+    try:
+        found = client.get_experiment_by_name(experiment)
+    except Exception as exc:  # a 401/403 is one line; anything else is not "no experiment"
+        if is_auth_error(exc):
+            raise flux_error(exc, uri, missing, subject) from None
+        raise
+    if found is None:
+        try:
+            found = client.get_experiment(experiment)
+        except Exception as exc:  # noqa: BLE001 -- not an id either (MLflow raises its own kinds)
+            if is_auth_error(exc):
+                raise flux_error(exc, uri, missing, subject) from None
+            found = None
+    if found is None:
+        raise NoRunsMatch(missing)
+    return [found.experiment_id]
 
 
 def resolve_run_tags(tags: Mapping[str, str]) -> dict[str, str]:
