@@ -50,7 +50,10 @@ class RunTrace:
     local_path: str | None = None
     size: int | None = None
     tracking_uri: str | None = None
-    remote: object = field(default=None, repr=False)  # filled on first open, per process
+    remote: object = field(default=None, repr=False)  # how to read it over HTTP: probed, or asked on first open
+    version: str | None = None  # the remote file's version (ETag), from the probe
+    tail: tuple[int, bytes] | None = field(default=None, repr=False)  # the footer the probe fetched: (offset, bytes)
+    probed: tuple[int, int] = (0, 0)  # the probe's requests and bytes received
 
 
 def column_name(param: str) -> str:
@@ -153,8 +156,9 @@ class _Handler(pafs.FileSystemHandler):
             run.remote = mlflow_adapter.remote_file(run.artifact_uri, TRACE_PATH)
         if run.remote is None:
             raise OSError(f"run {run.run_id}'s artifact store offers no ranged reads and no presigned URL")
-        source = (RangedHttpFile.cached(run.remote, run.size, self.cache, f"{run.run_id}/{TRACE_PATH}")
-                  if self.cache else RangedHttpFile(run.remote, run.size))
+        source = (RangedHttpFile.cached(run.remote, run.size, self.cache, f"{run.run_id}/{TRACE_PATH}", run.version,
+                                        run.tail)
+                  if self.cache else RangedHttpFile(run.remote, run.size, known=run.tail))
         self.opened.append(source)
         return pa.PythonFile(source, mode="r")
 
@@ -193,8 +197,11 @@ class TraceFileSystem(pafs.PyFileSystem):
         super().__init__(_Handler(runs, str(cache) if cache is not None else None))
 
 
-def run_trace(client, run, cache_sizes: bool = True) -> RunTrace:
-    """A run's trace as the dataset reads it.
+def run_trace(client, run, cache: str | os.PathLike | None = None) -> RunTrace:
+    """A run's trace as the dataset reads it: a local store's file in place; a remote one probed with one ranged
+    request for its footer, which also gives its size and version (no listing of the run's artifacts, a round trip
+    to the server that the scan would then repeat; with a ``cache``, through it). The artifacts are listed only to
+    say why there is no trace.
 
     Raises:
         FluxError: the run holds no compacted trace, or says its trace is kept locally.
@@ -202,14 +209,31 @@ def run_trace(client, run, cache_sizes: bool = True) -> RunTrace:
     missing = missing_trace(run)
     if missing:
         raise FluxError(f"results kept locally: {missing}")
-    listed = {f.path: f.file_size for f in client.list_artifacts(run.info.run_id, TRACE_ARTIFACT_DIR)}
-    if TRACE_PATH not in listed:
-        raise FluxError("no compacted trace (never watched, or killed before it closed its trace)")
-    access = mlflow_adapter.artifact_access(run.info.artifact_uri)
-    local = os.path.join(access.location, TRACE_PATH) if access.kind == "local" else None
-    size = os.path.getsize(local) if local else listed[TRACE_PATH]
     name = run.data.tags.get(mlflow_adapter.RUN_NAME_TAG, "")
-    return RunTrace(run.info.run_id, name, run.info.status, dict(run.data.params), run.info.artifact_uri, local, size)
+    found = RunTrace(run.info.run_id, name, run.info.status, dict(run.data.params), run.info.artifact_uri)
+    access = mlflow_adapter.artifact_access(run.info.artifact_uri)
+    if access.kind == "local":
+        local = os.path.join(access.location, TRACE_PATH)
+        if os.path.isfile(local):
+            found.local_path, found.size = local, os.path.getsize(local)
+            return found
+    else:
+        found.remote = mlflow_adapter.remote_file(run.info.artifact_uri, TRACE_PATH)
+        if found.remote is not None:
+            try:
+                probed = RangedHttpFile.probe(found.remote, cache, f"{run.info.run_id}/{TRACE_PATH}")
+            except FileNotFoundError:
+                pass
+            else:
+                found.size, found.version, found.probed = probed.size(), probed.version, (probed.requests,
+                                                                                          probed.fetched)
+                found.tail = probed.known if cache is None else None  # with a cache, the footer is there
+                return found
+    listed = {f.path: f.file_size for f in client.list_artifacts(run.info.run_id, TRACE_ARTIFACT_DIR)}
+    if TRACE_PATH not in listed or access.kind == "local" or found.remote is not None:
+        raise FluxError("no compacted trace (never watched, or killed before it closed its trace)")
+    found.size = listed[TRACE_PATH]  # a store without ranged reads: opening it says so
+    return found
 
 
 NULL = "__HIVE_DEFAULT_PARTITION__"  # a run without the parameter: null in its column

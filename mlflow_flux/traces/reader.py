@@ -178,33 +178,71 @@ class RangedHttpFile(io.RawIOBase):
         cache: keeps the ranges read on local disk, by block (see :class:`RangeCache`).
     """
 
+    # What a first request fetches from the end of the file: pyarrow reads the footer as the last 64 KiB first.
+    TAIL = 1 << 16
+
     def __init__(self, remote: mlflow_adapter.RemoteFile, size: int | None = None,
-                 cache: RangeCache | None = None) -> None:
+                 cache: RangeCache | None = None, known: tuple[int, bytes] | None = None) -> None:
         super().__init__()
         self._remote = remote
         self._position = 0
         self._size = size
         self._whole: bytes | None = None
         self._cache = cache
+        self._known = known  # (offset, bytes) already fetched: the tail a probe read
         self._lock = threading.Lock()
         self.requests = 0
         self.fetched = 0  # bytes received over the network
         self._headers: Mapping[str, str] = {}
 
     @classmethod
+    def probe(cls, remote: mlflow_adapter.RemoteFile, cache: str | os.PathLike | None = None,
+              key: str = "") -> RangedHttpFile:
+        """A reader that has its file's size, version and last :attr:`TAIL` bytes (the footer) at hand: without a
+        cache in one request (what listing the run's artifacts and the first read would take two round trips for);
+        with one, a 1-byte request for the version and the footer through the cache (a second read fetches nothing
+        more).
+
+        Raises:
+            FileNotFoundError: the store has no such file (HTTP 404).
+            OSError: any other HTTP error, with its status.
+        """
+        if cache is not None:
+            source = cls.cached(remote, None, cache, key)
+            size = source.size()
+            source._fetch(max(0, size - cls.TAIL), size - 1)
+            return source
+        source = cls(remote)
+        response = source._get(f"bytes=-{cls.TAIL}")
+        source.requests += 1
+        source._take(response, None)
+        return source
+
+    @property
+    def version(self) -> str:
+        """The file's version as the store names it: its ETag, else Last-Modified (empty: the store says neither)."""
+        return self._headers.get("ETag") or self._headers.get("Last-Modified") or ""
+
+    @property
+    def known(self) -> tuple[int, bytes] | None:
+        """The bytes fetched so far that another reader of the same version may start from (the probed tail)."""
+        return self._known
+
+    @classmethod
     def cached(cls, remote: mlflow_adapter.RemoteFile, size: int | None, directory: str | os.PathLike,
-               key: str) -> RangedHttpFile:
+               key: str, version: str | None = None, known: tuple[int, bytes] | None = None) -> RangedHttpFile:
         """A reader whose ranges are cached under ``directory``, by ``key`` and the file's version as the store
-        names it (its ETag, else Last-Modified, else the size): one 1-byte request asks for it."""
-        source = cls(remote, size)
-        source._request(size - 1 if size else 0, size - 1 if size else 0)  # a store that ignores ranges: read whole
-        headers = source._headers
-        version = headers.get("ETag") or headers.get("Last-Modified") or ""
+        names it (its ETag, else Last-Modified, else the size): given (from a :meth:`probe`), or asked for in one
+        1-byte request."""
+        source = cls(remote, size, known=known)
+        if version is None:
+            source._request(size - 1 if size else 0, size - 1 if size else 0)  # a store ignoring ranges: read whole
+            version = source.version
         source._cache = RangeCache(directory, f"{key}/{source._size}/{version}")
         return source
 
-    def _get(self, start: int, stop: int):
-        headers = {"Range": f"bytes={start}-{stop}"}
+    def _get(self, ranges: str):
+        headers = {"Range": ranges}
         if self._remote.presigned:
             import requests
 
@@ -213,18 +251,27 @@ class RangedHttpFile(io.RawIOBase):
 
     def _request(self, start: int, stop: int) -> bytes:
         """Bytes ``start`` to ``stop`` inclusive, from the network."""
-        response = self._get(start, stop)
-        self._headers = response.headers
+        response = self._get(f"bytes={start}-{stop}")
         with self._lock:
             self.requests += 1
+        return self._take(response, (start, stop))
+
+    def _take(self, response, wanted: tuple[int, int] | None) -> bytes:
+        """The bytes ``wanted`` (inclusive; None: the tail asked for) from a response: a range (206), or the whole
+        file from a store that ignores ranges (200, kept)."""
+        self._headers = response.headers
         if response.status_code not in (200, 206):
             text = response.text[:200].replace("\n", " ")
-            raise OSError(f"HTTP {response.status_code} reading {self._remote.endpoint or 'a presigned URL'}: {text}")
+            kind = FileNotFoundError if response.status_code == 404 else OSError
+            raise kind(f"HTTP {response.status_code} reading {self._remote.endpoint or 'a presigned URL'}: {text}")
         with self._lock:
             self.fetched += len(response.content)
         if response.status_code == 206:
+            span, _, total = response.headers["Content-Range"].removeprefix("bytes ").partition("/")
             if self._size is None:
-                self._size = int(response.headers["Content-Range"].rsplit("/", 1)[1])
+                self._size = int(total)
+            if wanted is None:
+                self._known = (int(span.split("-")[0]), response.content)
             return response.content
         self._whole = response.content  # ranges ignored: keep the whole file
         self._size = len(self._whole)
@@ -233,12 +280,17 @@ class RangedHttpFile(io.RawIOBase):
             _ignored_ranges.add(where)
             _log.warning("the artifact store at %s ignores HTTP ranges: traces there are read whole (%d bytes)",
                          where, self._size)
-        return self._whole[start : stop + 1]
+        if wanted is None:
+            self._known = (0, self._whole)
+            return self._whole
+        return self._whole[wanted[0] : wanted[1] + 1]
 
     def _fetch(self, start: int, stop: int) -> bytes:
         """Bytes ``start`` to ``stop`` inclusive (through the cache where there is one)."""
         if self._whole is not None:
             return self._whole[start : stop + 1]
+        if self._known is not None and self._known[0] <= start and stop < self._known[0] + len(self._known[1]):
+            return self._known[1][start - self._known[0] : stop + 1 - self._known[0]]
         if self._cache is None:
             return self._request(start, stop)
         size = self.size()
