@@ -14,6 +14,7 @@ or, with ``optimizer=``, from the gradients each optimizer step applies.
 from __future__ import annotations
 
 import logging
+import threading
 import weakref
 from collections.abc import Sequence
 
@@ -37,6 +38,10 @@ W_STEP, W_NORM, W_REL_STEP = (STAT_COLUMNS.index(c) for c in ("w_step", "w_norm"
 # The chunk a snapshot's torch path works in: temporaries of about two float32 copies of it must stay under a quarter
 # of the largest watched weight (docs/traces.md), and no chunk is smaller than this many weights.
 MIN_CHUNK_ELEMENTS = 1 << 16
+# Past this many watched weights a snapshot's C passes (memory-bound, the GIL released) run on two threads: a
+# GPT-2-small-sized model's took 114 ms on one core of this 2-core host and ~75 ms on two (benchmarks/big_model.py).
+# Below it one thread: a thread's start would cost more than it saves.
+PARALLEL_ELEMENTS = 1 << 23
 
 
 def neuron_subset(name: str, size: int, budget: int) -> np.ndarray | None:
@@ -323,14 +328,18 @@ class NeuronRecorder:
         # Column-major: each statistic is one contiguous column, which Arrow takes without a copy.
         stats = np.empty((len(STAT_COLUMNS), len(neuron)), dtype=np.float32)
         nonfinite, torch_path = 0, []
-        for state, start in zip(self._states, self._offsets):
+        modules = []
+        for state in self._states:
             module = state.module_ref()
             if module is None:
                 raise FluxError(f"layer {state.name!r} no longer exists")
-            if gathered and id(state) in gathered:  # FSDP2: every rank's neurons, put together
+            modules.append(module)
+        gathered = gathered or {}
+        fast = self._fast_snapshots(modules, stats, [id(state) not in gathered for state in self._states])
+        for state, start, module, counted in zip(self._states, self._offsets, modules, fast):
+            if id(state) in gathered:  # FSDP2: every rank's neurons, put together
                 torch_path.append((start, state, gathered[id(state)], weight_and_bias(module)[1] is not None))
                 continue
-            counted = state.fast_snapshot(module, stats.ctypes.data + start * stats.itemsize, len(neuron))
             if counted is None:
                 has_bias = weight_and_bias(module)[1] is not None
                 torch_path.append((start, state, state.stats(module), has_bias))
@@ -353,6 +362,45 @@ class NeuronRecorder:
         if self._snapshots <= 2:  # what the check catches shows from the first snapshot on
             self._warn_unseen(stats)
         return Snapshot(epoch, self.layer_names, layer_index, neuron, stats, nonfinite, self._slices)
+
+    def _fast_snapshots(self, modules: list[nn.Module], stats: np.ndarray, wanted: list[bool]) -> list[int | None]:
+        """Each wanted layer's C snapshot into ``stats`` (its count of non-finite values; None where the torch path
+        must take it), on two threads, each about half the weights, when the model is big and torch may use two."""
+        counted: list[int | None] = [None] * len(self._states)
+        todo = [i for i, state in enumerate(self._states) if wanted[i] and state.fast is not None]
+
+        def run(indices: list[int]) -> None:
+            for i in indices:
+                address = stats.ctypes.data + self._offsets[i] * stats.itemsize
+                counted[i] = self._states[i].fast_snapshot(modules[i], address, stats.shape[1])
+
+        sizes = {i: weight_and_bias(modules[i])[0].numel() for i in todo}
+        if sum(sizes.values()) < PARALLEL_ELEMENTS or torch.get_num_threads() < 2:
+            run(todo)
+            return counted
+        halves: tuple[list[int], list[int]] = ([], [])
+        load = [0, 0]
+        for i in sorted(todo, key=sizes.__getitem__, reverse=True):  # the biggest first, to the lighter half
+            side = int(load[1] < load[0])
+            halves[side].append(i)
+            load[side] += sizes[i]
+        failed: list[BaseException] = []
+
+        def run_second() -> None:
+            try:
+                run(halves[1])
+            except BaseException as exc:  # noqa: BLE001 -- raised again on the snapshot's own thread
+                failed.append(exc)
+
+        worker = threading.Thread(target=run_second, name="mlflow-flux-snapshot", daemon=True)
+        worker.start()
+        try:
+            run(halves[0])
+        finally:
+            worker.join()
+        if failed:
+            raise failed[0]
+        return counted
 
     def _warn_unseen(self, stats: np.ndarray) -> None:
         """A layer with gradients but no training forward pass was most likely compiled before watch() saw it."""

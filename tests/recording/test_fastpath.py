@@ -6,6 +6,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -260,3 +261,21 @@ def test_fast_and_torch_paths_record_the_same_trace(store, monkeypatch, factory)
     for column in with_c.columns[3:]:
         np.testing.assert_allclose(with_c[column], with_torch[column], rtol=2e-5, atol=1e-6, err_msg=column)
 
+
+
+@pytest.mark.parametrize("factory", [_cnn, _channels_last_cnn])
+def test_layers_snapshot_on_two_threads_record_what_one_thread_records(store, monkeypatch, factory):
+    # Big models split the C passes over two threads: each layer must land at its own rows, the torch path's too.
+    from mlflow_flux.recording import recorder
+
+    monkeypatch.setenv("MLFLOW_FLUX_FASTPATH", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        monkeypatch.setattr(recorder, "PARALLEL_ELEMENTS", 0)
+        split, _ = _train("two threads", factory)
+        monkeypatch.setattr(recorder, "PARALLEL_ELEMENTS", 1 << 62)
+        single, _ = _train("one thread", factory)
+    finally:
+        torch.set_num_threads(threads)
+    pd.testing.assert_frame_equal(split, single)
