@@ -7,7 +7,8 @@ stay bounded.
 1. A default study variant's shape: the study's autoencoder (1680 neurons), watched for 1000 epochs of one small
    step each (a temporary sqlite store, no figures), closed with the page and without it, alternating, 2 rounds:
    the median close() times and their difference; the page's size; the peak resident memory close() adds for a run
-   of 250 epochs and one of 1000 (flat in epochs: the page is built a chunk of snapshots at a time).
+   of 250 epochs and one of 1000, with the page and without, each in a fresh process (a heap grown by earlier runs
+   would hide what close() takes): what the page adds must be flat in epochs (pooled as the run writes its trace).
 2. That page opened from disk in Chromium (Debian's, through Playwright), 3 loads: the time from navigation to the
    first heatmap drawn (``window.fluxExplorer.timings.firstHeatmap``), median.
 3. A bigger trace written as the sink writes it (default 6 layers x 2048 neurons x 1500 epochs): the page's size and
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -134,9 +136,19 @@ def main() -> None:
     parser.add_argument("--big-layers", type=int, default=6)
     parser.add_argument("--big-neurons", type=int, default=2048)
     parser.add_argument("--big-epochs", type=int, default=1500)
+    parser.add_argument("--memory-of", nargs=2, type=int, metavar=("EPOCHS", "EXPLORER"),
+                        help="(internal) print the memory one run's close() adds, in this fresh process")
     args = parser.parse_args()
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     import mlflow
+
+    if args.memory_of:
+        with tempfile.TemporaryDirectory() as tmp:
+            mlflow.set_tracking_uri(f"sqlite:///{tmp}/bench.db")
+            mlflow.set_experiment("explorer-memory")
+            _, added, _ = watched_run(args.memory_of[0], bool(args.memory_of[1]), Path(tmp))
+        print(added)
+        return
 
     from mlflow_flux.explorer import RunInput, pool_run, render_page
     from mlflow_flux.explorer.encoding import read_page
@@ -160,11 +172,14 @@ def main() -> None:
         print(f"  page: {page.stat().st_size / 1e6:.2f} MB; pooled: {meta['pooled']}")
         memory = {}
         for epochs in (args.epochs // 4, args.epochs):
-            _, added, _ = watched_run(epochs, True, spool)
-            memory[epochs] = added
-        print("  peak memory close() adds (page, compaction, upload): "
-              + ", ".join(f"{e} epochs {m / 2**20:.1f} MiB" for e, m in memory.items())
-              + f" (ratio {memory[args.epochs] / max(1, memory[args.epochs // 4]):.2f})")
+            for explorer in (True, False):
+                child = subprocess.run([sys.executable, __file__, "--memory-of", str(epochs), str(int(explorer))],
+                                       capture_output=True, text=True, check=True)
+                memory[epochs, explorer] = int(child.stdout.split()[-1])
+        print("  peak memory close() adds (compaction, upload, the page), fresh process each: " + "; ".join(
+            f"{e} epochs {memory[e, True] / 2**20:.1f} MiB with the page, {memory[e, False] / 2**20:.1f} without "
+            f"(the page: {(memory[e, True] - memory[e, False]) / 2**20:+.1f})"
+            for e in (args.epochs // 4, args.epochs)))
         times = first_heatmap(page)
         if times:
             print(f"  first heatmap drawn in Chromium: {statistics.median(times):.2f} s after navigation "

@@ -167,6 +167,7 @@ class FluxWatcher:
         self._signals: contextlib.ExitStack | None = None
         self._run_name = ""
         self._losses: dict[str, list[tuple[int, float]]] = {}  # the loss metrics end_epoch was given, for the page
+        self._live = None  # the explorer's pooling of the snapshots written (explorer.LivePooler)
 
     # The settings the rest of the watcher reads often, by name.
     window = property(lambda self: self.settings.window)
@@ -257,8 +258,12 @@ class FluxWatcher:
             if key in self.layer_metrics:
                 for name in self.recorder.layer_names:
                     self.metrics.names.key(f"flux/{name}/{key}")
+        if self.settings.explorer:  # the page's pooling runs on the sink's writer thread as the trace is written
+            from .explorer import LivePooler
+
+            self._live = LivePooler(self.window, self.settings.thresholds)
         self.sink = TraceSink(self.client, self.run_id, self.trace_dir, flush_every=self.flush_every,
-                              reachable=reachable).start()
+                              reachable=reachable, observer=self._live).start()
         self.metrics.start()
         self._recent = {name: collections.deque(maxlen=self.window) for name in self.recorder.layer_names}
         if self.log_figures:  # gathered only for figures that will be drawn
@@ -437,19 +442,25 @@ class FluxWatcher:
             self.sink.upload(path, "figures")
 
     def _save_explorer(self) -> None:
-        """The run's explorer page, from its trace on local disk (read a chunk of snapshots at a time), into the spool
-        and the run. Like a figure, a page that cannot be built never fails the close."""
+        """The run's explorer page, from its snapshots pooled as they were written (else from its trace on local
+        disk, a chunk of snapshots at a time), into the spool and the run. Like a figure, a page that cannot be
+        built never fails the close."""
         from .explorer import PAGE_FILE, RunInput, pool_run, render_page  # imported only where a page is built
 
-        trace = self.sink.compacted()
-        if trace is None:
-            return
         losses = {key: (np.array([s for s, _ in points]), np.array([v for _, v in points], dtype=np.float32))
                   for key, points in self._losses.items() if len(points) > 1}
+        run = RunInput(self.run_id, self._run_name, None, self.window, self.settings.thresholds, losses=losses)
         path = self.trace_dir / PAGE_FILE
         try:
-            pooled = pool_run(RunInput(self.run_id, self._run_name, trace, self.window, self.settings.thresholds,
-                                            losses=losses))
+            # Pooled as it was written, unless that stopped short (then read back from the file, a chunk at a time).
+            if self._live is not None and self.sink.segments_written() and self.sink.observed == self._snapshots \
+                    and self._live.seen == self._snapshots > 0:
+                pooled = self._live.pooled(run, self.sink.compacted)
+            else:
+                run.trace = self.sink.compacted()
+                if run.trace is None:
+                    return
+                pooled = pool_run(run)
             path.write_text(render_page([pooled], f"mlflow-flux explorer: {self._run_name}", f"run {self.run_id}"),
                             encoding="utf-8")
         except Exception as exc:  # noqa: BLE001 - a page is worth less than the trace

@@ -5,9 +5,9 @@ opens in MLflow's artifact viewer and from disk, offline.
 <- :mod:`.build` (reading traces a chunk at a time); :mod:`.runs` finds runs and their traces in MLflow.
 """
 
-from .build import Budget, PooledRun, RunInput, pool_run
+from .build import Budget, LivePooler, PooledRun, RunInput, pool_run
 from .page import render_page
 
-__all__ = ["Budget", "PooledRun", "RunInput", "pool_run", "render_page", "PAGE_FILE"]
+__all__ = ["Budget", "LivePooler", "PooledRun", "RunInput", "pool_run", "render_page", "PAGE_FILE"]
 
 PAGE_FILE = "explorer.html"  # where a run keeps its page, at the root of its artifacts

@@ -5,9 +5,9 @@ self-contained page (:mod:`.page`). Memory stays flat in the number of snapshots
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pyarrow as pa
@@ -15,10 +15,10 @@ import pyarrow.parquet as pq
 
 from .. import fluctuation, reshape
 from ..statistics import STAT_NAMES
-from ..traces.schema import KEY_COLUMNS
+from ..traces.schema import KEY_COLUMNS, STAT_COLUMNS, Snapshot
 from .pooling import DEAD, FROZEN, PARTICIPATING, PooledLayer, TracePooler
 
-__all__ = ["RunInput", "PooledRun", "pool_run", "snapshot_chunks", "Budget"]
+__all__ = ["RunInput", "PooledRun", "pool_run", "snapshot_chunks", "Budget", "LivePooler"]
 
 COLUMNS = STAT_NAMES  # every trace column is drawn
 
@@ -114,7 +114,9 @@ def snapshot_chunks(source, columns: Sequence[str], chunk_rows: int = 1 << 16
         for path in source:
             yield from snapshot_chunks(path, columns, chunk_rows)
         return
-    parquet = pq.ParquetFile(source)
+    # A local file is read a column chunk at a time (pre-buffering a row group's chunks held ~50 MiB more); a
+    # remote one pre-buffers, which coalesces its column chunks into few requests.
+    parquet = pq.ParquetFile(source, pre_buffer=not isinstance(source, (str, os.PathLike)))
     wanted = [c for c in columns if c in set(parquet.schema_arrow.names)]
     layout: _Layout | None = None
     total = 0
@@ -167,17 +169,67 @@ def pool_run(run: RunInput, budget: Budget = Budget()) -> PooledRun:
         pooler = _pool_whole(run, budget)  # an unusual layout: the reshaping that sorts, on the whole trace
     if pooler is None:
         raise ValueError(f"run {run.run_id} has an empty trace")
+    return _finished(run, pooler, budget)
+
+
+def _finished(run: RunInput, pooler: TracePooler, budget: Budget) -> PooledRun:
     layers = pooler.result()
     wide = pooler.extreme_rows()
     if wide:  # the banded layers' extreme neurons: a second pass for their histories
-        _fill_extremes(run, layers, wide, pooler.width, budget)
+        _fill_extremes(run, layers, wide, pooler.max_bins, budget)
     return PooledRun(run, np.asarray(pooler.epochs, dtype=np.int64), pooler.width, layers, _network(layers))
 
 
-def _pooler(run: RunInput, layout: _Layout, total: int, budget: Budget) -> TracePooler:
+def _pooler(run: RunInput, layout: _Layout, total: int | None, budget: Budget) -> TracePooler:
     neurons = sum(min(rows.stop - rows.start, budget.rows) for _, rows in layout.layers)
     return TracePooler([(name, layout.neuron[rows]) for name, rows in layout.layers], total, COLUMNS, run.window,
                        run.tau, max_bins=budget.bins(neurons, len(COLUMNS)), max_rows=budget.rows)
+
+
+class LivePooler:
+    """Pools a run's snapshots as its trace is written (the sink's ``observer``, on its writer thread), so that
+    closing the run only renders the page: its trace is read back only for a banded layer's extreme neurons.
+
+    Args:
+        window, tau: the run's settings (its states are those its metrics used).
+        budget: as for :func:`pool_run`.
+    """
+
+    def __init__(self, window: int, tau: float | fluctuation.Thresholds, budget: Budget = Budget()) -> None:
+        self.window, self.tau, self.budget = window, tau, budget
+        self._pooler: TracePooler | None = None
+        self._slices: list[tuple[str, slice]] = []
+        self._columns = [(STAT_COLUMNS.index(c), c) for c in COLUMNS]
+
+    def __call__(self, snapshots: Sequence[Snapshot]) -> None:
+        """The next snapshots, in order (a segment of the trace)."""
+        if not snapshots:
+            return
+        if self._pooler is None:
+            first = snapshots[0]
+            self._slices = [(name, first.layer_slice(name)) for name in first.layers]
+            layout = _Layout(np.repeat(np.asarray(first.layers, dtype=object), [r.stop - r.start for _, r in
+                                                                                 self._slices]), first.neuron)
+            self._pooler = _pooler(RunInput("", "", None, self.window, self.tau), layout, None, self.budget)
+        stats = np.stack([s.stats for s in snapshots])  # (snapshots, columns, rows)
+        layers = {name: {c: stats[:, k, rows] for k, c in self._columns} for name, rows in self._slices}
+        self._pooler.add(np.array([s.epoch for s in snapshots]), layers)
+
+    def __repr__(self) -> str:
+        return "the explorer's pooling"
+
+    @property
+    def seen(self) -> int:
+        """Snapshots pooled so far."""
+        return self._pooler._seen if self._pooler is not None else 0
+
+    def pooled(self, run: RunInput, trace: Callable[[], object]) -> PooledRun:
+        """What the page draws of ``run``; ``trace()`` gives its trace file, read only for a banded layer."""
+        if self._pooler is None:
+            raise ValueError(f"run {run.run_id} has an empty trace")
+        if self._pooler.extreme_rows():
+            run = replace(run, trace=trace())
+        return _finished(run, self._pooler, self.budget)
 
 
 def _pool_whole(run: RunInput, budget: Budget) -> TracePooler:
@@ -194,15 +246,16 @@ def _pool_whole(run: RunInput, budget: Budget) -> TracePooler:
     return pooler
 
 
-def _fill_extremes(run: RunInput, layers: dict[str, PooledLayer], wide: dict[str, np.ndarray], width: int,
+def _fill_extremes(run: RunInput, layers: dict[str, PooledLayer], wide: dict[str, np.ndarray], max_bins: int,
                    budget: Budget) -> None:
-    """For each banded layer, pool only its extreme neurons' rows, with the same bins as the first pass."""
+    """For each banded layer, pool only its extreme neurons' rows, with the same bins as the first pass (the same
+    number of snapshots in at most as many bins)."""
     sub = None
     for _, total, epochs, arrays in snapshot_chunks(run.trace, COLUMNS):
         picked = {name: {c: values[:, wide[name]] for c, values in arrays[name].items()} for name in wide}
         if sub is None:
             sub = TracePooler([(name, layers[name].neurons[rows]) for name, rows in wide.items()], total, COLUMNS,
-                              run.window, run.tau, max_bins=math.ceil(total / width), max_rows=budget.rows * 64)
+                              run.window, run.tau, max_bins=max_bins, max_rows=budget.rows * 64)
         sub.add(epochs, picked)
     if sub is None:
         return

@@ -1,19 +1,21 @@
 """What the explorer draws, from a trace read in order of its snapshots: pure numpy, memory flat in the number of
 snapshots.
 
-A :class:`TracePooler` takes the trace a chunk of snapshots at a time (as ``reshape.layer_arrays`` gives it) and keeps,
-per layer:
+A :class:`TracePooler` takes the trace a chunk of snapshots at a time (as ``reshape.layer_arrays`` gives it), from its
+file or as the run writes it (the total then unknown), and keeps, per layer:
 
 - every trace column pooled into at most ``max_bins`` bins of consecutive snapshots (the mean of a bin's finite
-  values; a bin of one snapshot is the trace's value itself);
+  values; a bin of one snapshot is the trace's value itself). A bin holds a power of two of snapshots: fed as the run
+  goes, the pooler doubles the width by merging pairs of bins when the next snapshot would not fit, and ends with the
+  width a pooler told the total from the start picks (:func:`bin_width`), so both draw the same page;
 - each neuron's state in the window that ends at each snapshot (participating, frozen, dead: the definitions of
   :mod:`mlflow_flux.fluctuation`, computed by its own :func:`~mlflow_flux.fluctuation.window_stats`), pooled as the
   state at a bin's last snapshot;
 - the fraction of the layer's neurons in each state at every snapshot (not pooled);
 - per neuron, the snapshot at which it stops participating and the one at which it dies for good;
-- for a layer wider than ``max_rows``: quantile bands over its neurons per bin, and the neurons at the extremes
-  of each column's last value (``extremes`` per column and end), whose histories :func:`pool_run` collects in a
-  second pass.
+- for a layer wider than ``max_rows``: quantile bands over its neurons (each snapshot's quantiles, averaged over the
+  bin's snapshots, so that merged bins stay exact), and the neurons at the extremes of each column's last value
+  (``extremes`` per column and end), whose histories :func:`pool_run` collects in a second pass.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import numpy as np
 from .. import fluctuation
 
 __all__ = ["STATES", "NO_WINDOW", "PARTICIPATING", "FROZEN", "DEAD", "BANDS", "PooledLayer", "TracePooler",
-           "bin_width", "pooled_means", "states_of"]
+           "bin_width", "pooled_means", "row_quantiles", "states_of"]
 
 # Each neuron's state in the window ending at a snapshot; NO_WINDOW before the first full window, or where the trace
 # holds no activity for it (a layer that saw no training forward pass).
@@ -38,12 +40,35 @@ NEVER = np.iinfo(np.int64).max  # "never stops participating / never dies" in th
 
 
 def bin_width(snapshots: int, max_bins: int) -> int:
-    """Snapshots per bin so that ``snapshots`` fit in at most ``max_bins`` bins (1: nothing pooled).
+    """Snapshots per bin: the smallest power of two that fits ``snapshots`` in at most ``max_bins`` bins (1: nothing
+    pooled). A power of two, so that a run pooled as it is written, doubling the width as it goes, ends with this.
 
     >>> bin_width(1000, 250), bin_width(10, 250), bin_width(1001, 250)
-    (4, 1, 5)
+    (4, 1, 8)
     """
-    return max(1, math.ceil(snapshots / max(1, max_bins)))
+    needed = max(1, math.ceil(snapshots / max(1, max_bins)))
+    return 1 << (needed - 1).bit_length()
+
+
+def row_quantiles(values: np.ndarray, quantiles: tuple[float, ...] = BANDS) -> np.ndarray:
+    """Each row's ``quantiles`` over its finite values (numpy's default, linear, method), NaN for a row without one:
+    ``(rows, len(quantiles))``.
+
+    >>> row_quantiles(np.array([[1.0, np.nan, 3.0, 2.0], [np.nan, np.inf, np.nan, np.nan]]), (0.0, 0.25, 1.0))
+    array([[1. , 1.5, 3. ],
+           [nan, nan, nan]])
+    """
+    values = np.asarray(values, dtype=np.float64)
+    ordered = np.sort(np.where(np.isfinite(values), values, np.nan), axis=1)  # NaN sorts last
+    count = np.isfinite(ordered).sum(axis=1)
+    position = np.asarray(quantiles)[None, :] * np.maximum(count - 1, 0)[:, None]
+    low = np.floor(position).astype(np.int64)
+    high = np.minimum(low + 1, np.maximum(count - 1, 0)[:, None])
+    rows = np.arange(len(values))[:, None]
+    a, b = ordered[rows, low], ordered[rows, high]
+    out = a + (b - a) * (position - low)
+    out[count == 0] = np.nan
+    return out
 
 
 def pooled_means(values: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -102,7 +127,8 @@ class TracePooler:
 
     Args:
         layers: ``(name, neuron indices)`` of every layer, in the trace's order.
-        snapshots: how many snapshots the trace holds (known from the file before reading it).
+        snapshots: how many snapshots the trace holds when known (a trace's file says so); None while a run is still
+            writing it (bins then widen as snapshots arrive).
         columns: the trace columns to pool.
         window, tau: the run's own settings: the states are those its metrics used.
         max_bins: at most this many bins of snapshots.
@@ -110,33 +136,38 @@ class TracePooler:
         extremes: extreme neurons kept per column and end for a banded layer.
     """
 
-    def __init__(self, layers: list[tuple[str, np.ndarray]], snapshots: int, columns: tuple[str, ...], window: int,
-                 tau: float | fluctuation.Thresholds, max_bins: int = 250, max_rows: int = 1024,
+    def __init__(self, layers: list[tuple[str, np.ndarray]], snapshots: int | None, columns: tuple[str, ...],
+                 window: int, tau: float | fluctuation.Thresholds, max_bins: int = 250, max_rows: int = 1024,
                  extremes: int = 8) -> None:
         self.columns = columns
         self.window, self.tau = window, tau
-        self.width = bin_width(snapshots, max_bins)
-        self.bins = math.ceil(snapshots / self.width) if snapshots else 0
-        self.snapshots = snapshots
+        self.max_bins = max(1, max_bins)
+        self.width = bin_width(snapshots or 0, self.max_bins)
         self.max_rows, self.extremes = max_rows, extremes
         self.epochs: list[int] = []
         self._layers = {name: np.asarray(neurons) for name, neurons in layers}
-        self._sums = {name: {c: np.zeros((self.bins, len(n))) for c in columns} for name, n in layers
-                      if len(n) <= max_rows}
-        self._counts = {name: {c: np.zeros((self.bins, len(n))) for c in columns} for name, n in layers
-                        if len(n) <= max_rows}
-        self._bands = {name: {c: np.full((self.bins, len(BANDS)), np.nan) for c in columns} for name, n in layers
-                       if len(n) > max_rows}
-        self._band_open: dict[str, dict[str, list[np.ndarray]]] = {name: {c: [] for c in columns}
-                                                                   for name in self._bands}
-        self._states = {name: np.zeros((self.bins, len(n)), dtype=np.uint8) for name, n in layers}
-        self._fractions = {name: np.full((snapshots, 3), np.nan, dtype=np.float32) for name, n in layers}
-        self._last_participating = {name: np.full(len(n), -1, dtype=np.int64) for name, n in layers}
-        self._last_alive = {name: np.full(len(n), -1, dtype=np.int64) for name, n in layers}
-        self._last_state = {name: np.zeros(len(n), dtype=np.uint8) for name, n in layers}
-        self._last_values = {name: {} for name, _ in layers}
+        wide = {name for name, n in self._layers.items() if len(n) > max_rows}
+        bins = self.max_bins  # np.zeros: pages are only touched as bins fill
+        self._sums = {name: {c: np.zeros((bins, len(n))) for c in columns} for name, n in self._layers.items()
+                      if name not in wide}
+        self._counts = {name: {c: np.zeros((bins, len(n))) for c in columns} for name, n in self._layers.items()
+                        if name not in wide}
+        self._band_sums = {name: {c: np.zeros((bins, len(BANDS))) for c in columns} for name in wide}
+        self._band_counts = {name: {c: np.zeros(bins) for c in columns} for name in wide}
+        self._states = {name: np.zeros((bins, len(n)), dtype=np.uint8) for name, n in self._layers.items()}
+        self._fractions = {name: np.full((max(1, snapshots or 64), 3), np.nan, dtype=np.float32)
+                           for name in self._layers}
+        self._last_participating = {name: np.full(len(n), -1, dtype=np.int64) for name, n in self._layers.items()}
+        self._last_alive = {name: np.full(len(n), -1, dtype=np.int64) for name, n in self._layers.items()}
+        self._last_state = {name: np.zeros(len(n), dtype=np.uint8) for name, n in self._layers.items()}
+        self._last_values: dict[str, dict[str, np.ndarray]] = {name: {} for name in self._layers}
         self._carry: dict[str, dict[str, np.ndarray]] = {}  # the last window-1 snapshots of the window columns
         self._seen = 0
+
+    @property
+    def bins(self) -> int:
+        """Bins holding snapshots so far."""
+        return math.ceil(self._seen / self.width)
 
     def add(self, epochs: np.ndarray, layers: dict[str, dict[str, np.ndarray]]) -> None:
         """The next snapshots: ``epochs`` and per layer ``(len(epochs), neurons)`` arrays of every column."""
@@ -144,6 +175,7 @@ class TracePooler:
         if count == 0:
             return
         start = self._seen
+        self._fit(start + count)
         self.epochs.extend(int(e) for e in epochs)
         for name, arrays in layers.items():
             self._add_values(name, arrays, start)
@@ -151,12 +183,40 @@ class TracePooler:
             self._last_values[name] = {c: np.asarray(arrays[c][-1]) for c in self.columns if c in arrays}
         self._seen += count
 
+    def _fit(self, total: int) -> None:
+        """Room for ``total`` snapshots: bins merged in pairs until they fit, the per-snapshot fractions grown."""
+        while math.ceil(total / self.width) > self.max_bins:
+            self._merge_pairs()
+        for name, fractions in self._fractions.items():
+            if len(fractions) < total:
+                grown = np.full((max(total, 2 * len(fractions)), 3), np.nan, dtype=np.float32)
+                grown[: len(fractions)] = fractions
+                self._fractions[name] = grown
+
+    def _merge_pairs(self) -> None:
+        """Twice the width: bins 2j and 2j+1 become bin j (sums and counts add; the state is the later bin's)."""
+        used = self.bins
+        half = math.ceil(used / 2)
+        for pooled in (*self._sums.values(), *self._counts.values(), *self._band_sums.values(),
+                       *self._band_counts.values()):
+            for values in pooled.values():
+                merged = values[0:used:2].copy()
+                merged[: used // 2] += values[1:used:2]
+                values[:used] = 0
+                values[:half] = merged
+        later = np.minimum(np.arange(half) * 2 + 1, max(used - 1, 0))
+        for states in self._states.values():
+            merged = states[later].copy()
+            states[:used] = 0
+            states[:half] = merged
+        self.width *= 2
+
     def _add_values(self, name: str, arrays: dict[str, np.ndarray], start: int) -> None:
         first_bin = start // self.width
         offset = start - first_bin * self.width  # snapshots already in the first bin from the previous chunk
         for column in self.columns:
             values = np.asarray(arrays.get(column, np.full(np.shape(arrays["w_std"]), np.nan)), dtype=np.float64)
-            if name in self._bands:
+            if name in self._band_sums:
                 self._add_bands(name, column, values, start)
                 continue
             padded = np.concatenate([np.full((offset, values.shape[1]), np.nan), values]) if offset else values
@@ -165,17 +225,12 @@ class TracePooler:
             self._counts[name][column][first_bin:first_bin + len(sums)] += counts
 
     def _add_bands(self, name: str, column: str, values: np.ndarray, start: int) -> None:
-        """A wide layer: the quantiles over its neurons of each bin's snapshots (all values of the bin pooled)."""
-        pending = self._band_open[name][column]
-        for index, row in enumerate(values):
-            pending.append(row)
-            position = start + index
-            if (position + 1) % self.width == 0 or position + 1 == self.snapshots:
-                pooled = np.concatenate(pending)
-                pooled = pooled[np.isfinite(pooled)]
-                if pooled.size:
-                    self._bands[name][column][position // self.width] = np.quantile(pooled, BANDS)
-                pending.clear()
+        """A wide layer: each snapshot's quantiles over its neurons, summed into its bin (averaged in result())."""
+        quantiles = row_quantiles(values)
+        finite = np.isfinite(quantiles[:, 0])
+        bins = (start + np.arange(len(values)))[finite] // self.width
+        np.add.at(self._band_sums[name][column], bins, quantiles[finite])
+        np.add.at(self._band_counts[name][column], bins, 1.0)
 
     def _add_states(self, name: str, arrays: dict[str, np.ndarray], start: int, epochs: np.ndarray) -> None:
         carry = self._carry.get(name)
@@ -200,12 +255,13 @@ class TracePooler:
         rows = state.shape[1]
         self._fractions[name][positions] = np.stack(
             [(state == s).sum(axis=1) / rows for s in (PARTICIPATING, FROZEN, DEAD)], axis=1)
-        for index, position in enumerate(positions):
+        for index in range(len(positions)):
             epoch = int(epochs[index])
             self._last_participating[name][state[index] == PARTICIPATING] = epoch
             self._last_alive[name][state[index] != DEAD] = epoch
-            if (position + 1) % self.width == 0 or position + 1 == self.snapshots:
-                self._states[name][position // self.width] = state[index]
+        bins = positions // self.width
+        latest = np.r_[bins[1:] != bins[:-1], True]  # each bin's latest snapshot so far
+        self._states[name][bins[latest]] = state[latest]
         self._last_state[name] = state[-1]
 
     def _following(self, epoch: np.ndarray) -> np.ndarray:
@@ -226,14 +282,16 @@ class TracePooler:
             alive = self._last_alive[name]
             first_window = self.epochs[self.window - 1] if len(self.epochs) >= self.window else NEVER
             dies = np.where(dead_now, np.where(alive < 0, first_window, self._following(alive)), NEVER)
-            layer = PooledLayer(name, neurons, {}, self._states[name], self._fractions[name][: self._seen],
-                                stops, dies, len(neurons))
-            if name in self._bands:
-                layer.bands = {c: v.astype(np.float32) for c, v in self._bands[name].items()}
-                layer.extremes = self._extreme_neurons(name)
-            else:
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    layer.values = {c: (self._sums[name][c] / self._counts[name][c]).astype(np.float32)
+            used = self.bins
+            layer = PooledLayer(name, neurons, {}, self._states[name][:used].copy(),
+                                self._fractions[name][: self._seen].copy(), stops, dies, len(neurons))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                if name in self._band_sums:
+                    layer.bands = {c: (v[:used] / self._band_counts[name][c][:used, None]).astype(np.float32)
+                                   for c, v in self._band_sums[name].items()}
+                    layer.extremes = self._extreme_neurons(name)
+                else:
+                    layer.values = {c: (self._sums[name][c][:used] / self._counts[name][c][:used]).astype(np.float32)
                                     for c in self.columns}
             out[name] = layer
         return out
@@ -251,7 +309,7 @@ class TracePooler:
     def extreme_rows(self) -> dict[str, np.ndarray]:
         """Per banded layer, every row (position within the layer) that is an extreme of some column."""
         result = {}
-        for name in self._bands:
+        for name in self._band_sums:
             picked = [rows for rows in self._extreme_neurons(name).values() if len(rows)]
             result[name] = np.unique(np.concatenate(picked)) if picked else np.array([], dtype=np.int64)
         return result

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,10 @@ __all__ = ["TraceSink", "TraceWriteError", "SinkResult", "ROW_GROUP_ROWS", "comp
 
 _log = logging.getLogger(__name__)
 
-ROW_GROUP_ROWS = 1 << 20  # ~1M rows: ~600 epochs of the paper's model per row group
+# 128 Ki rows (~78 epochs of the paper's model, ~9 MB decoded): a reader's memory is one row group, whatever the
+# epochs (1 Mi rows took a reader ~50 MiB more, growing with the epochs up to it), and a query at one epoch fetches
+# one row group's column chunks, not 600 epochs' worth.
+ROW_GROUP_ROWS = 1 << 17
 
 
 class TraceWriteError(FluxError):
@@ -68,12 +72,17 @@ class TraceSink:
     Every ``flush_every`` snapshots the buffered rows become one closed Parquet file (zstd) under
     ``<local_dir>/parts`` and are uploaded to ``traces/parts/`` in the background, so a process killed at any
     moment leaves all but the last ``flush_every`` snapshots readable, locally and in the run. ``close()``
-    compacts the segments into one ``traces/traces.parquet`` (row groups of ~1M rows), uploads it, and
+    compacts the segments into one ``traces/traces.parquet`` (row groups of ROW_GROUP_ROWS rows), uploads it, and
     removes the uploaded segments where the artifact store allows deletion.
+
+    ``observer``, when given, is handed each segment's snapshots on the writer thread before the segment is written
+    (the explorer pools them there, so close() need not read the trace back); one that raises is dropped, with a
+    warning, and :attr:`observed` stops counting.
     """
 
     def __init__(self, client, run_id: str, local_dir: str | Path, flush_every: int = 10,
-                 reachable: Callable[[], bool] | None = None) -> None:
+                 reachable: Callable[[], bool] | None = None,
+                 observer: Callable[[list[Snapshot]], None] | None = None) -> None:
         if flush_every < 1:
             raise ValueError(f"flush_every must be >= 1, got {flush_every}")
         self.client = client
@@ -88,6 +97,9 @@ class TraceSink:
         self._trace_path: Path | None = None
         self._trace_confirmed = False
         self._files: dict[str, bool] = {}  # artifact path -> reached the run (files queued with upload())
+        self._observer = observer
+        self.observed = 0  # snapshots the observer took
+        self._segments_done = threading.Event()  # set on the writer thread once finish()'s last segment is written
 
     @property
     def parts_dir(self) -> Path:
@@ -138,6 +150,13 @@ class TraceSink:
     def _write_segment(self, path: Path, snapshots: list[Snapshot]) -> None:
         if self._write_error is not None:
             return
+        if self._observer is not None:
+            try:
+                self._observer(snapshots)
+                self.observed += len(snapshots)
+            except Exception as exc:  # noqa: BLE001 -- what observes the trace never stops it
+                _log.warning("run %s: %s stopped observing the trace: %s", self.run_id, self._observer, exc)
+                self._observer = None
         tmp = path.with_suffix(".tmp")
         try:
             write_trace_table(snapshots_to_table(snapshots), tmp)
@@ -183,7 +202,12 @@ class TraceSink:
         """
         if self._write_error is None:
             self._close_segment()
+        self._writer.submit(self._segments_done.set)
         self._writer.submit(self._compact_and_queue_upload)
+
+    def segments_written(self, timeout: float | None = None) -> bool:
+        """After :meth:`finish`: wait until every segment is written (and observed), not for the compaction."""
+        return self._segments_done.wait(timeout)
 
     def _compact_and_queue_upload(self) -> None:
         parts = [p for p in self._parts if p.exists()]
@@ -267,10 +291,12 @@ def compact_segments(parts: list[Path], path: Path) -> Path:
                 pending.append(pq.read_table(part, schema=TRACE_SCHEMA))
                 rows += pending[-1].num_rows
                 if sum(t.num_rows for t in pending) >= ROW_GROUP_ROWS:
-                    writer.write_table(pa.concat_tables(pending), row_group_size=ROW_GROUP_ROWS * 2)
-                    pending = []
+                    table = pa.concat_tables(pending)
+                    whole = table.num_rows - table.num_rows % ROW_GROUP_ROWS
+                    writer.write_table(table.slice(0, whole), row_group_size=ROW_GROUP_ROWS)
+                    pending = [table.slice(whole)]  # the rest starts the next row group
             if pending:
-                writer.write_table(pa.concat_tables(pending), row_group_size=ROW_GROUP_ROWS * 2)
+                writer.write_table(pa.concat_tables(pending), row_group_size=ROW_GROUP_ROWS)
         if pq.ParquetFile(tmp).metadata.num_rows != rows:
             raise OSError(f"the compacted trace does not hold the {rows} rows of its segments")
         tmp.rename(path)

@@ -64,6 +64,32 @@ def test_a_watched_run_logs_a_self_contained_page_whose_values_are_the_trace(sto
     assert "not pooled" in meta["pooled"] and "0.39%" in meta["resolution"]
 
 
+def test_the_page_pooled_as_the_run_writes_equals_the_page_built_from_its_trace(store, tmp_path):
+    # A layer past the neuron budget (banded: its extreme neurons read back from the file) and enough epochs in
+    # segments of 7 snapshots for the bins to widen as they arrive.
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(3, 1100), nn.ReLU(), nn.Linear(1100, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    x = torch.randn(32, 3)
+    with mlflow.start_run(run_name="live") as run:
+        with mlflow_flux.watch(model, window=3, log_figures=False, flush_every=7) as flux:
+            for epoch in range(300):
+                optimizer.zero_grad()
+                loss = model(x).pow(2).mean()
+                loss.backward()
+                optimizer.step()
+                flux.end_epoch(epoch, {"loss": float(loss)})
+    logged_meta, logged = read_page(_page(run.info.run_id, tmp_path))
+    built_meta, built = read_page(mlflow_flux.explore(run.info.run_id, output=tmp_path / "built.html")
+                                  .read_text(encoding="utf-8"))
+    layers = {layer["name"]: layer for layer in logged_meta["runs"][0]["layers"]}
+    assert layers["0"]["banded"] and not layers["2"]["banded"]
+    assert logged_meta["pooled"] == built_meta["pooled"] and "bins of" in logged_meta["pooled"]
+    assert logged.keys() == built.keys()
+    for key, values in logged.items():
+        np.testing.assert_array_equal(values, built[key], err_msg=key)
+
+
 def test_the_page_can_be_switched_off_and_explore_builds_it_for_any_run(store, tmp_path):
     run_id = _train(explorer=False)
     assert "explorer.html" not in [f.path for f in MlflowClient().list_artifacts(run_id)]

@@ -98,13 +98,40 @@ def test_chunked_and_whole_feeding_give_the_same_picture():
     np.testing.assert_array_equal(whole.stops_participating, chunked.stops_participating)
 
 
+@pytest.mark.parametrize("chunk", [1, 3, 10])
+def test_a_run_pooled_as_it_is_written_draws_what_its_file_draws(chunk):
+    # The total unknown, bins double as snapshots arrive (37 snapshots in at most 5 bins: width 1, 2, 4, then 8):
+    # the end is what a pooler told the total from the start gives, bands and states included.
+    trace = _trace(37, {"a": 6, "wide": 30})
+    known = _pool(trace, 37, max_bins=5, max_rows=16, extremes=2).result()
+    layers = [(name, np.arange(arrays["w_std"].shape[1])) for name, arrays in trace.items()]
+    growing = TracePooler(layers, None, COLUMNS, 4, 1e-3, max_bins=5, max_rows=16, extremes=2)
+    for a in range(0, 37, chunk):
+        growing.add(np.arange(a, min(37, a + chunk)) * 2,
+                    {name: {c: v[a:a + chunk] for c, v in arrays.items()} for name, arrays in trace.items()})
+    assert growing.width == 8 and growing.bins == 5
+    grown = growing.result()
+    for name, layer in known.items():
+        for column in COLUMNS:
+            empty = np.zeros(0)
+            np.testing.assert_allclose(grown[name].values.get(column, empty), layer.values.get(column, empty),
+                                       rtol=1e-12, equal_nan=True)
+            if layer.banded:
+                np.testing.assert_allclose(grown[name].bands[column], layer.bands[column], rtol=1e-6, equal_nan=True)
+        np.testing.assert_array_equal(grown[name].states, layer.states)
+        np.testing.assert_array_equal(grown[name].fractions, layer.fractions)
+        np.testing.assert_array_equal(grown[name].dies, layer.dies)
+        np.testing.assert_array_equal(grown[name].stops_participating, layer.stops_participating)
+
+
 def test_a_layer_over_the_neuron_budget_gets_quantile_bands_and_its_extremes():
     trace = _trace(12, {"wide": 40})
     pooler = _pool(trace, 12, max_bins=3, max_rows=16, extremes=2)
     layer = pooler.result()["wide"]
     assert layer.banded and not layer.values
-    values = trace["wide"]["w_norm"][:4].astype(np.float64).ravel()
-    np.testing.assert_allclose(layer.bands["w_norm"][0], np.quantile(values, BANDS), rtol=1e-6)
+    first_bin = trace["wide"]["w_norm"][:4].astype(np.float64)  # each snapshot's quantiles, averaged over the bin
+    expected_bands = np.mean([np.quantile(row, BANDS) for row in first_bin], axis=0)
+    np.testing.assert_allclose(layer.bands["w_norm"][0], expected_bands, rtol=1e-6)
     last = trace["wide"]["w_norm"][-1]
     expected = set(np.argsort(last)[:2]) | set(np.argsort(last)[-2:])
     assert set(layer.extremes["w_norm"].tolist()) == expected
