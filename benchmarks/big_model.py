@@ -131,6 +131,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--transient", action="store_true", help="(internal) only the snapshots' transient memory")
+    parser.add_argument("--overhead-steps", type=int, default=21,
+                        help="steps of the step-overhead figure (6 gave 0.94-1.07x from run to run on this host)")
+    parser.add_argument("--only-overhead", action="store_true", help="only the step-overhead figure")
     args = parser.parse_args()
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     import mlflow
@@ -145,6 +148,10 @@ def main() -> None:
             print(f"GPT-2 small from GPT2Config(): {parameters / 1e6:.1f}M parameters ({parameter_bytes / 2**20:.0f} "
                   f"MiB), {args.tokens} tokens a step, device {args.device}")
         tokens = torch.randint(0, 50257, (1, args.tokens), device=args.device)
+        if args.only_overhead:
+            ratio = overhead(model, tokens, args.overhead_steps)
+            print(f"  step overhead (watched / plain, median of {args.overhead_steps - 1}): {ratio:.3f}x")
+            return
         paths = [False] if args.device != "cpu" else [True, False]
         for fastpath in paths:
             result = snapshots(model, tokens, args.device, fastpath, args.rounds)
@@ -180,8 +187,8 @@ def main() -> None:
             snapshots(model, tokens, args.device, False, 2)
             print(f"  max_memory_allocated, watched steps and snapshots: "
                   f"{torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
-        ratio = overhead(model, tokens, args.rounds + 2)
-        print(f"  step overhead (watched / plain, median of {args.rounds + 1}): {ratio:.3f}x")
+        ratio = overhead(model, tokens, args.overhead_steps)
+        print(f"  step overhead (watched / plain, median of {args.overhead_steps - 1}): {ratio:.3f}x")
 
 
 if __name__ == "__main__":

@@ -13,10 +13,11 @@ or, with ``optimizer=``, from the gradients each optimizer step applies.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -38,10 +39,45 @@ W_STEP, W_NORM, W_REL_STEP = (STAT_COLUMNS.index(c) for c in ("w_step", "w_norm"
 # The chunk a snapshot's torch path works in: temporaries of about two float32 copies of it must stay under a quarter
 # of the largest watched weight (docs/traces.md), and no chunk is smaller than this many weights.
 MIN_CHUNK_ELEMENTS = 1 << 16
-# Past this many watched weights a snapshot's C passes (memory-bound, the GIL released) run on two threads: a
-# GPT-2-small-sized model's took 114 ms on one core of this 2-core host and ~75 ms on two (benchmarks/big_model.py).
-# Below it one thread: a thread's start would cost more than it saves.
+# Past this many weights a snapshot's C passes, and the reading of the gradients an optimizer step applies (both
+# memory-bound, the GIL released), run on two threads: a GPT-2-small-sized model's snapshot took 114 ms on one core
+# of this 2-core host and ~70 ms on two (benchmarks/big_model.py). Below it one thread: a thread's start would cost
+# more than it saves.
 PARALLEL_ELEMENTS = 1 << 23
+
+
+def run_split(jobs: Sequence[tuple[int, Callable[[], None]]]) -> None:
+    """Run ``(elements, job)`` pairs: in two halves of about equal elements, one on a helper thread, when together
+    they pass PARALLEL_ELEMENTS and torch may use two threads; else one after the other on this thread. The first
+    exception is raised here once both halves are done."""
+    if sum(size for size, _ in jobs) < PARALLEL_ELEMENTS or torch.get_num_threads() < 2:
+        for _, job in jobs:
+            job()
+        return
+    halves: tuple[list[Callable[[], None]], list[Callable[[], None]]] = ([], [])
+    load = [0, 0]
+    for size, job in sorted(jobs, key=lambda pair: pair[0], reverse=True):  # the biggest first, to the lighter half
+        side = int(load[1] < load[0])
+        halves[side].append(job)
+        load[side] += size
+    failed: list[BaseException] = []
+
+    def run_second() -> None:
+        try:
+            for job in halves[1]:
+                job()
+        except BaseException as exc:  # noqa: BLE001 -- raised again on the caller's thread
+            failed.append(exc)
+
+    worker = threading.Thread(target=run_second, name="mlflow-flux-split", daemon=True)
+    worker.start()
+    try:
+        for job in halves[0]:
+            job()
+    finally:
+        worker.join()
+    if failed:
+        raise failed[0]
 
 
 def neuron_subset(name: str, size: int, budget: int) -> np.ndarray | None:
@@ -278,11 +314,17 @@ class NeuronRecorder:
     def _read_applied_gradients(self, optimizer) -> None:
         # A fused optimizer under a GradScaler unscales itself: the scaler hands it these two tensors.
         scale, found_inf = getattr(optimizer, "grad_scale", None), getattr(optimizer, "found_inf", None)
+        jobs = []
         for state in self._states:
             module = state.module_ref()
             grad = module.weight.grad if module is not None else None
             if grad is not None:
-                state.add_applied_gradient(grad, scale, found_inf)
+                jobs.append((grad.numel(), functools.partial(state.add_applied_gradient, grad, scale, found_inf)))
+        if all(grad.is_cpu for grad in (job.args[0] for _, job in jobs)):
+            run_split(jobs)  # the C taps, memory-bound: on two threads for a big model
+        else:
+            for _, job in jobs:
+                job()
 
     def detach(self) -> None:
         """Remove every hook; calling it twice is harmless."""
@@ -365,41 +407,17 @@ class NeuronRecorder:
 
     def _fast_snapshots(self, modules: list[nn.Module], stats: np.ndarray, wanted: list[bool]) -> list[int | None]:
         """Each wanted layer's C snapshot into ``stats`` (its count of non-finite values; None where the torch path
-        must take it), on two threads, each about half the weights, when the model is big and torch may use two."""
+        must take it), split over two threads for a big model (:func:`run_split`)."""
         counted: list[int | None] = [None] * len(self._states)
-        todo = [i for i, state in enumerate(self._states) if wanted[i] and state.fast is not None]
 
-        def run(indices: list[int]) -> None:
-            for i in indices:
+        def job(i: int) -> Callable[[], None]:
+            def run() -> None:
                 address = stats.ctypes.data + self._offsets[i] * stats.itemsize
                 counted[i] = self._states[i].fast_snapshot(modules[i], address, stats.shape[1])
+            return run
 
-        sizes = {i: weight_and_bias(modules[i])[0].numel() for i in todo}
-        if sum(sizes.values()) < PARALLEL_ELEMENTS or torch.get_num_threads() < 2:
-            run(todo)
-            return counted
-        halves: tuple[list[int], list[int]] = ([], [])
-        load = [0, 0]
-        for i in sorted(todo, key=sizes.__getitem__, reverse=True):  # the biggest first, to the lighter half
-            side = int(load[1] < load[0])
-            halves[side].append(i)
-            load[side] += sizes[i]
-        failed: list[BaseException] = []
-
-        def run_second() -> None:
-            try:
-                run(halves[1])
-            except BaseException as exc:  # noqa: BLE001 -- raised again on the snapshot's own thread
-                failed.append(exc)
-
-        worker = threading.Thread(target=run_second, name="mlflow-flux-snapshot", daemon=True)
-        worker.start()
-        try:
-            run(halves[0])
-        finally:
-            worker.join()
-        if failed:
-            raise failed[0]
+        run_split([(weight_and_bias(modules[i])[0].numel(), job(i)) for i, state in enumerate(self._states)
+                   if wanted[i] and state.fast is not None])
         return counted
 
     def _warn_unseen(self, stats: np.ndarray) -> None:

@@ -224,13 +224,14 @@ def test_layer_statistics_count_defined_values_that_are_not_finite():
     assert nonfinite == int((~np.isfinite(out[defined])).sum()) == 7
 
 
-def _train(store_run_name: str, model_factory, steps_per_epoch: int = 3, epochs: int = 3):
+def _train(store_run_name: str, model_factory, steps_per_epoch: int = 3, epochs: int = 3, applied: bool = False):
     torch.manual_seed(0)
     model = model_factory()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     data = torch.randn(steps_per_epoch * 8, 2, 6, 6)
     with mlflow.start_run(run_name=store_run_name) as run:
-        with mlflow_flux.watch(model, window=2, log_figures=False) as flux:
+        # applied: the gradients are read from the optimizer's steps, not from hooks on the weights
+        with mlflow_flux.watch(model, window=2, log_figures=False, optimizer=optimizer if applied else None) as flux:
             for epoch in range(epochs):
                 for batch in data.split(8):
                     optimizer.zero_grad()
@@ -265,7 +266,8 @@ def test_fast_and_torch_paths_record_the_same_trace(store, monkeypatch, factory)
 
 @pytest.mark.parametrize("factory", [_cnn, _channels_last_cnn])
 def test_layers_snapshot_on_two_threads_record_what_one_thread_records(store, monkeypatch, factory):
-    # Big models split the C passes over two threads: each layer must land at its own rows, the torch path's too.
+    # Big models split the C passes (snapshots, and the gradients an optimizer step applies) over two threads: each
+    # layer must land at its own rows, the torch path's too.
     from mlflow_flux.recording import recorder
 
     monkeypatch.setenv("MLFLOW_FLUX_FASTPATH", "1")
@@ -273,9 +275,9 @@ def test_layers_snapshot_on_two_threads_record_what_one_thread_records(store, mo
     torch.set_num_threads(2)
     try:
         monkeypatch.setattr(recorder, "PARALLEL_ELEMENTS", 0)
-        split, _ = _train("two threads", factory)
+        split, _ = _train("two threads", factory, applied=True)
         monkeypatch.setattr(recorder, "PARALLEL_ELEMENTS", 1 << 62)
-        single, _ = _train("one thread", factory)
+        single, _ = _train("one thread", factory, applied=True)
     finally:
         torch.set_num_threads(threads)
     pd.testing.assert_frame_equal(split, single)
