@@ -119,3 +119,19 @@ def test_layer_arrays_fast_path_equals_the_sorting_path():
         for column in fast[name]:
             np.testing.assert_array_equal(fast[name][column], slow[name][column])
     assert fast["b"]["w_std"].shape == (3, 3)
+
+
+@pytest.mark.parametrize("mode", ["absolute", "relative"])
+def test_window_stats_over_many_windows_in_blocks_equal_one_pass_bit_for_bit(monkeypatch, mode):
+    # A whole trace's windows are worked in blocks of WINDOW_BLOCK values: each window's arithmetic is unchanged.
+    rng = np.random.default_rng(7)
+    spread = F.windows_of(np.abs(rng.normal(1, 0.2, (60, 9))).astype(np.float32), 5)
+    bias = F.windows_of(rng.normal(0, 1, (60, 9)).astype(np.float32), 5)
+    act = F.windows_of((rng.random((60, 9)) > 0.3).astype(np.float32) * rng.random((60, 9)), 5)
+    thresholds = F.Thresholds(tau_mode=mode, tau_relative=1.0)
+    whole = F.window_stats(spread, bias, act, thresholds, sizes=[4, 5])
+    monkeypatch.setattr(F, "WINDOW_BLOCK", 5 * 9 * 7)  # 7 windows a block, the last one short
+    blocks = F.window_stats(spread, bias, act, thresholds, sizes=[4, 5])
+    assert whole.keys() == blocks.keys()
+    for key in whole:
+        np.testing.assert_array_equal(whole[key], blocks[key], err_msg=key)
