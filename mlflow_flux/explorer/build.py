@@ -221,7 +221,7 @@ class LivePooler:
     @property
     def seen(self) -> int:
         """Snapshots pooled so far."""
-        return self._pooler._seen if self._pooler is not None else 0
+        return len(self._pooler.epochs) if self._pooler is not None else 0
 
     def pooled(self, run: RunInput, trace: Callable[[], object]) -> PooledRun:
         """What the page draws of ``run``; ``trace()`` gives its trace file, read only for a banded layer."""

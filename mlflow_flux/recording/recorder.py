@@ -320,8 +320,11 @@ class NeuronRecorder:
             grad = module.weight.grad if module is not None else None
             if grad is not None:
                 jobs.append((grad.numel(), functools.partial(state.add_applied_gradient, grad, scale, found_inf)))
-        if all(grad.is_cpu for grad in (job.args[0] for _, job in jobs)):
-            run_split(jobs)  # the C taps, memory-bound: on two threads for a big model
+        grads = [job.args[0] for _, job in jobs]
+        if scale is None and found_inf is None and all(g.is_cpu and type(g).__name__ != "DTensor" for g in grads):
+            # The C taps, memory-bound: on two threads for a big model (never a DTensor's, whose reductions may talk
+            # to other ranks, which must see them in one order).
+            run_split(jobs)
         else:
             for _, job in jobs:
                 job()
