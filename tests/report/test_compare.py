@@ -59,7 +59,9 @@ def sweep(server):
     corrupt = server["root"] / "traces.parquet"
     corrupt.write_bytes(b"PAR1 this is not a parquet file")
     client.log_artifact(extra["corrupt"], str(corrupt), "traces")
-    # the run with markup in its name has a real trace, so its name reaches the tables
+    # the run with markup in its name has a real trace, so its name reaches the tables (its experiment made the
+    # active one: an earlier test's set_experiment would otherwise refuse to resume a run of another experiment)
+    mlflow.set_experiment(experiment_id=experiment_id)
     with mlflow.start_run(run_id=extra[NASTY]):
         import torch
 
