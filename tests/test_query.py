@@ -194,3 +194,21 @@ def test_ray_data_reads_the_same_rows_from_the_server_on_its_workers(server, tmp
             assert np.array_equal(a, b, equal_nan=True), column
         else:
             assert (a == b).all(), column
+
+
+def test_through_a_server_a_run_whose_trace_is_gone_is_skipped_with_the_reason(server, tmp_path, monkeypatch):
+    # Remote traces are probed, not listed: a probe that finds no file (HTTP 404) lists the run's artifacts only to
+    # say why, and the other runs are answered.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server["uri"])
+    mlflow.set_tracking_uri(server["uri"])
+    experiment_id = mlflow.create_experiment(f"gone-{tmp_path.name}")
+    kept = _record(experiment_id, VARIANTS[0], epochs=4)
+    with mlflow.start_run(experiment_id=experiment_id, run_name="watched, then cleared") as run:
+        mlflow.log_param("flux.layers", "0,2,4")  # what a watched run logs; its trace never arrived
+    result = QueryResult()
+    answer = mlflow_flux.query("SELECT DISTINCT run_id FROM traces", runs=[kept, run.info.run_id], cache=None,
+                               result=result)
+    assert answer.run_id.tolist() == [kept] and result.runs == [kept]
+    assert result.skipped == [(run.info.run_id, "no compacted trace (never watched, or killed before it closed its "
+                                                "trace)")]
+    assert result.requests >= 1 and result.fetched > 0  # the kept run's probe and column chunks crossed HTTP
