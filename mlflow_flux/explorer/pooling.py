@@ -147,14 +147,17 @@ class TracePooler:
         self.epochs: list[int] = []
         self._layers = {name: np.asarray(neurons) for name, neurons in layers}
         wide = {name for name, n in self._layers.items() if len(n) > max_rows}
-        bins = self.max_bins  # np.zeros: pages are only touched as bins fill
-        self._sums = {name: {c: np.zeros((bins, len(n))) for c in columns} for name, n in self._layers.items()
+        # Every bin the pooler may fill, written at once (np.full, not np.zeros, whose pages the kernel would hand
+        # out as bins fill): pooling while a run trains, its memory is then what it is from the first snapshot on,
+        # rather than growing with the epochs up to the budget.
+        bins = self.max_bins
+        self._sums = {name: {c: np.full((bins, len(n)), 0.0) for c in columns} for name, n in self._layers.items()
                       if name not in wide}
-        self._counts = {name: {c: np.zeros((bins, len(n))) for c in columns} for name, n in self._layers.items()
+        self._counts = {name: {c: np.full((bins, len(n)), 0.0) for c in columns} for name, n in self._layers.items()
                         if name not in wide}
-        self._band_sums = {name: {c: np.zeros((bins, len(BANDS))) for c in columns} for name in wide}
-        self._band_counts = {name: {c: np.zeros(bins) for c in columns} for name in wide}
-        self._states = {name: np.zeros((bins, len(n)), dtype=np.uint8) for name, n in self._layers.items()}
+        self._band_sums = {name: {c: np.full((bins, len(BANDS)), 0.0) for c in columns} for name in wide}
+        self._band_counts = {name: {c: np.full(bins, 0.0) for c in columns} for name in wide}
+        self._states = {name: np.full((bins, len(n)), NO_WINDOW, dtype=np.uint8) for name, n in self._layers.items()}
         self._fractions = {name: np.full((max(1, snapshots or 64), 3), np.nan, dtype=np.float32)
                            for name in self._layers}
         self._last_participating = {name: np.full(len(n), -1, dtype=np.int64) for name, n in self._layers.items()}
