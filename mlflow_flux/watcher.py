@@ -452,9 +452,9 @@ class FluxWatcher:
         run = RunInput(self.run_id, self._run_name, None, self.window, self.settings.thresholds, losses=losses)
         path = self.trace_dir / PAGE_FILE
         try:
-            # Pooled as it was written, unless that stopped short (then read back from the file, a chunk at a time).
-            if self._live is not None and self.sink.segments_written() and self.sink.observed == self._snapshots \
-                    and self._live.seen == self._snapshots > 0:
+            # Pooled as it was written, unless that stopped short (the sink counts only the snapshots the pooling
+            # took without an error): then read back from the file, a chunk at a time.
+            if self._live is not None and self.sink.segments_written() and self.sink.observed == self._snapshots > 0:
                 pooled = self._live.pooled(run, self.sink.compacted)
             else:
                 run.trace = self.sink.compacted()

@@ -163,7 +163,7 @@ def pool_run(run: RunInput, budget: Budget = Budget()) -> PooledRun:
     try:
         for layout, total, epochs, layers in snapshot_chunks(run.trace, COLUMNS):
             if pooler is None:
-                pooler = _pooler(run, layout, total, budget)
+                pooler = _pooler(layout.layers, layout.neuron, total, run.window, run.tau, budget)
             pooler.add(epochs, layers)
     except ValueError:
         pooler = _pool_whole(run, budget)  # an unusual layout: the reshaping that sorts, on the whole trace
@@ -180,10 +180,12 @@ def _finished(run: RunInput, pooler: TracePooler, budget: Budget) -> PooledRun:
     return PooledRun(run, np.asarray(pooler.epochs, dtype=np.int64), pooler.width, layers, _network(layers))
 
 
-def _pooler(run: RunInput, layout: _Layout, total: int | None, budget: Budget) -> TracePooler:
-    neurons = sum(min(rows.stop - rows.start, budget.rows) for _, rows in layout.layers)
-    return TracePooler([(name, layout.neuron[rows]) for name, rows in layout.layers], total, COLUMNS, run.window,
-                       run.tau, max_bins=budget.bins(neurons, len(COLUMNS)), max_rows=budget.rows)
+def _pooler(layers: Sequence[tuple[str, slice]], neuron: np.ndarray, total: int | None, window: int,
+            tau: float | fluctuation.Thresholds, budget: Budget) -> TracePooler:
+    """A pooler for a snapshot whose layers hold the ``neuron`` rows of their slices, within ``budget``."""
+    neurons = sum(min(rows.stop - rows.start, budget.rows) for _, rows in layers)
+    return TracePooler([(name, neuron[rows]) for name, rows in layers], total, COLUMNS, window, tau,
+                       max_bins=budget.bins(neurons, len(COLUMNS)), max_rows=budget.rows)
 
 
 class LivePooler:
@@ -208,20 +210,13 @@ class LivePooler:
         if self._pooler is None:
             first = snapshots[0]
             self._slices = [(name, first.layer_slice(name)) for name in first.layers]
-            layout = _Layout(np.repeat(np.asarray(first.layers, dtype=object), [r.stop - r.start for _, r in
-                                                                                 self._slices]), first.neuron)
-            self._pooler = _pooler(RunInput("", "", None, self.window, self.tau), layout, None, self.budget)
+            self._pooler = _pooler(self._slices, first.neuron, None, self.window, self.tau, self.budget)
         stats = np.stack([s.stats for s in snapshots])  # (snapshots, columns, rows)
         layers = {name: {c: stats[:, k, rows] for k, c in self._columns} for name, rows in self._slices}
         self._pooler.add(np.array([s.epoch for s in snapshots]), layers)
 
     def __repr__(self) -> str:
         return "the explorer's pooling"
-
-    @property
-    def seen(self) -> int:
-        """Snapshots pooled so far."""
-        return len(self._pooler.epochs) if self._pooler is not None else 0
 
     def pooled(self, run: RunInput, trace: Callable[[], object]) -> PooledRun:
         """What the page draws of ``run``; ``trace()`` gives its trace file, read only for a banded layer."""

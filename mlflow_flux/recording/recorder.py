@@ -314,14 +314,11 @@ class NeuronRecorder:
     def _read_applied_gradients(self, optimizer) -> None:
         # A fused optimizer under a GradScaler unscales itself: the scaler hands it these two tensors.
         scale, found_inf = getattr(optimizer, "grad_scale", None), getattr(optimizer, "found_inf", None)
-        jobs = []
-        for state in self._states:
-            module = state.module_ref()
-            grad = module.weight.grad if module is not None else None
-            if grad is not None:
-                jobs.append((grad.numel(), functools.partial(state.add_applied_gradient, grad, scale, found_inf)))
-        grads = [job.args[0] for _, job in jobs]
-        if scale is None and found_inf is None and all(g.is_cpu and type(g).__name__ != "DTensor" for g in grads):
+        applied = [(state, module.weight.grad) for state in self._states
+                   if (module := state.module_ref()) is not None and module.weight.grad is not None]
+        jobs = [(grad.numel(), functools.partial(state.add_applied_gradient, grad, scale, found_inf))
+                for state, grad in applied]
+        if scale is None and found_inf is None and all(g.is_cpu and type(g).__name__ != "DTensor" for _, g in applied):
             # The C taps, memory-bound: on two threads for a big model (never a DTensor's, whose reductions may talk
             # to other ranks, which must see them in one order).
             run_split(jobs)

@@ -200,8 +200,8 @@ class TraceFileSystem(pafs.PyFileSystem):
 def run_trace(client, run, cache: str | os.PathLike | None = None) -> RunTrace:
     """A run's trace as the dataset reads it: a local store's file in place; a remote one probed with one ranged
     request for its footer, which also gives its size and version (no listing of the run's artifacts, a round trip
-    to the server that the scan would then repeat; with a ``cache``, through it). The artifacts are listed only to
-    say why there is no trace.
+    to the server that the scan would then repeat; with a ``cache``, through it). The artifacts are listed only for
+    a store without ranged reads, whose listing alone says whether the file is there.
 
     Raises:
         FluxError: the run holds no compacted trace, or says its trace is kept locally.
@@ -229,9 +229,12 @@ def run_trace(client, run, cache: str | os.PathLike | None = None) -> RunTrace:
                                                                                           probed.fetched)
                 found.tail = probed.known if cache is None else None  # with a cache, the footer is there
                 return found
+    missing = FluxError("no compacted trace (never watched, or killed before it closed its trace)")
+    if access.kind == "local" or found.remote is not None:  # looked for where it would be, and not there
+        raise missing
     listed = {f.path: f.file_size for f in client.list_artifacts(run.info.run_id, TRACE_ARTIFACT_DIR)}
-    if TRACE_PATH not in listed or access.kind == "local" or found.remote is not None:
-        raise FluxError("no compacted trace (never watched, or killed before it closed its trace)")
+    if TRACE_PATH not in listed:
+        raise missing
     found.size = listed[TRACE_PATH]  # a store without ranged reads: opening it says so
     return found
 

@@ -213,9 +213,7 @@ class RangedHttpFile(io.RawIOBase):
             source._fetch(max(0, size - cls.TAIL), size - 1)
             return source
         source = cls(remote)
-        response = source._get(f"bytes=-{cls.TAIL}")
-        source.requests += 1
-        source._take(response, None)
+        source._take(source._send(f"bytes=-{cls.TAIL}"), None)
         return source
 
     @property
@@ -241,20 +239,22 @@ class RangedHttpFile(io.RawIOBase):
         source._cache = RangeCache(directory, f"{key}/{source._size}/{version}")
         return source
 
-    def _get(self, ranges: str):
+    def _send(self, ranges: str):
+        """One GET with ``Range: ranges``, counted; the response, whatever its status."""
         headers = {"Range": ranges}
         if self._remote.presigned:
             import requests
 
-            return requests.get(self._remote.url, headers={**dict(self._remote.headers), **headers}, timeout=60)
-        return mlflow_adapter.http_get(self._remote.base_uri, self._remote.endpoint, headers=headers)
+            response = requests.get(self._remote.url, headers={**dict(self._remote.headers), **headers}, timeout=60)
+        else:
+            response = mlflow_adapter.http_get(self._remote.base_uri, self._remote.endpoint, headers=headers)
+        with self._lock:
+            self.requests += 1
+        return response
 
     def _request(self, start: int, stop: int) -> bytes:
         """Bytes ``start`` to ``stop`` inclusive, from the network."""
-        response = self._get(f"bytes={start}-{stop}")
-        with self._lock:
-            self.requests += 1
-        return self._take(response, (start, stop))
+        return self._take(self._send(f"bytes={start}-{stop}"), (start, stop))
 
     def _take(self, response, wanted: tuple[int, int] | None) -> bytes:
         """The bytes ``wanted`` (inclusive; None: the tail asked for) from a response: a range (206), or the whole
