@@ -75,6 +75,9 @@ def worker(rank: int, world: int, port: int, uri: str, experiment: str, out: str
     if rank == 0:
         mlflow.end_run()
         torch.save({"run_id": run.info.run_id, "expected": expected, "refusal": refusal}, out)
+    # Both ranks tear gloo down together: a rank that exits while its peer is still connected can abort the
+    # peer's process ("terminate called without an active exception"), seen once in a loaded full suite.
+    dist.barrier()
     dist.destroy_process_group()
 
 
