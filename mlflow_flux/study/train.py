@@ -24,7 +24,7 @@ from ..errors import DivergedError, KeptLocally, TrackingLost
 from ..report.spec import SPEC_TAG, spec_tag_value
 from ..traces import runs as flux_runs
 from ..traces.lifecycle import ending
-from ..traces.mlflow_adapter import RUN_NAME_TAG
+from ..traces.mlflow_adapter import RUN_NAME_TAG, mlflow_pytorch
 from ..traces.server import check_reachable
 from ..watcher import FluxWatcher
 from .config import SGD_MOMENTUM, TrainConfig, model_name, variant_name
@@ -143,9 +143,9 @@ def _epochs(config: TrainConfig, model, optimizer, images, twin, flux, label: st
 def _log_model(model: torch.nn.Module, config: TrainConfig, example: np.ndarray, final: float) -> None:
     """The model, named after its variant and linked to the last epoch's metrics and to the final loss. Explicit
     requirements: inferring them would import-scan the environment, seconds per run."""
-    info = mlflow.pytorch.log_model(model, name=model_name(config.optimizer, config.lr, config.seed),
-                                    input_example=example[:2], step=config.epochs - 1,
-                                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+    info = mlflow_pytorch().log_model(model, name=model_name(config.optimizer, config.lr, config.seed),
+                                      input_example=example[:2], step=config.epochs - 1,
+                                      pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
     mlflow.log_metric(FINAL_LOSS_KEY, final, step=config.epochs - 1, model_id=info.model_id)
 
 

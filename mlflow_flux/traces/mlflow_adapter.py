@@ -33,6 +33,7 @@ __all__ = [
     "abandon_active_run",
     "keep_status_past_mlflow_run",
     "metric_value",
+    "mlflow_pytorch",
     "flux_error",
     "http_status",
     "auth_errors",
@@ -368,6 +369,32 @@ def auth_errors(tracking_uri: str | None = None, what: str | None = None) -> Ite
         import mlflow
 
         raise flux_error(exc, tracking_uri or mlflow.get_tracking_uri(), "", what) from None
+
+
+def mlflow_pytorch():
+    """``mlflow.pytorch``, without the seconds of Lightning it would import for nothing.
+
+    Works around MLflow 3.17's ``mlflow/pytorch/__init__.py``, whose last lines import
+    ``mlflow.pytorch._lightning_autolog`` (for ``MlflowModelCheckpointCallback``, added by mlflow/mlflow#10935)
+    whenever Lightning is installed: ``pytorch_lightning``, then torchmetrics, then transformers, ~5 s of a
+    variant's ~9 s start on this host, in a process that never trains with Lightning. When this process has not
+    imported Lightning itself, the import is made to fail during ``mlflow.pytorch``'s own import (that line is in a
+    ``try/except ImportError``); the callback is then missing from ``mlflow.pytorch``, and everything else,
+    ``log_model`` and autologging (which imports Lightning in its own functions), works as before.
+    """
+    import sys
+
+    if "mlflow.pytorch" in sys.modules or "pytorch_lightning" in sys.modules:
+        import mlflow.pytorch
+
+        return mlflow.pytorch
+    sys.modules["pytorch_lightning"] = None  # an ImportError for `import pytorch_lightning`, by Python's rule
+    try:
+        import mlflow.pytorch
+    finally:
+        if sys.modules.get("pytorch_lightning", ...) is None:
+            del sys.modules["pytorch_lightning"]
+    return mlflow.pytorch
 
 
 def metric_value(value: float) -> float:

@@ -102,3 +102,23 @@ def test_the_same_parameters_and_seed_give_bit_identical_loss_histories(store):
         histories.append([(m.step, m.value) for m in history] + [("final", result.final_loss)])
     assert histories[0] == histories[1]
     assert len(histories[0]) == 7
+
+
+def test_the_model_is_logged_without_importing_lightning_unless_the_process_already_has():
+    """`mlflow.pytorch` would import Lightning (and through it transformers) in every variant: seconds each."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("pytorch_lightning") is None:
+        pytest.skip("Lightning is not installed: nothing to leave out")
+    probe = ("import sys{before}\nfrom mlflow_flux.traces.mlflow_adapter import mlflow_pytorch\n"
+             "module = mlflow_pytorch()\n"
+             "print(callable(module.log_model), 'pytorch_lightning' in sys.modules,"
+             " hasattr(module, 'MlflowModelCheckpointCallback'))\n"
+             "import pytorch_lightning\nprint(pytorch_lightning.Trainer.__name__)")
+    for before, expected in (("", "True False False"), ("\nimport pytorch_lightning", "True True True")):
+        done = subprocess.run([sys.executable, "-c", probe.format(before=before)], capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.stdout.split("\n")[:2] == [expected, "Trainer"], (before, done.stdout)
