@@ -143,7 +143,8 @@ def _facet_column(comparison: Comparison) -> str:
 
 def _png(figure: Figure) -> bytes:
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
+    # zlib level 1: several times faster than the default level for ~10% more bytes (as the run figures)
+    figure.savefig(buffer, format="png", dpi=110, pil_kwargs={"compress_level": 1})
     return buffer.getvalue()
 
 
