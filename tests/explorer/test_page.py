@@ -15,7 +15,7 @@ from torch import nn
 import mlflow_flux
 from mlflow_flux.explorer.encoding import RELATIVE_RESOLUTION, read_page
 from mlflow_flux.statistics import STAT_NAMES
-from tests.helpers import run_cli
+from tests.helpers import run_cli_concurrently, subprocess_env
 
 
 def _train(epochs: int = 6, **options) -> str:
@@ -105,9 +105,10 @@ def test_the_page_can_be_switched_off_and_explore_builds_it_for_any_run(store, t
 @pytest.mark.slow
 def test_the_cli_writes_the_page_and_refuses_an_unknown_run_in_one_line(store, tmp_path):
     run_id = _train(explorer=False)
-    out = run_cli(store, "explore", run_id, "--output", str(tmp_path / "x.html"), timeout=180)
+    env = subprocess_env(store)
+    out, bad = run_cli_concurrently([(["explore", run_id, "--output", str(tmp_path / "x.html")], env),
+                                     (["explore", "0" * 32], env)], timeout=180)
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "x.html").exists() and "explorer page written to" in out.stdout
-    bad = run_cli(store, "explore", "0" * 32, timeout=180)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
         f"mlflow-flux: error: no run with id '{'0' * 32}' at {store['uri']}"]

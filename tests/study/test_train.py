@@ -117,8 +117,10 @@ def test_the_model_is_logged_without_importing_lightning_unless_the_process_alre
              "print(callable(module.log_model), 'pytorch_lightning' in sys.modules,"
              " hasattr(module, 'MlflowModelCheckpointCallback'))\n"
              "import pytorch_lightning\nprint(pytorch_lightning.Trainer.__name__)")
-    for before, expected in (("", "True False False"), ("\nimport pytorch_lightning", "True True True")):
-        done = subprocess.run([sys.executable, "-c", probe.format(before=before)], capture_output=True, text=True,
-                              timeout=300)
-        assert done.returncode == 0, done.stderr[-3000:]
-        assert done.stdout.split("\n")[:2] == [expected, "Trainer"], (before, done.stdout)
+    cases = (("", "True False False"), ("\nimport pytorch_lightning", "True True True"))
+    probes = [subprocess.Popen([sys.executable, "-c", probe.format(before=before)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True) for before, _ in cases]  # side by side
+    for (before, expected), process in zip(cases, probes):
+        out, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err[-3000:]
+        assert out.split("\n")[:2] == [expected, "Trainer"], (before, out)
