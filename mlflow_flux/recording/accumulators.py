@@ -29,9 +29,10 @@ from torch import nn
 
 from ..statistics import COMPUTED, STATISTICS, SUMS, sum_row
 from . import fastpath as kernels
+from .distributed import is_dtensor
 from .layers import WatchedLayer
 
-__all__ = ["LayerAccumulator", "weight_and_bias", "DEFAULT_CHUNK_ELEMENTS"]
+__all__ = ["LayerAccumulator", "weight_and_bias", "applied_by_tap", "DEFAULT_CHUNK_ELEMENTS"]
 
 COUNT, SHIFTED_SUM, SHIFTED_SUMSQ, POSITIVE, RELU_SUM = (sum_row(n) for n in ("count", "shifted_sum", "shifted_sumsq",
                                                                               "positive", "relu_sum"))
@@ -54,7 +55,14 @@ def weight_and_bias(module: nn.Module, weight_axis: int = 0) -> tuple[torch.Tens
 def _local(tensor: torch.Tensor) -> torch.Tensor:
     """A DTensor's local shard (FSDP2 shards on dim 0: whole neurons), any other tensor itself."""
     to_local = getattr(tensor, "to_local", None)
-    return to_local() if to_local is not None and type(tensor).__name__ == "DTensor" else tensor
+    return to_local() if to_local is not None and is_dtensor(tensor) else tensor
+
+
+def applied_by_tap(grad: torch.Tensor, scale: torch.Tensor | None, found_inf: torch.Tensor | None) -> bool:
+    """Whether :meth:`LayerAccumulator.add_applied_gradient` reads ``grad`` with the layer's gradient tap (the C
+    pass where there is one): an unscaled gradient that is not a DTensor (whose reductions may involve other
+    ranks)."""
+    return scale is None and found_inf is None and not is_dtensor(grad)
 
 
 def _accumulate_with_torch(output: torch.Tensor, sums: torch.Tensor, shift: torch.Tensor, planes: bool,
@@ -274,7 +282,7 @@ class LayerAccumulator:
         nothing, decided on the device without a host sync."""
         if self.detached:
             return
-        if scale is None and found_inf is None and type(grad).__name__ != "DTensor":
+        if applied_by_tap(grad, scale, found_inf):
             self.grad_tap(grad)
             return
         if grad.device != self.sums.device:

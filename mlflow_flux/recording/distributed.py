@@ -21,7 +21,7 @@ from torch import nn
 from ..errors import FluxError
 from ..statistics import SUMS, sum_row
 
-__all__ = ["world", "refuse_unsupported", "shard_rows", "pool", "gather_shards"]
+__all__ = ["world", "is_dtensor", "refuse_unsupported", "shard_rows", "pool", "gather_shards"]
 
 COUNT, SHIFTED_SUM, SHIFTED_SUMSQ = (sum_row(n) for n in ("count", "shifted_sum", "shifted_sumsq"))
 # Merged over ranks: the shifted-sum triple (exactly, Chan et al.) and the plain sums; the gradients the optimizer
@@ -40,7 +40,8 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
-def _is_dtensor(tensor) -> bool:
+def is_dtensor(tensor) -> bool:
+    """Whether ``tensor`` is a DTensor (FSDP2's parameters and gradients), without importing DTensor."""
     return type(tensor).__name__ == "DTensor"
 
 
@@ -57,7 +58,7 @@ def refuse_unsupported(model: nn.Module) -> None:
                             "records FSDP2 instead (torch.distributed.fsdp.fully_shard), whose shards hold whole "
                             "neurons, or DistributedDataParallel")
         for name, parameter in module.named_parameters(recurse=False):
-            if _is_dtensor(parameter) and not _sharded_on_rows(parameter):
+            if is_dtensor(parameter) and not _sharded_on_rows(parameter):
                 raise FluxError(f"parameter {name!r} of {type(module).__name__} is a DTensor not sharded on dim 0 "
                                 f"({parameter.placements}): mlflow-flux records FSDP2's dim-0 shards, where a rank "
                                 "holds whole neurons")
@@ -71,7 +72,7 @@ def _sharded_on_rows(tensor) -> bool:
 def shard_rows(weight) -> slice | None:
     """The rows (neurons) of ``weight`` this rank holds under FSDP2 (``torch.chunk`` semantics), or None when the
     weight is not sharded."""
-    if not _is_dtensor(weight):
+    if not is_dtensor(weight):
         return None
     mesh = weight.device_mesh
     size, rank = mesh.size(), mesh.get_local_rank()

@@ -29,7 +29,7 @@ from ..statistics import COMPUTED, sum_row
 from ..traces.schema import STAT_COLUMNS, Snapshot
 from . import distributed
 from . import fastpath as kernels
-from .accumulators import LayerAccumulator, weight_and_bias
+from .accumulators import LayerAccumulator, applied_by_tap, weight_and_bias
 from .layers import LayerSpec, select_layers
 
 __all__ = ["NeuronRecorder", "WatchedForward", "unwrap", "neuron_subset"]
@@ -318,7 +318,7 @@ class NeuronRecorder:
                    if (module := state.module_ref()) is not None and module.weight.grad is not None]
         jobs = [(grad.numel(), functools.partial(state.add_applied_gradient, grad, scale, found_inf))
                 for state, grad in applied]
-        if scale is None and found_inf is None and all(g.is_cpu and type(g).__name__ != "DTensor" for _, g in applied):
+        if all(g.is_cpu and applied_by_tap(g, scale, found_inf) for _, g in applied):
             # The C taps, memory-bound: on two threads for a big model (never a DTensor's, whose reductions may talk
             # to other ranks, which must see them in one order).
             run_split(jobs)
