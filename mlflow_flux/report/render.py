@@ -21,6 +21,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from .. import fluctuation
+from ..figures.draw import save_png
 from ..traces import runs as flux_runs
 from ..traces.lifecycle import ending
 from ..traces.mlflow_adapter import PARENT_RUN_ID_TAG, RUN_NAME_TAG
@@ -143,8 +144,7 @@ def _facet_column(comparison: Comparison) -> str:
 
 def _png(figure: Figure) -> bytes:
     buffer = io.BytesIO()
-    # zlib level 1: several times faster than the default level for ~10% more bytes (as the run figures)
-    figure.savefig(buffer, format="png", dpi=110, pil_kwargs={"compress_level": 1})
+    save_png(figure, buffer, dpi=110)
     return buffer.getvalue()
 
 
