@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
@@ -293,7 +294,6 @@ def keep_status_past_mlflow_run(run_id: str, status: str, mlflow_run_pid: int, t
     Nothing is started when ``mlflow run`` (``mlflow_run_pid``, our parent when we started) is already gone.
     """
     import subprocess
-    import sys
 
     try:
         os.kill(mlflow_run_pid, 0)
@@ -383,8 +383,6 @@ def mlflow_pytorch():
     ``try/except ImportError``); the callback is then missing from ``mlflow.pytorch``, and everything else,
     ``log_model`` and autologging (which imports Lightning in its own functions), works as before.
     """
-    import sys
-
     if "mlflow.pytorch" in sys.modules or "pytorch_lightning" in sys.modules:
         import mlflow.pytorch
 
@@ -407,6 +405,4 @@ def metric_value(value: float) -> float:
 
 
 if __name__ == "__main__":  # the helper process of keep_status_past_mlflow_run
-    import sys
-
     _restore_status(int(sys.argv[1]), sys.argv[2], sys.argv[3], float(sys.argv[4]))

@@ -1,3 +1,7 @@
+import importlib.util
+import subprocess
+import sys
+
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
@@ -106,10 +110,6 @@ def test_the_same_parameters_and_seed_give_bit_identical_loss_histories(store):
 
 def test_the_model_is_logged_without_importing_lightning_unless_the_process_already_has():
     """`mlflow.pytorch` would import Lightning (and through it transformers) in every variant: seconds each."""
-    import importlib.util
-    import subprocess
-    import sys
-
     if importlib.util.find_spec("pytorch_lightning") is None:
         pytest.skip("Lightning is not installed: nothing to leave out")
     probe = ("import sys{before}\nfrom mlflow_flux.traces.mlflow_adapter import mlflow_pytorch\n"
