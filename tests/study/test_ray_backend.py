@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -16,10 +17,22 @@ pytestmark = pytest.mark.slow
 TINY = ["--epochs", "3", "--n-samples", "64", "--hidden", "32,8", "--image-size", "16", "--window", "2"]
 
 
-def _ray_processes() -> list[str]:
+def _ray_processes(store: dict) -> list[str]:
+    """Ray's processes, and the variants this test started: under pytest-xdist another test may be training beside
+    this one, so a variant counts when its environment names this test's store. (Ray's agents do not inherit that
+    environment; no other test of the -OO pass starts Ray.)"""
     found = subprocess.run(["pgrep", "-fa", "raylet|gcs_server|ray::|mlflow_flux.cli train"], capture_output=True,
                            text=True).stdout
-    return [line for line in found.splitlines() if "pgrep" not in line]
+    ours = f"MLFLOW_TRACKING_URI={store['uri']}".encode()
+    return [line for line in found.splitlines() if "pgrep" not in line
+            and ("mlflow_flux.cli train" not in line or ours in _environment(int(line.split()[0])))]
+
+
+def _environment(pid: int) -> list[bytes]:
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:  # it ended meanwhile
+        return []
 
 
 def _shape(runs) -> dict:
@@ -37,7 +50,7 @@ def _shape(runs) -> dict:
 
 
 def test_ray_runs_match_the_local_backends_and_a_failing_variant_spares_its_sibling(store):
-    assert not _ray_processes()
+    assert not _ray_processes(store)
     shapes = {}
     for backend in ("local", "ray"):
         result = run_cli(store, "sweep", "--lrs", "0.01,1e30", "--backend", backend, *TINY, timeout=600)
@@ -53,7 +66,7 @@ def test_ray_runs_match_the_local_backends_and_a_failing_variant_spares_its_sibl
     assert shapes["ray"][("variant", "1e+30")][0] == "FAILED"
     assert shapes["ray"][("sweep", "")][0] == "FAILED"
     assert ("report", "") in shapes["ray"]
-    assert not _ray_processes()  # the instance the sweep started is gone
+    assert not _ray_processes(store)  # the instance the sweep started is gone
 
 
 RAY_SWEEP = {"lrs": "0.01,0.001", "backend": "ray", "epochs": "100000", "n_samples": "64", "hidden": "32,8",
@@ -100,7 +113,7 @@ def test_stopping_a_ray_sweep_kills_every_run_and_leaves_no_process(store, comma
     assert "Traceback" not in out and "SIGTERM received" not in out, out[-3000:]
     # Every process of the group has ended, the one that keeps KILLED past `mlflow run` too (it waits for its exit).
     assert group_ended(process.pid, timeout=150), "processes of the sweep outlived it"
-    assert not _ray_processes()  # nor any variant, which runs in a session of its own
+    assert not _ray_processes(store)  # nor any variant, which runs in a session of its own
     runs = runs_of(store)
     statuses = sorted((r.data.tags["mlflow_flux.role"], r.info.status) for r in runs)
     assert statuses == [("sweep", "KILLED"), ("variant", "KILLED"), ("variant", "KILLED")], (statuses, out[-3000:])
