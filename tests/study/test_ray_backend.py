@@ -19,20 +19,21 @@ TINY = ["--epochs", "3", "--n-samples", "64", "--hidden", "32,8", "--image-size"
 
 def _ray_processes(store: dict) -> list[str]:
     """Ray's processes, and the variants this test started: under pytest-xdist another test may be training beside
-    this one, so a variant counts when its environment names this test's store. (Ray's agents do not inherit that
-    environment; no other test of the -OO pass starts Ray.)"""
+    this one, so a variant counts when its environment names this test's store directory (in the tracking URI,
+    however a launcher spells it). Ray's agents do not inherit that environment; no other test of the -OO pass
+    starts Ray."""
     found = subprocess.run(["pgrep", "-fa", "raylet|gcs_server|ray::|mlflow_flux.cli train"], capture_output=True,
                            text=True).stdout
-    ours = f"MLFLOW_TRACKING_URI={store['uri']}".encode()
+    ours = str(store["dir"]).encode()
     return [line for line in found.splitlines() if "pgrep" not in line
             and ("mlflow_flux.cli train" not in line or ours in _environment(int(line.split()[0])))]
 
 
-def _environment(pid: int) -> list[bytes]:
+def _environment(pid: int) -> bytes:
     try:
-        return Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        return Path(f"/proc/{pid}/environ").read_bytes()
     except OSError:  # it ended meanwhile
-        return []
+        return b""
 
 
 def _shape(runs) -> dict:
