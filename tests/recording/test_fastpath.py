@@ -110,7 +110,7 @@ def test_nan_and_inf_follow_the_torch_path():
     assert np.isfinite(activity[1, [0, 4]]).all() and not np.isfinite(activity[1, 1:4]).any()
 
 
-@pytest.mark.parametrize("rows, cols", [(1, 1), (256, 1024), (33, 17), (7, 8)])
+@pytest.mark.parametrize("rows, cols", [(1, 1), (256, 1024), (33, 17), (7, 8), (9, 50)])  # 50: lanes and a tail
 def test_gradient_rows_and_columns_match_float64(rows, cols):
     g = torch.randn(rows, cols)
     by_row, shift = _buffers(rows)
