@@ -62,23 +62,32 @@ def run_cli(store: dict, *args: str, timeout: float = 300, cwd: Path = ROOT) -> 
     )
 
 
-def run_cli_concurrently(commands: list[tuple[list[str], dict]], timeout: float = 300,
-                         cwd: Path = ROOT) -> list[subprocess.CompletedProcess]:
-    """``mlflow-flux ARGS`` for each ``(ARGS, env)`` at once, in that order: commands that only check their input
-    (and fail) spend most of their time importing, which two cores do side by side."""
-    started = [(args, subprocess.Popen([*PYTHON, "-m", "mlflow_flux.cli", *args], cwd=cwd, env=env,
-                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-               for args, env in commands]
+def run_concurrently(commands: list[tuple[list[str], dict]], timeout: float = 300,
+                     cwd: Path = ROOT) -> list[tuple[subprocess.CompletedProcess, float]]:
+    """Each ``(argv, env)`` started at once, then waited for in that order: each result with the seconds from the
+    common start until it was collected. On a timeout every one of them is killed before the error is raised."""
+    start = time.monotonic()
+    started = [(argv, subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                       text=True))
+               for argv, env in commands]
     done = []
-    for args, process in started:
+    for argv, process in started:
         try:
             out, err = process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             for _, other in started:
                 other.kill()
             raise
-        done.append(subprocess.CompletedProcess(args, process.returncode, out, err))
+        done.append((subprocess.CompletedProcess(argv, process.returncode, out, err), time.monotonic() - start))
     return done
+
+
+def run_cli_concurrently(commands: list[tuple[list[str], dict]], timeout: float = 300,
+                         cwd: Path = ROOT) -> list[subprocess.CompletedProcess]:
+    """``mlflow-flux ARGS`` for each ``(ARGS, env)`` at once, in that order: commands that only check their input
+    (and fail) spend most of their time importing, which two cores do side by side."""
+    cli = [([*PYTHON, "-m", "mlflow_flux.cli", *args], env) for args, env in commands]
+    return [result for result, _ in run_concurrently(cli, timeout, cwd)]
 
 
 def run_mlflow_project(store: dict, *params: str, entry_point: str = "main", timeout: float = 600):

@@ -16,7 +16,17 @@ from mlflow.tracking import MlflowClient
 import mlflow_flux
 from mlflow_flux.errors import FluxError
 from mlflow_flux.traces.reader import read_trace_files
-from tests.helpers import PYTHON, ROOT, MlflowServer, default_sigint, free_port, group_ended, runs_of, subprocess_env
+from tests.helpers import (
+    PYTHON,
+    ROOT,
+    MlflowServer,
+    default_sigint,
+    free_port,
+    group_ended,
+    run_concurrently,
+    runs_of,
+    subprocess_env,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -133,21 +143,15 @@ def test_an_unreachable_server_is_one_line_within_seconds_for_every_command(stor
     # alike, and the check itself must add seconds, not MLflow's retries.
     commands = (["train", *TINY], ["sweep", *TINY], ["compare"])
     floor = [*PYTHON, "-c", "import torch, mlflow, mlflow_flux.cli"]
-    started = time.monotonic()
-    processes = [subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for args in [floor, *([*PYTHON, "-m", "mlflow_flux.cli", *c] for c in commands)]]
-    elapsed, errors = [], []
-    for process in processes:
-        _, err = process.communicate(timeout=300)
-        elapsed.append(time.monotonic() - started)
-        errors.append(err)
-    assert processes[0].returncode == 0, errors[0]
+    (start_up, floor_seconds), *results = run_concurrently(
+        [(argv, env) for argv in [floor, *([*PYTHON, "-m", "mlflow_flux.cli", *c] for c in commands)]], timeout=300)
+    assert start_up.returncode == 0, start_up.stderr
     expected = f"mlflow-flux: error: cannot reach the tracking server at {dead} (connection refused)"
-    for command, process, err, seconds in zip(commands, processes[1:], errors[1:], elapsed[1:]):
-        lines = [line for line in err.splitlines() if line.strip()]
-        assert process.returncode == 1, (command, err)
+    for command, (result, seconds) in zip(commands, results):
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert result.returncode == 1, (command, result.stderr)
         assert lines == [expected], command
-        assert seconds < elapsed[0] + 20, (command, seconds, elapsed[0])  # the check itself takes ~1 s
+        assert seconds < floor_seconds + 20, (command, seconds, floor_seconds)  # the check itself takes ~1 s
     started = time.monotonic()
     with pytest.raises(FluxError, match=f"cannot reach the tracking server at {dead}"):
         mlflow_flux.load_traces("0123456789abcdef", tracking_uri=dead)

@@ -1,5 +1,4 @@
 import importlib.util
-import subprocess
 import sys
 
 import mlflow
@@ -11,6 +10,7 @@ from mlflow_flux import fluctuation
 from mlflow_flux.study.config import parse_train_config
 from mlflow_flux.study.train import train
 from mlflow_flux.traces.runs import VERSION_TAG
+from tests.helpers import run_concurrently
 
 TINY = {"epochs": "4", "n_samples": "64", "hidden": "32,8", "image_size": "16", "window": "3", "flush_every": "2",
         "summary_every": "1",
@@ -118,9 +118,8 @@ def test_the_model_is_logged_without_importing_lightning_unless_the_process_alre
              " hasattr(module, 'MlflowModelCheckpointCallback'))\n"
              "import pytorch_lightning\nprint(pytorch_lightning.Trainer.__name__)")
     cases = (("", "True False False"), ("\nimport pytorch_lightning", "True True True"))
-    probes = [subprocess.Popen([sys.executable, "-c", probe.format(before=before)], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True) for before, _ in cases]  # side by side
-    for (before, expected), process in zip(cases, probes):
-        out, err = process.communicate(timeout=300)
-        assert process.returncode == 0, err[-3000:]
-        assert out.split("\n")[:2] == [expected, "Trainer"], (before, out)
+    probes = run_concurrently([([sys.executable, "-c", probe.format(before=before)], None) for before, _ in cases],
+                              timeout=300)  # side by side
+    for (before, expected), (done, _) in zip(cases, probes):
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.stdout.split("\n")[:2] == [expected, "Trainer"], (before, done.stdout)
