@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from importlib import resources
 
 import numpy as np
-from scipy import stats
 
 from .. import fluctuation
 from ..statistics import STATISTICS
@@ -103,6 +102,12 @@ def interval_curves(runs: Sequence[PooledRun]) -> tuple[np.ndarray, np.ndarray, 
         mean = np.nanmean(stacked, axis=0)
         n = np.isfinite(stacked).sum(axis=0)
         spread = np.nanstd(stacked, axis=0, ddof=1) if len(runs) > 1 else np.full_like(mean, np.nan)
+    if not (n > 1).any():  # one run: no interval, and no scipy
+        return common, mean, mean + np.nan, mean + np.nan
+    # Imported here: scipy.stats costs 0.6-2.3 s of imports, and a watched run's own page (built while it trains,
+    # LivePooler imports this package at watch()) never needs it.
+    from scipy import stats
+
     half = np.where(n > 1, stats.t.ppf(0.975, np.maximum(n - 1, 1)) * spread / np.sqrt(np.maximum(n, 1)), np.nan)
     return common, mean, mean - half, mean + half
 

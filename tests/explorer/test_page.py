@@ -4,16 +4,21 @@ data decode to what the trace holds."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 
 import mlflow
 import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from scipy import stats
 from torch import nn
 
 import mlflow_flux
+from mlflow_flux.explorer.build import PooledRun, RunInput
 from mlflow_flux.explorer.encoding import RELATIVE_RESOLUTION, read_page
+from mlflow_flux.explorer.page import interval_curves
 from mlflow_flux.statistics import STAT_NAMES
 from tests.helpers import run_cli_concurrently, subprocess_env
 
@@ -112,3 +117,32 @@ def test_the_cli_writes_the_page_and_refuses_an_unknown_run_in_one_line(store, t
     assert (tmp_path / "x.html").exists() and "explorer page written to" in out.stdout
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
         f"mlflow-flux: error: no run with id '{'0' * 32}' at {store['uri']}"]
+
+
+def _pooled(epochs, fractions) -> PooledRun:
+    return PooledRun(RunInput("r", "r", trace=None), np.asarray(epochs), 1, {}, np.asarray(fractions, np.float32))
+
+
+def test_interval_curves_are_the_student_t_interval_over_runs_on_their_shared_epochs():
+    rng = np.random.default_rng(0)
+    runs = [_pooled([0, 1, 2, 3], rng.random((4, 3))) for _ in range(3)] + [_pooled([1, 2], rng.random((2, 3)))]
+    epochs, mean, low, high = interval_curves(runs)
+    assert epochs.tolist() == [1, 2]
+    values = np.stack([run.fractions[np.searchsorted(run.epochs, [1, 2])].astype(np.float64) for run in runs])
+    half = stats.t.ppf(0.975, 3) * values.std(axis=0, ddof=1) / 2.0  # n = 4 runs
+    np.testing.assert_allclose(mean, values.mean(axis=0))
+    np.testing.assert_allclose(low, values.mean(axis=0) - half)
+    np.testing.assert_allclose(high, values.mean(axis=0) + half)
+    _, one_mean, one_low, one_high = interval_curves(runs[:1])
+    np.testing.assert_allclose(one_mean, runs[0].fractions)
+    assert np.isnan(one_low).all() and np.isnan(one_high).all()
+
+
+def test_watching_imports_no_scipy_stats():
+    """scipy.stats is 0.6-2.3 s of imports: a watched run (whose page is pooled from watch() on) must not pay it; only
+    the interval of a group of several runs needs it."""
+    code = ("import sys, torch, mlflow_flux; from mlflow_flux.explorer import LivePooler, render_page; "
+            "import mlflow_flux.watcher, mlflow_flux.figures.draw; print(sorted(m for m in sys.modules "
+            "if m.startswith('scipy.stats')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]"
