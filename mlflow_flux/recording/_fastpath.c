@@ -43,11 +43,19 @@
 /* Independent partial sums per row reduction: without -ffast-math the compiler will not reassociate one. */
 #define TILE 16
 
-/* On x86-64 Linux, GCC builds an AVX2 clone beside the baseline one and picks at load time. */
+/* On x86-64 Linux, GCC builds AVX-512 and AVX2 clones beside the baseline one and picks at load time. AVX2_CLONES:
+ * no AVX-512 clone, for a loop bound by its arithmetic where AVX-512 runs each operation as two (AMD's Zen 4);
+ * its AVX2 clone has FMA too (x86-64-v3, named from GCC 11 on). */
 #if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__) && !defined(__clang__)
 #define SIMD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#if __GNUC__ >= 11
+#define AVX2_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define AVX2_CLONES SIMD_CLONES
+#endif
 #else
 #define SIMD_CLONES
+#define AVX2_CLONES
 #endif
 
 /* relu(v).sign() in torch: 1 above zero, else 0; NaN does not fire (its sums turn NaN and are counted). */
@@ -227,15 +235,10 @@ static void activations_planes(const float *restrict y, Py_ssize_t outer, Py_ssi
 
 /* A (channels, cols) gradient: one neuron per row (Linear, conv). Adds each row's squared L2 norm to `squares` and
  * its mean absolute value to `absolute`. */
-#if defined(__GNUC__) && __GNUC__ >= 11 && defined(__x86_64__) && defined(__linux__) && !defined(__clang__)
-/* An AVX2+FMA clone (x86-64-v3, GCC 11 on) and no AVX-512 one: on this host's AMD EPYC (Zen 4, which splits a 512-bit
- * operation in two) the loop is bound by its arithmetic, and in 8-float lanes with four partial sums per total it
- * took 35 us per paper-scale step of gradients against 43 us in 16-float lanes with two (the squares alone: 27 us),
- * measured alone in C. */
-__attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-SIMD_CLONES
-#endif
+/* AVX2_CLONES: on this host's AMD EPYC (Zen 4) the loop is bound by its arithmetic, and in 8-float lanes with four
+ * partial sums per total it took 35 us per paper-scale step of gradients against 43 us in 16-float lanes with two on
+ * AVX-512 (the squares alone: 27 us), measured alone in C. */
+AVX2_CLONES
 static void gradient_rows(const float *restrict g, Py_ssize_t rows, Py_ssize_t cols, double *restrict squares,
                           double *restrict absolute)
 {
