@@ -135,3 +135,36 @@ def test_window_stats_over_many_windows_in_blocks_equal_one_pass_bit_for_bit(mon
     assert whole.keys() == blocks.keys()
     for key in whole:
         np.testing.assert_array_equal(whole[key], blocks[key], err_msg=key)
+
+
+@pytest.mark.parametrize("neurons", [1, 2, 7, 256])
+def test_median_of_float32_values_equals_the_median_of_the_same_values_in_float64(neurons):
+    # float32 is sorted and its middle pair averaged in float64; float64 partitioned once: both as numpy's median.
+    rng = np.random.default_rng(neurons)
+    values = rng.standard_normal((40, neurons)).astype(np.float32)
+    values[3, 0] = values[3, -1]  # ties
+    reference = np.median(values.astype(np.float64), axis=-1)
+    for given in (values, values.astype(np.float64)):
+        got = F.median(given)
+        assert got.dtype == np.float64
+        np.testing.assert_array_equal(got, reference)
+    with_nan = values.copy()
+    with_nan[5, 0] = np.nan  # the slow path: the same numbers, NaN left out
+    expected = np.nanmedian(with_nan.astype(np.float64), axis=-1)
+    np.testing.assert_array_equal(F.median(with_nan), expected)
+
+
+@pytest.mark.parametrize("mode", ["absolute", "relative"])
+def test_participation_curve_is_summarize_under_each_threshold(mode):
+    rng = np.random.default_rng(3)
+    layers = {}
+    for name, n in (("a", 5), ("b", 8)):
+        spread = np.abs(rng.normal(1, 0.05, (4, 6, n))).astype(np.float32)  # 4 windows of 6 snapshots
+        act = (rng.random((4, 6, n)) > 0.4).astype(np.float32)
+        layers[name] = {"w_std": spread, "bias": np.zeros_like(spread), "act_rate": act}
+    thresholds = [F.Thresholds(tau=t, tau_relative=r, tau_mode=mode) for t, r in ((1e-3, 0.3), (0.02, 1.0), (0.05, 2))]
+    curve = F.participation_curve(layers, thresholds)
+    assert curve.shape == (3, 4)
+    for row, threshold in zip(curve, thresholds):
+        np.testing.assert_array_equal(row, F.summarize(layers, threshold)["all/participating_frac"])
+    assert len(set(curve[:, 0])) > 1  # the thresholds tell the neurons apart

@@ -24,7 +24,7 @@ import pyarrow.fs as pafs
 
 from ..errors import FluxError
 from ..traces import mlflow_adapter
-from ..traces.reader import TRACE_PATH, RangedHttpFile, missing_trace
+from ..traces.reader import TRACE_PATH, RangedHttpFile, located_trace, missing_trace
 from ..traces.runs import LAYERS_PARAM
 from ..traces.schema import TRACE_ARTIFACT_DIR, TRACE_SCHEMA
 
@@ -211,26 +211,17 @@ def run_trace(client, run, cache: str | os.PathLike | None = None) -> RunTrace:
         raise FluxError(f"results kept locally: {missing}")
     name = run.data.tags.get(mlflow_adapter.RUN_NAME_TAG, "")
     found = RunTrace(run.info.run_id, name, run.info.status, dict(run.data.params), run.info.artifact_uri)
-    access = mlflow_adapter.artifact_access(run.info.artifact_uri)
-    if access.kind == "local":
-        local = os.path.join(access.location, TRACE_PATH)
-        if os.path.isfile(local):
-            found.local_path, found.size = local, os.path.getsize(local)
-            return found
-    else:
-        found.remote = mlflow_adapter.remote_file(run.info.artifact_uri, TRACE_PATH)
-        if found.remote is not None:
-            try:
-                probed = RangedHttpFile.probe(found.remote, cache, f"{run.info.run_id}/{TRACE_PATH}")
-            except FileNotFoundError:
-                pass
-            else:
-                found.size, found.version, found.probed = probed.size(), probed.version, (probed.requests,
-                                                                                          probed.fetched)
-                found.tail = probed.known if cache is None else None  # with a cache, the footer is there
-                return found
+    located, looked = located_trace(run, cache)
+    if isinstance(located, str):
+        found.local_path, found.size = located, os.path.getsize(located)
+        return found
+    if located is not None:
+        found.remote, found.size, found.version = located.remote, located.size(), located.version
+        found.probed = (located.requests, located.fetched)
+        found.tail = located.known if cache is None else None  # with a cache, the footer is there
+        return found
     missing = FluxError("no compacted trace (never watched, or killed before it closed its trace)")
-    if access.kind == "local" or found.remote is not None:  # looked for where it would be, and not there
+    if looked:  # looked for where it would be, and not there
         raise missing
     listed = {f.path: f.file_size for f in client.list_artifacts(run.info.run_id, TRACE_ARTIFACT_DIR)}
     if TRACE_PATH not in listed:

@@ -29,8 +29,8 @@ from .lifecycle import MISSING_TAG
 from .schema import KEY_COLUMNS, PARTS_DIR, STAT_COLUMNS, TRACE_ARTIFACT_DIR, TRACE_FILE, TRACE_SCHEMA
 from .server import check_reachable
 
-__all__ = ["read_trace_files", "opened_trace", "stored_trace", "RangedHttpFile", "RangeCache", "load_traces",
-           "TRACE_PATH"]
+__all__ = ["read_trace_files", "opened_trace", "located_trace", "stored_trace", "RangedHttpFile", "RangeCache",
+           "load_traces", "TRACE_PATH"]
 
 _log = logging.getLogger(__name__)
 
@@ -217,6 +217,11 @@ class RangedHttpFile(io.RawIOBase):
         return source
 
     @property
+    def remote(self) -> mlflow_adapter.RemoteFile:
+        """Where the file is read from."""
+        return self._remote
+
+    @property
     def version(self) -> str:
         """The file's version as the store names it: its ETag, else Last-Modified (empty: the store says neither)."""
         return self._headers.get("ETag") or self._headers.get("Last-Modified") or ""
@@ -357,13 +362,37 @@ def stored_trace(client, run_id: str) -> str | None:
     return None
 
 
+def located_trace(run, cache: str | os.PathLike | None = None) -> tuple[str | RangedHttpFile | None, bool]:
+    """Where a run's compacted trace is, found without listing the run's artifacts: ``client.list_artifacts`` is a
+    round trip to the tracking server, and MLflow 3.x makes two more inside it (``get_run``, for the run's logged
+    models). A local store's file is looked for in place; a remote one is probed with one ranged request for its
+    footer, which also gives its size and version (with ``cache``, through it).
+
+    Returns:
+        ``(found, looked)``: the local path or the probed :class:`RangedHttpFile` (None: not found), and whether the
+        file was looked for where it would be (False for a store without ranged reads: only its listing says).
+    """
+    access = mlflow_adapter.artifact_access(run.info.artifact_uri)
+    if access.kind == "local":
+        local = os.path.join(access.location, TRACE_PATH)
+        return (local if os.path.isfile(local) else None), True
+    remote = mlflow_adapter.remote_file(run.info.artifact_uri, TRACE_PATH)
+    if remote is None:
+        return None, False
+    try:
+        return RangedHttpFile.probe(remote, cache, f"{run.info.run_id}/{TRACE_PATH}"), True
+    except FileNotFoundError:
+        return None, True
+
+
 @contextlib.contextmanager
 def opened_trace(client, run, cache: str | os.PathLike | None = None) -> Iterator[object]:
     """The compacted trace of a finished run, as something ``pyarrow.parquet.ParquetFile`` opens, read lazily.
 
-    A local artifact store is read in place; a remote one with HTTP ranges (only the column chunks a reader asks for
-    cross the network; with ``cache``, a directory, they are kept there for the next read); a store that offers
-    neither is downloaded first.
+    A local artifact store is read in place; a remote one with HTTP ranges (only the footer and the column chunks a
+    reader asks for cross the network; with ``cache``, a directory, they are kept there for the next read); a store
+    that offers neither is downloaded first. The run's artifacts are listed only where the file was not found that
+    way, to say why.
 
     Raises:
         FluxError: the run has no trace, only the segments of one that was never closed, or says its trace did not
@@ -373,24 +402,19 @@ def opened_trace(client, run, cache: str | os.PathLike | None = None) -> Iterato
     missing = missing_trace(run)
     if missing:
         raise FluxError(f"results kept locally: {missing}")
+    located, _ = located_trace(run, cache)
+    if isinstance(located, str):
+        yield located
+        return
+    if located is not None:
+        yield pa.PythonFile(located, mode="r")
+        return
     stored = stored_trace(client, run_id)
     if stored is None:
         raise FluxError("no traces")
     if stored != TRACE_PATH:
         raise FluxError("partial trace: the run never closed its trace (killed?)")
-    access = mlflow_adapter.artifact_access(run.info.artifact_uri)
-    if access.kind == "local":
-        yield os.path.join(access.location, TRACE_PATH)
-        return
-    remote = mlflow_adapter.remote_file(run.info.artifact_uri, TRACE_PATH)
-    if remote is not None:
-        size = next((f.file_size for f in client.list_artifacts(run_id, TRACE_ARTIFACT_DIR) if f.path == TRACE_PATH),
-                    None)
-        source = (RangedHttpFile.cached(remote, size, cache, f"{run_id}/{TRACE_PATH}") if cache is not None
-                  else RangedHttpFile(remote, size))
-        yield pa.PythonFile(source, mode="r")
-        return
-    with tempfile.TemporaryDirectory(prefix="mlflow-flux-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="mlflow-flux-") as tmp:  # a store without ranged reads
         yield mlflow_adapter.download_quietly(client, run_id, TRACE_PATH, tmp)
 
 

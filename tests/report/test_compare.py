@@ -176,6 +176,51 @@ def test_unreachable_server_fails_fast_naming_the_uri():
     assert elapsed < 30, elapsed  # the CLI's own start-up included; MLflow alone retries for minutes
 
 
+class _ListingCounter:
+    """The real client, with its calls to ``list_artifacts`` counted (one costs the server a listing and, in MLflow
+    3.x, two fetches of the run)."""
+
+    def __init__(self, client):
+        self._client = client
+        self.listings = 0
+
+    def list_artifacts(self, *args, **kwargs):
+        self.listings += 1
+        return self._client.list_artifacts(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+
+def test_a_trace_is_opened_without_listing_the_runs_artifacts_and_a_missing_one_says_why(sweep, tmp_path):
+    import pyarrow.parquet as pq
+
+    from mlflow_flux.errors import FluxError
+    from mlflow_flux.traces.reader import opened_trace
+    from mlflow_flux.traces.schema import KEY_COLUMNS
+
+    client = _ListingCounter(sweep["client"])
+    experiment_id = sweep["client"].get_run(sweep["sweep_id"]).info.experiment_id
+    variant = next(r for r in sweep["client"].search_runs([experiment_id], "tags.`mlflow_flux.role` = 'variant'")
+                   if r.info.run_id not in sweep["extra"].values())
+    with opened_trace(client, variant) as source:
+        read = pq.ParquetFile(source).read(columns=list(KEY_COLUMNS))
+    assert read.num_rows > 0 and client.listings == 0
+    # Not where the compacted trace would be: the listing says why (segments only, or nothing at all).
+    segment = tmp_path / "part-00000.parquet"
+    segment.write_bytes(b"PAR1")
+    elsewhere = sweep["client"].create_experiment("opened-trace-tests")  # not among the sweep's runs
+    killed = sweep["client"].create_run(elsewhere, run_name="killed before it compacted")
+    sweep["client"].log_artifact(killed.info.run_id, str(segment), "traces/parts")
+    with pytest.raises(FluxError, match="partial trace"), opened_trace(client, sweep["client"].get_run(
+            killed.info.run_id)):
+        pass
+    with pytest.raises(FluxError, match="no traces"), opened_trace(client, sweep["client"].get_run(
+            sweep["extra"]["no traces"])):
+        pass
+    assert client.listings == 2
+
+
 def test_the_report_fetches_only_the_column_chunks_it_needs(sweep):
     import pyarrow.parquet as pq
     import torch
