@@ -61,7 +61,7 @@ def verdicts_over_time(comparison: Comparison, specs: Sequence[ClaimSpec],
     trace's epochs has no common epoch: its facet value gets no rows)."""
     rows = []
     column = comparison.facet or "facet"
-    for facet in comparison.facets:
+    for facet in comparison.facets if specs else ():  # no claim to judge: no group tables to build
         runs = [run for run in comparison.runs if run.facet == facet and run.measured]
         for epoch in verdict_epochs(runs, every):
             groups = group_table(_runs_at(comparison, runs, epoch), comparison.group_by)
