@@ -202,7 +202,8 @@ def _thread_cpu_seconds(native_ids: set[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def whole_run(epochs: int, n_samples: int = 2048, figures: bool = True) -> tuple[float, dict[str, float]]:
+def whole_run(epochs: int, n_samples: int = 2048, figures: bool = True,
+              explorer: bool = True) -> tuple[float, dict[str, float]]:
     """A whole watched run against a plain one, in one process, stepped in turn: watched/plain wall time.
 
     The watched run is charged everything watching adds from its first step to its last byte: ``watch()`` itself
@@ -234,7 +235,8 @@ def whole_run(epochs: int, n_samples: int = 2048, figures: bool = True) -> tuple
 
     with mlflow.start_run(run_name="bench-whole"):
         start = time.perf_counter()
-        flux = mlflow_flux.watch(watched_model, log_figures=figures)  # figures on by default, as a user's run
+        # figures and the explorer page on by default, as in a user's run
+        flux = mlflow_flux.watch(watched_model, log_figures=figures, **({} if explorer else {"explorer": False}))
         flux.__enter__()
         seconds["watch"] = time.perf_counter() - start
         totals: dict[str, float] = {}  # every epoch counts: the whole run, warm-up included
@@ -251,20 +253,21 @@ def whole_run(epochs: int, n_samples: int = 2048, figures: bool = True) -> tuple
     return watched / seconds["plain"], seconds
 
 
-def whole_runs(epochs: int, repeats: int, figures: bool = True) -> float:
+def whole_runs(epochs: int, repeats: int, figures: bool = True, explorer: bool = True) -> float:
     """Median over ``repeats`` of :func:`whole_run`, each in a fresh process: every run pays what a user's script
     pays once (pyarrow imported by ``watch()``, matplotlib by ``close()``), as a one-run script would."""
     ratios = []
     for repeat in range(repeats):
         out = subprocess.run([sys.executable, __file__, "--whole-run-child", str(epochs),
-                              *([] if figures else ["--no-figures"])], capture_output=True, text=True, check=True,
+                              *([] if figures else ["--no-figures"]), *([] if explorer else ["--no-explorer"])],
+                             capture_output=True, text=True, check=True,
                              env=os.environ)
         ratio, seconds = json.loads(out.stdout.strip().splitlines()[-1])
         ratios.append(ratio)
         parts = ", ".join(f"{key} {value:.2f} s" for key, value in seconds.items())
         print(f"  whole run {repeat + 1}/{repeats}: {ratio:.3f}x ({parts})", flush=True)
     median = statistics.median(ratios)
-    what = "with figures" if figures else "log_figures=False"
+    what = ("with figures" if figures else "log_figures=False") + ("" if explorer else ", explorer=False")
     print(f"whole {epochs}-epoch run, watch() to close() {what}, background threads' CPU included: median "
           f"{median:.3f}x over {repeats} runs (range {min(ratios):.3f}-{max(ratios):.3f})", flush=True)
     return median
@@ -289,6 +292,8 @@ def main() -> None:
     parser.add_argument("--whole-runs", type=int, default=3, help="whole 100-epoch runs (each against a plain one)")
     parser.add_argument("--whole-run-child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--no-figures", action="store_true", help="the whole-run figure with log_figures=False")
+    parser.add_argument("--no-explorer", action="store_true",
+                        help="the whole-run figure with explorer=False (what the run paid before the page)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/bench.db"
@@ -303,10 +308,11 @@ def main() -> None:
             peak_memory_wide_child(args.memory_wide_child)
             return
         if args.whole_run_child:
-            print(json.dumps(whole_run(args.whole_run_child, figures=not args.no_figures)))
+            print(json.dumps(whole_run(args.whole_run_child, figures=not args.no_figures,
+                                       explorer=not args.no_explorer)))
             return
         if args.only_whole_run:
-            whole_runs(100, args.whole_runs, figures=not args.no_figures)
+            whole_runs(100, args.whole_runs, figures=not args.no_figures, explorer=not args.no_explorer)
             return
         if args.only_memory:
             wide_short, wide_long = peak_memory(50, wide=True), peak_memory(400, wide=True)
