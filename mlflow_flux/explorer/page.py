@@ -101,9 +101,9 @@ def interval_curves(runs: Sequence[PooledRun]) -> tuple[np.ndarray, np.ndarray, 
         warnings.simplefilter("ignore", RuntimeWarning)  # "Mean of empty slice" before the first full window
         mean = np.nanmean(stacked, axis=0)
         n = np.isfinite(stacked).sum(axis=0)
-        spread = np.nanstd(stacked, axis=0, ddof=1) if len(runs) > 1 else np.full_like(mean, np.nan)
-    if not (n > 1).any():  # one run: no interval, and no scipy
-        return common, mean, np.full_like(mean, np.nan), np.full_like(mean, np.nan)
+        if not (n > 1).any():  # one run: no interval, and no scipy
+            return common, mean, np.full_like(mean, np.nan), np.full_like(mean, np.nan)
+        spread = np.nanstd(stacked, axis=0, ddof=1)  # "Degrees of freedom <= 0" where one run has a value: NaN
     # Imported here: scipy.stats costs 0.6-2.3 s of imports, and a watched run's own page (built while it trains,
     # LivePooler imports this package at watch()) never needs it.
     from scipy import stats
