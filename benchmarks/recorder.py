@@ -236,7 +236,7 @@ def whole_run(epochs: int, n_samples: int = 2048, figures: bool = True,
     with mlflow.start_run(run_name="bench-whole"):
         start = time.perf_counter()
         # figures and the explorer page on by default, as in a user's run
-        flux = mlflow_flux.watch(watched_model, log_figures=figures, **({} if explorer else {"explorer": False}))
+        flux = mlflow_flux.watch(watched_model, log_figures=figures, explorer=explorer)
         flux.__enter__()
         seconds["watch"] = time.perf_counter() - start
         totals: dict[str, float] = {}  # every epoch counts: the whole run, warm-up included
