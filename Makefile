@@ -12,6 +12,13 @@ EXTRAS ?= test,query,lightning,transformers,ray,browser,stack
 
 .PHONY: run test bench install browser stack clean
 
+# The explorer page's JavaScript is linted (ESLint, recommended rules) and its pure functions tested with node's own
+# test runner; the linter comes from the npm registry, pinned by package-lock.json.
+NODE_STAMP := node_modules/.installed
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --silent
+	touch $(NODE_STAMP)
+
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
@@ -74,8 +81,10 @@ REQUIRE_BROWSER ?= 1
 REQUIRE_STACK ?= 1
 TEST_ENV := PATH="$(CURDIR)/$(BIN):$$PATH" MLFLOW_FLUX_REQUIRE_FASTPATH=$(REQUIRE_FASTPATH) \
 	MLFLOW_FLUX_REQUIRE_BROWSER=$(REQUIRE_BROWSER) MLFLOW_FLUX_REQUIRE_STACK=$(REQUIRE_STACK)
-test: $(STAMP) $(OPT2_STAMP) browser stack
+test: $(STAMP) $(OPT2_STAMP) $(NODE_STAMP) browser stack
 	$(BIN)/ruff check .
+	npx --no-install eslint mlflow_flux/explorer/static tests/explorer/js eslint.config.js
+	node --test tests/explorer/js/
 	$(TEST_ENV) $(BIN)/python -m pytest -p no:cacheprovider --dist loadscope \
 	  -d --tx "$(TEST_WORKERS)*popen//python=$(CURDIR)/$(BIN)/python -OO" $(PYTEST_ARGS)
 	$(TEST_ENV) $(BIN)/python -m pytest -p no:cacheprovider mlflow_flux $(PYTEST_ARGS)
@@ -90,6 +99,9 @@ bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/big_model.py
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/explorer.py
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/query.py
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/recycling.py
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/redundancy.py
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/twins.py
 
 clean:
-	rm -rf $(VENV) mlflow.db mlruns mlartifacts test-artifacts
+	rm -rf $(VENV) node_modules mlflow.db mlruns mlartifacts test-artifacts

@@ -28,11 +28,12 @@ _EXPORTS = {
     "RecorderSettings": ".settings",
     # reading and comparing
     "load_traces": ".traces.reader",
+    "load_resets": ".traces.reader",
     "explore": ".explorer.runs",
     "query": ".sql.engine",
     "traces_dataset": ".sql.ray_data",
     "compare": ".report.pipeline",
-    "Report": ".report.render",
+    "Report": ".report.analysis",
     "ReportSpec": ".report.spec",
     "ClaimSpec": ".report.claims",
     "Claim": ".report.claims",
@@ -49,7 +50,8 @@ _EXPORTS = {
 }
 
 __all__ = [  # the names of _EXPORTS, written out for readers and tools
-    "__version__", "watch", "FluxWatcher", "WatchResult", "RecorderSettings", "load_traces", "explore", "query",
+    "__version__", "watch", "FluxWatcher", "WatchResult", "RecorderSettings", "load_traces", "load_resets", "explore",
+    "query",
     "traces_dataset", "compare", "Report", "ReportSpec", "ClaimSpec", "Claim", "FluxError", "InvalidParameter",
     "NoRunsMatch", "QueryError", "KeptLocally", "TrackingLost", "NotAuthenticated", "PermissionDenied", "DivergedError",
 ]
@@ -66,14 +68,14 @@ if TYPE_CHECKING:
         TrackingLost,
     )
     from .explorer.runs import explore
+    from .report.analysis import Report
     from .report.claims import Claim, ClaimSpec
     from .report.pipeline import compare
-    from .report.render import Report
     from .report.spec import ReportSpec
     from .settings import RecorderSettings
     from .sql.engine import query
     from .sql.ray_data import traces_dataset
-    from .traces.reader import load_traces
+    from .traces.reader import load_resets, load_traces
     from .watcher import FluxWatcher, WatchResult, watch
 
 

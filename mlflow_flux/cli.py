@@ -61,14 +61,14 @@ def _fail_the_mlflow_run(message: str) -> None:
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from .traces.lifecycle import finish_run
+    from .traces.lifecycle import RunEnd, conclude
     from .traces.server import check_reachable
 
     try:
         check_reachable(mlflow.get_tracking_uri())
         client = MlflowClient()
         if client.get_run(run_id).info.status == "RUNNING":
-            finish_run(client, run_id, "FAILED", message)
+            conclude(client, run_id, None, RunEnd(run_id, failure=message))
     except Exception:  # noqa: BLE001 -- the one-line error is already printed; the run is MLflow's to end then
         pass
 
@@ -78,13 +78,13 @@ def _keep_killed(run_id: str, mlflow_run_pid: int) -> None:
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from .traces.mlflow_adapter import keep_status_past_mlflow_run
+    from .traces.lifecycle import keep_killed_past_mlflow_run
     from .traces.server import check_reachable
 
     try:
         check_reachable(mlflow.get_tracking_uri())
         if MlflowClient().get_run(run_id).info.status == "KILLED":
-            keep_status_past_mlflow_run(run_id, "KILLED", mlflow_run_pid)
+            keep_killed_past_mlflow_run(run_id, mlflow_run_pid)
     except Exception:  # noqa: BLE001 -- the run keeps MLflow's FAILED; our tag still says why it stopped
         pass
 
@@ -109,6 +109,7 @@ def _add_train_options(parser: argparse.ArgumentParser, skip: Sequence[str] = ()
 
 def _given(args: argparse.Namespace, names: Sequence[str]) -> dict[str, str]:
     return {name: value for name in names if (value := getattr(args, name, None)) is not None}
+
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -136,6 +137,7 @@ def _sweep(args: argparse.Namespace) -> int:
     config = parse_sweep_config({**(ATLAS_DEFAULTS if args.command == "atlas" else {}), **given})
     # The first line comes before MLflow and torch are imported (seconds on a busy machine).
     print(f"mlflow-flux: {config.name}: {config.variants} variants (optimizers {','.join(config.optimizers)}; "
+          f"activations {','.join(config.activations)}; recycles {','.join(config.recycles)}; "
           f"lrs {','.join(f'{lr:g}' for lr in config.lrs)}; "
           f"seeds {','.join(map(str, config.seeds))}), starting...", flush=True)
     from .study.sweep import run_sweep
@@ -191,18 +193,16 @@ def _print_closing(name: str, result, report, seconds: float) -> None:
 
 
 def _compare(args: argparse.Namespace) -> int:
+    from .report.options import SELECTIONS, CompareSettings
     from .report.pipeline import compare
-    window = RecorderSettings.spec("window").kind.parse("window", args.window) if args.window else None
-    tau = RecorderSettings.spec("tau").kind.parse("tau", args.tau) if args.tau else None
-    # An empty value is "not given": the compare entry point of the MLproject passes every option, empty or not.
-    sweep, experiment, filter_string = (value or None for value in (args.sweep, args.experiment, args.filter))
-    chosen = [f"--{name}" for name, value in (("sweep", sweep), ("experiment", experiment), ("filter", filter_string))
-              if value is not None]
+
+    options = CompareSettings.from_strings(_given(args, CompareSettings.names()))
+    chosen = [f"--{name}" for name in SELECTIONS if getattr(options, name) is not None]
     if len(chosen) > 1:
         raise UsageError(f"pass only one of --sweep, --experiment, --filter, not {' and '.join(chosen)}")
-    report = compare(sweep, experiment=experiment, filter_string=filter_string, output=args.output or None,
-                     log_run=not args.no_log, window=window, tau=tau, group_by=args.group_by or None,
-                     loss_key=args.loss_key or None)
+    report = compare(options.sweep, experiment=options.experiment, filter_string=options.filter,
+                     output=options.output, log_run=not args.no_log, window=options.window, tau=options.tau,
+                     group_by=options.group_by, loss_key=options.loss_key)
     print_report_summary(report)
     return 0
 
@@ -254,6 +254,11 @@ def _upload(args: argparse.Namespace) -> int:
     return 0
 
 
+def _percent(value: float) -> str:
+    """A fraction as a percentage; "n/a" where the reading is not defined (e.g. firing after tanh)."""
+    return "n/a" if value != value else f"{value:.1%}"
+
+
 def print_report_summary(report) -> None:
     groups = report.groups
     print(f"compared {len(report.runs)} runs ({len(report.skipped)} skipped)")
@@ -262,12 +267,15 @@ def print_report_summary(report) -> None:
     for _, row in groups.iterrows():
         value = row[key]
         shown = f"{value:g}" if isinstance(value, float) else str(value)
-        diverged = f", diverged in {row['diverged']} of {row['n']}" if row.get("diverged", 0) else ""
-        print(f"  {row[facet] + ' ' if facet else ''}{key} {shown}: final loss {row['loss_final']:.5f}, participating "
-              f"{row['all/participating_frac']:.1%}, frozen {row['all/frozen_frac']:.1%}, dead "
-              f"{row['all/dead_frac']:.1%} ({row['n']} run{'s' if row['n'] > 1 else ''}{diverged})")
+        left_out = int(row.get("diverged", 0) or 0)
+        diverged = f"; {left_out} of {row['n'] + left_out} diverged, left out" if left_out else ""
+        activity = ", ".join(f"{label} {_percent(row[column])}" for label, column in (
+            ("participating", "all/participating_frac"), ("frozen", "all/frozen_frac"), ("dead", "all/dead_frac")))
+        print(f"  {row[facet] + ' ' if facet else ''}{key} {shown}: final loss {row['loss_final']:.5f}, {activity} "
+              f"({row['n']} run{'s' if row['n'] > 1 else ''}{diverged})")
     for claim in report.claims:
-        print(f"  claim ({claim.label}) {claim.text}: {claim.verdict.upper()}")
+        word, _, rest = claim.verdict.partition(" (")  # "inconclusive (n = 1)": the word stands out, not the n
+        print(f"  claim ({claim.label}) {claim.text}: {word.upper()}{' (' + rest if rest else ''}")
         for note in claim.notes:
             print(f"    - {note}")
         if claim.depends_on_definition:
@@ -315,19 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
     compare = sub.add_parser("compare", help="the cross-run participation report, from the tracking server",
                              parents=[common], description="Build the cross-run participation report from the "
                                                            "tracking server and log it to a report run.")
-    # One of the three (checked in _compare, where an empty value counts as not given).
-    compare.add_argument("--sweep", metavar="RUN_ID", help="the sweep's parent run (default: the latest sweep)")
-    compare.add_argument("--experiment", metavar="NAME", help="every run of this experiment that holds a trace")
-    compare.add_argument("--filter", metavar="FILTER", help="an MLflow filter string over the runs that hold a trace")
-    compare.add_argument("--output", metavar="DIR", help="also write the report files here")
+    from .report.options import CompareSettings
+
+    _add_options(compare, CompareSettings, CompareSettings.names())  # at most one of --sweep, --experiment, --filter
     compare.add_argument("--no-log", action="store_true", help="do not log a report run")
-    compare.add_argument("--window", metavar="N", help="override each run's window (metrics then differ)")
-    compare.add_argument("--tau", metavar="T", help="override each run's tau (metrics then differ)")
-    compare.add_argument("--group-by", metavar="PARAM",
-                         help="the parameter whose values form the groups (default: lr when the runs have it)")
-    compare.add_argument("--loss-key", metavar="METRIC",
-                         help="the metric reported as the loss (default: flux/loss_final or loss/final, else the last "
-                              "flux/loss_train or loss/train)")
     compare.set_defaults(func=_compare)
 
     explore = sub.add_parser("explore", help="the interactive explorer page of runs holding a trace",

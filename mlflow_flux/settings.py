@@ -26,13 +26,18 @@ from . import fluctuation
 from .errors import InvalidParameter
 
 __all__ = [
-    "Kind", "Integer", "Number", "Flag", "Choice", "ListOf", "SummaryNames", "Setting", "setting", "with_default",
+    "Kind", "Integer", "Number", "Flag", "Choice", "ListOf", "Optional", "Text", "SummaryNames", "Setting", "setting",
+    "with_default",
     "Settings",
-    "describe", "RecorderSettings", "LEGACY_PREFIX", "recorder_setting_of", "run_thresholds",
+    "describe", "RecorderSettings", "LEGACY_PREFIX", "recorder_setting_of", "run_thresholds", "RECYCLE_POLICIES",
+    "RECYCLE_INITS",
 ]
 
 # Runs recorded before settings had one name each logged watch()'s settings as `flux.<name>`; they still load.
 LEGACY_PREFIX = "flux."
+# Neuron recycling (mlflow_flux.outputs.recycling): the policies and the reset units' initialisers.
+RECYCLE_POLICIES = ("none", "redo", "cbp", "shrink_perturb")
+RECYCLE_INITS = ("reference", "xavier_uniform", "kaiming_uniform", "default")
 
 
 class Kind:
@@ -208,6 +213,46 @@ class ListOf(Kind):
 
 
 @dataclass(frozen=True)
+class Optional(Kind):
+    """A value of ``kind``, or nothing: an empty string (``mlflow run`` passes every parameter, given or not) and None
+    mean "not given"."""
+
+    kind: Kind
+    metavar: str = "VALUE"
+
+    def parse(self, name: str, raw: str) -> Any:
+        text = "" if raw is None else str(raw).strip()
+        return None if not text else self.kind.parse(name, text)
+
+    def check(self, name: str, value: Any) -> Any:
+        return None if value in (None, "") else self.kind.check(name, value)
+
+    def format(self, value: Any) -> str:
+        return "" if value is None else self.kind.format(value)
+
+    def describe(self) -> str:
+        return f"{self.kind.describe()}, or empty"
+
+
+@dataclass(frozen=True)
+class Text(Kind):
+    """A non-empty string (a run id, a name, a filter)."""
+
+    expected: str = "a name"
+
+    def parse(self, name: str, raw: str) -> str:
+        return self.check(name, str(raw).strip())
+
+    def check(self, name: str, value: Any) -> str:
+        if not isinstance(value, str) or not value.strip() or len(value) > 10_000:
+            raise InvalidParameter(name, value, f"expected {self.expected}")
+        return value
+
+    def describe(self) -> str:
+        return self.expected
+
+
+@dataclass(frozen=True)
 class SummaryNames(Kind):
     """Which summaries are also logged per layer: ``False``/``"none"``, ``True``/``"all"``, or their names."""
 
@@ -215,7 +260,7 @@ class SummaryNames(Kind):
         value = str(raw).strip().lower()
         if value in ("all", "none"):
             return fluctuation.SUMMARY_KEYS if value == "all" else ()
-        names = tuple(part.strip() for part in value.split(","))
+        names = tuple(fluctuation.summary_key(part.strip()) for part in value.split(","))
         if not all(part in fluctuation.SUMMARY_KEYS for part in names):
             raise InvalidParameter(name, raw, f"expected all, none or comma-separated names among "
                                               f"{', '.join(fluctuation.SUMMARY_KEYS)}")
@@ -227,7 +272,7 @@ class SummaryNames(Kind):
         if isinstance(value, str):
             raise InvalidParameter(name, value, f"expected a list, e.g. {name}=[{value!r}]")
         try:
-            names = tuple(value)
+            names = tuple(fluctuation.summary_key(key) if isinstance(key, str) else key for key in value)
         except TypeError:
             raise InvalidParameter(name, value, "expected True, False or a list of summary names") from None
         unknown = [key for key in names if key not in fluctuation.SUMMARY_KEYS]
@@ -247,24 +292,29 @@ class SummaryNames(Kind):
 
 @dataclass(frozen=True)
 class Setting:
-    """One setting's declaration: its kind of value and what it does (the CLI's help, in plain text)."""
+    """One setting's declaration: its kind of value and what it does (the CLI's help, in plain text).
+
+    ``output`` names the run output the setting turns on (``"module:Class"``, imported when a watched run starts; on
+    while the value is true, non-zero and not ``"none"``): adding an output to ``watch()`` is one such entry.
+    """
 
     kind: Kind
     help: str
     name: str = ""
     default: Any = None
+    output: str = ""
 
 
-def setting(default: Any, kind: Kind, help: str) -> Any:
+def setting(default: Any, kind: Kind, help: str, output: str = "") -> Any:
     """A settings field: ``window: int = setting(10, Integer(2), "snapshots per window")``."""
-    return dataclasses.field(default=default, metadata={"setting": Setting(kind, help)})
+    return dataclasses.field(default=default, metadata={"setting": Setting(kind, help, output=output)})
 
 
 def with_default(settings: type[Settings], name: str, default: Any) -> Any:
     """The field of ``settings`` called ``name`` with another default: a subclass that shares a setting but starts
     it elsewhere (the study logs the participating fraction per layer, ``watch()`` logs no layer by default)."""
     spec = settings.spec(name)
-    return setting(default, spec.kind, spec.help)
+    return setting(default, spec.kind, spec.help, spec.output)
 
 
 @dataclass(frozen=True)
@@ -319,10 +369,17 @@ class Settings:
         """The values of this instance's settings that ``cls`` declares, as a ``cls``."""
         return cls(**{name: getattr(self, name) for name in cls.names()})
 
+    def outputs(self) -> list[str]:
+        """The run outputs these settings turn on (``"module:Class"``), in declaration order."""
+        return [spec.output for spec in self.schema()
+                if spec.output and getattr(self, spec.name) not in (False, 0, "none", (), None)]
+
 
 def describe(spec: Setting, default: Any | None = None) -> str:
     """The help line of a setting: what it does, what it takes, its default (as the CLI writes it)."""
     value = spec.default if default is None else default
+    if value is None:
+        return f"{spec.help} ({spec.kind.describe()})"
     return f"{spec.help} ({spec.kind.describe()}; default: {spec.kind.format(value)})"
 
 
@@ -347,18 +404,58 @@ class RecorderSettings(Settings):
     dormant_tau: float = setting(fluctuation.DEFAULT_DORMANT_TAU, Number(0.0, exclusive=False),
                                  "a neuron is dormant when its ReDo (or GraMa) score, against its layer's mean, is at "
                                  "most dormant_tau (tau = 0 is reported too)")
+    network_units: str = setting("hidden", Choice(fluctuation.NETWORK_UNITS),
+                                 "the units the network-level readings count: hidden (every watched layer but the "
+                                 "output layer, the last, reported on its own line) or all")
     summary_every: int = setting(10, Integer(1, 10_000_000),
-                                 "log the flux/ summary metrics on every N-th snapshot (the trace keeps every one)")
+                                 "log the flux/ summary metrics on every N-th snapshot (the trace keeps every one)",
+                                 output="mlflow_flux.outputs.summaries:LiveSummaries")
     flush_every: int = setting(10, Integer(1, 1000),
-                               "snapshots per closed trace segment: at most this many are lost to a hard kill")
+                               "snapshots per closed trace segment: at most this many are lost to a hard kill",
+                               output="mlflow_flux.outputs.trace:TraceOutput")
     layer_metrics: tuple = setting((), SummaryNames(), "summaries also logged per layer, as flux/<layer>/<name>")
-    log_figures: bool = setting(True, Flag(), "draw the run's figures (PNG) when it closes")
-    explorer: bool = setting(True, Flag(), "write the run's interactive explorer page (explorer.html) when it closes")
+    log_figures: bool = setting(True, Flag(), "draw the run's figures (PNG) when it closes",
+                                output="mlflow_flux.outputs.figures:RunFigures")
+    explorer: bool = setting(True, Flag(), "write the run's interactive explorer page (explorer.html), while it trains "
+                                           "and when it closes", output="mlflow_flux.outputs.explorer:ExplorerPage")
+    explorer_interval: float = setting(300.0, Number(0.0, exclusive=False),
+                                       "seconds between two refreshes of the explorer page while the run trains (at "
+                                       "a trace segment's end, never more often; 0: the page only at close)")
     w_step: bool = setting(True, Flag(), "record w_step: keeps a copy of the watched weights in host memory (4 bytes "
                                          "per float32 parameter)")
     w_dist0: bool = setting(True, Flag(), "record w_dist0: keeps the first snapshot's weights in host memory (4 bytes "
                                           "per float32 parameter)")
     neuron_budget: int = setting(0, Integer(0), "record at most N neurons per layer, a fixed seeded subset (0: all)")
+    recycle: str = setting("none", Choice(RECYCLE_POLICIES),
+                           "reset dormant neurons while training (needs optimizer=): redo (ReDo, Sokar et al. 2023), "
+                           "cbp (continual backprop, Dohare et al. 2024), shrink_perturb (Ash & Adams 2020), or none",
+                           output="mlflow_flux.outputs.recycling:Recycling")
+    recycle_period: int = setting(10, Integer(1, 10_000_000),
+                                  "snapshots between two recycling decisions (redo, shrink_perturb; cbp decides at "
+                                  "every snapshot)")
+    recycle_tau: float = setting(0.1, Number(0.0, exclusive=False),
+                                 "redo: a neuron whose score (mean relu(output) over its layer's mean) is at most this "
+                                 "is reset")
+    recycle_rate: float = setting(1e-4, Number(0.0, exclusive=False),
+                                  "cbp: units replaced per eligible unit and optimizer step (the reference's "
+                                  "replacement rate)")
+    recycle_maturity: int = setting(100, Integer(0), "cbp: optimizer steps a unit must have lived before it may be "
+                                                     "replaced")
+    recycle_decay: float = setting(0.99, Number(0.0, exclusive=False),
+                                   "cbp: the decay of the running contribution utility")
+    recycle_init: str = setting("reference", Choice(RECYCLE_INITS),
+                                "the reset units' incoming weights: reference (the policy's own: xavier_uniform for "
+                                "redo, the layer's default for cbp), xavier_uniform, kaiming_uniform or default (the "
+                                "layer's reset_parameters)")
+    recycle_shrink: float = setting(0.8, Number(0.0, exclusive=False), "shrink_perturb: theta <- shrink theta + ...")
+    recycle_noise: float = setting(1e-3, Number(0.0, exclusive=False),
+                                   "shrink_perturb: ... + noise eps, eps a fresh draw of the layer's default "
+                                   "initialisation")
+    recycle_dry_run: bool = setting(False, Flag(), "record what a policy would reset, and change no weight")
+    recycle_seed: int = setting(0, Integer(0, 2**32 - 1), "seeds the reset weights (the same on every rank)")
+    redundancy: bool = setting(True, Flag(), "record each hidden unit's redundant partner and fan-out at every "
+                                             "snapshot (partner, partner_distance, fanout_rel; where the layer's "
+                                             "activation and next layer are known)")
 
     @property
     def thresholds(self) -> fluctuation.Thresholds:

@@ -10,9 +10,9 @@ PACKAGE = Path(mlflow_flux.__file__).parent
 DOC = PACKAGE.parent / "docs" / "architecture.md"
 # Higher parts may import lower ones and their own level, never the reverse. Modules not listed are the top (cli,
 # plugin, the root). docs/architecture.md gives the same levels (a test below compares them).
-LEVEL = {"version": 0, "errors": 0, "statistics": 0, "fluctuation": 0, "dynamics": 0, "reshape": 0, "settings": 0,
-         "interrupts": 0, "recording": 1, "traces": 1, "explorer": 2, "figures": 2, "watcher": 3, "report": 3,
-         "sql": 3, "integrations": 4, "study": 5}
+LEVEL = {"version": 0, "errors": 0, "statistics": 0, "fluctuation": 0, "reducibility": 0, "dynamics": 0, "reshape": 0,
+         "recycling": 0, "settings": 0, "interrupts": 0, "recording": 1, "traces": 1, "explorer": 2, "figures": 2,
+         "outputs": 3, "watcher": 3, "report": 3, "sql": 3, "integrations": 4, "study": 5}
 # What the C fast path may include: CPython's API, the C library, and its generated layout.
 C_INCLUDES = {"Python.h", "structmember.h", "math.h", "stdint.h", "string.h", "_fastpath_layout.h"}
 MLFLOW_INTERNALS = ("mlflow.utils", "mlflow.store", "mlflow.tracking.fluent", "mlflow.tracking.context")

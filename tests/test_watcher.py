@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from torch import nn
 
 import mlflow_flux
-from mlflow_flux import fluctuation
+from mlflow_flux import reshape
 from mlflow_flux.errors import FluxError
 from mlflow_flux.traces.reader import read_trace_files
 from tests.helpers import default_sigint, subprocess_env, train_mlp
@@ -105,13 +105,14 @@ def test_trace_values_equal_an_independent_computation(store, dtype):
 @pytest.mark.parametrize("summary_every, logged", [(1, list(range(3, 12))), (3, [3, 6, 9])])
 def test_live_metrics_equal_the_offline_recomputation_to_the_last_digit(store, summary_every, logged):
     run_id, _ = train_mlp(12, window=4, tau=0.02, flush_every=5, summary_every=summary_every, layer_metrics=True)
-    offline = fluctuation.summaries_over_epochs(mlflow_flux.load_traces(run_id), window=4, tau=0.02)
+    offline = reshape.summaries_over_epochs(mlflow_flux.load_traces(run_id), window=4, tau=0.02)
     assert offline.index.tolist() == list(range(3, 12))
     client = MlflowClient()
     for column in offline.columns:
         key = "flux/" + column.removeprefix("all/")  # the whole network is flux/<summary>, a layer flux/<layer>/...
         history = {m.step: m.value for m in client.get_metric_history(run_id, key)}
-        assert history == offline[column].loc[logged].to_dict(), column
+        expected = offline[column].loc[logged].dropna().to_dict()  # what is not defined is not logged
+        assert history == expected, column
 
 
 def test_layer_selection_by_pattern_and_type(store):
@@ -124,6 +125,24 @@ def test_layer_selection_by_pattern_and_type(store):
     with mlflow.start_run():
         with mlflow_flux.watch(model, layers=["[02]"]) as flux:
             assert flux.recorder.layer_names == ["0", "2"]
+
+
+def test_after_tanh_the_relu_readings_are_not_published_and_the_others_are(store):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(16, 4)
+    with mlflow.start_run() as run, mlflow_flux.watch(model, optimizer=optimizer, window=2, summary_every=1,
+                                                      log_figures=False, explorer=False) as flux:
+        for epoch in range(3):
+            optimizer.zero_grad()
+            model(x).pow(2).mean().backward()
+            optimizer.step()
+            flux.end_epoch(epoch)
+    logged = set(MlflowClient().get_run(run.info.run_id).data.metrics)
+    assert {"flux/grama_dormant_frac", "flux/sos_median", "flux/reduced_width_0"} <= logged
+    assert not logged & {"flux/participating_frac", "flux/dead_frac", "flux/redo_dormant_frac"}, logged
+    assert MlflowClient().get_run(run.info.run_id).data.params["flux.activations"] == "tanh*2,-"
 
 
 def test_bad_input_gives_one_clear_error_each(store):
@@ -168,9 +187,9 @@ def test_non_finite_values_are_recorded_and_counted_not_raised(store):
     assert 0 not in history and history[1] > 0  # a clean snapshot before the first full window logs nothing
 
 
-def _start_loop(store, tmp_path, flush_every, epochs=10_000):
+def _start_loop(store, tmp_path, flush_every, epochs=10_000, *options: str):
     return subprocess.Popen(
-        [sys.executable, str(SCRIPT), str(tmp_path / "spool"), str(flush_every), str(epochs)],
+        [sys.executable, str(SCRIPT), str(tmp_path / "spool"), str(flush_every), str(epochs), *options],
         env=subprocess_env(store), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         preexec_fn=default_sigint,
     )
@@ -207,6 +226,34 @@ def test_sigkill_leaves_every_epoch_but_the_last_flush_every_readable(store, tmp
     remote = mlflow_flux.load_traces(run_id)
     assert promised <= set(remote.epoch)
     assert len(remote) == len(set(remote.epoch)) * (16 + 4)
+
+
+@pytest.mark.slow
+def test_sigkill_after_two_live_pages_leaves_the_page_its_tag_names(store, tmp_path):
+    """The explorer page is refreshed while the run trains; a tag names the last snapshot of the page the store
+    confirmed. Killed with no chance to close, the run still has that page."""
+    from mlflow_flux.explorer.encoding import read_page
+    from mlflow_flux.outputs.explorer import PAGE_SNAPSHOT_TAG
+
+    process = _start_loop(store, tmp_path, 2, 10_000, "2")  # a page every 2 s, at a segment's end
+    run_id, _ = _wait_for_epoch(process, 1)
+    client = MlflowClient()
+    seen: list[str] = []
+    deadline = time.monotonic() + 120
+    while len(seen) < 2 and time.monotonic() < deadline:  # two confirmed refreshes, then at once the kill
+        tag = client.get_run(run_id).data.tags.get(PAGE_SNAPSHOT_TAG)
+        if tag is not None and (not seen or tag != seen[-1]):
+            seen.append(tag)
+        time.sleep(0.05)
+    process.kill()
+    process.wait()
+    assert len(seen) == 2, seen
+    tag = client.get_run(run_id).data.tags[PAGE_SNAPSHOT_TAG]
+    page = Path(client.download_artifacts(run_id, "explorer.html", str(tmp_path / "downloaded")))
+    meta, _ = read_page(page.read_text(encoding="utf-8"))
+    assert meta["live"]["snapshot"] == int(tag) >= int(seen[1]) > int(seen[0])
+    assert meta["live"]["snapshots"] == int(tag) + 1  # every snapshot up to it, one per epoch
+    assert client.get_run(run_id).info.status == "RUNNING"  # nothing could end it: the page says how far it got
 
 
 @pytest.mark.slow

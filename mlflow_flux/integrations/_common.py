@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..errors import InvalidParameter
-from ..traces.lifecycle import finish_run
+from ..traces.lifecycle import RunEnd, conclude
 
 __all__ = ["every_n_steps_option", "RunChoice", "active_or_new_run", "end_started_run"]
 
@@ -38,10 +38,11 @@ def active_or_new_run(framework: str) -> RunChoice:
     return choice
 
 
-def end_started_run(choice: RunChoice | None, status: str, reason: str | None = None) -> None:
-    """End the run the callback started (no other), with ``status``."""
+def end_started_run(choice: RunChoice | None, exc: BaseException | None = None, result: RunEnd | None = None) -> None:
+    """End the run the callback started (no other): as :func:`~mlflow_flux.traces.lifecycle.status_of` decides from
+    how the fit ended (``exc``: the exception that stopped it) and what the watcher's close left (``result``)."""
     import mlflow
 
     if choice is None or not choice.started:
         return
-    finish_run(mlflow.MlflowClient(), choice.run_id, status, reason)
+    conclude(mlflow.MlflowClient(), choice.run_id, exc, result)

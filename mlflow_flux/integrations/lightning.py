@@ -72,8 +72,9 @@ class FluxCallback(pl.Callback):
         self.watcher = watch(pl_module, **options)
         try:
             self.watcher.start()
-        except BaseException:
-            end_started_run(self._run, "FAILED")
+        except BaseException as exc:
+            self.watcher = None
+            end_started_run(self._run, exc)
             raise
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
@@ -95,20 +96,20 @@ class FluxCallback(pl.Callback):
         return {name: float(value) for name, value in trainer.callback_metrics.items() if value.numel() == 1}
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module) -> None:
-        self._close("FINISHED")
+        self._close()
 
     def on_exception(self, trainer: pl.Trainer, pl_module, exception: BaseException) -> None:
-        interrupted = isinstance(exception, KeyboardInterrupt)
-        self._close("KILLED" if interrupted else "FAILED", interrupted=interrupted)
+        self._close(exception)
 
     def teardown(self, trainer: pl.Trainer, pl_module, stage: str) -> None:
-        self._close("FINISHED")  # harmless after on_fit_end; covers a fit that ended without it
+        self._close()  # harmless after on_fit_end; covers a fit that ended without it
 
-    def _close(self, status: str, interrupted: bool = False) -> None:
+    def _close(self, exc: BaseException | None = None) -> None:
         watcher, self.watcher = self.watcher, None
         if watcher is None:
             return
+        result = None
         try:
-            watcher.close(interrupted=interrupted)
+            result = watcher.close(interrupted=isinstance(exc, KeyboardInterrupt))
         finally:
-            end_started_run(self._run, status)
+            end_started_run(self._run, exc, result)

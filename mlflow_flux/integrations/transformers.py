@@ -10,10 +10,15 @@ With ``report_to="mlflow"`` the trace goes into the run that transformers' own `
 the order of the callbacks (the watcher starts at the first training step, after every ``on_train_begin``); without
 it, into the active MLflow run, or a new one the callback ends. The model's linear maps (``nn.Linear``, GPT-2's
 ``Conv1D``) are watched by default. Evaluation passes never count as activity.
+
+A ``TrainerCallback`` has no event for an exception: while training runs the callback chains ``sys.excepthook``, so
+a training that dies of an uncaught exception closes the watcher (its trace kept) and ends the run it recorded into
+FAILED (KILLED for Ctrl-C or SIGTERM) before the process exits; the previous hook runs after it.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 try:
@@ -23,6 +28,7 @@ except ImportError as exc:  # the extra is optional; the core package never impo
     raise ImportError("mlflow_flux.integrations.transformers needs Hugging Face transformers: "
                       "pip install 'mlflow-flux[transformers]'") from exc
 
+from ..traces.lifecycle import conclude
 from ..watcher import FluxWatcher, checked_watch_options, watch
 from ._common import RunChoice, active_or_new_run, end_started_run, every_n_steps_option
 
@@ -46,11 +52,16 @@ class FluxCallback(TrainerCallback):
         self.watcher: FluxWatcher | None = None
         self._run: RunChoice | None = None
         self._epochs = 0
+        self._previous_hook = None
 
-    def on_step_begin(self, args, state, control, model=None, **kwargs):
+    def on_step_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         if self.watcher is not None or model is None:
             return
         options = dict(self.watch_options)
+        if "optimizer" not in options and optimizer is not None and options.get("recycle", "none") != "none":
+            # A reset zeroes the moments of what it changes: in the torch optimizer that holds them, inside
+            # accelerate's AcceleratedOptimizer (which takes no step hooks of its own).
+            options["optimizer"] = getattr(optimizer, "optimizer", optimizer)
         if state.is_world_process_zero and "run_id" not in options:
             # By now transformers' MLflowCallback (report_to="mlflow") has started its run in on_train_begin.
             self._run = active_or_new_run("Hugging Face")
@@ -59,10 +70,11 @@ class FluxCallback(TrainerCallback):
         self.watcher = watch(model, **options)
         try:
             self.watcher.start()
-        except BaseException:
+        except BaseException as exc:
             self.watcher = None
-            end_started_run(self._run, "FAILED")
+            end_started_run(self._run, exc)
             raise
+        self._previous_hook, sys.excepthook = sys.excepthook, self._on_uncaught
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.every_n_steps is not None and self.watcher is not None and state.global_step % self.every_n_steps == 0:
@@ -74,10 +86,29 @@ class FluxCallback(TrainerCallback):
             self._epochs += 1
 
     def on_train_end(self, args, state, control, **kwargs):
+        self._close(None)
+
+    def _on_uncaught(self, exc_type, exc, traceback) -> None:
+        """``sys.excepthook`` while training runs: the training died of ``exc``."""
+        previous = self._previous_hook or sys.__excepthook__
+        try:
+            self._close(exc)
+        finally:
+            previous(exc_type, exc, traceback)
+
+    def _close(self, exc: BaseException | None) -> None:
+        if self._previous_hook is not None and sys.excepthook == self._on_uncaught:
+            sys.excepthook = self._previous_hook
+        self._previous_hook = None
         watcher, self.watcher = self.watcher, None
         if watcher is None:
             return
+        result = None
         try:
-            watcher.close()
+            result = watcher.close(interrupted=isinstance(exc, KeyboardInterrupt))
         finally:
-            end_started_run(self._run, "FINISHED")
+            if exc is not None and watcher.run_id is not None and not (self._run and self._run.started):
+                # A run someone else started (transformers' MLflowCallback): the failed training still ends it.
+                conclude(watcher.client, watcher.run_id, exc, result)
+            else:
+                end_started_run(self._run, exc, result)

@@ -1,18 +1,57 @@
-"""``compare()``: select runs -> load them -> compare (pure) -> render and log. The one entry to the read side."""
+"""``compare()``: select runs -> load them -> analyse (pure) -> figures -> the document rendered twice -> files and
+the report's run. The one entry to the read side."""
 
 from __future__ import annotations
 
+import logging
+import shutil
+import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import InvalidParameter
 from ..traces import mlflow_adapter
+from .analysis import Report, analyse
 from .claims import ClaimSpec
-from .loading import load_comparison
-from .render import Report, build
+from .figures import report_figures
+from .loading import Comparison, load_comparison
+from .publish import explorer_page, log_report_run
+from .render import EXPLORER_FILE, write_report
 from .spec import ReportSpec
 
-__all__ = ["compare"]
+__all__ = ["compare", "build"]
+
+_logger = logging.getLogger(__name__)
+
+
+def build(comparison: Comparison, output: str | Path | None = None, log_run: bool = True,
+          explorer: bool = True) -> Report:
+    """Analyse the loaded runs, draw the figures, write the files, and log them to a report run.
+
+    The files are written into a fresh temporary directory and only they are uploaded; ``output`` gets copies, so
+    whatever else that directory holds never reaches the tracking server.
+    """
+    started = time.perf_counter()
+    report = analyse(comparison)
+    with tempfile.TemporaryDirectory(prefix="mlflow-flux-report-") as tmp:
+        written = Path(tmp)
+        report.files = write_report(written, comparison, report, report_figures(comparison, report))
+        if explorer:
+            try:
+                (written / EXPLORER_FILE).write_text(explorer_page(comparison), encoding="utf-8")
+                report.files.append(EXPLORER_FILE)
+            except Exception as exc:  # noqa: BLE001 -- a page is worth less than the report
+                _logger.warning("the report's explorer page was not built: %s", exc)
+        if output is not None:
+            report.directory = Path(output)
+            report.directory.mkdir(parents=True, exist_ok=True)
+            for name in report.files:
+                shutil.copyfile(written / name, report.directory / name)
+        comparison.timings["render"] = time.perf_counter() - started
+        if log_run:
+            report.run_id = log_report_run(comparison, report, written)
+    return report
 
 
 def compare(

@@ -66,10 +66,11 @@ def stacked_images_figure(images: Sequence[tuple[str, np.ndarray]], title: str) 
     return fig
 
 
-VERDICT_COLOURS = {"agrees": "#2e8b57", "disagrees": "#c0392b", "inconclusive": "#e0a526", "not testable": "#b0b0b0"}
+VERDICT_COLOURS = {"agrees": "#2e8b57", "disagrees": "#c0392b", "inconclusive": "#e0a526", "not testable": "#b0b0b0",
+                   "not applicable": "#d9d9d9"}
 
 
-def verdict_timeline_figure(table: pd.DataFrame, texts: Mapping[str, str], facet: str = "optimizer") -> Figure:
+def verdict_timeline_figure(table: pd.DataFrame, texts: Mapping[str, str], facet: str = "facet") -> Figure:
     """One panel per claim: epochs across, one band per value of the ``facet`` column, each verdict epoch a cell
     coloured by verdict (agrees / disagrees / inconclusive), reaching to the next verdict epoch."""
     claims = list(dict.fromkeys(table["claim"]))
@@ -83,7 +84,7 @@ def verdict_timeline_figure(table: pd.DataFrame, texts: Mapping[str, str], facet
             cells = table[(table["claim"] == claim) & (table[facet] == optimizer)]
             verdicts = dict(zip(cells["epoch"], cells["verdict"]))
             for index, epoch in enumerate(epochs):
-                colour = VERDICT_COLOURS.get(verdicts.get(epoch, "not testable"), "#b0b0b0")
+                colour = VERDICT_COLOURS.get(verdicts.get(epoch, "not testable").split(" (")[0], "#b0b0b0")
                 ax.barh(row, edges[index + 1] - edges[index], left=edges[index], height=0.8, color=colour,
                         edgecolor="white", linewidth=0.5)
         ax.set_yticks(range(len(optimizers)), optimizers)
@@ -93,5 +94,5 @@ def verdict_timeline_figure(table: pd.DataFrame, texts: Mapping[str, str], facet
     axes[-1].set_xlabel("epoch")
     handles = [matplotlib.patches.Patch(color=c, label=v) for v, c in VERDICT_COLOURS.items()]
     fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8, frameon=False)
-    fig.suptitle("Verdicts over epochs (95% intervals over seeds; overlap: inconclusive)")
+    fig.suptitle("Verdicts over epochs (95% t-interval of the paired differences; holds 0: inconclusive)")
     return fig

@@ -3,7 +3,8 @@
 The report's own defaults speak no experiment's vocabulary: every run is its own group, no facet, the loss from
 ``loss/final`` else the last ``loss/train``. An experiment that wants more declares a :class:`ReportSpec` and puts
 it on its runs (the tag :data:`SPEC_TAG`, JSON), the way it declares its claims: the built-in study declares its
-learning-rate groups, the optimizer facet, its ``flux/loss_*`` keys, the reconstructions figure, the twins' section
+learning-rate groups, its facets (optimizer, activation, recycling policy), seeds as replicates, its
+``flux/loss_*`` keys, the reconstructions figure, the twins' section
 and the paper's claims (``mlflow_flux.study.report``). The read side never imports the study.
 """
 
@@ -51,7 +52,9 @@ class ReportSpec:
     Args:
         group_by: the parameter whose values form the groups; ``None``: every run on its own.
         descending: groups of numbers from large to small (a learning rate's usual order), else small to large.
-        facet: a parameter whose values split the report (groups, claims, verdicts per value), or ``None``.
+        facets: parameters whose values split the report (groups, claims, verdicts per combination of values).
+        replicate: the parameter whose value makes runs of different groups a pair (the study's ``seed``: same
+            initial weights): verdicts compare paired differences; ``None``: runs are not paired.
         final_loss_keys: the metrics that hold a run's final loss, the first one a run has counts.
         loss_history_keys: the metrics whose history is the run's loss, the first one a run has counts (its last
             value is the final loss when no final key is logged).
@@ -59,17 +62,21 @@ class ReportSpec:
         sections: per-epoch metrics with a section of their own.
         claims: claims about the groups, judged per facet and over epochs.
         claims_heading: the heading of the claims' section.
+        readings_note: what the report says before judging a claim under each definition (why several).
     """
 
     group_by: str | None = None
     descending: bool = False
-    facet: str | None = None
+    facets: tuple[str, ...] = ()
+    replicate: str | None = None
     final_loss_keys: tuple[str, ...] = ("loss/final",)
     loss_history_keys: tuple[str, ...] = ("loss/train",)
     figures: tuple[RunFigure, ...] = ()
     sections: tuple[SeriesSection, ...] = ()
     claims: tuple[ClaimSpec, ...] = ()
     claims_heading: str = "Claims against the runs"
+    readings_note: str = ("Each claim with other readings is judged again under each, on the same runs and the same "
+                          "units; nothing is tuned to agree (docs/metrics.md).")
 
     def with_overrides(self, **values) -> ReportSpec:
         """The spec with the values given (None: keep the spec's)."""
@@ -87,8 +94,10 @@ def spec_tag_value(spec: ReportSpec) -> str:
 def _parse(value: str) -> ReportSpec:
     data = json.loads(value)
     known = {f.name for f in fields(ReportSpec)}
+    if data.get("facet") and not data.get("facets"):  # written before a spec took several facets
+        data["facets"] = [data["facet"]]
     data = {k: v for k, v in data.items() if k in known}  # a newer writer's extra fields are ignored
-    for name in ("final_loss_keys", "loss_history_keys"):
+    for name in ("final_loss_keys", "loss_history_keys", "facets"):
         if name in data:
             data[name] = tuple(data[name])
     data["figures"] = tuple(RunFigure(**item) for item in data.get("figures", ()))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 
+from ..report.options import CompareSettings
 from ..settings import RecorderSettings, Settings
 from .config import ATLAS_DEFAULTS, PER_VARIANT, SweepSettings, TrainConfig
 
@@ -28,17 +29,9 @@ conda_env: conda.yaml
 entry_points:
 """
 
-# The compare entry point's parameters: an empty value means "not given" (MLflow shell-quotes each value).
-COMPARE_PARAMETERS = {
-    "sweep": "parent run id; empty: the latest sweep, else every watched run",
-    "experiment": "every run of this experiment (name or id) holding a trace",
-    "filter": "an MLflow filter string over the runs holding a trace",
-    "output": "also write the files here",
-    "window": "empty: each run's own",
-    "tau": "empty: each run's own",
-    "group_by": "empty: each run on its own (the study's sweeps declare lr)",
-    "loss_key": "empty: loss/final, else the last loss/train",
-}
+# The compare entry point's parameters, from compare's settings: an empty value means "not given" (MLflow
+# shell-quotes each value).
+COMPARE_PARAMETERS = {spec.name: spec.help for spec in CompareSettings.schema()}
 
 
 def _parameter(name: str, default: str, comment: str) -> str:

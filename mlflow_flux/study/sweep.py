@@ -27,7 +27,7 @@ from mlflow.tracking import MlflowClient
 from ..errors import KeptLocally, TrackingLost
 from ..report.spec import SPEC_TAG, spec_tag_value
 from ..traces import runs as flux_runs
-from ..traces.lifecycle import MISSING_TAG, ending, finish_run
+from ..traces.lifecycle import MISSING_TAG, RunEnd, conclude, ending
 from ..traces.mlflow_adapter import PARENT_RUN_ID_TAG, RUN_NAME_TAG
 from ..traces.server import check_reachable, health_probe
 from ..watcher import default_upload_timeout
@@ -43,9 +43,7 @@ GRACE_MARGIN = 30.0
 
 @dataclass(frozen=True)
 class Variant:
-    optimizer: str
-    lr: float
-    seed: int
+    values: dict  # the swept settings' values: optimizer, activation, recycle, lr, seed
     run_id: str
     name: str  # the run's name, e.g. "adam lr=0.01 seed=0"
     position: str = ""  # "variant 2/3"
@@ -68,16 +66,16 @@ class SweepResult:
         return not self.failed
 
 
-def _start_variant(client: MlflowClient, parent, config: SweepConfig, optimizer: str, lr: float, seed: int, backend,
-                   position: str) -> _Child:
+def _start_variant(client: MlflowClient, parent, config: SweepConfig, values: dict, backend, position: str) -> _Child:
     """Create the variant's run (its clock starts now) and its process."""
     sweep_id = parent.info.run_id
-    name = variant_name(optimizer, lr, seed)
+    name = variant_name(**values)
     tags = {**flux_runs.flux_tags("variant", sweep_id), PARENT_RUN_ID_TAG: sweep_id, RUN_NAME_TAG: name}
     run = flux_runs.create_run(client, parent.info.experiment_id, tags, run_name=name)
-    variant = Variant(optimizer, lr, seed, run.info.run_id, name, position)
+    variant = Variant(values, run.info.run_id, name, position)
     params = config.train.as_params()
-    params.update(optimizer=optimizer, lr=repr(lr), seed=str(seed), threads=str(config.threads_per_variant))
+    params.update({key: repr(value) if isinstance(value, float) else str(value) for key, value in values.items()},
+                  threads=str(config.threads_per_variant))
     command = [sys.executable, "-m", "mlflow_flux.cli", "train"]
     for name, value in params.items():
         command += [f"--{name.replace('_', '-')}", value]
@@ -127,7 +125,8 @@ def _settle(client: MlflowClient, variant: Variant, code: int, killed: bool = Fa
         how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
         reason = f"the train process {how} (see its output above)"
     if not RunStatus.is_terminated(RunStatus.from_string(run.info.status)):
-        finish_run(client, variant.run_id, "KILLED" if killed else "FAILED", reason)
+        how = RunEnd(variant.run_id, killed=reason) if killed else RunEnd(variant.run_id, failure=reason)
+        conclude(client, variant.run_id, None, how)
     elif flux_runs.FAILURE_TAG not in run.data.tags:
         client.set_tag(variant.run_id, flux_runs.FAILURE_TAG, reason)
     return reason
@@ -149,7 +148,7 @@ class _Scheduler:
         count = len(self.pending)
         while self.pending or self.running:
             while self.pending and len(self.running) < self.config.parallel:
-                child = _start_variant(self.client, self.parent, self.config, *self.pending.pop(0), self.backend,
+                child = _start_variant(self.client, self.parent, self.config, self.pending.pop(0), self.backend,
                                        position=f"variant {len(self.variants) + 1}/{count}")
                 self.variants.append(child.variant)
                 self.running.append(child)
@@ -237,7 +236,7 @@ def run_sweep(config: SweepConfig) -> SweepResult:
             if backend is not None:
                 backend.close()
         client.log_metric(parent.info.run_id, "sweep/failed_variants", len(scheduler.failed))
-        end.missing(list(scheduler.kept.values()), None)
+        end.add_missing(list(scheduler.kept.values()), None)
         if scheduler.failed:
             end.fail("failed variants: " + "; ".join(scheduler.failed.values()))
     return SweepResult(parent.info.run_id, parent.info.experiment_id, tuple(scheduler.variants), scheduler.failed,

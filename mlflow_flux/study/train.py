@@ -33,7 +33,7 @@ from .model import Autoencoder
 from .progress import PROGRESS_LABEL_ENV, Progress
 from .report import FINAL_LOSS_KEY, LOSS_KEY, RECONSTRUCTIONS, STUDY_REPORT
 from .shapes import SHAPES, ShapeSpec, make_shapes
-from .twins import TwinDistance, make_twin
+from .twins import Twins
 
 __all__ = ["TrainResult", "train", "train_one_epoch"]
 
@@ -53,13 +53,13 @@ def _optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optim
 
 def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
                     batch_size: int, order: torch.Generator,
-                    twin: tuple[torch.nn.Module, torch.optim.Optimizer] | None = None) -> float:
+                    twins: list[tuple[torch.nn.Module, torch.optim.Optimizer]] = ()) -> float:
     """One epoch of the study's training (shuffled mini-batches, MSE reconstruction); returns the mean loss.
 
-    ``twin`` (a model and its optimizer) takes the same steps on the same batches. The sweep benchmark times this
+    ``twins`` (models and their optimizers) take the same steps on the same batches. The sweep benchmark times this
     same function as the plain floor the sweep is measured against.
     """
-    pairs = [(model, optimizer)] + ([twin] if twin is not None else [])
+    pairs = [(model, optimizer), *twins]
     for net, _ in pairs:
         net.train()
     total = torch.zeros((), dtype=torch.float64)
@@ -123,15 +123,15 @@ def _start_run(name: str, config: TrainConfig) -> str:
     return run.info.run_id
 
 
-def _epochs(config: TrainConfig, model, optimizer, images, twin, flux, label: str, progress: bool) -> None:
+def _epochs(config: TrainConfig, model, optimizer, images, twins: Twins | None, flux, label: str,
+            progress: bool) -> None:
     """The training loop: the recorder's hooks ride along; end_epoch() snapshots and queues metrics."""
     order = torch.Generator().manual_seed(config.seed)
-    pair = (twin, _optimizer(config, twin)) if twin is not None else None
-    distance = TwinDistance(model, twin) if twin is not None else None
     bar = Progress(config.epochs, label=label) if progress else None
     for epoch in range(config.epochs):
-        epoch_loss = train_one_epoch(model, optimizer, images, config.batch_size, order, pair)
-        twin_metrics = distance.metrics(epoch + 1) if distance is not None else {}
+        epoch_loss = train_one_epoch(model, optimizer, images, config.batch_size, order,
+                                     twins.twins if twins is not None else [])
+        twin_metrics = twins.end_epoch() if twins is not None else {}
         flux.end_epoch(epoch, {LOSS_KEY: epoch_loss, **twin_metrics})
         if bar:
             bar.update(epoch, epoch_loss)
@@ -143,7 +143,8 @@ def _epochs(config: TrainConfig, model, optimizer, images, twin, flux, label: st
 def _log_model(model: torch.nn.Module, config: TrainConfig, example: np.ndarray, final: float) -> None:
     """The model, named after its variant and linked to the last epoch's metrics and to the final loss. Explicit
     requirements: inferring them would import-scan the environment, seconds per run."""
-    info = mlflow_pytorch().log_model(model, name=model_name(config.optimizer, config.lr, config.seed),
+    info = mlflow_pytorch().log_model(model, name=model_name(config.optimizer, config.lr, config.seed,
+                                                             config.activation, config.recycle),
                                       input_example=example[:2], step=config.epochs - 1,
                                       pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
     mlflow.log_metric(FINAL_LOSS_KEY, final, step=config.epochs - 1, model_id=info.model_id)
@@ -173,36 +174,40 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     images_np, labels = make_shapes(spec)
     images = torch.from_numpy(images_np)
 
-    # -- model, optimizer, and a twin from weights a relative twin_perturbation away (before watch(): unwatched) ---
+    # -- model, optimizer, and twins a relative twin_perturbation away (made before watch(): unwatched) ----------
     torch.manual_seed(config.seed)
-    model = Autoencoder(config.image_size**2, config.hidden)
+    model = Autoencoder(config.image_size**2, config.hidden, config.activation)
     optimizer = _optimizer(config, model)
-    twin = make_twin(model, config.twin_perturbation, config.seed) if config.twins else None
+    twins = (Twins(model, optimizer, lambda twin: _optimizer(config, twin), config.twins, config.twin_perturbation,
+                   config.twin_period, config.seed) if config.twins else None)
 
     # -- the run, ended honestly whatever happens ----------------------------------------------------------------
-    name = variant_name(config.optimizer, config.lr, config.seed)
+    name = variant_name(config.optimizer, config.lr, config.seed, config.activation, config.recycle)
     run_id = _start_run(name, config)
-    with ending(MlflowClient(), run_id) as end:
+    client = MlflowClient()
+    with ending(client, run_id) as end:
         _log_dataset(images_np, labels, spec)
-        with FluxWatcher(model, config.recorder) as flux:
+        # Gradients are read as the optimizer applies them where a policy resets neurons (it resets their moments);
+        # otherwise per backward pass, as before (the same values here: one pass per step).
+        recycles = config.recycle != "none"
+        with FluxWatcher(model, run_id, config.recorder, client=client,
+                         optimizer=optimizer if recycles else None) as flux:
             flux.log_figure(_dataset_preview(images_np, labels), "figures/dataset_preview.png")
-            _epochs(config, model, optimizer, images, twin, flux, os.environ.get(PROGRESS_LABEL_ENV) or name, progress)
+            _epochs(config, model, optimizer, images, twins, flux, os.environ.get(PROGRESS_LABEL_ENV) or name,
+                    progress)
             # -- final evaluation on the whole dataset ------------------------------------------------------------
             model.eval()
             with torch.no_grad():
                 final = float(torch.nn.functional.mse_loss(model(images), images))
             flux.log_figure(_reconstructions(model, images, labels, config.lr), RECONSTRUCTIONS)
-        if flux.result.offline:
-            end.lost_tracking()
-            end.missing(flux.result.missing, flux.result.kept_trace)
-        elif flux.result.missing:  # the artifact store did not take everything: the model waits with the rest
-            end.missing(flux.result.missing, flux.result.kept_trace)
+        end.include(flux.result)
+        if end.missing and not end.offline:  # the artifact store did not take everything: the model waits too
             mlflow.log_metric(FINAL_LOSS_KEY, final, step=config.epochs - 1)
-        else:
+        elif not end.offline:
             _log_model(model, config, images_np, final)
     if end.offline:
         raise TrackingLost(f"the tracking server at {tracking_uri} stopped answering during run {run_id}: training "
                            f"finished, but the run does not hold everything; {end.describe()}")
-    if end.absent:
+    if end.missing:
         raise KeptLocally(f"run {run_id} finished, but {end.describe()}")
     return TrainResult(run_id, final, config.epochs)

@@ -14,10 +14,24 @@ import threading
 import time
 from collections.abc import Callable
 
-__all__ = ["Worker"]
+__all__ = ["Worker", "wait_while"]
 
 _log = logging.getLogger(__name__)
 _STOP = object()
+
+
+def wait_while(condition: threading.Condition, busy: Callable[[], bool], deadline: float | None,
+               poll: float | None = None) -> bool:
+    """Wait on ``condition`` while ``busy()``, until ``deadline`` (``time.monotonic()``; None: no limit). True when it
+    stopped being busy, False when the deadline came first. ``poll``: wake at least this often before a deadline
+    (for a predicate that may change without a notification)."""
+    with condition:
+        while busy():
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            condition.wait(left if poll is None or left is None else min(left, poll))
+    return True
 
 
 class Worker:
@@ -109,13 +123,13 @@ class Worker:
     def wait(self, timeout: float | None = None) -> bool:
         """Block until every submitted job is done, or ``timeout`` seconds; True when none is left."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._idle:
-            while self._in_flight:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return False
-                self._idle.wait(left)
-        return True
+        return wait_while(self._idle, lambda: self._in_flight, deadline)
+
+    def stop(self) -> None:
+        """Let the thread end once what is queued now has run (returns at once; :meth:`wait` and :meth:`close` still
+        wait for it)."""
+        if self._thread is not None:
+            self._queue.put(_STOP)
 
     def close(self, timeout: float | None = None) -> bool:
         """Run what is queued, for at most ``timeout`` seconds; then stop. True when every job ran.

@@ -32,7 +32,8 @@ __all__ = [
     "download_quietly",
     "delete_artifacts",
     "abandon_active_run",
-    "keep_status_past_mlflow_run",
+    "wait_for_exit",
+    "after_mlflow_run_exits",
     "metric_value",
     "mlflow_pytorch",
     "flux_error",
@@ -261,8 +262,8 @@ def abandon_active_run(run_id: str) -> bool:
     return True
 
 
-def _restore_status(parent: int, run_id: str, status: str, timeout: float) -> None:
-    """What the helper process does: wait for ``mlflow run`` (``parent``) to exit, then write ``status`` again."""
+def wait_for_exit(pid: int, timeout: float) -> None:
+    """Wait (at most ``timeout`` seconds, ignoring SIGINT and SIGTERM) until process ``pid`` has exited."""
     import signal
     import time
 
@@ -271,27 +272,22 @@ def _restore_status(parent: int, run_id: str, status: str, timeout: float) -> No
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            os.kill(parent, 0)
+            os.kill(pid, 0)
         except ProcessLookupError:
-            break
+            return
         time.sleep(0.1)
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient()
-    if client.get_run(run_id).info.status != status:
-        client.set_terminated(run_id, status)
 
 
-def keep_status_past_mlflow_run(run_id: str, status: str, mlflow_run_pid: int, timeout: float = 60.0) -> None:
-    """Make ``status`` (KILLED) stick on the run ``mlflow run`` made for this process.
+def after_mlflow_run_exits(mlflow_run_pid: int, command: list[str]) -> None:
+    """Start ``command``, a helper that waits for ``mlflow run`` to exit (:func:`wait_for_exit`) and then writes the
+    run's status again (``mlflow_flux.traces.lifecycle``, the one writer of a status).
 
     Works around MLflow 3.17's ``mlflow run`` (``mlflow/projects/__init__.py``, ``_maybe_set_run_terminated``; see
     also mlflow/mlflow#1832, "KILLED state for a run"): once its child exits it ends the run FAILED unless it is
     already terminated, but its check passes the status string to ``RunStatus.is_terminated``, which expects the
     enum's integer, so it always overwrites. A status set by this process can only stick if it is written again after
-    ``mlflow run`` exits: a helper process (``python -m mlflow_flux.traces.mlflow_adapter``) waits for that (at most
-    ``timeout`` seconds, ignoring further signals) and writes it back. It is in the same process group as us.
-    Nothing is started when ``mlflow run`` (``mlflow_run_pid``, our parent when we started) is already gone.
+    ``mlflow run`` exits. The helper is in the same process group as us. Nothing is started when ``mlflow run``
+    (``mlflow_run_pid``, our parent when we started) is already gone.
     """
     import subprocess
 
@@ -299,8 +295,7 @@ def keep_status_past_mlflow_run(run_id: str, status: str, mlflow_run_pid: int, t
         os.kill(mlflow_run_pid, 0)
     except ProcessLookupError:
         return
-    subprocess.Popen([sys.executable, "-m", __name__, str(mlflow_run_pid), run_id, status, str(timeout)],
-                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def http_status(exc: BaseException) -> int | None:
@@ -402,7 +397,3 @@ def metric_value(value: float) -> float:
     if abs(value) >= 1.7976931348623157e308:
         return math.copysign(math.inf, value)
     return value
-
-
-if __name__ == "__main__":  # the helper process of keep_status_past_mlflow_run
-    _restore_status(int(sys.argv[1]), sys.argv[2], sys.argv[3], float(sys.argv[4]))

@@ -26,6 +26,12 @@ __all__ = [
     "is_creating_runs",
     "create_run",
     "ensure_runs_view",
+    "ACTIVATIONS_PARAM",
+    "FINGERPRINT_TAG",
+    "watched_run_params",
+    "log_watched_run",
+    "format_activations",
+    "parse_activations",
 ]
 
 ROLE_TAG = "mlflow_flux.role"  # sweep | variant | report
@@ -33,6 +39,9 @@ ROLE_TAG = "mlflow_flux.role"  # sweep | variant | report
 # of the recorder served them.
 LAYERS_PARAM = "flux.layers"
 FASTPATH_PARAM = "flux.fastpath"
+ACTIVATIONS_PARAM = "flux.activations"  # the activation after each watched layer, once a training pass showed it
+# A hash of the watched weights when the watcher started: runs with equal ones started from the same weights.
+FINGERPRINT_TAG = "mlflow_flux.fingerprint"
 SWEEP_TAG = "mlflow_flux.sweep_id"
 FAILURE_TAG = "mlflow_flux.failure"
 VERSION_TAG = "mlflow_flux.version"
@@ -81,3 +90,80 @@ def ensure_runs_view(client, experiment_id: str, description: str | None = None)
         client.set_experiment_tag(experiment_id, _KIND_TAG, "custom_model_development")
     if description and not experiment.tags.get(_NOTE_TAG):
         client.set_experiment_tag(experiment_id, _NOTE_TAG, description)
+
+
+def watched_run_params(run, settings) -> dict[str, str]:
+    """The params a watcher logs into ``run`` (an MLflow ``Run``): its settings the run does not hold yet. A setting
+    it holds under the same name (``mlflow run`` logs the MLproject's parameters, the study its config) must have
+    the same value: the report reads the trace with it.
+
+    Raises:
+        FluxError: the run holds a watcher's trace already.
+        InvalidParameter: the run holds a param of a setting's name with another value.
+    """
+    from ..errors import FluxError, InvalidParameter
+
+    existing = run.data.params
+    run_id = run.info.run_id
+    if LAYERS_PARAM in existing:
+        raise FluxError(f"run {run_id} already holds a watcher's traces: start another run "
+                        "(mlflow.start_run(nested=True)) for a second watch")
+    new = {}
+    for spec in settings.schema():
+        value = getattr(settings, spec.name)
+        if spec.name not in existing:
+            new[spec.name] = spec.kind.format(value)
+            continue
+        try:
+            same = spec.kind.parse(spec.name, existing[spec.name]) == value
+        except InvalidParameter:
+            same = False
+        if not same:
+            raise InvalidParameter(spec.name, value, f"run {run_id} already has the param {spec.name}="
+                                                     f"{existing[spec.name]!r}, the name mlflow-flux logs this "
+                                                     f"setting under: pass {spec.name}={existing[spec.name]} or "
+                                                     "record into another run")
+    return new
+
+
+def log_watched_run(client, run_id: str, params: Mapping[str, str], recorder, fingerprint: str) -> None:
+    """Log a watched run's settings (``params``, from :func:`watched_run_params`), its layers, its recording path and
+    the fingerprint of its starting weights, in one request."""
+    from mlflow.entities import Param, RunTag
+
+    client.log_batch(run_id, params=[*(Param(name, value) for name, value in params.items()),
+                                     Param(LAYERS_PARAM, ",".join(recorder.layer_names)[:6000]),
+                                     Param(FASTPATH_PARAM, recorder.path)],
+                     tags=[RunTag(FINGERPRINT_TAG, fingerprint)])
+
+
+def format_activations(activations) -> str:
+    """The activation after each watched layer, as the ``flux.activations`` param holds it: run-length encoded, ``-``
+    for one not known.
+
+    >>> format_activations(["relu", "relu", None, "sigmoid"]), parse_activations("relu*2,-,sigmoid", 4)
+    ('relu*2,-,sigmoid', ('relu', 'relu', None, 'sigmoid'))
+    """
+    parts: list[list] = []
+    for value in activations:
+        name = value or "-"
+        if parts and parts[-1][0] == name:
+            parts[-1][1] += 1
+        else:
+            parts.append([name, 1])
+    return ",".join(name if count == 1 else f"{name}*{count}" for name, count in parts)
+
+
+def parse_activations(text: str | None, layers: int) -> tuple[str | None, ...]:
+    """The activations a run logged (:func:`format_activations`), one per layer; all unknown when it logged none or
+    the param does not match its layers."""
+    out: list[str | None] = []
+    for part in (text or "").split(","):
+        if not part:
+            continue
+        name, _, count = part.partition("*")
+        try:
+            out.extend([None if name == "-" else name] * (int(count) if count else 1))
+        except ValueError:
+            return (None,) * layers
+    return tuple(out) if len(out) == layers else (None,) * layers

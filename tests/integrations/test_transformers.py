@@ -66,11 +66,17 @@ def test_report_to_mlflow_writes_into_the_run_transformers_opened(store, tmp_pat
     assert np.isfinite(trace.act_mean).all()
 
 
-def test_without_mlflow_reporting_a_new_run_holds_gpt2_steps(store, tmp_path):
+def test_without_mlflow_reporting_a_new_run_holds_gpt2_steps_and_recycles_its_mlps(store, tmp_path):
+    """GPT-2 as the recycling issue names it: each block's mlp.c_fc (a Conv1D, its weight stored (in, out)) with
+    mlp.c_proj as its next layer; the attention maps, with none, are left alone. The Trainer's optimizer (wrapped
+    by accelerate) is the one whose moments a reset zeroes."""
     torch.manual_seed(0)
     config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=60, n_positions=16)
     model = transformers.GPT2LMHeadModel(config)
-    _trainer(model, tmp_path, FluxCallback(every_n_steps=3, window=2), "none").train()
+    mlps = {f"transformer.h.{i}.mlp.c_fc": f"transformer.h.{i}.mlp.c_proj" for i in range(2)}
+    callback = FluxCallback(every_n_steps=3, window=2, recycle="redo", recycle_period=1, recycle_tau=0.5,
+                            next_layers=mlps)
+    _trainer(model, tmp_path, callback, "none").train()
     assert mlflow.active_run() is None  # the callback ended the run it started
     (run,) = mlflow.search_runs([store["experiment_id"]], output_format="list")
     assert run.info.status == "FINISHED"
@@ -78,3 +84,27 @@ def test_without_mlflow_reporting_a_new_run_holds_gpt2_steps(store, tmp_path):
     assert sorted(trace.epoch.unique()) == [3, 6, 9, 12]  # 3 epochs x 4 steps
     layers = set(trace.layer.unique())
     assert {"transformer.h.0.attn.c_attn", "transformer.h.1.mlp.c_fc", "lm_head"} <= layers
+    resets = mlflow_flux.load_resets(run.info.run_id)
+    assert len(resets) and set(resets.layer) <= set(mlps) and run.data.tags["mlflow_flux.recycle"] == "redo"
+    c_fc = model.transformer.h[0].mlp.c_fc.weight.detach()  # (in, out): a reset unit is a column
+    first = resets[resets.layer == "transformer.h.0.mlp.c_fc"]
+    assert len(first) and (c_fc[:, first.neuron.unique()].abs().sum(0) > 0).all()  # new weights, not zeros
+
+
+@pytest.mark.parametrize("report_to", ["mlflow", "none"])
+def test_a_training_that_dies_ends_its_run_failed_with_the_steps_it_recorded(store, tmp_path, report_to):
+    """TrainerCallback has no exception event: FluxCallback chains sys.excepthook while training runs. In a child
+    process (the hook runs as the interpreter dies), the run ends FAILED with the reason, whoever opened it, and the
+    steps before the failure are in its trace."""
+    import subprocess
+
+    from tests.helpers import PYTHON, ROOT, subprocess_env
+
+    done = subprocess.run([*PYTHON, str(ROOT / "tests" / "scripts" / "hf_failure.py"), report_to, str(tmp_path)],
+                          cwd=ROOT, env=subprocess_env(store), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "RuntimeError: the data went away" in done.stderr, done.stderr[-3000:]
+    (run,) = mlflow.search_runs([store["experiment_id"]], output_format="list")
+    assert run.info.status == "FAILED", run.info.status
+    assert "the data went away" in run.data.tags["mlflow_flux.failure"]
+    trace = mlflow_flux.load_traces(run.info.run_id, columns=["epoch"])
+    assert sorted(set(trace.epoch)) == list(range(1, max(trace.epoch) + 1)) and max(trace.epoch) >= 4  # every step

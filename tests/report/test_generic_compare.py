@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import mlflow_flux
-from mlflow_flux import fluctuation
+from mlflow_flux import fluctuation, reshape
 from mlflow_flux.errors import FluxError
 
 
@@ -47,7 +47,7 @@ def test_compare_groups_a_users_own_runs_by_any_parameter(store, tmp_path):
     assert sorted(r["run_id"] for r in rows) == sorted(ids)
     for row in rows:
         trace = mlflow_flux.load_traces(row["run_id"])
-        expected = fluctuation.summaries_over_epochs(trace, 2, fluctuation.DEFAULT_TAU).iloc[-1]
+        expected = reshape.summaries_over_epochs(trace, 2, fluctuation.DEFAULT_TAU).iloc[-1]
         for key in ("participating", "participating_frac", "dead_frac", "sos_median", "bias_fluct_median"):
             value, wanted = float(row[f"all/{key}"]), float(expected[f"all/{key}"])
             assert value == wanted or (math.isnan(value) and math.isnan(wanted)), key

@@ -1,645 +1,790 @@
-/* mlflow-flux neuron explorer. Part of mlflow-flux (Apache-2.0); no third-party code.
+/* mlflow-flux neuron explorer: the page. Part of mlflow-flux (Apache-2.0); no third-party code.
  *
- * The page carries its data (see mlflow_flux/explorer/encoding.py): JSON metadata in #flux-meta and one zlib-compressed,
- * base64 buffer in #flux-data, decoded here with the browser's DecompressionStream. Nothing is fetched: MLflow's
- * artifact viewer runs this in a sandboxed iframe with a null origin, and a cluster may have no internet.
+ * The page carries its data (mlflow_flux/explorer/encoding.py): JSON metadata in #flux-meta and one zlib-compressed,
+ * base64 buffer in #flux-data, decoded with the browser's DecompressionStream. Nothing is fetched: MLflow's artifact
+ * viewer runs this in a sandboxed iframe with a null origin, and a cluster may have no internet. The pure functions
+ * are in flux-core.js (the global FluxCore), inlined before this file.
  *
- * window.fluxExplorer is a small read-only view of what is drawn, for tests and for a user in the console:
- *   runs, quantities, layers(run), state, series(run, layer, neuron), selected, drawn, select({...}), cellCenter(row,
- *   bin), timings, errors, ready (a promise).
+ * One state object (`state`) says what is shown; the page's elements are built once (`build`) and every change
+ * redraws what depends on it (`update`): a control keeps its focus.
+ *
+ * window.fluxExplorer, a small read-only view of what is drawn, for tests and for a user in the console:
+ *   version, runs, quantities, resolution, pooled, live, pairs, layers(run), series(run, layer, neuron),
+ *   pairSeries(pair, layer, neuron), select(changes), cellCenter(row, bin), state, selected, drawn, overview,
+ *   timings, errors, ready (a promise).
  */
-(function () {
-  "use strict";
+"use strict";
 
-  var START = performance.now();
-  var meta = JSON.parse(document.getElementById("flux-meta").textContent);
-  var errors = [];
-  window.addEventListener("error", function (event) { errors.push(String(event.message || event)); });
-  window.addEventListener("unhandledrejection", function (event) { errors.push(String(event.reason)); });
+(() => {
+  const core = FluxCore; // flux-core.js, inlined before this script
+  const START = performance.now();
+  const meta = JSON.parse(document.getElementById("flux-meta").textContent);
+  const errors = [];
+  window.addEventListener("error", (event) => errors.push(String(event.message || event)));
+  window.addEventListener("unhandledrejection", (event) => errors.push(String(event.reason)));
 
-  var NO_WINDOW = 0, PARTICIPATING = 1, FROZEN = 2, DEAD = 3;
-  var STATE_COLOURS = ["#d9d9d9", "#2e8b57", "#e0a526", "#c0392b"];
-  var STATE_RGB = STATE_COLOURS.map(function (c) {
-    return [parseInt(c.slice(1, 3), 16), parseInt(c.slice(3, 5), 16), parseInt(c.slice(5, 7), 16)];
-  });
-  var NAN_COLOUR = [236, 236, 236];
-  var NONPOSITIVE_COLOUR = [70, 70, 70];
-  var NEVER = 2147483647;
+  // The state codes and "never" come from the page's metadata (explorer/pooling.py): one source.
+  const CODES = meta.codes;
+  const STATE_COLOURS = ["#d9d9d9", "#2e8b57", "#e0a526", "#c0392b"];
+  const STATE_RGB = STATE_COLOURS.map((c) => [1, 3, 5].map((i) => parseInt(c.slice(i, i + 2), 16)));
+  const STATE_KINDS = [["participating", CODES.PARTICIPATING], ["frozen", CODES.FROZEN], ["dead", CODES.DEAD]];
+  const PALETTE = ["#1f5fa8", "#c0392b", "#2e8b57", "#8e44ad", "#e0a526", "#16a085", "#7f8c8d", "#d35400"];
 
-  // -- data ---------------------------------------------------------------------------------------------------------
+  // -- the state, and what the page decoded ------------------------------------------------------------------------
 
-  var buffer = null;
-  var cache = {};
+  const state = {
+    run: 0, layer: 0, quantity: meta.quantities[0].name, order: "index", from: null, to: null, neuron: null,
+    overviewState: "dead", overviewSort: "model", filter: "", pair: 0, pairView: "difference",
+  };
+  const data = {buffer: null, cache: new Map()};
+  const view = {selected: null, drawn: {}, overview: {order: [], rises: {}}, pairDrawn: null};
+  const dom = {};
 
-  function decode(text) {
-    var binary = atob(text.trim());
-    var bytes = new Uint8Array(binary.length);
-    for (var i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
-    var stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("deflate"));
+  function array(name) {
+    if (data.cache.has(name)) return data.cache.get(name);
+    const entry = meta.manifest[name];
+    if (!entry) throw new Error("no array " + name + " in the page");
+    const count = entry.shape.reduce((a, b) => a * b, 1);
+    let out;
+    if (entry.dtype === "bf16") out = core.fromBfloat16(new Uint16Array(data.buffer, entry.offset, count));
+    else if (entry.dtype === "u8") out = new Uint8Array(data.buffer, entry.offset, count);
+    else if (entry.dtype === "i32") out = new Int32Array(data.buffer, entry.offset, count);
+    else out = new Float32Array(data.buffer, entry.offset, count);
+    data.cache.set(name, out);
+    return out;
+  }
+
+  async function decode(text) {
+    const binary = atob(text.trim());
+    const bytes = new Uint8Array(binary.length);
+    for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
+    const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("deflate"));
     return new Response(stream).arrayBuffer();
   }
 
-  function array(name) {
-    if (cache[name]) return cache[name];
-    var entry = meta.manifest[name];
-    if (!entry) throw new Error("no array " + name + " in the page");
-    var count = entry.shape.reduce(function (a, b) { return a * b; }, 1);
-    var out;
-    if (entry.dtype === "bf16") {
-      var bits = new Uint16Array(buffer, entry.offset, count);
-      var words = new Uint32Array(count);
-      for (var i = 0; i < count; i++) words[i] = bits[i] << 16;
-      out = new Float32Array(words.buffer);
-    } else if (entry.dtype === "u8") {
-      out = new Uint8Array(buffer, entry.offset, count);
-    } else if (entry.dtype === "i32") {
-      out = new Int32Array(buffer, entry.offset, count);
-    } else {
-      out = new Float32Array(buffer, entry.offset, count);
-    }
-    out.shape = entry.shape;
-    cache[name] = out;
-    return out;
+  const run = () => meta.runs[state.run];
+  const layer = () => run().layers[Math.min(state.layer, run().layers.length - 1)];
+  const bins = (r) => ({first: array(r.bins.first), last: array(r.bins.last)});
+  const range = (r) => core.epochRange(array(r.epochs), state.from, state.to);
+  const visible = (r) => {
+    const b = bins(r);
+    const [from, to] = range(r);
+    return core.visibleBins(b.first, b.last, from, to);
+  };
+
+  function rowsOf(r, L, visibleBins) {
+    const count = array(L.rows).length;
+    return core.rowOrder(state.order, {
+      count, values: state.quantity === "state" ? null : array(L.values[state.quantity]), states: array(L.states),
+      lastBin: visibleBins.length ? visibleBins[visibleBins.length - 1] : 0, stops: array(L.stops),
+      dies: array(L.dies),
+    });
   }
 
-  // -- helpers ------------------------------------------------------------------------------------------------------
+  // -- elements -------------------------------------------------------------------------------------------------
 
-  function el(tag, attrs, children) {
-    var node = document.createElement(tag);
-    Object.keys(attrs || {}).forEach(function (key) {
-      if (key === "text") node.textContent = attrs[key];
-      else if (key.slice(0, 2) === "on") node.addEventListener(key.slice(2), attrs[key]);
-      else node.setAttribute(key, attrs[key]);
-    });
-    (children || []).forEach(function (child) { if (child) node.appendChild(child); });
+  function el(tag, attrs = {}, children = []) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(attrs)) {
+      if (key === "text") node.textContent = value;
+      else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+      else node.setAttribute(key, value);
+    }
+    for (const child of children) if (child) node.appendChild(child);
     return node;
   }
 
-  function fmt(value) {
-    if (value === null || value === undefined || Number.isNaN(value)) return "not defined";
-    if (!Number.isFinite(value)) return value > 0 ? "inf" : "-inf";
-    if (value === 0) return "0";
-    var magnitude = Math.abs(value);
-    return magnitude >= 1e4 || magnitude < 1e-3 ? value.toExponential(3) : value.toPrecision(4);
+  /** A select whose options are (value, text) pairs; `fill` replaces them, keeping the element (and its focus). */
+  function select(label, onchange) {
+    const node = el("select", {onchange: (event) => onchange(event.target.value)});
+    node.fill = (options, chosen) => {
+      const wanted = options.map(([value, text]) => value + "\u0000" + text).join("\u0001");
+      if (node.dataset.options !== wanted) {
+        node.replaceChildren(...options.map(([value, text]) => el("option", {value: String(value), text})));
+        node.dataset.options = wanted;
+      }
+      node.value = String(chosen);
+    };
+    return {node, wrapper: el("label", {}, [document.createTextNode(label + " "), node])};
   }
-
-  // Viridis (matplotlib's, public domain): 9 stops, interpolated.
-  var VIRIDIS = [[68, 1, 84], [71, 44, 122], [59, 81, 139], [44, 113, 142], [33, 144, 141], [39, 173, 129],
-                 [92, 200, 99], [170, 220, 50], [253, 231, 37]];
-
-  function viridis(t) {
-    t = Math.min(1, Math.max(0, t)) * (VIRIDIS.length - 1);
-    var i = Math.min(VIRIDIS.length - 2, Math.floor(t)), f = t - i, a = VIRIDIS[i], b = VIRIDIS[i + 1];
-    return [a[0] + (b[0] - a[0]) * f, a[1] + (b[1] - a[1]) * f, a[2] + (b[2] - a[2]) * f];
-  }
-
-  function hex(rgb) {
-    return "#" + rgb.map(function (c) { return Math.round(c).toString(16).padStart(2, "0"); }).join("");
-  }
-
-  // A colour scale: [low, high] on a linear or log axis; values outside are clipped, NaN and (on log) <= 0 apart.
-  function Scale(low, high, log) {
-    this.low = low; this.high = high; this.log = log;
-  }
-  Scale.prototype.position = function (value) {
-    if (this.log) {
-      var a = Math.log10(this.low), b = Math.log10(this.high);
-      return b > a ? (Math.log10(value) - a) / (b - a) : 0.5;
-    }
-    return this.high > this.low ? (value - this.low) / (this.high - this.low) : 0.5;
-  };
-  Scale.prototype.colour = function (value) {
-    if (Number.isNaN(value)) return NAN_COLOUR;
-    if (this.log && value <= 0) return NONPOSITIVE_COLOUR;
-    return viridis(this.position(value));
-  };
-
-  function scaleFor(ranges) {
-    // ranges: [low, high, positiveLow, log] of each run's layer and quantity: one scale over all of them
-    var log = ranges.every(function (r) { return r[3]; }) && ranges.length > 0;
-    var low = Infinity, high = -Infinity;
-    ranges.forEach(function (r) {
-      var lo = log ? r[2] : r[0];
-      if (Number.isFinite(lo)) low = Math.min(low, lo);
-      if (Number.isFinite(r[1])) high = Math.max(high, r[1]);
-    });
-    if (!Number.isFinite(low) || !Number.isFinite(high)) { low = 0; high = 1; log = false; }
-    return new Scale(low, high, log);
-  }
-
-  // -- state of the page ----------------------------------------------------------------------------------------------
-
-  var view = {run: 0, layer: 0, quantity: meta.quantities[0].name, order: "index", from: null, to: null,
-              neuron: null, overviewState: PARTICIPATING};
-  var selected = null;
-  var drawn = {};
-  var dom = {};
-
-  function run() { return meta.runs[view.run]; }
-  function layer() { return run().layers[Math.min(view.layer, run().layers.length - 1)]; }
-
-  function binEpochs(r) {
-    return {first: array(r.bins.first), last: array(r.bins.last)};
-  }
-
-  function epochRange() {
-    var r = run(), epochs = array(r.epochs);
-    var from = view.from === null ? epochs[0] : view.from, to = view.to === null ? epochs[epochs.length - 1] : view.to;
-    return [from, to];
-  }
-
-  // The bins of run r that overlap the chosen epoch range.
-  function visibleBins(r) {
-    var bins = binEpochs(r), range = epochRange(), out = [];
-    for (var b = 0; b < bins.first.length; b++) if (bins.last[b] >= range[0] && bins.first[b] <= range[1]) out.push(b);
-    return out;
-  }
-
-  // Row order of a layer: by index, by the chosen quantity's last visible value, by when neurons stop participating
-  // or die (never: last).
-  function order(r, L, bins) {
-    var rows = array(L.rows).length, idx = [];
-    for (var i = 0; i < rows; i++) idx.push(i);
-    if (view.order === "index") return idx;
-    var key;
-    if (view.order === "final") {
-      var values = L.values[view.quantity] ? array(L.values[view.quantity]) : null;
-      var last = bins.length ? bins[bins.length - 1] : 0;
-      key = function (i) {
-        if (view.quantity === "state") return array(L.states)[last * rows + i];
-        var v = values ? values[last * rows + i] : NaN;
-        return Number.isNaN(v) ? -Infinity : v;
-      };
-      return idx.sort(function (a, b) { return key(b) - key(a) || a - b; });
-    }
-    var when = array(view.order === "stops" ? L.stops : L.dies);
-    return idx.sort(function (a, b) { return when[a] - when[b] || a - b; });
-  }
-
-  // -- drawing: line charts ---------------------------------------------------------------------------------------
 
   function prepare(canvas, width, height) {
-    var ratio = window.devicePixelRatio || 1;
-    canvas.width = Math.round(width * ratio); canvas.height = Math.round(height * ratio);
-    canvas.style.width = width + "px"; canvas.style.height = height + "px";
-    var ctx = canvas.getContext("2d");
+    const ratio = window.devicePixelRatio || 1;
+    canvas.width = Math.round(width * ratio);
+    canvas.height = Math.round(height * ratio);
+    canvas.style.width = width + "px";
+    canvas.style.height = height + "px";
+    const ctx = canvas.getContext("2d");
     ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
     ctx.clearRect(0, 0, width, height);
     ctx.font = "11px system-ui, sans-serif";
     return ctx;
   }
 
-  // series: [{x: Float32Array|[], y: [], colour, dash, band: {low, high}}]; axes: {x: [a, b], y: [a, b], logY}
+  const widthOf = (node) => Math.max(200, (node.parentNode ? node.parentNode.clientWidth : 800) - 4);
+
+  // -- line charts ------------------------------------------------------------------------------------------------
+
+  /** series: [{x, y, colour, dash, axis, band: {low, high}}]; axes: {x: [a, b], y: [{range, log, colour}], marks}. */
   function lineChart(canvas, width, height, series, axes, labels) {
-    var ctx = prepare(canvas, width, height), pad = {l: 44, r: 44, t: 8, b: 20};
-    var w = width - pad.l - pad.r, h = height - pad.t - pad.b;
-    var x0 = axes.x[0], x1 = axes.x[1] > axes.x[0] ? axes.x[1] : axes.x[0] + 1;
-    function sx(x) { return pad.l + (x - x0) / (x1 - x0) * w; }
-    function syFor(a) {
-      return function (y) {
-        if (a.log) { var l0 = Math.log10(a.range[0]), l1 = Math.log10(a.range[1]); return pad.t + h - (Math.log10(y) - l0) / (l1 - l0 || 1) * h; }
-        return pad.t + h - (y - a.range[0]) / ((a.range[1] - a.range[0]) || 1) * h;
-      };
-    }
-    ctx.strokeStyle = "#999"; ctx.strokeRect(pad.l, pad.t, w, h);
+    const ctx = prepare(canvas, width, height);
+    const pad = {l: 44, r: 44, t: 8, b: 20};
+    const w = width - pad.l - pad.r;
+    const h = height - pad.t - pad.b;
+    const x0 = axes.x[0];
+    const x1 = axes.x[1] > axes.x[0] ? axes.x[1] : axes.x[0] + 1;
+    const sx = (x) => pad.l + (x - x0) / (x1 - x0) * w;
+    const scales = (axes.y || []).map((a) => (y) => {
+      if (a.log) {
+        const l0 = Math.log10(a.range[0]);
+        const l1 = Math.log10(a.range[1]);
+        return pad.t + h - (Math.log10(y) - l0) / ((l1 - l0) || 1) * h;
+      }
+      return pad.t + h - (y - a.range[0]) / ((a.range[1] - a.range[0]) || 1) * h;
+    });
+    ctx.strokeStyle = "#999";
+    ctx.strokeRect(pad.l, pad.t, w, h);
     ctx.fillStyle = "#444";
     ctx.fillText(String(Math.round(x0)), pad.l, height - 6);
-    ctx.textAlign = "right"; ctx.fillText(String(Math.round(x1)), pad.l + w, height - 6); ctx.textAlign = "left";
-    (axes.y || []).forEach(function (a, side) {
-      var sy = syFor(a), x = side ? pad.l + w + 3 : 3;
+    ctx.textAlign = "right";
+    ctx.fillText(String(Math.round(x1)), pad.l + w, height - 6);
+    ctx.textAlign = "left";
+    (axes.y || []).forEach((a, side) => {
+      const x = side ? pad.l + w + 3 : 3;
       ctx.fillStyle = a.colour || "#444";
-      ctx.fillText(fmt(a.range[1]), x, pad.t + 9);
-      ctx.fillText(fmt(a.range[0]), x, pad.t + h);
-      a.sy = sy;
+      ctx.fillText(core.fmt(a.range[1]), x, pad.t + 9);
+      ctx.fillText(core.fmt(a.range[0]), x, pad.t + h);
     });
-    series.forEach(function (s) {
-      var sy = axes.y[s.axis || 0].sy;
+    for (const s of series) {
+      const axis = axes.y[s.axis || 0];
+      const sy = scales[s.axis || 0];
+      const inside = (i) => s.x[i] >= x0 && s.x[i] <= x1;
       if (s.band) {
-        ctx.fillStyle = s.colour; ctx.globalAlpha = 0.18; ctx.beginPath();
-        var started = false;
-        for (var i = 0; i < s.x.length; i++) {
-          if (!Number.isFinite(s.band.high[i]) || s.x[i] < x0 || s.x[i] > x1) continue;
-          if (!started) { ctx.moveTo(sx(s.x[i]), sy(s.band.high[i])); started = true; } else ctx.lineTo(sx(s.x[i]), sy(s.band.high[i]));
+        ctx.fillStyle = s.colour;
+        ctx.globalAlpha = 0.18;
+        ctx.beginPath();
+        let started = false;
+        for (let i = 0; i < s.x.length; i++) {
+          if (!Number.isFinite(s.band.high[i]) || !inside(i)) continue;
+          if (started) ctx.lineTo(sx(s.x[i]), sy(s.band.high[i]));
+          else { ctx.moveTo(sx(s.x[i]), sy(s.band.high[i])); started = true; }
         }
-        for (var j = s.x.length - 1; j >= 0; j--) {
-          if (!Number.isFinite(s.band.low[j]) || s.x[j] < x0 || s.x[j] > x1) continue;
-          ctx.lineTo(sx(s.x[j]), sy(s.band.low[j]));
+        for (let i = s.x.length - 1; i >= 0; i--) {
+          if (Number.isFinite(s.band.low[i]) && inside(i)) ctx.lineTo(sx(s.x[i]), sy(s.band.low[i]));
         }
         if (started) ctx.fill();
         ctx.globalAlpha = 1;
       }
-      ctx.strokeStyle = s.colour; ctx.lineWidth = s.width || 1.4; ctx.setLineDash(s.dash || []);
+      ctx.strokeStyle = s.colour;
+      ctx.lineWidth = s.width || 1.4;
+      ctx.setLineDash(s.dash || []);
       ctx.beginPath();
-      var pen = false;
-      for (var k = 0; k < s.x.length; k++) {
-        var y = s.y[k];
-        if (!Number.isFinite(y) || s.x[k] < x0 || s.x[k] > x1 || (axes.y[s.axis || 0].log && y <= 0)) { pen = false; continue; }
-        if (pen) ctx.lineTo(sx(s.x[k]), sy(y)); else { ctx.moveTo(sx(s.x[k]), sy(y)); pen = true; }
+      let pen = false;
+      for (let i = 0; i < s.x.length; i++) {
+        const y = s.y[i];
+        if (!Number.isFinite(y) || !inside(i) || (axis.log && y <= 0)) {
+          pen = false;
+          continue;
+        }
+        if (pen) ctx.lineTo(sx(s.x[i]), sy(y));
+        else { ctx.moveTo(sx(s.x[i]), sy(y)); pen = true; }
       }
-      ctx.stroke(); ctx.setLineDash([]);
-    });
-    (axes.marks || []).forEach(function (m) {
-      if (m.x < x0 || m.x > x1) return;
-      ctx.strokeStyle = m.colour; ctx.setLineDash([3, 2]); ctx.beginPath();
-      ctx.moveTo(sx(m.x), pad.t); ctx.lineTo(sx(m.x), pad.t + h); ctx.stroke(); ctx.setLineDash([]);
-    });
-    if (labels) {
-      var lx = pad.l + 6;
-      labels.forEach(function (label) {
-        ctx.fillStyle = label.colour; ctx.fillRect(lx, pad.t + 4, 10, 3);
-        ctx.fillStyle = "#333"; ctx.fillText(label.text, lx + 13, pad.t + 10);
-        lx += ctx.measureText(label.text).width + 26;
+      ctx.stroke();
+      ctx.setLineDash([]);
+    }
+    for (const m of axes.marks || []) {
+      if (m.x < x0 || m.x > x1) continue;
+      ctx.strokeStyle = m.colour;
+      ctx.setLineDash([3, 2]);
+      ctx.beginPath();
+      ctx.moveTo(sx(m.x), pad.t);
+      ctx.lineTo(sx(m.x), pad.t + h);
+      ctx.stroke();
+      ctx.setLineDash([]);
+    }
+    let lx = pad.l + 6;
+    for (const label of labels || []) {
+      ctx.fillStyle = label.colour;
+      ctx.fillRect(lx, pad.t + 4, 10, 3);
+      ctx.fillStyle = "#333";
+      ctx.fillText(label.text, lx + 13, pad.t + 10);
+      lx += ctx.measureText(label.text).width + 26;
+    }
+    return {toEpoch: (px) => x0 + (px - pad.l) / w * (x1 - x0)};
+  }
+
+  function legend(canvas, scale) {
+    const width = Math.min(420, widthOf(canvas));
+    const ctx = prepare(canvas, width, 34);
+    if (!scale) {
+      let x = 4;
+      meta.states.forEach((name, s) => {
+        ctx.fillStyle = STATE_COLOURS[s];
+        ctx.fillRect(x, 6, 12, 12);
+        ctx.fillStyle = "#333";
+        ctx.fillText(name, x + 16, 16);
+        x += ctx.measureText(name).width + 30;
       });
+      return;
     }
-    return {x: function (px) { return x0 + (px - pad.l) / w * (x1 - x0); }, pad: pad, w: w};
-  }
-
-  function range(values, log) {
-    var lo = Infinity, hi = -Infinity;
-    for (var i = 0; i < values.length; i++) {
-      var v = values[i];
-      if (!Number.isFinite(v) || (log && v <= 0)) continue;
-      if (v < lo) lo = v;
-      if (v > hi) hi = v;
+    const bar = width - 150;
+    for (let i = 0; i < bar; i++) {
+      ctx.fillStyle = core.hex(scale.centred ? core.diverging(i / (bar - 1)) : core.viridis(i / (bar - 1)));
+      ctx.fillRect(4 + i, 4, 1, 12);
     }
-    if (!Number.isFinite(lo)) return log ? [1e-3, 1] : [0, 1];
-    if (hi === lo) { hi = log ? lo * 10 : lo + 1; lo = log ? lo / 10 : lo - 1; }
-    return [lo, hi];
-  }
-
-  // -- the overview -----------------------------------------------------------------------------------------------
-
-  function drawOverview() {
-    var r = run(), epochs = array(r.epochs), all = array(r.fractions), n = epochs.length;
-    var shares = [[], [], []];
-    for (var i = 0; i < n; i++) for (var s = 0; s < 3; s++) shares[s].push(all[i * 3 + s]);
-    var series = [
-      {x: epochs, y: shares[0], colour: STATE_COLOURS[PARTICIPATING]},
-      {x: epochs, y: shares[1], colour: STATE_COLOURS[FROZEN]},
-      {x: epochs, y: shares[2], colour: STATE_COLOURS[DEAD]},
-    ];
-    var labels = [{text: "participating", colour: STATE_COLOURS[1]}, {text: "frozen", colour: STATE_COLOURS[2]},
-                  {text: "dead", colour: STATE_COLOURS[3]}];
-    var axes = {x: epochRange(), y: [{range: [0, 1]}]};
-    if (r.loss.length) {
-      var loss = r.loss[0], steps = array(loss.steps), values = array(loss.values);
-      axes.y.push({range: range(values, true), log: true, colour: "#1f5fa8"});
-      series.push({x: steps, y: values, colour: "#1f5fa8", axis: 1});
-      labels.push({text: loss.key, colour: "#1f5fa8"});
+    ctx.fillStyle = "#333";
+    ctx.fillText(core.fmt(scale.low), 4, 30);
+    ctx.textAlign = "right";
+    ctx.fillText(core.fmt(scale.high) + (scale.log ? " (log)" : ""), 4 + bar, 30);
+    ctx.textAlign = "left";
+    ctx.fillStyle = core.hex(core.NAN_COLOUR);
+    ctx.fillRect(bar + 12, 4, 12, 12);
+    ctx.fillStyle = "#333";
+    ctx.fillText("not defined", bar + 28, 14);
+    if (scale.log) {
+      ctx.fillStyle = core.hex(core.NONPOSITIVE_COLOUR);
+      ctx.fillRect(bar + 12, 19, 12, 12);
+      ctx.fillStyle = "#333";
+      ctx.fillText("\u2264 0", bar + 28, 29);
     }
-    var chart = lineChart(dom.overview, dom.overview.parentNode.clientWidth - 4, 170, series, axes, labels);
-    dom.overview.chart = chart;
-    drawLayerStrip();
   }
 
-  function drawLayerStrip() {
-    var r = run(), layers = r.layers, epochs = array(r.epochs), range_ = epochRange();
-    var width = dom.strip.parentNode.clientWidth - 4, rowHeight = 14, labelWidth = 140;
-    var ctx = prepare(dom.strip, width, layers.length * rowHeight + 4);
-    var cells = width - labelWidth, visible = [];
-    for (var i = 0; i < epochs.length; i++) if (epochs[i] >= range_[0] && epochs[i] <= range_[1]) visible.push(i);
-    var state = view.overviewState - 1;
-    layers.forEach(function (L, row) {
-      var f = array(L.fractions);
-      ctx.fillStyle = "#333"; ctx.fillText(L.name + (L.subset ? " (subset)" : ""), 2, row * rowHeight + 11);
-      for (var c = 0; c < cells && visible.length; c++) {
-        var k = visible[Math.min(visible.length - 1, Math.floor(c / cells * visible.length))];
-        var v = f[k * 3 + state];
-        ctx.fillStyle = Number.isFinite(v) ? hex(viridis(v)) : hex(NAN_COLOUR);
-        ctx.fillRect(labelWidth + c, row * rowHeight + 1, 1, rowHeight - 2);
-      }
-    });
-  }
+  // -- heatmaps -----------------------------------------------------------------------------------------------------
 
-  // -- the heatmap --------------------------------------------------------------------------------------------------
-
-  function layerScale(r, L, q) {
-    return scaleFor([L.ranges[q]]);
-  }
-
-  function paint(ctx, r, L, q, bins, rows, scale, x, y, w, h) {
-    var count = array(L.rows).length;
-    var image = ctx.createImageData(Math.max(1, bins.length), Math.max(1, rows.length));
-    var data = image.data, states = array(L.states), values = q === "state" ? null : array(L.values[q]);
-    for (var j = 0; j < rows.length; j++) {
-      for (var b = 0; b < bins.length; b++) {
-        var index = bins[b] * count + rows[j], rgb;
-        rgb = values ? scale.colour(values[index]) : STATE_RGB[states[index]];
-        var p = (j * bins.length + b) * 4;
-        data[p] = rgb[0]; data[p + 1] = rgb[1]; data[p + 2] = rgb[2]; data[p + 3] = 255;
+  /** Paint rows x bins of `values` (or the states) into a w x h box of `ctx`. */
+  function paint(ctx, {values, states, count, visibleBins, rows, scale}, x, y, w, h) {
+    const image = ctx.createImageData(Math.max(1, visibleBins.length), Math.max(1, rows.length));
+    const pixels = image.data;
+    for (let j = 0; j < rows.length; j++) {
+      for (let b = 0; b < visibleBins.length; b++) {
+        const index = visibleBins[b] * count + rows[j];
+        const rgb = values ? scale.colour(values[index]) : STATE_RGB[states[index]];
+        const p = (j * visibleBins.length + b) * 4;
+        pixels[p] = rgb[0];
+        pixels[p + 1] = rgb[1];
+        pixels[p + 2] = rgb[2];
+        pixels[p + 3] = 255;
       }
     }
-    var off = document.createElement("canvas");
-    off.width = image.width; off.height = image.height;
+    const off = document.createElement("canvas");
+    off.width = image.width;
+    off.height = image.height;
     off.getContext("2d").putImageData(image, 0, 0);
     ctx.imageSmoothingEnabled = false;
     ctx.drawImage(off, x, y, w, h);
   }
 
+  function resetsOf(r, L) {
+    const marks = r.resets && r.resets[L.name];
+    if (!marks) return null;
+    return {epochs: array(marks.epochs), neurons: array(marks.neurons), policy: marks.policy, dryRun: marks.dry_run};
+  }
+
   function drawHeatmap() {
-    var r = run(), L = layer(), q = view.quantity, bins = visibleBins(r), rows = order(r, L, bins);
-    var width = dom.heat.parentNode.clientWidth - 4;
-    var rowHeight = Math.max(1, Math.min(6, Math.floor(520 / Math.max(1, rows.length))));
-    var height = Math.max(60, rows.length * rowHeight);
-    var ctx = prepare(dom.heat, width, height);
-    var scale = q === "state" ? null : layerScale(r, L, q);
-    paint(ctx, r, L, q, bins, rows, scale, 0, 0, width, rows.length * rowHeight);
-    drawn = {run: r.id, layer: L.name, quantity: q, order: view.order, rows: rows.slice(), bins: bins.slice(),
-             width: width, rowHeight: rowHeight, scale: scale ? {low: scale.low, high: scale.high, log: scale.log} : null,
-             at: performance.now()};
+    const r = run();
+    const L = layer();
+    const q = state.quantity;
+    const visibleBins = visible(r);
+    const rows = rowsOf(r, L, visibleBins);
+    const width = widthOf(dom.heat);
+    const rowHeight = Math.max(1, Math.min(6, Math.floor(520 / Math.max(1, rows.length))));
+    const ctx = prepare(dom.heat, width, Math.max(60, rows.length * rowHeight));
+    const scale = q === "state" ? null : core.scaleFor([L.ranges[q]]);
+    const neurons = array(L.rows);
+    paint(ctx, {values: scale ? array(L.values[q]) : null, states: array(L.states), count: neurons.length,
+      visibleBins, rows, scale}, 0, 0, width, rows.length * rowHeight);
+    const marks = resetsOf(r, L);
+    let resetCount = 0;
+    if (marks) {  // a reset: a short black tick at its bin and row
+      const b = bins(r);
+      const cells = core.resetCells(marks.epochs, marks.neurons, Array.from(visibleBins, (i) => b.first[i]),
+        Array.from(visibleBins, (i) => b.last[i]), rows.map((i) => neurons[i]));
+      ctx.fillStyle = "#000";
+      for (const cell of cells) {
+        ctx.fillRect((cell.bin + 0.5) * width / visibleBins.length - 1, cell.row * rowHeight, 2, rowHeight);
+      }
+      resetCount = cells.length;
+    }
+    view.drawn = {run: r.id, layer: L.name, quantity: q, order: state.order, rows: rows.slice(),
+      bins: visibleBins.slice(), width, rowHeight, resets: resetCount,
+      scale: scale ? {low: scale.low, high: scale.high, log: scale.log} : null, at: performance.now()};
     if (api.timings.firstHeatmap === null) api.timings.firstHeatmap = performance.now();
     legend(dom.legend, scale);
     dom.heatTitle.textContent = L.name + " \u00b7 " + (q === "state" ? "state per window" : q) + " \u00b7 " +
-      rows.length + (L.banded ? " extreme neurons of " + L.width : " of " + L.width + " neurons") +
-      " \u00b7 " + bins.length + " of " + array(r.bins.first).length + " bins";
-  }
-
-  function legend(canvas, scale) {
-    var width = Math.min(420, canvas.parentNode.clientWidth - 4), ctx = prepare(canvas, width, 34);
-    if (!scale) {
-      var x = 4;
-      meta.states.forEach(function (name, s) {
-        ctx.fillStyle = STATE_COLOURS[s]; ctx.fillRect(x, 6, 12, 12);
-        ctx.fillStyle = "#333"; ctx.fillText(name, x + 16, 16); x += ctx.measureText(name).width + 30;
-      });
-      return;
-    }
-    var bar = width - 150;
-    for (var i = 0; i < bar; i++) { ctx.fillStyle = hex(viridis(i / (bar - 1))); ctx.fillRect(4 + i, 4, 1, 12); }
-    ctx.fillStyle = "#333";
-    ctx.fillText(fmt(scale.low), 4, 30);
-    ctx.textAlign = "right"; ctx.fillText(fmt(scale.high) + (scale.log ? " (log)" : ""), 4 + bar, 30);
-    ctx.textAlign = "left";
-    ctx.fillStyle = hex(NAN_COLOUR); ctx.fillRect(bar + 12, 4, 12, 12);
-    ctx.fillStyle = "#333"; ctx.fillText("not defined", bar + 28, 14);
-    if (scale.log) { ctx.fillStyle = hex(NONPOSITIVE_COLOUR); ctx.fillRect(bar + 12, 19, 12, 12); ctx.fillStyle = "#333"; ctx.fillText("\u2264 0", bar + 28, 29); }
+      rows.length + (L.banded ? " drawn rows (quantile bands and extreme neurons) of " + L.width + " neurons" :
+        " of " + L.width + " neurons") + " \u00b7 " + visibleBins.length + " of " + array(r.bins.first).length +
+      " bins" + (marks ? " \u00b7 black ticks: " + (marks.dryRun ? "would-be " : "") + marks.policy + " resets" : "");
   }
 
   function cellAt(event) {
-    var rect = dom.heat.getBoundingClientRect(), d = drawn;
-    var x = event.clientX - rect.left, y = event.clientY - rect.top;
-    var row = Math.floor(y / d.rowHeight), bin = Math.floor(x / d.width * d.bins.length);
+    const rect = dom.heat.getBoundingClientRect();
+    const d = view.drawn;
+    const row = Math.floor((event.clientY - rect.top) / d.rowHeight);
+    const bin = Math.floor((event.clientX - rect.left) / d.width * d.bins.length);
     if (row < 0 || row >= d.rows.length || bin < 0 || bin >= d.bins.length) return null;
     return {row: d.rows[row], bin: d.bins[bin]};
   }
 
-  function rowLabel(L, row) {
-    var neuron = array(L.rows)[row];
-    return neuron < 0 ? "quantile " + meta.bands[-neuron - 1] + " of " + L.width + " neurons" : "neuron " + neuron;
-  }
-
   function describeCell(cell) {
-    var r = run(), L = layer(), bins = binEpochs(r), n = array(L.rows).length, q = view.quantity;
-    var first = bins.first[cell.bin], last = bins.last[cell.bin];
-    var snapshot = first === last ? "epoch " + first : "epochs " + first + "\u2013" + last + " (mean)";
-    var value = q === "state" ? meta.states[array(L.states)[cell.bin * n + cell.row]] :
-      fmt(array(L.values[q])[cell.bin * n + cell.row]);
-    return L.name + " \u00b7 " + rowLabel(L, cell.row) + " \u00b7 " + snapshot + " \u00b7 " +
+    const r = run();
+    const L = layer();
+    const b = bins(r);
+    const n = array(L.rows).length;
+    const q = state.quantity;
+    const first = b.first[cell.bin];
+    const last = b.last[cell.bin];
+    const neuron = array(L.rows)[cell.row];
+    const label = neuron < 0 ? "quantile " + meta.bands[-neuron - 1] + " of " + L.width + " neurons" :
+      "neuron " + neuron;
+    const when = first === last ? "epoch " + first : "epochs " + first + "\u2013" + last + " (mean)";
+    const value = q === "state" ? meta.states[array(L.states)[cell.bin * n + cell.row]] :
+      core.fmt(array(L.values[q])[cell.bin * n + cell.row]);
+    return L.name + " \u00b7 " + label + " \u00b7 " + when + " \u00b7 " +
       (q === "state" ? "state at epoch " + last : q) + ": " + value;
   }
 
-  // -- one neuron ---------------------------------------------------------------------------------------------------
+  // -- the network and its layers -------------------------------------------------------------------------------
+
+  function drawNetwork() {
+    const r = run();
+    const epochs = array(r.epochs);
+    const all = array(r.fractions);
+    const series = STATE_KINDS.map(([, code], s) => ({
+      x: epochs, y: Array.from({length: epochs.length}, (_, i) => all[i * 3 + s]), colour: STATE_COLOURS[code]}));
+    const labels = STATE_KINDS.map(([name, code]) => ({text: name, colour: STATE_COLOURS[code]}));
+    const axes = {x: range(r), y: [{range: [0, 1]}]};
+    if (r.loss.length) {
+      const loss = r.loss[0];
+      const values = array(loss.values);
+      axes.y.push({range: core.valueRange(values, true), log: true, colour: "#1f5fa8"});
+      series.push({x: array(loss.steps), y: values, colour: "#1f5fa8", axis: 1});
+      labels.push({text: loss.key, colour: "#1f5fa8"});
+    }
+    dom.network.chart = lineChart(dom.network, widthOf(dom.network), 170, series, axes, labels);
+  }
+
+  /** Every layer at once: a row each (its fraction in the chosen state over the snapshots), grouped by module path,
+   * filtered and sorted; a click opens that layer's heatmap. */
+  function drawLayers() {
+    const r = run();
+    const names = r.layers.map((L) => L.name);
+    const column = STATE_KINDS.findIndex(([name]) => name === state.overviewState);
+    const info = r.layers.map((L, index) => {
+      const fractions = array(L.fractions);
+      const rise = core.firstRise(fractions, 2, meta.rise);  // the dead fraction
+      const epochs = array(r.epochs);
+      return {index, name: L.name, rise: rise < 0 ? -1 : epochs[rise], final: fractions[fractions.length - 3 + column]};
+    });
+    const shown = new Set(core.filterLayers(names, state.filter));
+    const sorted = core.sortLayers(state.overviewSort, info).filter((l) => shown.has(l.index));
+    const groups = state.overviewSort === "model" ? core.layerGroups(names) : [{path: "", layers: sorted}];
+    const rowsByIndex = new Map(sorted.map((l) => [l.index, l]));
+    const list = [];
+    const stripWidth = Math.max(120, widthOf(dom.layers) - 330);
+    const [from, to] = range(r);
+    const epochs = array(r.epochs);
+    const inRange = [];
+    for (let i = 0; i < epochs.length; i++) if (epochs[i] >= from && epochs[i] <= to) inRange.push(i);
+    for (const group of groups) {
+      const members = group.layers.filter((l) => rowsByIndex.has(l.index));
+      if (!members.length) continue;
+      if (group.path) list.push(el("div", {class: "layer-group", text: group.path}));
+      for (const member of members) {
+        const L = r.layers[member.index];
+        const entry = rowsByIndex.get(member.index);
+        const canvas = el("canvas", {class: "layer-strip"});
+        const row = el("div", {class: "layer-row" + (member.index === state.layer ? " chosen" : ""),
+          title: L.name + " (" + L.width + " neurons)" + (entry.rise >= 0 ? "; dead fraction first rises at epoch " +
+            entry.rise : ""), "data-layer": L.name,
+          onclick: () => setState({layer: member.index, neuron: null})}, [
+          el("span", {class: "layer-name", text: state.overviewSort === "model" ? member.short || L.name : L.name}),
+          el("span", {class: "layer-width", text: String(L.width)}), canvas,
+          el("span", {class: "layer-rise", text: entry.rise >= 0 ? "rises @" + entry.rise : ""})]);
+        list.push(row);
+        const ctx = prepare(canvas, stripWidth, 12);
+        const fractions = array(L.fractions);
+        for (let c = 0; c < stripWidth && inRange.length; c++) {
+          const k = inRange[Math.min(inRange.length - 1, Math.floor(c / stripWidth * inRange.length))];
+          const v = fractions[k * 3 + column];
+          ctx.fillStyle = Number.isFinite(v) ? core.hex(core.viridis(v)) : core.hex(core.NAN_COLOUR);
+          ctx.fillRect(c, 0, 1, 12);
+        }
+      }
+    }
+    dom.layers.replaceChildren(...list);
+    dom.layersNote.textContent = sorted.length + " of " + names.length + " layers; colour: the " + state.overviewState +
+      " fraction of each layer's neurons (0 dark, 1 bright) over the chosen epochs";
+    view.overview = {order: sorted.map((l) => l.name), rises: Object.fromEntries(info.map((l) => [l.name, l.rise]))};
+  }
+
+  // -- one neuron -------------------------------------------------------------------------------------------------
 
   function series(runIndex, layerName, neuron) {
-    var r = meta.runs[runIndex], L = r.layers.filter(function (l) { return l.name === layerName; })[0];
+    const r = meta.runs[runIndex];
+    const L = r && r.layers.find((l) => l.name === layerName);
     if (!L) return null;
-    var rows = array(L.rows), row = rows.indexOf(neuron);
+    const rows = array(L.rows);
+    const row = rows.indexOf(neuron);
     if (row < 0) return null;
-    var bins = binEpochs(r), n = rows.length, out = {run: r.id, layer: layerName, neuron: neuron,
-      first: Array.from(bins.first), last: Array.from(bins.last), values: {}, states: []};
-    Object.keys(L.values).forEach(function (q) {
-      var v = array(L.values[q]), column = [];
-      for (var b = 0; b < bins.first.length; b++) column.push(v[b * n + row]);
-      out.values[q] = column;
-    });
-    var s = array(L.states);
-    for (var b = 0; b < bins.first.length; b++) out.states.push(meta.states[s[b * n + row]]);
+    const b = bins(r);
+    const n = rows.length;
+    const out = {run: r.id, layer: layerName, neuron, first: Array.from(b.first), last: Array.from(b.last),
+      values: {}, states: [], resets: []};
+    for (const q of Object.keys(L.values)) {
+      const v = array(L.values[q]);
+      out.values[q] = Array.from({length: b.first.length}, (_, k) => v[k * n + row]);
+    }
+    const s = array(L.states);
+    for (let k = 0; k < b.first.length; k++) out.states.push(meta.states[s[k * n + row]]);
+    const marks = resetsOf(r, L);
+    if (marks) {
+      for (let k = 0; k < marks.epochs.length; k++) {
+        if (marks.neurons[k] === neuron || marks.neurons[k] < 0) out.resets.push(marks.epochs[k]);
+      }
+    }
     return out;
   }
 
   function drawNeuron() {
-    var panel = dom.neuron;
-    panel.textContent = "";
-    if (view.neuron === null) {
-      panel.appendChild(el("p", {class: "hint", text: "Click a cell of the heatmap to see all of that neuron's quantities."}));
-      selected = null;
+    const panel = dom.neuron;
+    if (state.neuron === null) {
+      view.selected = null;
+      panel.replaceChildren(el("p", {class: "hint", text: "Click a cell of the heatmap to see all of that neuron's " +
+        "quantities."}));
       return;
     }
-    var r = run(), L = layer(), data = series(view.run, L.name, view.neuron);
-    if (!data) { selected = null; return; }
-    selected = data;
-    var changes = [];
-    for (var b = 1; b < data.states.length; b++) if (data.states[b] !== data.states[b - 1])
-      changes.push({x: data.last[b], colour: STATE_COLOURS[meta.states.indexOf(data.states[b])], text: data.states[b - 1] + " \u2192 " + data.states[b] + " by epoch " + data.last[b]});
-    panel.appendChild(el("h3", {text: "Neuron " + view.neuron + " of " + L.name + " (" + r.name + ")"}));
-    panel.appendChild(el("p", {class: "changes", text: changes.length ? "State changes: " +
-      changes.map(function (c) { return c.text; }).join("; ") : "State: " + (data.states[data.states.length - 1] || "") + " throughout"}));
-    var grid = el("div", {class: "minis"});
-    panel.appendChild(grid);
-    var table = el("table", {class: "values"});
-    var lastBin = data.last.length - 1;
-    meta.quantities.forEach(function (q) {
-      if (!data.values[q.name]) return;
-      var box = el("div", {class: "mini"}), canvas = el("canvas");
-      box.appendChild(el("div", {class: "mini-title", text: q.name}));
-      box.appendChild(canvas);
-      grid.appendChild(box);
-      var logged = L.ranges[q.name] && L.ranges[q.name][3];
-      lineChart(canvas, 250, 90, [{x: data.last, y: data.values[q.name], colour: "#1f5fa8"}],
-                {x: epochRange(), y: [{range: range(data.values[q.name], logged), log: logged}], marks: changes});
+    const r = run();
+    const L = layer();
+    const picked = series(state.run, L.name, state.neuron);
+    view.selected = picked;
+    if (!picked) {
+      panel.replaceChildren();
+      return;
+    }
+    const changes = [];
+    for (let b = 1; b < picked.states.length; b++) {
+      if (picked.states[b] !== picked.states[b - 1]) {
+        changes.push({x: picked.last[b], colour: STATE_COLOURS[meta.states.indexOf(picked.states[b])],
+          text: picked.states[b - 1] + " \u2192 " + picked.states[b] + " by epoch " + picked.last[b]});
+      }
+    }
+    const marks = [...changes, ...picked.resets.map((x) => ({x, colour: "#000"}))];
+    const grid = el("div", {class: "minis"});
+    const table = el("table", {class: "values"});
+    const lastBin = picked.last.length - 1;
+    for (const q of meta.quantities) {
+      if (!picked.values[q.name]) continue;
+      const canvas = el("canvas");
+      grid.appendChild(el("div", {class: "mini"}, [el("div", {class: "mini-title", text: q.name}), canvas]));
+      const logged = L.ranges[q.name] && L.ranges[q.name][3];
+      lineChart(canvas, 250, 90, [{x: picked.last, y: picked.values[q.name], colour: "#1f5fa8"}],
+        {x: range(r), y: [{range: core.valueRange(picked.values[q.name], logged), log: logged}], marks});
       table.appendChild(el("tr", {}, [el("th", {text: q.name}), el("td", {class: "value", "data-quantity": q.name,
-        text: fmt(data.values[q.name][lastBin])})]));
-    });
-    panel.appendChild(el("p", {class: "hint", text: "Values at the last bin (epoch " + data.last[lastBin] + "):"}));
-    panel.appendChild(table);
+        text: core.fmt(picked.values[q.name][lastBin])})]));
+    }
+    panel.replaceChildren(
+      el("h3", {text: "Neuron " + state.neuron + " of " + L.name + " (" + r.name + ")"}),
+      el("p", {class: "changes", text: (changes.length ? "State changes: " + changes.map((c) => c.text).join("; ") :
+        "State: " + (picked.states[lastBin] || "") + " throughout") +
+        (picked.resets.length ? " \u00b7 reset at epoch " + picked.resets.join(", ") + " (black lines)" : "")}),
+      grid, el("p", {class: "hint", text: "Values at the last bin (epoch " + picked.last[lastBin] + "):"}), table);
   }
 
-  // -- all runs ----------------------------------------------------------------------------------------------------
+  // -- several runs ------------------------------------------------------------------------------------------------
 
   function drawRuns() {
     if (meta.runs.length < 2) return;
-    var name = layer().name, q = view.quantity, container = dom.runs;
-    container.textContent = "";
-    var ranges = [];
-    meta.runs.forEach(function (r) {
-      r.layers.forEach(function (L) { if (L.name === name && q !== "state") ranges.push(L.ranges[q]); });
-    });
-    var scale = q === "state" ? null : scaleFor(ranges);
+    const name = layer().name;
+    const q = state.quantity;
+    const ranges = [];
+    for (const r of meta.runs) for (const L of r.layers) if (L.name === name && q !== "state") ranges.push(L.ranges[q]);
+    const scale = q === "state" ? null : core.scaleFor(ranges);
     legend(dom.runsLegend, scale);
-    meta.groups.forEach(function (group) {
-      var box = el("div", {class: "group"});
-      box.appendChild(el("h4", {text: group.name}));
-      group.runs.forEach(function (index) {
-        var r = meta.runs[index], L = r.layers.filter(function (l) { return l.name === name; })[0];
-        var cell = el("div", {class: "run-cell"});
-        cell.appendChild(el("div", {class: "run-name", text: r.name}));
-        var canvas = el("canvas", {title: "show this run above", onclick: function () { setView({run: index}); }});
-        cell.appendChild(canvas);
-        box.appendChild(cell);
-        if (!L) { cell.appendChild(el("p", {class: "hint", text: "no layer " + name})); return; }
-        var bins = visibleBins(r), rows = order(r, L, bins);
-        var h = Math.max(40, Math.min(160, rows.length)), ctx = prepare(canvas, 220, h);
-        paint(ctx, r, L, q, bins, rows, scale, 0, 0, 220, h);
-      });
-      container.appendChild(box);
-    });
+    const boxes = meta.groups.map((group) => el("div", {class: "group"}, [el("h4", {text: group.name}),
+      ...group.runs.map((index) => {
+        const r = meta.runs[index];
+        const L = r.layers.find((l) => l.name === name);
+        const canvas = el("canvas", {title: "show this run above", onclick: () => setState({run: index})});
+        const cell = el("div", {class: "run-cell"}, [el("div", {class: "run-name", text: r.name}), canvas]);
+        if (!L) {
+          cell.appendChild(el("p", {class: "hint", text: "no layer " + name}));
+          return cell;
+        }
+        const visibleBins = visible(r);
+        const rows = rowsOf(r, L, visibleBins);
+        const h = Math.max(40, Math.min(160, rows.length));
+        paint(prepare(canvas, 220, h), {values: scale ? array(L.values[q]) : null, states: array(L.states),
+          count: array(L.rows).length, visibleBins, rows, scale}, 0, 0, 220, h);
+        return cell;
+      })]));
+    dom.runs.replaceChildren(...boxes);
     drawGroupCurves();
   }
 
   function drawGroupCurves() {
     // Every group's participating (solid), frozen (dashed) and dead (dotted) fractions, each with its 95% interval.
-    var palette = ["#1f5fa8", "#c0392b", "#2e8b57", "#8e44ad", "#e0a526", "#16a085", "#7f8c8d", "#d35400"];
-    var dashes = [[], [6, 3], [2, 3]], series = [], labels = [];
-    meta.groups.forEach(function (group, g) {
+    const dashes = [[], [6, 3], [2, 3]];
+    const series = [];
+    const labels = [];
+    meta.groups.forEach((group, g) => {
       if (!group.curves) return;
-      var c = group.curves, x = array(c.epochs), mean = array(c.mean), low = array(c.low), high = array(c.high);
-      var k = x.length, colour = palette[g % palette.length];
-      var pick = function (a, s) { var out = []; for (var i = 0; i < k; i++) out.push(a[i * 3 + s]); return out; };
-      for (var s = 0; s < 3; s++)
-        series.push({x: x, y: pick(mean, s), colour: colour, dash: dashes[s], band: {low: pick(low, s), high: pick(high, s)}});
-      labels.push({text: group.name + " (" + group.runs.length + ")", colour: colour});
+      const c = group.curves;
+      const x = array(c.epochs);
+      const colour = PALETTE[g % PALETTE.length];
+      const pick = (a, s) => Array.from({length: x.length}, (_, i) => a[i * 3 + s]);
+      for (let s = 0; s < 3; s++) {
+        series.push({x, y: pick(array(c.mean), s), colour, dash: dashes[s],
+          band: {low: pick(array(c.low), s), high: pick(array(c.high), s)}});
+      }
+      labels.push({text: group.name + " (" + group.runs.length + ")", colour});
     });
     labels.push({text: "\u2014 participating, - - frozen, \u00b7\u00b7 dead", colour: "#333"});
-    lineChart(dom.groupCurves, dom.groupCurves.parentNode.clientWidth - 4, 220, series,
-              {x: epochRange(), y: [{range: [0, 1]}]}, labels);
+    lineChart(dom.groupCurves, widthOf(dom.groupCurves), 220, series, {x: range(run()), y: [{range: [0, 1]}]}, labels);
   }
 
-  // -- controls and events ---------------------------------------------------------------------------------------
+  // -- runs that share their start --------------------------------------------------------------------------------
 
-  function option(value, text, chosen) {
-    var node = el("option", {value: value, text: text});
-    if (chosen) node.selected = true;
-    return node;
-  }
-
-  function controls() {
-    var bar = dom.controls;
-    bar.textContent = "";
-    function select(label, options, onchange) {
-      var s = el("select", {onchange: function (event) { onchange(event.target.value); }}, options);
-      bar.appendChild(el("label", {}, [document.createTextNode(label + " "), s]));
-      return s;
+  function pairSeries(pairIndex, layerName, neuron) {
+    const pair = meta.pairs[pairIndex];
+    if (!pair) return null;
+    const a = series(pair.a, layerName, neuron);
+    const b = series(pair.b, layerName, neuron);
+    const entry = pair.layers[layerName];
+    if (!a || !b || !entry) return null;
+    const L = meta.runs[pair.a].layers.find((l) => l.name === layerName);
+    const row = array(L.rows).indexOf(neuron);
+    const n = array(L.rows).length;
+    const difference = {};
+    for (const q of Object.keys(entry)) {
+      const v = array(entry[q]);
+      difference[q] = Array.from({length: a.first.length}, (_, k) => v[k * n + row]);
     }
-    if (meta.runs.length > 1) select("run", meta.runs.map(function (r, i) { return option(i, r.name, i === view.run); }),
-      function (v) { setView({run: +v, neuron: null}); });
-    select("layer", run().layers.map(function (L, i) { return option(i, L.name + " (" + L.width + ")", i === view.layer); }),
-      function (v) { setView({layer: +v, neuron: null}); });
-    select("quantity", meta.quantities.map(function (q) { return option(q.name, q.name, q.name === view.quantity); })
-      .concat([option("state", "state per window", view.quantity === "state")]), function (v) { setView({quantity: v}); });
-    select("order", [option("index", "by index", view.order === "index"), option("final", "by last value", view.order === "final"),
-      option("stops", "by when it stops participating", view.order === "stops"), option("dies", "by when it dies", view.order === "dies")],
-      function (v) { setView({order: v}); });
-    select("overview", [option(1, "participating", view.overviewState === 1), option(2, "frozen", view.overviewState === 2),
-      option(3, "dead", view.overviewState === 3)], function (v) { setView({overviewState: +v}); });
-    var range_ = epochRange(), epochs = array(run().epochs);
-    var from = el("input", {type: "number", value: range_[0], min: epochs[0], max: epochs[epochs.length - 1], class: "epoch"});
-    var to = el("input", {type: "number", value: range_[1], min: epochs[0], max: epochs[epochs.length - 1], class: "epoch"});
-    function apply() { setView({from: +from.value, to: +to.value}); }
-    from.addEventListener("change", apply); to.addEventListener("change", apply);
-    bar.appendChild(el("label", {}, [document.createTextNode("epochs "), from, document.createTextNode(" to "), to]));
-    bar.appendChild(el("button", {text: "all epochs", onclick: function () { setView({from: null, to: null}); }}));
+    return {a, b, difference};
   }
 
-  function setView(changes) {
-    Object.keys(changes).forEach(function (key) { view[key] = changes[key]; });
-    if (view.from !== null && view.to !== null && view.from > view.to) { var t = view.from; view.from = view.to; view.to = t; }
-    render();
+  function drawPairs() {
+    if (!dom.pairs) return;
+    if (!meta.pairs.length) return;
+    const pair = meta.pairs[Math.min(state.pair, meta.pairs.length - 1)];
+    const a = meta.runs[pair.a];
+    const b = meta.runs[pair.b];
+    const L = a.layers.find((l) => l.name === layer().name);
+    const q = state.quantity === "state" ? meta.quantities[0].name : state.quantity;
+    const entry = pair.layers[layer().name];
+    if (!L || !entry || !entry[q]) {
+      view.pairDrawn = null;
+      dom.pairTitle.textContent = "Layer " + layer().name + " is not compared neuron by neuron: " +
+        (pair.skipped.find((s) => s.startsWith(layer().name + " ")) || "not in both runs");
+      prepare(dom.pairHeat, widthOf(dom.pairHeat), 10);
+      return;
+    }
+    const visibleBins = visible(a);
+    const rows = rowsOf(a, L, visibleBins);
+    const scale = core.differenceScale([pair.ranges[L.name][q]]);
+    const width = widthOf(dom.pairHeat);
+    const rowHeight = Math.max(1, Math.min(6, Math.floor(400 / Math.max(1, rows.length))));
+    paint(prepare(dom.pairHeat, width, Math.max(40, rows.length * rowHeight)), {values: array(entry[q]),
+      states: null, count: array(L.rows).length, visibleBins, rows, scale}, 0, 0, width, rows.length * rowHeight);
+    legend(dom.pairLegend, scale);
+    dom.pairTitle.textContent = q + " of " + L.name + ": " + a.name + " minus " + b.name + ", neuron by neuron " +
+      "(computed in float32 before the page's encoding); same start: fingerprint " + (a.fingerprint || "").slice(0, 12);
+    view.pairDrawn = {pair: state.pair, layer: L.name, quantity: q, rows: rows.slice(), bins: visibleBins.slice()};
+    const neuron = state.neuron !== null ? state.neuron : array(L.rows)[rows[0]];
+    const both = pairSeries(state.pair, L.name, neuron);
+    if (both) {
+      const values = [...both.a.values[q], ...both.b.values[q]];
+      const logged = L.ranges[q] && L.ranges[q][3];
+      lineChart(dom.pairNeuron, widthOf(dom.pairNeuron), 150,
+        [{x: both.a.last, y: both.a.values[q], colour: PALETTE[0]}, {x: both.b.last, y: both.b.values[q],
+          colour: PALETTE[1], dash: [5, 3]}],
+        {x: range(a), y: [{range: core.valueRange(values, logged), log: logged}]},
+        [{text: "neuron " + neuron + ": " + a.name, colour: PALETTE[0]}, {text: b.name, colour: PALETTE[1]}]);
+    }
   }
 
-  function render() {
-    controls();
-    drawOverview();
+  // -- controls and updates ---------------------------------------------------------------------------------------
+
+  function updateControls() {
+    const r = run();
+    if (dom.runSelect) dom.runSelect.fill(meta.runs.map((x, i) => [i, x.name]), state.run);
+    dom.layerSelect.fill(r.layers.map((L, i) => [i, L.name + " (" + L.width + ")"]), state.layer);
+    dom.quantitySelect.fill([...meta.quantities.map((q) => [q.name, q.name]), ["state", "state per window"]],
+      state.quantity);
+    dom.orderSelect.fill([["index", "by index"], ["final", "by last value"], ["stops", "by when it stops " +
+      "participating"], ["dies", "by when it dies"]], state.order);
+    dom.overviewSelect.fill(STATE_KINDS.map(([name]) => [name, name]), state.overviewState);
+    dom.sortSelect.fill([["model", "model order, grouped"], ["rise", "when the dead fraction first rises"],
+      ["final", "last value, high first"], ["name", "name"]], state.overviewSort);
+    if (dom.pairSelect) {
+      dom.pairSelect.fill(meta.pairs.map((p, i) => [i, meta.runs[p.a].name + " vs " + meta.runs[p.b].name]),
+        state.pair);
+    }
+    const [from, to] = range(r);
+    const epochs = array(r.epochs);
+    for (const [input, value] of [[dom.from, from], [dom.to, to]]) {
+      input.min = epochs[0];
+      input.max = epochs[epochs.length - 1];
+      if (document.activeElement !== input) input.value = value;
+    }
+  }
+
+  function setState(changes) {
+    Object.assign(state, changes);
+    if (state.from !== null && state.to !== null && state.from > state.to) [state.from, state.to] = [state.to, state.from];
+    update();
+  }
+
+  function update() {
+    updateControls();
+    drawNetwork();
+    drawLayers();
     drawHeatmap();
     drawNeuron();
     drawRuns();
+    drawPairs();
   }
 
-  function brush(canvas) {
-    var start = null;
-    canvas.addEventListener("mousedown", function (event) { start = event.offsetX; });
-    canvas.addEventListener("mouseup", function (event) {
-      if (start === null || !canvas.chart) return;
-      var a = canvas.chart.x(Math.min(start, event.offsetX)), b = canvas.chart.x(Math.max(start, event.offsetX));
-      start = null;
-      if (b - a >= 1) setView({from: Math.round(a), to: Math.round(b)});
-    });
-  }
-
-  function layout() {
-    var app = document.getElementById("app");
-    var header = el("header", {}, [
-      el("h1", {text: meta.title}),
-      el("p", {class: "what", text: meta.subtitle}),
-      el("p", {class: "pooled", text: meta.pooled}),
-      el("p", {class: "resolution", text: meta.resolution}),
-    ]);
-    dom.controls = el("div", {class: "controls"});
-    dom.overview = el("canvas", {class: "overview"});
-    dom.strip = el("canvas", {class: "strip"});
+  function build() {
+    const app = document.getElementById("app");
+    const header = el("header", {}, [el("h1", {text: meta.title}), el("p", {class: "what", text: meta.subtitle})]);
+    if (meta.live) {
+      const banded = meta.runs.some((r) => r.layers.some((L) => L.banded));
+      header.appendChild(el("p", {class: "live", text: "Live: this page is refreshed while the run trains; it " +
+        "holds the snapshots up to epoch " + meta.live.snapshot + " (" + meta.live.snapshots + " snapshots), " +
+        "written " + meta.live.written + "." + (banded ? " Layers wider than the neuron budget show their " +
+        "quantile bands; their extreme neurons come when the run closes." : "")}));
+    }
+    for (const line of meta.pooled) header.appendChild(el("p", {class: "pooled", text: line}));
+    header.appendChild(el("p", {class: "resolution", text: meta.resolution}));
+    const controls = el("div", {class: "controls"});
+    if (meta.runs.length > 1) {
+      const s = select("run", (v) => setState({run: +v, neuron: null}));
+      dom.runSelect = s.node;
+      controls.appendChild(s.wrapper);
+    }
+    for (const [key, label, handler] of [
+      ["layerSelect", "layer", (v) => setState({layer: +v, neuron: null})],
+      ["quantitySelect", "quantity", (v) => setState({quantity: v})],
+      ["orderSelect", "order", (v) => setState({order: v})]]) {
+      const s = select(label, handler);
+      dom[key] = s.node;
+      controls.appendChild(s.wrapper);
+    }
+    dom.from = el("input", {type: "number", class: "epoch"});
+    dom.to = el("input", {type: "number", class: "epoch"});
+    const apply = () => setState({from: +dom.from.value, to: +dom.to.value});
+    dom.from.addEventListener("change", apply);
+    dom.to.addEventListener("change", apply);
+    controls.append(el("label", {}, [document.createTextNode("epochs "), dom.from, document.createTextNode(" to "),
+      dom.to]), el("button", {text: "all epochs", onclick: () => setState({from: null, to: null})}));
+    dom.network = el("canvas", {class: "overview"});
+    const overviewSelect = select("colour", (v) => setState({overviewState: v}));
+    const sortSelect = select("sort", (v) => setState({overviewSort: v}));
+    dom.overviewSelect = overviewSelect.node;
+    dom.sortSelect = sortSelect.node;
+    dom.filter = el("input", {type: "search", class: "filter", placeholder: "filter layers (words of their names)",
+      oninput: (event) => setState({filter: event.target.value})});
+    dom.layers = el("div", {class: "layers"});
+    dom.layersNote = el("p", {class: "hint"});
     dom.heatTitle = el("h2");
     dom.heat = el("canvas", {class: "heatmap"});
     dom.legend = el("canvas", {class: "legend"});
     dom.tip = el("div", {class: "tip", hidden: "hidden"});
     dom.neuron = el("section", {class: "neuron"});
-    var sections = [header, dom.controls,
-      el("section", {}, [el("h2", {text: "Overview: loss, and the network's participating, frozen and dead neurons (drag to zoom)"}), dom.overview,
-                         el("h3", {text: "Per layer (the state chosen in 'overview', 0 to 1)"}), dom.strip]),
+    const sections = [header, controls,
+      el("section", {}, [el("h2", {text: "The network: loss, and its participating, frozen and dead neurons (drag " +
+        "to zoom)"}), dom.network]),
+      el("section", {class: "overview-layers"}, [el("h2", {text: "Every layer"}), el("div", {class: "controls"},
+        [dom.filter, overviewSelect.wrapper, sortSelect.wrapper]), dom.layersNote, dom.layers]),
       el("section", {}, [dom.heatTitle, dom.legend, dom.heat, dom.tip]), dom.neuron];
     if (meta.runs.length > 1) {
       dom.runs = el("div", {class: "runs"});
       dom.runsLegend = el("canvas", {class: "legend"});
       dom.groupCurves = el("canvas", {class: "overview"});
-      sections.push(el("section", {}, [el("h2", {text: "All runs: the chosen layer and quantity, one colour scale, grouped as the report groups them"}),
-        dom.runsLegend, dom.runs, el("h3", {text: "Groups: participating, frozen and dead fractions over epochs, mean and 95% interval over each group's runs"}),
-        dom.groupCurves]));
+      sections.push(el("section", {}, [el("h2", {text: "All runs: the chosen layer and quantity, one colour scale, " +
+        "grouped as the report groups them"}), dom.runsLegend, dom.runs, el("h3", {text: "Groups: participating, " +
+        "frozen and dead fractions over epochs, mean and 95% interval over each group's runs"}), dom.groupCurves]));
+      const pairing = [el("h2", {text: "Same start, same neuron"})];
+      if (meta.pairs.length) {
+        const s = select("pair", (v) => setState({pair: +v}));
+        dom.pairSelect = s.node;
+        dom.pairTitle = el("p", {class: "hint"});
+        dom.pairLegend = el("canvas", {class: "legend"});
+        dom.pairHeat = el("canvas", {class: "pair-heatmap"});
+        dom.pairNeuron = el("canvas", {class: "pair-neuron"});
+        pairing.push(el("div", {class: "controls"}, [s.wrapper]), dom.pairTitle, dom.pairLegend, dom.pairHeat,
+          el("h3", {text: "One neuron in both runs (the neuron chosen above, else the first drawn)"}), dom.pairNeuron);
+      } else {
+        pairing.push(el("p", {class: "unpaired", text: meta.unpaired || "no two runs share their start"}));
+      }
+      dom.pairs = el("section", {class: "pairs"}, pairing);
+      sections.push(dom.pairs);
     }
-    sections.forEach(function (s) { app.appendChild(s); });
-    brush(dom.overview);
-    dom.heat.addEventListener("mousemove", function (event) {
-      var cell = cellAt(event);
-      if (!cell) { dom.tip.hidden = true; return; }
-      dom.tip.hidden = false;
+    app.replaceChildren(...sections);
+    let start = null;
+    dom.network.addEventListener("mousedown", (event) => { start = event.offsetX; });
+    dom.network.addEventListener("mouseup", (event) => {
+      if (start === null || !dom.network.chart) return;
+      const picked = core.brushRange(dom.network.chart.toEpoch, start, event.offsetX);
+      start = null;
+      if (picked) setState({from: picked[0], to: picked[1]});
+    });
+    dom.heat.addEventListener("mousemove", (event) => {
+      const cell = cellAt(event);
+      dom.tip.hidden = !cell;
+      if (!cell) return;
       dom.tip.textContent = describeCell(cell);
-      dom.tip.style.left = (event.pageX + 12) + "px"; dom.tip.style.top = (event.pageY + 12) + "px";
+      dom.tip.style.left = (event.pageX + 12) + "px";
+      dom.tip.style.top = (event.pageY + 12) + "px";
     });
-    dom.heat.addEventListener("mouseleave", function () { dom.tip.hidden = true; });
-    dom.heat.addEventListener("click", function (event) {
-      var cell = cellAt(event);
-      if (cell && array(layer().rows)[cell.row] >= 0) setView({neuron: array(layer().rows)[cell.row]});
+    dom.heat.addEventListener("mouseleave", () => { dom.tip.hidden = true; });
+    dom.heat.addEventListener("click", (event) => {
+      const cell = cellAt(event);
+      const neuron = cell ? array(layer().rows)[cell.row] : -1;
+      if (neuron >= 0) setState({neuron});
     });
-    window.addEventListener("resize", function () { if (buffer) render(); });
+    window.addEventListener("resize", () => { if (data.buffer) update(); });
   }
 
-  var api = window.fluxExplorer = {
+  const api = window.fluxExplorer = {
     version: meta.version,
-    runs: meta.runs.map(function (r) { return {id: r.id, name: r.name, group: r.group}; }),
-    quantities: meta.quantities.map(function (q) { return q.name; }),
+    runs: meta.runs.map((r) => ({id: r.id, name: r.name, group: r.group, fingerprint: r.fingerprint})),
+    quantities: meta.quantities.map((q) => q.name),
     resolution: meta.resolution,
     pooled: meta.pooled,
-    layers: function (runIndex) { return meta.runs[runIndex || 0].layers.map(function (L) { return L.name; }); },
-    series: function (runIndex, layerName, neuron) { return series(runIndex, layerName, neuron); },
-    select: function (changes) { setView(changes); return api.state; },
+    live: meta.live,
+    pairs: meta.pairs.map((p) => ({a: p.a, b: p.b, layers: Object.keys(p.layers), skipped: p.skipped})),
+    layers: (runIndex) => meta.runs[runIndex || 0].layers.map((L) => L.name),
+    series: (runIndex, layerName, neuron) => series(runIndex, layerName, neuron),
+    pairSeries: (pairIndex, layerName, neuron) => pairSeries(pairIndex, layerName, neuron),
+    select: (changes) => {
+      setState(changes);
+      return api.state;
+    },
     // Where the heatmap draws row `row` (a position in the layer's rows) at bin `bin`, in the canvas's own pixels.
-    cellOffset: function (row, bin) {
-      var d = drawn, position = d.rows.indexOf(row), column = d.bins.indexOf(bin);
+    cellCenter: (row, bin) => {
+      const d = view.drawn;
+      const position = d.rows.indexOf(row);
+      const column = d.bins.indexOf(bin);
       if (position < 0 || column < 0) return null;
       return {x: (column + 0.5) * d.width / d.bins.length, y: (position + 0.5) * d.rowHeight};
     },
     timings: {start: START, decoded: null, firstHeatmap: null},
-    errors: errors,
+    errors,
   };
-  Object.defineProperty(api, "state", {get: function () { return Object.assign({}, view); }});
-  Object.defineProperty(api, "selected", {get: function () { return selected; }});
-  Object.defineProperty(api, "drawn", {get: function () { return drawn; }});
+  Object.defineProperty(api, "state", {get: () => ({...state}), enumerable: true});
+  Object.defineProperty(api, "selected", {get: () => view.selected, enumerable: true});
+  Object.defineProperty(api, "drawn", {get: () => view.drawn, enumerable: true});
+  Object.defineProperty(api, "overview", {get: () => view.overview, enumerable: true});
 
-  api.ready = decode(document.getElementById("flux-data").textContent).then(function (data) {
-    buffer = data;
+  api.ready = decode(document.getElementById("flux-data").textContent).then((buffer) => {
+    data.buffer = buffer;
     api.timings.decoded = performance.now();
-    layout();
-    render();
+    build();
+    update();
     document.body.setAttribute("data-ready", "true");
     return true;
-  }).catch(function (error) {
+  }).catch((error) => {
     errors.push(String(error));
     document.getElementById("app").textContent = "This page could not be drawn: " + error;
     throw error;
