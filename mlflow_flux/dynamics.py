@@ -1,5 +1,6 @@
-"""Training dynamics read from a run's histories: where a loss diverged, and the finite-time Lyapunov estimate of
-two trajectories (the study's twins). Pure functions: numpy in, numbers out.
+"""Training dynamics read from a run's histories: where a loss diverged, and the finite-time Lyapunov exponents of
+the learning map (the study's twins, Benettin's method: renormalised every window, several directions kept apart by
+QR). Pure functions: numpy in, numbers out.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["DIVERGENCE_FACTOR", "Divergence", "divergence", "lyapunov", "early_index"]
+__all__ = ["DIVERGENCE_FACTOR", "Divergence", "divergence", "orthonormalise", "lyapunov_window", "early_index",
+           "early_mean"]
 
 
 # A run "diverged" when its loss rose above this multiple of its own minimum and ended there.
@@ -56,27 +58,43 @@ def divergence(steps: Sequence[int], losses: Sequence[float], factor: float = DI
     return Divergence(int(steps[best]), float(values[best]), int(steps[best + after[0]]), float(values[-1]))
 
 
-def lyapunov(distance, initial, t):
-    """The finite-time Lyapunov estimate ``ln(d(t) / d(0)) / t`` of two trajectories ``distance`` apart after ``t``
-    epochs that started ``initial`` apart (arrays broadcast).
+def orthonormalise(differences: np.ndarray, d0: float) -> tuple[np.ndarray, np.ndarray]:
+    """One renormalisation of Benettin's method: ``k`` difference vectors (the columns of ``differences``, each a
+    twin's state minus the reference's) re-orthonormalised by QR and set back to length ``d0``.
 
-    Where the twins coincide (``d(t) = 0``, e.g. from identical weights) it is ``-inf``, never NaN; where they
-    started identical but differ now it is ``+inf``. ``t`` must be positive.
+    Args:
+        differences: ``(P, k)`` float64, ``P >= k``.
+        d0: the length each difference is set back to.
 
-    >>> float(lyapunov(np.e ** 2, 1.0, 2)), bool(lyapunov(0.5, 1.0, 1) == -np.log(2))
-    (1.0, True)
-    >>> lyapunov(np.array([0.0, 0.0, 1e-3]), np.array([0.0, 1e-6, 0.0]), 5).tolist()
-    [-inf, -inf, inf]
+    Returns:
+        ``(log_growth, coefficients)``: ``log_growth[i] = ln(R_ii / d0)``, how much the i-th direction grew since the
+        last renormalisation (its Gram-Schmidt component, the diagonal of R made positive); ``coefficients`` the
+        ``(k, k)`` matrix ``C = d0 R^-1`` with ``differences @ C = d0 Q``: applied to the twins' states (weights and
+        optimizer state alike, which the same linear map carries) it renormalises them.
+
+    >>> growth, c = orthonormalise(np.array([[2.0, 0.0], [0.0, 0.5]]), 1.0)
+    >>> np.round(growth, 6).tolist(), np.round(np.array([[2.0, 0.0], [0.0, 0.5]]) @ c, 6).tolist()
+    ([0.693147, -0.693147], [[1.0, 0.0], [0.0, 1.0]])
     """
-    distance = np.asarray(distance, dtype=np.float64)
-    initial = np.asarray(initial, dtype=np.float64)
-    t = np.asarray(t, dtype=np.float64)
-    if (t <= 0).any():
-        raise ValueError(f"t must be positive, got {t!r}")
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rate = np.log(distance / initial) / t
-    coincide = distance == 0
-    return np.where(coincide, -np.inf, np.where((initial == 0) & (distance > 0), np.inf, rate))
+    differences = np.asarray(differences, dtype=np.float64)
+    _q, r = np.linalg.qr(differences)
+    signs = np.where(np.diag(r) < 0, -1.0, 1.0)
+    r = r * signs[:, None]  # R with a positive diagonal (Q's columns flipped to match)
+    with np.errstate(divide="ignore"):
+        growth = np.log(np.abs(np.diag(r)) / d0)
+    coefficients = d0 * np.linalg.inv(r) if np.all(np.diag(r) > 0) else np.full((r.shape[0],) * 2, np.nan)
+    return growth, coefficients
+
+
+def lyapunov_window(log_growth: np.ndarray, epochs: int) -> np.ndarray:
+    """The finite-time Lyapunov exponents of one window: ``ln(R_ii / d0) / T`` per epoch.
+
+    >>> lyapunov_window(np.array([2.0, -1.0]), 4).tolist()
+    [0.5, -0.25]
+    """
+    if epochs <= 0:
+        raise ValueError(f"a window spans at least one epoch, got {epochs}")
+    return np.asarray(log_growth, dtype=np.float64) / epochs
 
 
 def early_index(epochs: int, fraction: float = 0.1) -> int:
@@ -86,3 +104,15 @@ def early_index(epochs: int, fraction: float = 0.1) -> int:
     (99, 2, 0)
     """
     return max(0, math.ceil(fraction * epochs) - 1)
+
+
+def early_mean(epochs: np.ndarray, values: np.ndarray, total_epochs: int, fraction: float = 0.1) -> float:
+    """The mean of a per-window series over the windows that end within the first ``fraction`` of the epochs (the
+    report's "early" finite-time exponent: the exponent of that span, by Benettin's method); NaN when none does.
+
+    >>> early_mean(np.array([9, 19, 29]), np.array([1.0, 3.0, 10.0]), 200)
+    2.0
+    """
+    epochs, values = np.asarray(epochs), np.asarray(values, dtype=np.float64)
+    chosen = values[(epochs <= early_index(total_epochs, fraction)) & np.isfinite(values)]
+    return float(chosen.mean()) if len(chosen) else math.nan

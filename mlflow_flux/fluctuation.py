@@ -10,21 +10,30 @@ docs/metrics.md.
 
 from __future__ import annotations
 
-import importlib
 import math
 import warnings
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
+
+from .reducibility import reduced_widths
 
 __all__ = [
     "median",
     "DEFINITIONS",
+    "Summary",
+    "SUMMARIES",
+    "SUMMARY_KEYS",
+    "RENAMED",
+    "RELU_KEYS",
+    "summary_key",
+    "summary_table",
+    "Layout",
+    "NETWORK_UNITS",
     "INPUT_COLUMNS",
     "DEFAULT_WINDOW",
     "DEFAULT_TAU",
-    "SUMMARY_KEYS",
     "window_std",
     "relative_fluctuation",
     "window_stats",
@@ -32,6 +41,7 @@ __all__ = [
     "participation_curve",
     "windows_of",
     "window_summaries",
+    "restart_windows",
     "frozen_fraction",
     "relative_update",
     "participation_ratio",
@@ -47,48 +57,49 @@ __all__ = [
     "dormant_fraction",
 ]
 
-# Names that moved to rooms of their own (reshaping traces, training dynamics): still importable from here.
-_MOVED = dict.fromkeys(("layer_arrays", "summaries_from_arrays", "summaries_over_epochs"), "mlflow_flux.reshape")
-_MOVED.update(dict.fromkeys(("DIVERGENCE_FACTOR", "Divergence", "divergence", "lyapunov", "early_index"),
-                            "mlflow_flux.dynamics"))
-
-
-def __getattr__(name: str):
-    if name in _MOVED:
-        return getattr(importlib.import_module(_MOVED[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 # What each quantity means, as the report prints it: our reading of the paper, which publishes no formula.
 DEFINITIONS = (
     ("spread", "s[t, i] = w_std[t, i]: the population std of neuron i's incoming weights at snapshot t"),
     ("spread of the spread", "sos[i] = std over the window of s[t, i]"),
     ("relative fluctuation", "rel[i] = sos[i] / mean over the window of s[t, i] (0 where that mean is 0)"),
     ("bias fluctuation", "std over the window of bias[t, i]"),
-    ("fires", "act_rate[t, i] > 0 at some snapshot t of the window"),
+    ("fires", "act_rate[t, i] > 0 at some snapshot t of the window (defined on relu(output): not applicable where "
+              "another known activation follows the layer)"),
     ("dead", "act_rate[t, i] == 0 at every snapshot t of the window"),
     ("participates", "fires and rel[i] >= tau (tau_mode=absolute, the default); with tau_mode=relative, fires and "
                      "rel[i] / (mean over the layer's neurons of rel + 1e-9) >= tau_relative"),
     ("frozen", "fires but does not participate: still active, its weights no longer move (inactive, not dead)"),
+    ("counted units", "network-level readings (flux/<key>, the report's 'network' rows) count the hidden units: every "
+                      "watched layer but the output layer (the last watched), which is reported on its own line; "
+                      "network_units=all counts every layer"),
     ("dormant (ReDo)", "s[i] = E|relu(out_i)| / (mean over the layer's neurons of E|relu(out_k)| + 1e-9) <= "
-                       "dormant_tau, E over the samples since the previous snapshot (Sokar et al. 2023); the network "
-                       "fraction leaves the output layer (the last watched) out"),
+                       "dormant_tau (redo_dormant) or <= 0 (redo_dormant0), E over the samples since the previous "
+                       "snapshot (Sokar et al. 2023)"),
     ("dormant (GraMa)", "g[i] = mean_j |dL/dW_ij| / (mean over the layer's neurons of the same + 1e-9) <= dormant_tau, "
                         "averaged over the gradient passes since the previous snapshot (Liu et al. 2025)"),
+    ("dormant (GraMa, authors' reading)", "the same score from the last gradient pass before the snapshot, over every "
+                                          "watched layer, the output included, a layer without a gradient counted "
+                                          "as not dormant (GradientReDo._get_redo_masks)"),
+    ("redundant partner", "for a hidden unit followed by ReLU, the unit j whose [incoming weights, bias] has the "
+                          "largest cosine with its own (distance 1 - cos); followed by tanh, the unit j minimising "
+                          "||v_i -+ v_j|| / ||v_i|| (equal or opposite)"),
+    ("reduced width", "units of a layer left after merging units within eps of their partner and dropping units with "
+                      "zero fan-out (outgoing weights' norm <= eps times the layer's mean) or zero incoming weights "
+                      "(constant units), at eps = 0 (float32 rounding), 1e-3 and 1e-2"),
     ("diverged", "the loss rose above DIVERGENCE_FACTOR (2) times its own minimum after reaching it and ended there"),
     ("distance from start", "w_dist0[t, i] = ||w_i(t) - w_i(first snapshot)||: how far the incoming weights moved"),
     ("relative update", "w_step[t, i] / w_norm[t, i]: the last step's size against the weights' size"),
-    ("twin distance", "d(t) = ||theta(t) - theta_twin(t)||: a twin trained on the same batches from weights that "
-                      "differed by a relative 1e-6"),
-    ("Lyapunov estimate", "lambda(t) = ln(d(t) / d(0)) / t, t in epochs: the finite-time rate at which the two "
-                          "trajectories separate (> 0) or close in (< 0); -inf when they coincide"),
+    ("finite-time Lyapunov exponents", "lambda_k = ln(R_kk / d0) / T per window of T epochs: twins a distance d0 "
+                                       "apart, re-orthonormalised (QR) and set back to d0 after every window "
+                                       "(Benettin's method)"),
     ("participation ratio", "PR = (sum_i act_std[i]^2)^2 / sum_i act_std[i]^4 at a snapshot: the effective number "
                             "of neurons that carry the layer's activation variance (N when all carry it equally, "
                             "1 when one does)"),
 )
 # Per-neuron columns taken over the whole window, and those taken at the window's last snapshot.
 WINDOW_COLUMNS = ("w_std", "bias", "act_rate")
-LAST_SNAPSHOT_COLUMNS = ("w_step", "w_norm", "w_dist0", "act_std", "act_relu_mean", "grad_abs_mean")
+LAST_SNAPSHOT_COLUMNS = ("w_step", "w_norm", "w_dist0", "act_std", "act_relu_mean", "grad_abs_mean", "grad_abs_last",
+                         "partner", "partner_distance", "fanout_rel")
 # The per-neuron trace columns every summary here is computed from.
 INPUT_COLUMNS = (*WINDOW_COLUMNS, *LAST_SNAPSHOT_COLUMNS)
 DEFAULT_WINDOW = 10
@@ -97,6 +108,11 @@ TAU_MODES = ("absolute", "relative")
 DEFAULT_TAU_RELATIVE = 0.1
 DEFAULT_DORMANT_TAU = 0.1  # the paper's (Sokar et al. 2023) tau > 0 setting; the reference code defaults to 0
 DORMANT_EPSILON = 1e-9  # added to the layer's mean score, as the reference code does (dopamine estimate_neuron_score)
+NETWORK_UNITS = ("hidden", "all")  # which units the network-level readings count
+# Activations after which the readings defined on relu(output) are read (None: not known). Behind the ReLU-like ones
+# (GELU, SiLU, ...) relu(output) stays the documented reading (docs/metrics.md); behind a bounded, odd or saturating
+# one (tanh, sigmoid) "firing" and "dead" mean nothing, and those readings are not published.
+RELU_FAMILY = (None, "relu", "leaky_relu", "gelu", "silu", "elu", "softplus")
 
 
 @dataclass(frozen=True)
@@ -138,21 +154,117 @@ class Thresholds:
         """A bare number is today's absolute tau."""
         return tau if isinstance(tau, Thresholds) else Thresholds(tau=float(tau))
 
-# Per-layer summary keys, logged as ``flux/<layer>/<key>`` and ``flux/all/<key>``.
-SUMMARY_KEYS = (
-    "participating",
-    "participating_frac",
-    "dead_frac",
-    "sos_median",
-    "bias_fluct_median",
-    "w_step_median",
-    "w_rel_step_median",
-    "w_dist0_median",
-    "participation_ratio",
-    "dormant_frac",
-    "dormant0_frac",
-    "grama_frac",
+
+@dataclass(frozen=True)
+class Layout:
+    """How a network's watched layers are read together: their names in the model's order, the activation known to
+    follow each (None: not known), and which units the network-level readings count.
+
+    ``network_units="hidden"`` (the default) counts every layer but the output layer, the last watched one (as ReDo
+    leaves it out); a network of one layer counts it. ``"all"`` counts every layer.
+
+    >>> layout = Layout(("fc1", "fc2", "out"), ("relu", "tanh", "sigmoid"))
+    >>> layout.counted, layout.relu_readings(0), layout.relu_readings(1), layout.network_relu_readings
+    ((0, 1), True, False, False)
+    """
+
+    names: tuple[str, ...]
+    activations: tuple[str | None, ...] = ()
+    network_units: str = "hidden"
+
+    def __post_init__(self) -> None:
+        if self.network_units not in NETWORK_UNITS:
+            raise ValueError(f"network_units must be one of {', '.join(NETWORK_UNITS)}, got {self.network_units!r}")
+
+    def activation(self, index: int) -> str | None:
+        return self.activations[index] if index < len(self.activations) else None
+
+    @property
+    def counted(self) -> tuple[int, ...]:
+        """The layers whose units the network-level readings count."""
+        if self.network_units == "all" or len(self.names) <= 1:
+            return tuple(range(len(self.names)))
+        return tuple(range(len(self.names) - 1))
+
+    def relu_readings(self, index: int) -> bool:
+        """Whether firing, dead, participation and ReDo mean what they say for the layer: no activation other than
+        ReLU is known to follow it."""
+        return self.activation(index) in RELU_FAMILY
+
+    @property
+    def network_relu_readings(self) -> bool:
+        return all(self.relu_readings(i) for i in self.counted)
+
+    def not_relu(self, scope: str) -> bool:
+        """Whether ``scope`` (a layer's name, or ``all``) has no relu-defined reading."""
+        if scope == "all":
+            return not self.network_relu_readings
+        return scope in self.names and not self.relu_readings(self.names.index(scope))
+
+
+@dataclass(frozen=True)
+class Summary:
+    """One summary key, logged as ``flux/<key>`` (the network's counted units) and ``flux/<layer>/<key>``.
+
+    ``relu``: defined on relu(output) (firing, dead, ReDo): not published for a layer another known activation
+    follows. ``source``: the definition it applies (a term of :data:`DEFINITIONS`, or a function here).
+    """
+
+    key: str
+    meaning: str
+    source: str
+    relu: bool = False
+
+
+SUMMARIES = (
+    Summary("participating", "number of participating neurons in the window ending at that epoch", "participates",
+            relu=True),
+    Summary("participating_frac", "the same over the number of neurons", "participates", relu=True),
+    Summary("dead_frac", "fraction of dead neurons", "dead", relu=True),
+    Summary("sos_median", "median spread of the spread", "spread of the spread"),
+    Summary("bias_fluct_median", "median bias fluctuation", "bias fluctuation"),
+    Summary("w_step_median", "median `w_step` at the window's last snapshot", "w_step (docs/traces.md)"),
+    Summary("w_rel_step_median", "median relative update `w_step / w_norm` at the window's last snapshot",
+            "relative update"),
+    Summary("w_dist0_median", "median distance of the incoming weights from the first snapshot, `w_dist0`",
+            "distance from start"),
+    Summary("participation_ratio", "`(sum_i act_std_i^2)^2 / sum_i act_std_i^4` at the window's last snapshot: the "
+                                   "effective number of neurons carrying the activation variance",
+            "participation ratio"),
+    Summary("redo_dormant_frac", "ReDo's tau-dormant fraction at `dormant_tau` (default 0.1), at the window's last "
+                                 "snapshot", "dormant (ReDo)", relu=True),
+    Summary("redo_dormant0_frac", "the same at tau = 0: neurons with no activity at all", "dormant (ReDo)", relu=True),
+    Summary("grama_dormant_frac", "GraMa's gradient-dormant fraction at `dormant_tau`, averaged over the gradient "
+                                  "passes since the previous snapshot", "dormant (GraMa)"),
+    Summary("grama_ref_dormant_frac", "GraMa's fraction as its authors' code counts it: the last gradient pass, every "
+                                      "layer, the output included (`flux/<key>` ignores `network_units`)",
+            "dormant (GraMa, authors' reading)"),
+    Summary("reduced_width_0", "units left after merging exact duplicates (ReLU: positively proportional; tanh: equal "
+                               "or opposite) and dropping zero fan-out and constant units", "reduced width"),
+    Summary("reduced_width_1e-3", "the same, merging units within 1e-3 of their partner", "reduced width"),
+    Summary("reduced_width_1e-2", "the same within 1e-2", "reduced width"),
 )
+SUMMARY_KEYS = tuple(summary.key for summary in SUMMARIES)
+RELU_KEYS = tuple(summary.key for summary in SUMMARIES if summary.relu)
+# Keys logged before the counted units were named by role (still read, e.g. in layer_metrics).
+RENAMED = {"dormant_frac": "redo_dormant_frac", "dormant0_frac": "redo_dormant0_frac",
+           "grama_frac": "grama_dormant_frac"}
+REDUCED_EPSILONS = {"reduced_width_0": 0.0, "reduced_width_1e-3": 1e-3, "reduced_width_1e-2": 1e-2}
+
+
+def summary_key(name: str) -> str:
+    """A summary's key under its current name (a renamed one's old name still reads).
+
+    >>> summary_key("dormant0_frac"), summary_key("sos_median")
+    ('redo_dormant0_frac', 'sos_median')
+    """
+    return RENAMED.get(name, name)
+
+
+def summary_table() -> str:
+    """docs/metrics.md's table of the summary keys (a test keeps the docs equal to it)."""
+    rows = [f"| `{s.key}` | {s.meaning}{' (ReLU readings only)' if s.relu else ''} | {s.source} |" for s in SUMMARIES]
+    return "\n".join(["| key | meaning | definition |", "| --- | --- | --- |", *rows])
 
 
 WINDOW_BLOCK = 1 << 20  # values of the windows window_stats works on at once
@@ -261,18 +373,19 @@ def _participating(rel: np.ndarray, fires: np.ndarray, thresholds: Thresholds, s
     return fires & (judged >= thresholds.participation_tau)
 
 
-def participation_curve(layers: Mapping[str, Mapping[str, np.ndarray]],
-                        thresholds: list[Thresholds]) -> np.ndarray:
-    """The fraction of all neurons that participate in each of ``B`` windows, under each of ``thresholds``:
-    ``summarize(layers, t)["all/participating_frac"]`` for every ``t``, with the windows' statistics computed once (a
-    curve over dozens of thresholds would compute every summary dozens of times).
+def participation_curve(layers: Mapping[str, Mapping[str, np.ndarray]], thresholds: list[Thresholds],
+                        layout: Layout | None = None) -> np.ndarray:
+    """The fraction of the network's counted units that participate in each of ``B`` windows, under each of
+    ``thresholds``: ``summarize(layers, t, layout)["all/participating_frac"]`` for every ``t``, with the windows'
+    statistics computed once (a curve over dozens of thresholds would compute every summary dozens of times).
 
     Args:
         layers: as :func:`summarize` takes them (only ``w_std``, ``bias`` and ``act_rate`` are read).
         thresholds: the thresholds to judge participation with.
+        layout: the layers' activations and counted units (default: as :class:`Layout` reads ``layers``' names).
 
     Returns:
-        ``(len(thresholds), B)`` float64 fractions.
+        ``(len(thresholds), B)`` float64 fractions (NaN where a relu reading does not apply).
 
     >>> s = np.array([[[1.0, 1.0], [3.0, 1.0]]])     # neuron 0's spread moves (rel 0.5), neuron 1's does not
     >>> layer = {"w_std": s, "bias": np.zeros_like(s), "act_rate": np.ones_like(s)}
@@ -282,13 +395,16 @@ def participation_curve(layers: Mapping[str, Mapping[str, np.ndarray]],
     if not layers:
         raise ValueError("participation_curve needs at least one layer")
     names = list(layers)
-    joined = {key: np.concatenate([np.asarray(layers[name][key]) for name in names], axis=-1)
+    layout = layout if layout is not None else Layout(tuple(names))
+    counted = [names[i] for i in layout.counted]
+    joined = {key: np.concatenate([np.asarray(layers[name][key]) for name in counted], axis=-1)
               for key in WINDOW_COLUMNS}
-    sizes = [np.shape(layers[name]["w_std"])[-1] for name in names]
+    sizes = [np.shape(layers[name]["w_std"])[-1] for name in counted]
     stats = window_stats(joined["w_std"], joined["bias"], joined["act_rate"], thresholds[0], sizes)
     n = sum(sizes)
-    return np.stack([_participating(stats["rel"], stats["fires"], t, sizes).sum(axis=-1).astype(np.float64) / n
-                     for t in thresholds])
+    curve = np.stack([_participating(stats["rel"], stats["fires"], t, sizes).sum(axis=-1).astype(np.float64) / n
+                      for t in thresholds])
+    return curve if layout.network_relu_readings else np.full_like(curve, np.nan)
 
 
 def _layer_means(values: np.ndarray, sizes: list[int] | None) -> np.ndarray:
@@ -386,21 +502,22 @@ def median(x: np.ndarray) -> np.ndarray:
     return ((lower + upper) / 2)[()]
 
 
-def summarize(
-    layers: Mapping[str, Mapping[str, np.ndarray]], tau: float | Thresholds = DEFAULT_TAU
-) -> dict[str, np.ndarray]:
-    """Summaries per layer and over all layers, for ``B`` windows at once.
+def summarize(layers: Mapping[str, Mapping[str, np.ndarray]], tau: float | Thresholds = DEFAULT_TAU,
+              layout: Layout | None = None) -> dict[str, np.ndarray]:
+    """Summaries per layer and over the network's counted units, for ``B`` windows at once.
 
     Args:
         layers: per layer name, in the model's order, ``(B, W, N)`` arrays ``w_std``, ``bias``, ``act_rate`` and
             ``(B, N)`` arrays of :data:`LAST_SNAPSHOT_COLUMNS` (at each window's last snapshot; one missing gives
             NaN summaries for what needs it).
         tau: participation threshold, or the run's :class:`Thresholds`.
+        layout: the layers' activations and which units the network counts (default: every layer but the last, no
+            activation known).
 
     Returns:
         ``(B,)`` float64 arrays keyed ``"<layer>/<key>"`` and ``"all/<key>"`` for each key of
-        :data:`SUMMARY_KEYS`. Medians ignore non-finite values. The dormant fractions over ``all`` leave the last
-        layer out, as ReDo leaves out the output layer.
+        :data:`SUMMARY_KEYS`; ``all`` is the network's counted units (:attr:`Layout.counted`). Medians ignore
+        non-finite values; a relu reading is NaN where another known activation follows a layer.
 
     >>> s = np.array([[[1.0, 1.0], [3.0, 1.0]]])
     >>> layer = {"w_std": s, "bias": np.zeros_like(s), "act_rate": np.ones_like(s), "w_step": np.ones((1, 2))}
@@ -418,15 +535,18 @@ def summarize(
         parts = [layers[name].get(key) for name in names]
         joined[key] = (np.concatenate([np.asarray(part) for part in parts], axis=-1)
                        if all(part is not None for part in parts) else np.full(last_shape, np.nan))
-    return _summarize_joined(names, [np.shape(layers[name]["w_std"])[-1] for name in names], joined, tau)
+    layout = layout if layout is not None else Layout(tuple(names))
+    return _summarize_joined(names, [np.shape(layers[name]["w_std"])[-1] for name in names], joined, tau, layout)
 
 
 def _summarize_joined(names: list[str], sizes: list[int], joined: Mapping[str, np.ndarray],
-                      tau: float | Thresholds) -> dict[str, np.ndarray]:
+                      tau: float | Thresholds, layout: Layout, readings: bool = False) -> dict[str, np.ndarray]:
     """:func:`summarize` on every layer's neurons side by side (``sizes`` neurons each, in ``names`` order).
 
     Every per-neuron quantity is computed once for all layers (they are elementwise along the window), then summed
-    or reduced to medians per layer: the same numbers as layer by layer, in a tenth of the numpy calls.
+    or reduced to medians per layer: the same numbers as layer by layer, in a tenth of the numpy calls. With
+    ``readings``, also the network's participating fraction under both tau modes (``all/participating_frac_absolute``
+    and ``..._relative``), from the same window statistics.
     """
     thresholds = Thresholds.of(tau)
     stats = window_stats(joined["w_std"], joined["bias"], joined["act_rate"], thresholds, sizes)
@@ -434,44 +554,86 @@ def _summarize_joined(names: list[str], sizes: list[int], joined: Mapping[str, n
     rel_step = relative_update(w_step, joined["w_norm"])
     w_dist0 = np.asarray(joined["w_dist0"])  # as recorded (float32): its median is taken the fast, exact way
     act_std = np.asarray(joined["act_std"], dtype=np.float64)
-    # ReDo's and GraMa's scores against each one's layer; a layer with an undefined score has no fraction.
+    # Per neuron, once: the ReDo and GraMa masks against each one's layer, and where each score is defined.
     dormancy = {}
-    for key, column, dormant_tau in (("dormant_frac", "act_relu_mean", thresholds.dormant_tau),
-                                     ("dormant0_frac", "act_relu_mean", 0.0),
-                                     ("grama_frac", "grad_abs_mean", thresholds.dormant_tau)):
+    for key, column, dormant_tau in (("redo_dormant_frac", "act_relu_mean", thresholds.dormant_tau),
+                                     ("redo_dormant0_frac", "act_relu_mean", 0.0),
+                                     ("grama_dormant_frac", "grad_abs_mean", thresholds.dormant_tau),
+                                     ("grama_ref_dormant_frac", "grad_abs_last", thresholds.dormant_tau)):
         scores = np.asarray(joined[column], dtype=np.float64)
         dormancy[key] = (dormant_mask(scores, dormant_tau, sizes), np.isfinite(scores))
-    out: dict[str, np.ndarray] = {}
+    widths = {key: reduced_widths(joined["partner"], joined["partner_distance"], joined["fanout_rel"],
+                                  joined["w_norm"], sizes, eps) for key, eps in REDUCED_EPSILONS.items()}
     bounds = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
-    scopes = [(name, slice(start, stop)) for name, start, stop in zip(names, bounds[:-1], bounds[1:])]
-    for name, rows in [*scopes, ("all", slice(0, int(bounds[-1])))]:
-        n = rows.stop - rows.start
-        participating = stats["participating"][..., rows].sum(axis=-1).astype(np.float64)
-        out[f"{name}/participating"] = participating
-        out[f"{name}/participating_frac"] = participating / n
-        out[f"{name}/dead_frac"] = stats["dead"][..., rows].sum(axis=-1) / n
-        out[f"{name}/sos_median"] = median(stats["sos"][..., rows])
-        out[f"{name}/bias_fluct_median"] = median(stats["bias_fluct"][..., rows])
-        out[f"{name}/w_step_median"] = median(w_step[..., rows])
-        out[f"{name}/w_rel_step_median"] = median(rel_step[..., rows])
-        out[f"{name}/w_dist0_median"] = median(w_dist0[..., rows])
-        out[f"{name}/participation_ratio"] = participation_ratio(act_std[..., rows])
-        if name != "all":
-            for key, (mask, defined) in dormancy.items():
-                fraction = mask[..., rows].sum(axis=-1) / n
+    scopes = [slice(start, stop) for start, stop in zip(bounds[:-1], bounds[1:])]
+    out: dict[str, np.ndarray] = {}
+    for index, (name, rows) in enumerate(zip(names, scopes)):
+        _scope_summaries(out, name, [rows], stats, w_step, rel_step, w_dist0, act_std, layout.relu_readings(index))
+        for key, (mask, defined) in dormancy.items():
+            fraction = mask[..., rows].sum(axis=-1) / (rows.stop - rows.start)
+            if key.startswith("grama_ref"):  # the authors' code: a layer without a gradient has no dormant unit
+                out[f"{name}/{key}"] = np.where(defined[..., rows].all(axis=-1), fraction, 0.0)
+            elif key.startswith("redo") and not layout.relu_readings(index):
+                out[f"{name}/{key}"] = np.full(np.shape(fraction), np.nan)
+            else:
                 out[f"{name}/{key}"] = np.where(defined[..., rows].all(axis=-1), fraction, np.nan)
-    # Over the network: every layer but the output (the last) whose score is defined, as ReDo counts it.
-    counted = scopes[:-1] if len(scopes) > 1 else scopes
+        for key, width in widths.items():
+            out[f"{name}/{key}"] = width[index]
+    counted = [slice(0, int(bounds[len(layout.counted)]))]  # the counted layers are always the first ones
+    _scope_summaries(out, "all", counted, stats, w_step, rel_step, w_dist0, act_std, layout.network_relu_readings)
     for key, (mask, defined) in dormancy.items():
+        if key.startswith("grama_ref"):  # every layer, the output included; no gradient: not dormant
+            units = sum(rows.stop - rows.start for rows in scopes)
+            dormant = sum(np.where(defined[..., rows].all(axis=-1), mask[..., rows].sum(axis=-1), 0) for rows in scopes)
+            out[f"all/{key}"] = dormant / units
+            continue
+        if key.startswith("redo") and not layout.network_relu_readings:
+            out[f"all/{key}"] = np.full(np.shape(mask)[:-1], np.nan)
+            continue
+        # The counted layers whose score is defined (a layer whose weights get no gradient has no GraMa score).
         dormant = np.zeros(np.shape(mask)[:-1])
         total = np.zeros(np.shape(mask)[:-1])
-        for _, rows in counted:
+        for rows in counted:
             layer_defined = defined[..., rows].all(axis=-1)
             dormant = dormant + np.where(layer_defined, mask[..., rows].sum(axis=-1), 0)
             total = total + np.where(layer_defined, rows.stop - rows.start, 0)
         with np.errstate(divide="ignore", invalid="ignore"):
             out[f"all/{key}"] = np.where(total > 0, dormant / total, np.nan)
+    for key, width in widths.items():
+        out[f"all/{key}"] = sum(width[i] for i in layout.counted)
+    if readings:
+        counted_sizes = [sizes[i] for i in layout.counted]
+        for mode in TAU_MODES:
+            judged = replace(thresholds, tau_mode=mode)
+            part = _participating(stats["rel"][..., counted[0]], stats["fires"][..., counted[0]], judged,
+                                  counted_sizes)
+            fraction = part.sum(axis=-1) / counted[0].stop
+            out[f"all/participating_frac_{mode}"] = (fraction if layout.network_relu_readings
+                                                     else np.full(np.shape(fraction), np.nan))
     return out
+
+
+def _scope_summaries(out: dict, scope: str, parts: list[slice], stats: Mapping[str, np.ndarray], w_step: np.ndarray,
+                     rel_step: np.ndarray, w_dist0: np.ndarray, act_std: np.ndarray, relu: bool) -> None:
+    """The summaries of one scope (a layer, or the network's counted layers) into ``out``."""
+    def pick(values: np.ndarray) -> np.ndarray:
+        return values[..., parts[0]] if len(parts) == 1 else np.concatenate([values[..., p] for p in parts], axis=-1)
+
+    n = sum(p.stop - p.start for p in parts)
+    participating = pick(stats["participating"]).sum(axis=-1).astype(np.float64)
+    dead = pick(stats["dead"]).sum(axis=-1) / n
+    if not relu:
+        participating = np.full(np.shape(participating), np.nan)
+        dead = np.full(np.shape(dead), np.nan)
+    out[f"{scope}/participating"] = participating
+    out[f"{scope}/participating_frac"] = participating / n
+    out[f"{scope}/dead_frac"] = dead
+    out[f"{scope}/sos_median"] = median(pick(stats["sos"]))
+    out[f"{scope}/bias_fluct_median"] = median(pick(stats["bias_fluct"]))
+    out[f"{scope}/w_step_median"] = median(pick(w_step))
+    out[f"{scope}/w_rel_step_median"] = median(pick(rel_step))
+    out[f"{scope}/w_dist0_median"] = median(pick(w_dist0))
+    out[f"{scope}/participation_ratio"] = participation_ratio(pick(act_std))
 
 
 def windows_of(values: np.ndarray, window: int) -> np.ndarray:
@@ -496,12 +658,16 @@ def _column(arrays: Mapping[str, np.ndarray], key: str) -> np.ndarray:
     return np.full(np.shape(arrays["w_std"]), np.nan, dtype=np.float32)
 
 
-def window_summaries(layers: dict, window: int, tau: float | Thresholds) -> dict[str, np.ndarray]:
-    """:func:`summarize` over every run of ``window`` consecutive snapshots of :func:`layer_arrays`' output.
+def window_summaries(layers: dict, window: int, tau: float | Thresholds, layout: Layout | None = None,
+                     readings: bool = False, restarts: Sequence[tuple[int, int]] = ()) -> dict[str, np.ndarray]:
+    """:func:`summarize` over every run of ``window`` consecutive snapshots of per-layer ``(E, N)`` arrays.
 
     The recorder calls it live on exactly ``window`` snapshots (one window, no pandas in the training loop); the
-    report calls it through :func:`summaries_from_arrays` on whole runs. The layers are put side by side before the
-    windows are cut, so each window array is built once.
+    report calls it through :func:`mlflow_flux.reshape.summaries_from_arrays` on whole runs. The layers are put side
+    by side before the windows are cut, so each window array is built once.
+
+    ``restarts``: ``(snapshot index, unit)`` pairs, the unit's position among all layers side by side: the unit was
+    reset at that snapshot, and its window starts again after it (:func:`restart_windows`).
     """
     if window < 2:
         raise ValueError(f"window must be >= 2 snapshots, got {window}")
@@ -511,8 +677,31 @@ def window_summaries(layers: dict, window: int, tau: float | Thresholds) -> dict
     side_by_side = {key: np.concatenate([_column(layers[name], key) for name in names], axis=-1)
                     for key in INPUT_COLUMNS}
     joined = {key: windows_of(side_by_side[key], window) for key in WINDOW_COLUMNS}
+    if restarts:
+        restart_windows({key: joined[key] for key in WINDOW_COLUMNS}, restarts, window)
     joined.update({key: side_by_side[key][window - 1 :] for key in LAST_SNAPSHOT_COLUMNS})
-    return _summarize_joined(names, [np.shape(layers[name]["w_std"])[-1] for name in names], joined, tau)
+    layout = layout if layout is not None else Layout(tuple(names))
+    return _summarize_joined(names, [np.shape(layers[name]["w_std"])[-1] for name in names], joined, tau, layout,
+                             readings)
+
+
+def restart_windows(windows: Mapping[str, np.ndarray], restarts: Sequence[tuple[int, int]], window: int) -> None:
+    """A unit reset at snapshot ``s`` has no history before its new weights: in every window that ends at ``s`` or
+    later and holds ``s``, its values up to ``s`` become NaN (it is then neither participating, frozen nor dead
+    until it has a window of its own). In place, on ``(windows, window, units)`` arrays whose first window ends at
+    snapshot ``window - 1``.
+
+    >>> w = {"act_rate": np.ones((3, 2, 1))}          # windows ending at snapshots 1, 2, 3
+    >>> restart_windows(w, [(2, 0)], 2)
+    >>> w["act_rate"][:, :, 0].tolist()
+    [[1.0, 1.0], [nan, nan], [nan, 1.0]]
+    """
+    count = next(iter(windows.values())).shape[0]
+    for snapshot, unit in restarts:
+        # Window i covers snapshots i .. i + window - 1: those that hold the reset snapshot.
+        for first in range(max(0, snapshot - window + 1), min(snapshot, count - 1) + 1):
+            for values in windows.values():
+                values[first, : snapshot - first + 1, unit] = np.nan
 
 
 def relative_update(w_step: np.ndarray, w_norm: np.ndarray) -> np.ndarray:

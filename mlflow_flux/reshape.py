@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .fluctuation import DEFAULT_TAU, DEFAULT_WINDOW, INPUT_COLUMNS, Thresholds, window_summaries
+from .fluctuation import DEFAULT_TAU, DEFAULT_WINDOW, INPUT_COLUMNS, Layout, Thresholds, window_summaries
 
-__all__ = ["layer_arrays", "summaries_from_arrays", "summaries_over_epochs"]
+__all__ = ["layer_arrays", "summaries_from_arrays", "summaries_over_epochs", "restarts_of"]
 
 
 def layer_arrays(trace: pd.DataFrame, columns: tuple[str, ...] = INPUT_COLUMNS):
@@ -92,18 +92,40 @@ def _split_epoch_major(trace, names, layout, columns):
     return epochs, out
 
 
-def summaries_from_arrays(epochs: np.ndarray, layers: dict, window: int,
-                          tau: float | Thresholds) -> pd.DataFrame:
-    """:func:`summaries_over_epochs` on what :func:`layer_arrays` returned."""
+def summaries_from_arrays(epochs: np.ndarray, layers: dict, window: int, tau: float | Thresholds,
+                          layout: Layout | None = None, readings: bool = False,
+                          resets: pd.DataFrame | None = None) -> pd.DataFrame:
+    """:func:`summaries_over_epochs` on what :func:`layer_arrays` returned (``readings``: with the network's
+    participation under both tau modes, see :func:`~mlflow_flux.fluctuation.window_summaries`; ``resets``: the run's
+    reset table, whose units start their windows again)."""
     if window < 2:
         raise ValueError(f"window must be >= 2 snapshots, got {window}")
     if len(epochs) < window:
         return pd.DataFrame(index=pd.Index([], name="epoch"))
-    return pd.DataFrame(window_summaries(layers, window, tau), index=pd.Index(epochs[window - 1 :], name="epoch"))
+    restarts = restarts_of(epochs, layers, resets) if resets is not None and len(resets) else ()
+    return pd.DataFrame(window_summaries(layers, window, tau, layout, readings, restarts),
+                        index=pd.Index(epochs[window - 1 :], name="epoch"))
+
+
+def restarts_of(epochs: np.ndarray, layers: dict, resets: pd.DataFrame) -> list[tuple[int, int]]:
+    """The reset table's unit resets as ``(snapshot index, unit among all layers side by side)`` (rows of a layer
+    reset as a whole, neuron -1, restart nothing; a row the trace does not hold is skipped)."""
+    offsets, start = {}, 0
+    for name, arrays in layers.items():
+        offsets[name] = start
+        start += np.shape(arrays["w_std"])[-1]
+    out = []
+    for epoch, layer, neuron in zip(resets["epoch"], resets["layer"], resets["neuron"]):
+        index = int(np.searchsorted(epochs, epoch))
+        if neuron < 0 or layer not in offsets or index >= len(epochs) or epochs[index] != epoch:
+            continue
+        out.append((index, offsets[layer] + int(neuron)))
+    return out
 
 
 def summaries_over_epochs(trace: pd.DataFrame, window: int = DEFAULT_WINDOW,
-                          tau: float | Thresholds = DEFAULT_TAU) -> pd.DataFrame:
+                          tau: float | Thresholds = DEFAULT_TAU, layout: Layout | None = None,
+                          resets: pd.DataFrame | None = None) -> pd.DataFrame:
     """Recompute the live summaries at every snapshot of a trace whose window is full.
 
     Args:
@@ -111,6 +133,9 @@ def summaries_over_epochs(trace: pd.DataFrame, window: int = DEFAULT_WINDOW,
             ``w_step`` (as :func:`mlflow_flux.load_traces` returns it).
         window: snapshots per window.
         tau: participation threshold, or the run's :class:`~mlflow_flux.fluctuation.Thresholds`.
+        layout: the layers' activations and the network's counted units (:class:`~mlflow_flux.fluctuation.Layout`;
+            default: every layer but the last, activations unknown).
+        resets: the run's reset table (:func:`mlflow_flux.load_resets`), when it recycled neurons.
 
     Returns:
         One row per epoch (index ``epoch``) and one column per summary key (``"<layer>/<key>"``, ``"all/<key>"``),
@@ -119,4 +144,4 @@ def summaries_over_epochs(trace: pd.DataFrame, window: int = DEFAULT_WINDOW,
     if window < 2:
         raise ValueError(f"window must be >= 2 snapshots, got {window}")
     epochs, layers = layer_arrays(trace)
-    return summaries_from_arrays(epochs, layers, window, tau)
+    return summaries_from_arrays(epochs, layers, window, tau, layout, resets=resets)

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Sum", "Statistic", "SUMS", "STATISTICS", "SUM_NAMES", "STAT_NAMES", "COMPUTED", "DERIVED", "DEFINED_WHEN",
-           "sum_row", "c_layout"]
+__all__ = ["Sum", "Statistic", "SUMS", "STATISTICS", "SUM_NAMES", "STAT_NAMES", "COMPUTED", "COMPUTED_ROWS", "DERIVED",
+           "CHAINED", "DEFINED_WHEN", "sum_row", "c_layout"]
 
 
 @dataclass(frozen=True)
@@ -37,8 +37,10 @@ class Statistic:
 
     ``defined`` says when it has a value (else NaN): ``always``, ``previous`` (a previous snapshot's weights are
     kept), ``initial`` (the first snapshot's weights are kept), ``bias`` (the layer has one), ``samples`` (a training
-    forward pass since the last snapshot), ``gradients`` (a gradient since then), ``derived`` (computed from other
-    columns, NaN where they are). Derived statistics come last: the C pass fills the rows before them.
+    forward pass since the last snapshot), ``gradients`` (a gradient since then), ``chain`` (computed by the recorder
+    from the layer's weights and the next layer's, where the layer's place in a chain of layers is known),
+    ``derived`` (computed from other columns, NaN where they are). The C pass fills the others, each at its row of
+    the trace (``OUT_ROW`` in the generated layout).
     """
 
     name: str
@@ -54,6 +56,7 @@ SUMS = (
     Sum("relu_sum", "add", "sum of relu(output), the outputs above zero"),
     Sum("grad_sumsq", "local", "sum over gradient passes of the squared L2 norm of the incoming weights' gradient"),
     Sum("grad_abs", "local", "sum over gradient passes of the mean absolute gradient of the incoming weights"),
+    Sum("grad_abs_pass", "local", "the last gradient pass's mean absolute gradient of the incoming weights"),
     Sum("grad_passes", "local", "gradient passes (backward passes, or optimizer steps with optimizer=)"),
 )
 
@@ -82,6 +85,18 @@ STATISTICS = (
     Statistic("grad_abs_mean", "gradients",
               "mean, over the gradient passes since the previous snapshot, of the mean absolute gradient of the "
               "incoming weights: GraMa's gradient magnitude (docs/metrics.md)"),
+    Statistic("grad_abs_last", "gradients",
+              "the mean absolute gradient of the incoming weights in the last gradient pass before the snapshot: "
+              "GraMa as its authors' code reads it (docs/metrics.md)"),
+    Statistic("partner", "chain",
+              "the index of the unit of the same layer closest to this one (its redundant partner; docs/metrics.md), "
+              "for a hidden layer whose following activation is known (NaN otherwise)"),
+    Statistic("partner_distance", "chain",
+              "how far the partner is: 1 - cosine of [incoming weights, bias] (ReLU), or ||v_i -+ v_j|| / ||v_i|| "
+              "(tanh, equal or opposite); 0: a duplicate"),
+    Statistic("fanout_rel", "chain",
+              "the norm of the unit's outgoing weights (its column of the next layer) over its layer's mean of the "
+              "same (NaN when the next layer is not known)"),
     Statistic("w_mean", "always", "mean of the incoming weights at the snapshot"),
     Statistic("act_mean", "samples",
               "mean of the neuron's output (its pre-activation) over every sample (and, for conv, every position) of "
@@ -95,8 +110,11 @@ STATISTICS = (
 SUM_NAMES = tuple(s.name for s in SUMS)
 STAT_NAMES = tuple(s.name for s in STATISTICS)
 DERIVED = tuple(s.name for s in STATISTICS if s.defined == "derived")
-COMPUTED = tuple(s.name for s in STATISTICS if s.defined != "derived")  # what a snapshot computes, in this order
-DEFINED_WHEN = ("always", "previous", "initial", "bias", "samples", "gradients", "derived")
+CHAINED = tuple(s.name for s in STATISTICS if s.defined == "chain")
+# What a snapshot's C pass (and the torch path) computes, in this order, and each one's row in the trace.
+COMPUTED = tuple(s.name for s in STATISTICS if s.defined not in ("derived", "chain"))
+COMPUTED_ROWS = tuple(STAT_NAMES.index(name) for name in COMPUTED)
+DEFINED_WHEN = ("always", "previous", "initial", "bias", "samples", "gradients", "chain", "derived")
 
 
 def sum_row(name: str) -> int:
@@ -109,8 +127,9 @@ def sum_row(name: str) -> int:
 
 
 def c_layout() -> str:
-    """The C header the fast path is compiled with: the rows of the sums, the statistics it computes in the trace's
-    order, when each is defined, and their names (which the module exports, checked against these tables at import).
+    """The C header the fast path is compiled with: the rows of the sums, the statistics it computes, when each is
+    defined, the row of the trace each is written to, and their names (which the module exports, checked against
+    these tables at import).
     """
     def enum(names, last):
         return "enum { " + ", ".join(n.upper() for n in names) + f", {last} }};"
@@ -121,7 +140,8 @@ def c_layout() -> str:
         enum(COMPUTED, "N_STATS"),
         enum(("DEF_" + d for d in DEFINED_WHEN), "N_DEFINED"),
         "static const int DEFINED[N_STATS] = {"
-        + ", ".join("DEF_" + s.defined.upper() for s in STATISTICS if s.defined != "derived") + "};",
+        + ", ".join("DEF_" + s.defined.upper() for s in STATISTICS if s.name in COMPUTED) + "};",
+        "static const int OUT_ROW[N_STATS] = {" + ", ".join(map(str, COMPUTED_ROWS)) + "};",
         "#define SUM_NAMES_LIST " + ", ".join(f'"{n}"' for n in SUM_NAMES),
         '#define SUM_FORMAT "' + "s" * len(SUM_NAMES) + '"',
         "#define STAT_NAMES_LIST " + ", ".join(f'"{n}"' for n in COMPUTED),

@@ -88,23 +88,24 @@ def _check(run_id: str, expected: list, activation_of: dict[str, str], output_la
     client = MlflowClient()
     for epoch in range(1, EPOCHS):  # summaries from the first full window (2 snapshots) on
         outputs, gradients = expected[epoch]
-        totals = {"dormant_frac": [0, 0], "dormant0_frac": [0, 0], "grama_frac": [0, 0]}
+        totals = {"redo_dormant_frac": [0, 0], "redo_dormant0_frac": [0, 0], "grama_dormant_frac": [0, 0]}
         for layer, activation in activation_of.items():
-            per_layer = {"dormant_frac": redo_fraction(outputs[activation], TAU),
-                         "dormant0_frac": redo_fraction(outputs[activation], 0.0),
-                         "grama_frac": grama_fraction(gradients[layer], TAU)}
+            per_layer = {"redo_dormant_frac": redo_fraction(outputs[activation], TAU),
+                         "redo_dormant0_frac": redo_fraction(outputs[activation], 0.0),
+                         "grama_dormant_frac": grama_fraction(gradients[layer], TAU)}
             for key, (dormant, neurons) in per_layer.items():
                 logged = _history(client, run_id, f"flux/{layer}/{key}")[epoch]
                 assert logged == pytest.approx(dormant / neurons, abs=1e-12), (layer, key, epoch)
                 if layer != output_layer:  # ReDo leaves the output layer out of the network's fraction
                     totals[key][0] += dormant
                     totals[key][1] += neurons
-        assert totals["dormant0_frac"][0] >= killed and totals["grama_frac"][0] >= killed  # the check can fail
+        # the check can fail
+        assert totals["redo_dormant0_frac"][0] >= killed and totals["grama_dormant_frac"][0] >= killed
         for key, (dormant, neurons) in totals.items():
             assert _history(client, run_id, f"flux/{key}")[epoch] == pytest.approx(dormant / neurons, abs=1e-12)
     report = mlflow_flux.compare(experiment=client.get_run(run_id).info.experiment_id, log_run=False, explorer=False)
     (row,) = report.runs.to_dict("records")
-    for key in ("dormant_frac", "dormant0_frac", "grama_frac"):
+    for key in ("redo_dormant_frac", "redo_dormant0_frac", "grama_dormant_frac"):
         assert row[f"all/{key}"] == _history(client, run_id, f"flux/{key}")[EPOCHS - 1], key
 
 
@@ -165,9 +166,9 @@ def test_under_gelu_the_score_is_relu_of_the_pre_activation_as_documented(store)
                 model(torch.randn(BATCH, 6) * 0.1).pow(2).mean().backward()
                 optimizer.step()
             flux.end_epoch(epoch)
-    logged = _history(MlflowClient(), run.info.run_id, "flux/0/dormant0_frac")[1]
+    logged = _history(MlflowClient(), run.info.run_id, "flux/0/redo_dormant0_frac")[1]
     ours, neurons = redo_fraction([torch.relu(o) for o in pre["0"]], 0.0)
     on_gelu, _ = redo_fraction(post["0"], 0.0)
     assert ours >= 2 and logged == ours / neurons  # the two negative neurons are dormant at tau = 0 ...
     assert on_gelu == 0  # ... where |gelu(output)| would call none of them dormant
-    assert np.isfinite(_history(MlflowClient(), run.info.run_id, "flux/grama_frac")[1])
+    assert np.isfinite(_history(MlflowClient(), run.info.run_id, "flux/grama_dormant_frac")[1])

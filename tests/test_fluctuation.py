@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from mlflow_flux import fluctuation as F
+from mlflow_flux import reshape
 
 
 def test_spread_of_the_spread_by_hand():
@@ -36,12 +37,62 @@ def test_summary_pools_layers_for_all():
         s = np.array([[spread_pair] * n]).transpose(0, 2, 1)  # (1, 2, n)
         return {"w_std": s, "bias": np.zeros_like(s), "act_rate": np.full_like(s, rate), "w_step": np.full((1, n), 0.5)}
 
-    out = F.summarize({"a": layer((1.0, 2.0), 0.3, 2), "b": layer((1.0, 1.0), 0.0, 6)}, tau=0.1)
+    layers = {"a": layer((1.0, 2.0), 0.3, 2), "b": layer((1.0, 1.0), 0.0, 6)}
+    out = F.summarize(layers, tau=0.1, layout=F.Layout(("a", "b"), network_units="all"))
     assert out["a/participating"][0] == 2 and out["b/participating"][0] == 0
     assert out["all/participating"][0] == 2 and out["all/participating_frac"][0] == 2 / 8
     assert out["b/dead_frac"][0] == 1.0 and out["all/dead_frac"][0] == 6 / 8
     assert out["a/sos_median"][0] == 0.5 and out["all/sos_median"][0] == 0.0
     assert out["all/w_step_median"][0] == 0.5
+    # By default the network's readings count the hidden units: every layer but the last (the output layer).
+    hidden = F.summarize(layers, tau=0.1)
+    assert hidden["all/participating_frac"][0] == 1.0 and hidden["all/dead_frac"][0] == 0.0
+    assert hidden["all/sos_median"][0] == 0.5 and hidden["b/dead_frac"][0] == 1.0
+
+
+def test_every_network_reading_counts_the_same_units():
+    # Three layers: the last is the output. Every network-level fraction counts the first two (8 units), whichever
+    # reading: participation in both tau modes, dead, ReDo at 0 and tau, GraMa.
+    rng = np.random.default_rng(3)
+    layers = {}
+    for name, n in (("h1", 5), ("h2", 3), ("out", 7)):
+        s = rng.random((1, 4, n)) + 0.5
+        layers[name] = {"w_std": s, "bias": np.zeros_like(s), "act_rate": (rng.random((1, 4, n)) > 0.4) * 1.0,
+                        "act_relu_mean": rng.random((1, n)) * (rng.random((1, n)) > 0.3),
+                        "grad_abs_mean": rng.random((1, n)), "grad_abs_last": rng.random((1, n))}
+    hidden = {k: {c: v[..., :] for c, v in layers[k].items()} for k in ("h1", "h2")}
+    out = F.summarize(layers, tau=0.05)
+    alone = F.summarize(hidden, tau=0.05, layout=F.Layout(("h1", "h2"), network_units="all"))
+    for key in ("participating_frac", "dead_frac", "redo_dormant_frac", "redo_dormant0_frac", "grama_dormant_frac"):
+        assert out[f"all/{key}"][0] == alone[f"all/{key}"][0], key
+    relative = F.Thresholds(tau_mode="relative", tau_relative=0.5)
+    curve = F.participation_curve(layers, [relative])
+    assert curve[0, 0] == F.summarize(hidden, relative, F.Layout(("h1", "h2"), network_units="all"))[
+        "all/participating_frac"][0]
+    # The output layer keeps its own line.
+    alone_out = F.summarize({"out": layers["out"]}, tau=0.05)
+    assert out["out/participating_frac"][0] == alone_out["out/participating_frac"][0]
+
+
+def test_readings_on_relu_output_are_not_published_under_tanh():
+    s = np.array([[[1.0, 1.0], [3.0, 1.0]]])
+    layer = {"w_std": s, "bias": np.zeros_like(s), "act_rate": np.ones_like(s), "act_relu_mean": np.ones((1, 2)),
+             "grad_abs_mean": np.array([[1.0, 0.0]])}
+    out = F.summarize({"h": layer, "o": layer}, tau=0.1, layout=F.Layout(("h", "o"), ("tanh", None)))
+    for key in ("participating_frac", "dead_frac", "redo_dormant_frac", "redo_dormant0_frac"):
+        assert np.isnan(out[f"h/{key}"][0]) and np.isnan(out[f"all/{key}"][0]), key
+    assert out["all/grama_dormant_frac"][0] == 0.5 and out["o/participating_frac"][0] == 0.5
+
+
+def test_grama_as_its_authors_count_it():
+    # GradientReDo._get_redo_masks: every layer, the output included, the last pass's |gradient|, a layer without a
+    # gradient counted as not dormant; here layer "b" has no gradient.
+    s = np.ones((1, 2, 3))
+    last = {"a": np.array([[0.0, 1.0, 2.0]]), "b": np.full((1, 3), np.nan), "o": np.array([[0.05, 1.0, 1.0]])}
+    layers = {k: {"w_std": s, "bias": s * 0, "act_rate": s, "grad_abs_last": v} for k, v in last.items()}
+    out = F.summarize(layers)
+    # a: scores 0, 1, 2 over their mean 1: one at or under 0.1; o: 0.05 / 0.683 = 0.073: one; b: none. 2 of 9.
+    assert out["all/grama_ref_dormant_frac"][0] == 2 / 9 and out["b/grama_ref_dormant_frac"][0] == 0.0
 
 
 def test_medians_skip_non_finite_values():
@@ -71,7 +122,7 @@ def test_summaries_over_epochs_matches_summarize_on_each_window():
             rows.append({"epoch": e, "layer": "fc", "neuron": i, "act_rate": float(i > 0),
                          **{c: rng.random() for c in F.INPUT_COLUMNS if c != "act_rate"}})
     trace = pd.DataFrame(rows).astype(dict.fromkeys(F.INPUT_COLUMNS, np.float32))
-    table = F.summaries_over_epochs(trace, window=3, tau=0.01)
+    table = reshape.summaries_over_epochs(trace, window=3, tau=0.01)
     assert table.index.tolist() == [2, 3, 4, 5]
     last = trace[trace.epoch >= 3]
     layer = {c: last.pivot(index="epoch", columns="neuron", values=c).to_numpy(np.float32)[None]
@@ -82,7 +133,8 @@ def test_summaries_over_epochs_matches_summarize_on_each_window():
     for key, value in expected.items():
         assert table.loc[5, key] == value[0] and np.isfinite(value[0]), key
     # A trace written before the newer columns existed: their summaries are NaN, the others unchanged.
-    old = F.summaries_over_epochs(trace[["epoch", "layer", "neuron", "w_std", "bias", "act_rate", "w_step"]], 3, 0.01)
+    old = reshape.summaries_over_epochs(trace[["epoch", "layer", "neuron", "w_std", "bias", "act_rate", "w_step"]], 3,
+                                        0.01)
     assert np.isnan(old.loc[5, "all/participation_ratio"])
     assert old.loc[5, "all/sos_median"] == table.loc[5, "all/sos_median"]
 
@@ -103,7 +155,7 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="tau"):
         F.window_stats(np.ones((1, 2, 2)), np.ones((1, 2, 2)), np.ones((1, 2, 2)), tau=0)
     with pytest.raises(ValueError, match="window"):
-        F.summaries_over_epochs(pd.DataFrame(), window=1)
+        reshape.summaries_over_epochs(pd.DataFrame(), window=1)
 
 
 def test_layer_arrays_fast_path_equals_the_sorting_path():
@@ -112,8 +164,8 @@ def test_layer_arrays_fast_path_equals_the_sorting_path():
              "act_rate": rng.random(), "w_step": rng.random()}
             for e in (0, 2, 4) for layer, n in (("b", 3), ("a", 2)) for i in range(n)]
     trace = pd.DataFrame(rows).astype(dict.fromkeys(("w_std", "bias", "act_rate", "w_step"), np.float32))
-    fast_epochs, fast = F.layer_arrays(trace)
-    slow_epochs, slow = F.layer_arrays(trace.sample(frac=1.0, random_state=0))  # shuffled: no fast path
+    fast_epochs, fast = reshape.layer_arrays(trace)
+    slow_epochs, slow = reshape.layer_arrays(trace.sample(frac=1.0, random_state=0))  # shuffled: no fast path
     assert list(fast) == ["b", "a"] and fast_epochs.tolist() == slow_epochs.tolist() == [0, 2, 4]
     for name in fast:
         for column in fast[name]:

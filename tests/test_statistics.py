@@ -17,7 +17,9 @@ def test_the_trace_stores_the_table_in_its_order_summary_columns_first_derived_l
     assert STAT_COLUMNS == statistics.STAT_NAMES
     assert TRACE_SCHEMA.names[3:] == list(statistics.STAT_NAMES)
     assert statistics.STAT_NAMES[: len(fluctuation.INPUT_COLUMNS)] == fluctuation.INPUT_COLUMNS
-    assert (*statistics.COMPUTED, *statistics.DERIVED) == statistics.STAT_NAMES
+    assert sorted((*statistics.COMPUTED, *statistics.CHAINED, *statistics.DERIVED)) == sorted(statistics.STAT_NAMES)
+    assert [statistics.STAT_NAMES[row] for row in statistics.COMPUTED_ROWS] == list(statistics.COMPUTED)
+    assert statistics.STAT_NAMES[-len(statistics.DERIVED):] == statistics.DERIVED
     assert {s.defined for s in statistics.STATISTICS} <= set(statistics.DEFINED_WHEN)
     assert {s.merge for s in statistics.SUMS} <= {"samples", "add", "local"}
 
@@ -42,3 +44,10 @@ def test_the_generated_c_layout_names_every_sum_and_statistic():
 def test_the_docs_column_table_is_the_schema():
     text = (ROOT / "docs" / "traces.md").read_text()
     assert column_table() in text, "docs/traces.md's column table differs from mlflow_flux.traces.schema.column_table()"
+
+
+def test_the_docs_summary_table_is_the_declaration():
+    from mlflow_flux.fluctuation import summary_table
+
+    text = (ROOT / "docs" / "metrics.md").read_text()
+    assert summary_table() in text, "docs/metrics.md's summary table differs from fluctuation.summary_table()"

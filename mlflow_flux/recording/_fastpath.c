@@ -240,7 +240,7 @@ static void activations_planes(const float *restrict y, Py_ssize_t outer, Py_ssi
  * AVX-512 (the squares alone: 27 us), measured alone in C. */
 AVX2_CLONES
 static void gradient_rows(const float *restrict g, Py_ssize_t rows, Py_ssize_t cols, double *restrict squares,
-                          double *restrict absolute)
+                          double *restrict absolute, double *restrict last)
 {
     /* Written out in lanes: left to the auto-vectoriser the second sum (|g|) cost ~5% of a paper-scale step
      * (benchmarks/recorder.py). Four independent partial sums per total hide the adds' latency. */
@@ -271,17 +271,21 @@ static void gradient_rows(const float *restrict g, Py_ssize_t rows, Py_ssize_t c
             total += (double)row[c] * row[c];
             magnitude += fabsf(row[c]);
         }
+        double mean_magnitude = cols ? magnitude / cols : 0.0;
         squares[r] += total;
-        absolute[r] += cols ? magnitude / cols : 0.0;
+        absolute[r] += mean_magnitude;
+        last[r] = mean_magnitude; /* this pass's value alone: GraMa as its authors read it */
     }
 }
 
 /* A (rows, channels) gradient: one neuron per column (transformers' Conv1D keeps its weight as (in, out)). */
 SIMD_CLONES
 static void gradient_columns(const float *restrict g, Py_ssize_t rows, Py_ssize_t channels, double *restrict squares,
-                             double *restrict absolute)
+                             double *restrict absolute, double *restrict last)
 {
     float q[CHUNK], b[CHUNK];
+    for (Py_ssize_t c = 0; c < channels; ++c)
+        last[c] = 0.0;
     for (Py_ssize_t start = 0; start < rows; start += BLOCK_ROWS) {
         Py_ssize_t stop = start + BLOCK_ROWS < rows ? start + BLOCK_ROWS : rows;
         for (Py_ssize_t c0 = 0; c0 < channels; c0 += CHUNK) {
@@ -298,6 +302,7 @@ static void gradient_columns(const float *restrict g, Py_ssize_t rows, Py_ssize_
             for (Py_ssize_t c = 0; c < width; ++c) {
                 squares[c0 + c] += q[c];
                 absolute[c0 + c] += (double)b[c] / rows;
+                last[c0 + c] += (double)b[c] / rows;
             }
         }
     }
@@ -591,7 +596,7 @@ static void weight_stats_columns(const float *restrict w, float *restrict previo
 }
 
 /* One layer's snapshot: every statistic the layout lists (COMPUTED, in the trace's order), written as float32
- * column-major at `out` (statistic k of row r at out[k * stride + r]); the sums are then zeroed. Returns how many
+ * column-major at `out` (statistic k of row r at out[OUT_ROW[k] * stride + r]); the sums are then zeroed. Returns how many
  * defined values are not finite. */
 static PyObject *layer_statistics(PyObject *self, PyObject *args)
 {
@@ -648,9 +653,10 @@ static PyObject *layer_statistics(PyObject *self, PyObject *args)
         }
         value[GRAD_NORM] = passes > 0 ? sqrt(sums[GRAD_SUMSQ * rows + r] / passes) : NAN;
         value[GRAD_ABS_MEAN] = passes > 0 ? sums[GRAD_ABS * rows + r] / passes : NAN;
+        value[GRAD_ABS_LAST] = passes > 0 ? sums[GRAD_ABS_PASS * rows + r] : NAN;
         for (int k = 0; k < N_STATS; ++k) {
             float stored = (float)value[k];
-            out[k * stride + r] = stored; /* column-major: each statistic is one contiguous column */
+            out[OUT_ROW[k] * stride + r] = stored; /* column-major: each statistic is one contiguous column */
             nonfinite += known[DEFINED[k]] && !isfinite(stored);
         }
     }
@@ -764,10 +770,11 @@ static int take_gradient(Tap *self, PyObject *grad)
         return 0;
     BEGIN_ALLOW_THREADS_IF(numel >= RELEASE_GIL_ELEMENTS)
     double *squares = self->sums + GRAD_SUMSQ * self->channels, *absolute = self->sums + GRAD_ABS * self->channels;
+    double *last = self->sums + GRAD_ABS_PASS * self->channels;
     if (rows_kind)
-        gradient_rows((const float *)address, self->channels, numel / self->channels, squares, absolute);
+        gradient_rows((const float *)address, self->channels, numel / self->channels, squares, absolute, last);
     else
-        gradient_columns((const float *)address, numel / self->channels, self->channels, squares, absolute);
+        gradient_columns((const float *)address, numel / self->channels, self->channels, squares, absolute, last);
     add_to_row(self->sums + GRAD_PASSES * self->channels, self->channels, 1.0);
     END_ALLOW_THREADS_IF
     return 1;
@@ -943,7 +950,7 @@ static PyMethodDef methods[] = {
      "column per neuron, and so the copies), centred on the float64 row means of the last "
      "snapshot (then updated), bias from a float32 vector (address 0: none), the activation and gradient statistics "
      "from the float64 sums (then zeroed) and the float32 shift, written as float32 column-major at `out` (statistic k "
-     "of row r at out[k * stride + r], k in STATISTICS' order). Returns how many defined values are not finite."},
+     "of row r at out[OUT_ROW[k] * stride + r], k in STATISTICS' order). Returns how many defined values are not finite."},
     {"setup", setup, METH_VARARGS,
      "setup(torch.Tensor, torch.float32, torch.bfloat16, torch.strided, detached, same): what the taps compare "
      "against, the factory a copied tap reduces to, and the identity a copied wrapper reduces through."},

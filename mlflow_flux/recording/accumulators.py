@@ -36,7 +36,8 @@ __all__ = ["LayerAccumulator", "weight_and_bias", "applied_by_tap", "DEFAULT_CHU
 
 COUNT, SHIFTED_SUM, SHIFTED_SUMSQ, POSITIVE, RELU_SUM = (sum_row(n) for n in ("count", "shifted_sum", "shifted_sumsq",
                                                                               "positive", "relu_sum"))
-GRAD_SUMSQ, GRAD_ABS, GRAD_PASSES = (sum_row(n) for n in ("grad_sumsq", "grad_abs", "grad_passes"))
+GRAD_SUMSQ, GRAD_ABS, GRAD_ABS_PASS, GRAD_PASSES = (sum_row(n) for n in ("grad_sumsq", "grad_abs", "grad_abs_pass",
+                                                                         "grad_passes"))
 # Weights per chunk of a snapshot's torch path unless the recorder sets another (a quarter of the largest weight).
 DEFAULT_CHUNK_ELEMENTS = 1 << 20
 
@@ -50,6 +51,29 @@ def weight_and_bias(module: nn.Module, weight_axis: int = 0) -> tuple[torch.Tens
         weight = weight.t()
     bias = getattr(module, "bias", None)
     return weight, _local(bias.data) if isinstance(bias, torch.Tensor) else None
+
+
+def zero_along(tensor: torch.Tensor, dim: int, index: torch.Tensor) -> None:
+    """``tensor``'s entries at ``index`` along ``dim`` set to 0, in place. Along dim 0 (whole rows) by
+    ``index_fill_``; along another dim by one multiplication with a 0/1 vector: ``index_fill_`` there is a strided
+    scatter, ~10x slower on a transformers Conv1D's columns at GPT-2 small's widths. (An entry that is not finite
+    stays so: a diverged run.)"""
+    if dim == 0:
+        tensor.index_fill_(0, index, 0)
+        return
+    keep = torch.ones(tensor.shape[dim], dtype=tensor.dtype, device=tensor.device)
+    keep[index] = 0
+    tensor.mul_(keep.view(*([1] * dim), -1, *([1] * (tensor.dim() - dim - 1))))
+
+
+def write_along(tensor: torch.Tensor, dim: int, index: torch.Tensor, values: torch.Tensor) -> None:
+    """``tensor.index_copy_(dim, index, values)``, faster along a dim other than 0: zeroed, then added (a vectorised
+    ``index_add_``)."""
+    if dim == 0:
+        tensor.index_copy_(0, index, values)
+        return
+    zero_along(tensor, dim, index)
+    tensor.index_add_(dim, index, values)
 
 
 def _local(tensor: torch.Tensor) -> torch.Tensor:
@@ -165,6 +189,7 @@ class LayerAccumulator:
         # snapshot (when the weights' dtype and layout are known).
         self.previous_weight: torch.Tensor | None = None
         self.initial_weight: torch.Tensor | None = None
+        self.copies_by_column = False  # the copies hold a column per unit (the C pass on a whole Conv1D)
         self._row_means: torch.Tensor | None = None  # the C path centres each row on its mean at the last snapshot
         self._snapshots = 0
         self._skip = False  # torch path: drop the next gradient (its forward was an evaluation pass with gradients)
@@ -273,6 +298,7 @@ class LayerAccumulator:
         rows = self._gradient_rows()
         self.sums[GRAD_SUMSQ, rows].add_(squared)
         self.sums[GRAD_ABS, rows].add_(absolute)
+        self.sums[GRAD_ABS_PASS, rows].copy_(absolute)
         self.sums[GRAD_PASSES, rows].add_(1)
 
     def add_applied_gradient(self, grad: torch.Tensor, scale: torch.Tensor | None = None,
@@ -296,12 +322,49 @@ class LayerAccumulator:
         rows = self._gradient_rows()
         self.sums[GRAD_SUMSQ, rows].add_(squared * applied)
         self.sums[GRAD_ABS, rows].add_(absolute * applied)
+        last = self.sums[GRAD_ABS_PASS, rows]
+        last.copy_(torch.where(torch.as_tensor(applied, device=last.device) > 0, absolute, last))
         self.sums[GRAD_PASSES, rows].add_(applied)
 
     # -- snapshots ----------------------------------------------------------------------------------------------
 
     def reset(self) -> None:
         self.sums.zero_()
+
+    @torch.no_grad()
+    def restart(self, module: nn.Module, units: np.ndarray) -> None:
+        """Units were given new weights: the copies behind ``w_step`` and ``w_dist0`` take them, so both are
+        measured from the reset on (rows of recorded units; under FSDP2 of this rank's shard)."""
+        if self.previous_weight is None and self.initial_weight is None:
+            return
+        weight, _ = weight_and_bias(module, self.kind.weight_axis)
+        rows = weight.reshape(weight.shape[0], -1)
+        if self.neurons is not None:  # the copies hold the recorded units only, in their order
+            positions = np.searchsorted(self.neurons, units)
+            keep = (positions < len(self.neurons)) & (self.neurons[np.minimum(positions, len(self.neurons) - 1)]
+                                                      == units)
+            units, positions = units[keep], positions[keep]
+        elif self.shard is not None:
+            keep = (units >= self.shard.start) & (units < self.shard.stop)
+            units = units[keep]
+            positions = units - self.shard.start
+        else:
+            positions = units
+        if not len(units):
+            return
+        local = torch.as_tensor(units if self.shard is None else positions, device=rows.device)
+        if self.kind.weight_axis == 1:  # a Conv1D's columns: gathered along the stored weight's own dim 1
+            new = _local(module.weight.data).index_select(1, local).t().detach().cpu()
+        else:
+            new = rows.index_select(0, local).detach().cpu()
+        index = torch.as_tensor(positions)
+        for copy in (self.previous_weight, self.initial_weight):
+            if copy is None:
+                continue
+            if self.copies_by_column:  # the C pass keeps a whole Conv1D's copies in its own (in, out) layout
+                write_along(copy, 1, index, new.to(copy.dtype).reshape(len(index), -1).t())
+            else:
+                write_along(copy, 0, index, new.to(copy.dtype).reshape(len(index), -1))
 
     def _recorded_rows(self, weight: torch.Tensor) -> torch.Tensor:
         """The recorded neurons' rows of ``weight`` (one row per neuron): a view of all, or a copy of the subset."""
@@ -338,6 +401,7 @@ class LayerAccumulator:
             return None
         fan_in = rows.shape[0] if columns else rows.shape[1]
         layout = (fan_in, self.recorded) if columns else (self.recorded, fan_in)
+        self.copies_by_column = columns
         has_previous = self.previous_weight is not None
         if self.keep_previous and not has_previous:
             self.previous_weight = torch.empty(layout, dtype=torch.float32)
@@ -438,6 +502,7 @@ class LayerAccumulator:
             "act_relu_mean": torch.where(n > 0, sums[RELU_SUM] / n, nan),
             "grad_norm": torch.where(passes > 0, (sums[GRAD_SUMSQ] / passes).sqrt(), nan),
             "grad_abs_mean": torch.where(passes > 0, sums[GRAD_ABS] / passes, nan),
+            "grad_abs_last": torch.where(passes > 0, sums[GRAD_ABS_PASS], nan),
         })
         block = torch.stack([*(values[c] for c in COMPUTED), n, passes], dim=1).float()
         self.reset()

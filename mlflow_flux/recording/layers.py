@@ -112,7 +112,7 @@ def select_layers(model: nn.Module, layers: Sequence[LayerSpec] | None = None) -
             hits = [(n, m) for n, m in modules if isinstance(m, spec)]
         else:
             hits = [(n, m) for n, m in modules if n == spec or fnmatch.fnmatchcase(n, spec)]
-        # A pattern keeps the supported layers it matches (encoder.* also matches encoder.relu1); a name that
+        # A pattern keeps the supported layers it matches (encoder.* also matches encoder.act1); a name that
         # matches only modules the recorder cannot read is refused.
         refused = [(n, m) for n, m in hits if layer_kind(m) is None]
         if refused and len(refused) == len(hits):

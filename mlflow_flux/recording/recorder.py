@@ -25,17 +25,20 @@ from torch import nn
 
 from .. import fluctuation
 from ..errors import FluxError
-from ..statistics import COMPUTED, sum_row
+from ..statistics import CHAINED, COMPUTED, COMPUTED_ROWS, sum_row
 from ..traces.schema import STAT_COLUMNS, Snapshot
 from . import distributed
 from . import fastpath as kernels
 from .accumulators import LayerAccumulator, applied_by_tap, weight_and_bias
+from .chains import Link, LinkProbe, find_links, outgoing_columns
 from .layers import LayerSpec, select_layers
+from .redundancy import unit_redundancy
 
 __all__ = ["NeuronRecorder", "WatchedForward", "unwrap", "neuron_subset"]
 
 _log = logging.getLogger(__name__)
 W_STEP, W_NORM, W_REL_STEP = (STAT_COLUMNS.index(c) for c in ("w_step", "w_norm", "w_rel_step"))
+CHAIN_ROWS = [STAT_COLUMNS.index(c) for c in CHAINED]  # partner, partner_distance, fanout_rel
 # The chunk a snapshot's torch path works in: temporaries of about two float32 copies of it must stay under a quarter
 # of the largest watched weight (docs/traces.md), and no chunk is smaller than this many weights.
 MIN_CHUNK_ELEMENTS = 1 << 16
@@ -123,13 +126,14 @@ class WatchedForward:
     the original forward back (``__reduce__``), so the copy is a plain model.
     """
 
-    __slots__ = ("accumulator", "active", "module", "original")
+    __slots__ = ("accumulator", "active", "module", "original", "probe")
 
-    def __init__(self, module: nn.Module, accumulator: LayerAccumulator) -> None:
+    def __init__(self, module: nn.Module, accumulator: LayerAccumulator, probe: LinkProbe | None = None) -> None:
         self.original = module.forward
         self.module = module
         self.accumulator = accumulator
         self.active = True
+        self.probe = probe  # checks the layer's chain on the first training pass, then None
 
     def __call__(self, *args, **kwargs):
         output = self.original(*args, **kwargs)
@@ -141,6 +145,8 @@ class WatchedForward:
         elif self.module.training and torch.is_grad_enabled():
             if not _in_backward():  # a checkpointed layer's forward, run again for its backward, counts once
                 self.accumulator.forward_tap(output)
+                if self.probe is not None:
+                    self.probe.layer_called(self.accumulator.name, args, output)
         elif output.requires_grad and self.accumulator.gradients_per_pass:
             # An evaluation pass with gradients (a saliency map): its outputs do not count, nor its weight gradient.
             output.register_hook(self.accumulator.skip_next_gradient)
@@ -188,7 +194,8 @@ class NeuronRecorder:
 
     def __init__(self, model: nn.Module, layers: Sequence[LayerSpec] | None = None, snapshot_every: int = 1,
                  optimizer: torch.optim.Optimizer | None = None, *, w_step: bool = True, w_dist0: bool = True,
-                 neuron_budget: int = 0) -> None:
+                 neuron_budget: int = 0, redundancy: bool = True, activations: dict[str, str] | None = None,
+                 next_layers: dict[str, str] | None = None) -> None:
         if snapshot_every < 1:
             raise FluxError(f"snapshot_every must be >= 1, got {snapshot_every}")
         self.model = model
@@ -196,6 +203,11 @@ class NeuronRecorder:
         self.snapshot_every = snapshot_every
         self.optimizer = optimizer
         self.w_step, self.w_dist0, self.neuron_budget = w_step, w_dist0, neuron_budget
+        self.redundancy = redundancy
+        self.declared = (dict(activations or {}), dict(next_layers or {}))
+        self.links: dict[str, Link] = {}
+        self._probe: LinkProbe | None = None
+        self._wrappers: list[WatchedForward] = []
         self.rank, self.world_size = 0, 1
         self._states: list[LayerAccumulator] = []
         self._handles: list = []
@@ -234,6 +246,65 @@ class NeuronRecorder:
         a forward recomputed by activation checkpointing is not counted again."""
         row = sum_row("count")
         return {state.name: int(state.sums[row, 0].item()) if state.size else 0 for state in self._states}
+
+    @property
+    def activations(self) -> tuple[str | None, ...]:
+        """The activation known to follow each watched layer (None: not known, or not yet seen in a training pass)."""
+        return tuple(self.links[name].activation if name in self.links and self.links[name].verified else None
+                     for name in self.layer_names)
+
+    def fingerprint(self) -> str:
+        """A hash of the watched layers' weights and biases as they are now (SHA-256 of their bytes, shapes and
+        dtypes, in the layers' order): equal for two runs that start from the same weights, exactly. Under FSDP2
+        every rank gathers the whole tensors (a collective: every rank calls it)."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        with torch.no_grad():
+            for state in self._states:
+                module = state.module_ref()
+                for tensor in (module.weight, getattr(module, "bias", None)):
+                    if not isinstance(tensor, torch.Tensor):
+                        digest.update(b"none")
+                        continue
+                    whole = tensor.full_tensor() if distributed.is_dtensor(tensor) else tensor
+                    data = whole.detach().cpu().contiguous()
+                    digest.update(f"{tuple(data.shape)}:{data.dtype}".encode())
+                    digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+        return digest.hexdigest()
+
+    def _state(self, name: str) -> LayerAccumulator:
+        for state in self._states:
+            if state.name == name:
+                return state
+        raise FluxError(f"layer {name!r} is not watched")
+
+    def module_of(self, name: str) -> nn.Module:
+        """The watched layer's module."""
+        module = self._state(name).module_ref()
+        if module is None:
+            raise FluxError(f"layer {name!r} no longer exists")
+        return module
+
+    def weight_axis(self, name: str) -> int:
+        """The watched layer's neuron axis in its weight (1: transformers' Conv1D, a column per neuron)."""
+        return self._state(name).kind.weight_axis
+
+    def shard_of(self, name: str) -> slice | None:
+        """Under FSDP2, the rows of the layer this rank holds; else None."""
+        return self._state(name).shard
+
+    def restart_units(self, name: str, units) -> None:
+        """Units of a layer were reset: their distance from the start (``w_dist0``) and their last step (``w_step``)
+        are measured from their new weights on."""
+        state = self._state(name)
+        module = self.module_of(name)
+        state.restart(module, np.asarray(units, dtype=np.int64))
+
+    def link(self, name: str) -> Link | None:
+        """The watched layer's place in a chain, once known (its activation and next layer), else None."""
+        link = self.links.get(name)
+        return link if link is not None and link.verified else None
 
     @property
     def path(self) -> str:
@@ -278,9 +349,15 @@ class NeuronRecorder:
                                 + ("along its inputs (transformers' Conv1D keeps a neuron per column): its rank "
                                    "holds no whole neuron" if layer.kind.weight_axis != 0 else
                                    "and neuron_budget picks a subset: record it whole (neuron_budget=0)"))
+        self.links = find_links(model, layers, *self.declared)
+        self._probe = LinkProbe(self.links)
+        probe = None if self._probe.done else self._probe
+        self._wrappers = []
         try:
             for layer, state in zip(layers, self._states):
-                self._handles.append(_ForwardHandle(layer.module, WatchedForward(layer.module, state)))
+                wrapper = WatchedForward(layer.module, state, probe)
+                self._wrappers.append(wrapper)
+                self._handles.append(_ForwardHandle(layer.module, wrapper))
                 if self.optimizer is None and layer.module.weight.requires_grad:
                     self._handles.append(layer.module.weight.register_hook(state.grad_tap))
             if self.optimizer is not None:
@@ -331,6 +408,18 @@ class NeuronRecorder:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        self._settle_links()
+        if self._probe is not None:
+            self._probe.remove()
+
+    def _settle_links(self) -> None:
+        """After a training pass: the chains the pass showed are known; the wrappers stop probing once all are."""
+        if self._probe is None:
+            return
+        self._probe.end_pass()
+        if self._probe.done:
+            for wrapper in self._wrappers:
+                wrapper.probe = None
 
     def __enter__(self) -> NeuronRecorder:
         return self.attach()
@@ -349,6 +438,7 @@ class NeuronRecorder:
         """
         if self._rows is None:
             raise FluxError("the recorder is not attached: use it as a context manager or call attach() first")
+        self._settle_links()  # every rank: an action needs the chains (the next layer of a reset unit)
         with torch.no_grad():
             gathered: dict[int, torch.Tensor] = {}
             if self.world_size > 1:
@@ -393,17 +483,42 @@ class NeuronRecorder:
             host = torch.cat([block.to(device) for _, _, block, _ in torch_path]).cpu().numpy()
             row = 0
             computed = len(COMPUTED)
+            rows_out = list(COMPUTED_ROWS)
             for start, state, block, has_bias in torch_path:
                 part = host[row : row + len(block)]
                 row += len(block)
-                stats[:computed, start : start + len(block)] = part[:, :computed].T
+                stats[rows_out, start : start + len(block)] = part[:, :computed].T
                 mask = state.defined_mask(part, has_bias)
                 nonfinite += int((~np.isfinite(part[:, :computed]) & mask).sum())
         stats[W_REL_STEP] = fluctuation.relative_update(stats[W_STEP], stats[W_NORM])
+        self._chain_statistics(stats, modules)
         self._snapshots += 1
         if self._snapshots <= 2:  # what the check catches shows from the first snapshot on
             self._warn_unseen(stats)
         return Snapshot(epoch, self.layer_names, layer_index, neuron, stats, nonfinite, self._slices)
+
+    def _chain_statistics(self, stats: np.ndarray, modules: list[nn.Module]) -> None:
+        """The redundant-unit columns of every layer whose chain is known (NaN for the others)."""
+        stats[CHAIN_ROWS] = np.nan
+        if not self.redundancy:
+            return
+        by_name = {state.name: (state, module) for state, module in zip(self._states, modules)}
+        for state, module, rows in zip(self._states, modules, self._slices):
+            link = self.link(state.name)
+            if link is None or state.shard is not None or state.neurons is not None:
+                continue  # a chain not known, an FSDP2 shard (its rank holds only some of the units), or a layer
+                # recorded under a neuron budget (a partner may be a unit the trace does not hold)
+            weight, bias = weight_and_bias(module, state.kind.weight_axis)
+            outgoing = None
+            if link.next is not None and link.next in by_name:
+                following_state, following = by_name[link.next]
+                if following_state.shard is None:
+                    outgoing = outgoing_columns(following.weight.data, state.size, following_state.kind.weight_axis)
+            values = unit_redundancy(weight.reshape(weight.shape[0], -1), bias, link.activation, outgoing,
+                                     state.chunk_elements).numpy()
+            if state.neurons is not None:
+                values = values[:, state.neurons]
+            stats[CHAIN_ROWS, rows] = values
 
     def _fast_snapshots(self, modules: list[nn.Module], stats: np.ndarray, wanted: list[bool]) -> list[int | None]:
         """Each wanted layer's C snapshot into ``stats`` (its count of non-finite values; None where the torch path

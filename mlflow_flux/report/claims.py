@@ -16,8 +16,10 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 import pandas as pd
 
+from .intervals import REPLICATE_COLUMN, column_interval, counted, difference, is_fraction, verdict_of
+
 __all__ = ["CLAIMS_TAG", "ClaimSpec", "Claim", "claims_tag_value", "claims_from_json", "claims_declared_by", "evaluate",
-           "matches_group", "verdict"]
+           "matches_group"]
 
 _log = logging.getLogger(__name__)
 
@@ -61,22 +63,32 @@ class ClaimSpec:
 
 @dataclass(frozen=True)
 class Claim:
-    """A claim with our verdict on it: agrees | disagrees | inconclusive | not testable."""
+    """A claim with our verdict on it: agrees | disagrees | inconclusive | inconclusive (n = 1) | not testable |
+    not applicable."""
 
     name: str
     text: str
     verdict: str
     evidence: str
     notes: tuple[str, ...] = ()  # what drives the verdict: divergence, frozen or dead neurons (see .diagnosis)
-    facet: str = ""  # the optimizer the verdict is for, when the runs have several
+    facet: str = ""  # the facet values the verdict is for (e.g. "adam, relu"), when the runs have several
     numbers: dict = field(default_factory=dict)  # subject and rival: group, mean, 95% bounds, runs
     readings: tuple[tuple[str, str, str], ...] = ()  # (label, verdict, evidence) under each other definition
     metric_label: str = ""  # what the main verdict measured
 
     @property
     def label(self) -> str:
-        """``a``, or ``a, adam`` for a verdict on one optimizer's runs."""
+        """``a``, or ``a, adam`` for a verdict on one facet value's runs."""
         return f"{self.name}, {self.facet}" if self.facet else self.name
+
+    @property
+    def tag(self) -> str:
+        """The report run's tag that holds this verdict: ``mlflow_flux.claim_b_adam_relu``.
+
+        >>> Claim("b", "", "agrees", "", facet="adam, relu").tag
+        'mlflow_flux.claim_b_adam_relu'
+        """
+        return "_".join(["mlflow_flux.claim", self.name, *(v.strip() for v in self.facet.split(",") if v.strip())])
 
     @property
     def depends_on_definition(self) -> str:
@@ -89,15 +101,19 @@ class Claim:
         by_verdict: dict[str, list[str]] = {}
         for label, verdict_, _ in (("" if not self.metric_label else self.metric_label, self.verdict, ""),
                                    *self.readings):
-            if verdict_ != "not testable":
+            if verdict_ not in ("not testable", "not applicable"):
                 by_verdict.setdefault(verdict_, []).append(label or "the main measure")
         if len(by_verdict) < 2:
             return ""
-        parts = [f"{_VERBS[v]} under {_and(labels)}" for v, labels in by_verdict.items()]
+        parts = [f"{_verb(v)} under {_and(labels)}" for v, labels in by_verdict.items()]
         return f"({self.label}) depends on the definition: it {_and(parts, ', and ')}."
 
 
 _VERBS = {"agrees": "agrees", "disagrees": "disagrees", "inconclusive": "is inconclusive"}
+
+
+def _verb(verdict_: str) -> str:
+    return _VERBS.get(verdict_, f"is {verdict_}")
 
 
 def _and(items: Sequence[str], last: str = " and ") -> str:
@@ -144,86 +160,92 @@ def _show(value) -> str:
     return f"{value:g}" if isinstance(value, (float, int, np.floating, np.integer)) else str(value)
 
 
-def _fmt(row: pd.Series, column: str, digits: int = 4) -> str:
-    low, high = row.get(f"{column} ci_low", math.nan), row.get(f"{column} ci_high", math.nan)
-    text = f"{row[column]:.{digits}g}"
+# Readings defined on relu(output): not applicable to runs whose hidden layers another known activation follows.
+_RELU_COLUMNS = ("all/participating", "all/participating_frac", "all/dead_frac", "all/frozen_frac",
+                 "all/participating_frac_absolute", "all/participating_frac_relative", "all/redo_dormant_frac",
+                 "all/redo_dormant0_frac")
+
+
+def _side(rows: pd.DataFrame, column: str, key: str, value) -> tuple[str, dict]:
+    """One side of a comparison, as the evidence shows it: its display mean and interval, n, what was left out."""
+    kept = counted(rows)
+    units = float(kept["units"].median()) if "units" in kept and len(kept) else math.nan
+    mean, low, high = column_interval(column, kept[column].to_numpy(dtype=float), units)
+    percent = is_fraction(column)
+
+    def fmt(v: float) -> str:
+        return f"{v:.1%}" if percent else f"{v:.4g}"
+
+    text = f"{key} {_show(value)} {fmt(mean)}"
     if np.isfinite(low):
-        text += f" [{low:.{digits}g}, {high:.{digits}g}]"
-    return text
+        text += f" [{fmt(low)}, {fmt(high)}]"
+    left_out = len(rows) - len(kept)
+    text += f" (n = {len(kept)}" + (f", {left_out} diverged, left out)" if left_out else ")")
+    return text, {"mean": float(mean), "ci_low": float(low), "ci_high": float(high), "runs": len(kept)}
 
 
-def _overlap(a: pd.Series, b: pd.Series, column: str) -> bool | None:
-    lows = (a.get(f"{column} ci_low", math.nan), b.get(f"{column} ci_low", math.nan))
-    if any(not np.isfinite(v) for v in lows):
-        return None
-    return a[f"{column} ci_low"] <= b[f"{column} ci_high"] and b[f"{column} ci_low"] <= a[f"{column} ci_high"]
+def _values(rows: pd.DataFrame, column: str) -> dict[str, float]:
+    """A group's counted runs' values of ``column``, keyed by replicate (runs without one by their position)."""
+    kept = counted(rows)
+    keys = kept[REPLICATE_COLUMN].astype(str) if REPLICATE_COLUMN in kept else pd.Series([""] * len(kept))
+    return {(k if k else f"#{i}"): float(v) for i, (k, v) in enumerate(zip(keys, kept[column]))}
 
 
-def verdict(ours: float, other: float, overlap: bool | None, lower: bool) -> str:
-    """agrees when ``ours`` beats ``other`` in the claimed direction; a tie or overlapping intervals decide nothing.
-
-    >>> verdict(0.1, 0.2, None, lower=True), verdict(0.1, 0.2, True, lower=True), verdict(0.3, 0.2, False, lower=True)
-    ('agrees', 'inconclusive', 'disagrees')
-    """
-    if overlap or ours == other or not (np.isfinite(ours) and np.isfinite(other)):
-        return "inconclusive"
-    return "agrees" if (ours < other) == lower else "disagrees"
-
-
-def evaluate(spec: ClaimSpec, groups: pd.DataFrame, group_by: str | None = None) -> Claim:
-    """Our verdict on one claim from the per-group table (one row per group: means and 95% interval bounds), whose
-    groups are values of ``spec.group_by`` (else of ``group_by``), and under each of its other readings."""
-    claim = _evaluate(spec, groups, group_by)
+def evaluate(spec: ClaimSpec, runs: pd.DataFrame, group_by: str | None = None) -> Claim:
+    """Our verdict on one claim from the run table (one row per run), whose groups are values of ``spec.group_by``
+    (else of ``group_by``), and under each of its other readings (:mod:`.intervals`: a paired t-interval on the
+    per-replicate differences, diverged runs left out)."""
+    claim = _evaluate(spec, runs, group_by)
     readings = []
     for label, column, better in spec.readings:
-        other = _evaluate(replace(spec, metric=column, better=better, label=label, also=(), readings=()), groups,
+        other = _evaluate(replace(spec, metric=column, better=better, label=label, also=(), readings=()), runs,
                           group_by)
         readings.append((label, other.verdict, other.evidence))
     return replace(claim, readings=tuple(readings), metric_label=spec.label or spec.metric)
 
 
-def _evaluate(spec: ClaimSpec, groups: pd.DataFrame, group_by: str | None) -> Claim:
+def _evaluate(spec: ClaimSpec, runs: pd.DataFrame, group_by: str | None) -> Claim:
     key, label = spec.group_by or group_by, spec.label or spec.metric
-    if key not in groups.columns or spec.metric not in groups.columns:
+    if key not in runs.columns or spec.metric not in runs.columns:
         return Claim(spec.name, spec.text, "not testable", f"the runs have no {key!r} groups with {spec.metric!r}")
-    hits = matches_group(groups[key], spec.subject)
-    subject = groups[hits].iloc[0] if hits.any() else None
+    if spec.metric in _RELU_COLUMNS and "relu_readings" in runs and not runs["relu_readings"].astype(bool).any():
+        return Claim(spec.name, spec.text, "not applicable", f"{label} is defined on relu(output); another "
+                                                             "activation follows these runs' hidden layers")
+    hits = matches_group(runs[key], spec.subject)
+    subject = runs[hits]
     if spec.against is None:
-        rivals = groups[~hits]
-        if subject is None or rivals.empty:
+        others = runs[~hits]
+        means = counted(others).groupby(key, sort=False)[spec.metric].mean()
+        if subject.empty or means.dropna().empty:
             return Claim(spec.name, spec.text, "not testable",
                          f"the runs need {key} {_show(spec.subject)} and at least one other {key}")
-        values = rivals[spec.metric]
-        rival = rivals.loc[values.idxmin() if spec.better == "lower" else values.idxmax()]
-        rival_label = f"best other, {key} {_show(rival[key])},"
+        rival_value = means.idxmin() if spec.better == "lower" else means.idxmax()
+        rival = others[matches_group(others[key], rival_value)]
     else:
-        matches = matches_group(groups[key], spec.against)
-        rival = groups[matches].iloc[0] if matches.any() else None
-        if subject is None or rival is None:
+        rival_value = spec.against
+        rival = runs[matches_group(runs[key], spec.against)]
+        if subject.empty or rival.empty:
             return Claim(spec.name, spec.text, "not testable",
                          f"the runs need both {key} {_show(spec.subject)} and {key} {_show(spec.against)}")
-        rival_label = f"{key} {_show(spec.against)}"
-    missing = [row[key] for row in (subject, rival) if not np.isfinite(row[spec.metric])]
-    if missing:
+    if not np.isfinite(counted(subject)[spec.metric]).any() or not np.isfinite(counted(rival)[spec.metric]).any():
         return Claim(spec.name, spec.text, "not testable",
-                     f"{label}: {key} {', '.join(map(_show, missing))} has no value (a run with fewer snapshots than "
-                     "one window has no participation measure; a trace recorded before a column existed, none of it)")
-    pieces = [f"{label}: {key} {_show(spec.subject)} {_fmt(subject, spec.metric)}; {rival_label} "
-              f"{_fmt(rival, spec.metric)}"]
+                     f"{label}: a side has no value (diverged runs are left out; a run with fewer snapshots than one "
+                     "window has no participation measure; a trace recorded before a column existed, none of it)")
+    subject_text, subject_numbers = _side(subject, spec.metric, key, spec.subject)
+    rival_text, rival_numbers = _side(rival, spec.metric, key, rival_value)
+    if spec.against is None:
+        rival_text = "best other, " + rival_text
+    paired = REPLICATE_COLUMN in runs and bool(runs[REPLICATE_COLUMN].astype(str).str.len().gt(0).all())
+    diff = difference(_values(subject, spec.metric), _values(rival, spec.metric), paired=paired)
+    pieces = [f"{label}: {subject_text}; {rival_text}; {diff.describe(is_fraction(spec.metric))}"]
     for column, name in spec.also:
-        if column in groups.columns:
-            pieces.append(f"{name}: {key} {_show(spec.subject)} {_fmt(subject, column)}, "
-                          f"{key} {_show(rival[key])} {_fmt(rival, column)}")
-    overlap = _overlap(subject, rival, spec.metric)
-    evidence = "; ".join(pieces)
-    if overlap is None:
-        evidence += f" (one seed per {key}: no interval, verdict on the means)"
-    result = verdict(subject[spec.metric], rival[spec.metric], overlap, lower=spec.better == "lower")
-    numbers = {}
-    for role, row in (("subject", subject), ("rival", rival)):
-        numbers[role] = row[key]
-        numbers[f"{role} mean"] = float(row[spec.metric])
-        numbers[f"{role} ci_low"] = float(row.get(f"{spec.metric} ci_low", math.nan))
-        numbers[f"{role} ci_high"] = float(row.get(f"{spec.metric} ci_high", math.nan))
-        numbers[f"{role} runs"] = int(row["n"]) if "n" in row else 1
-    return Claim(spec.name, spec.text, result, evidence, numbers=numbers)
+        if column in runs.columns:
+            also_subject, _ = _side(subject, column, key, spec.subject)
+            also_rival, _ = _side(rival, column, key, rival_value)
+            pieces.append(f"{name}: {also_subject}, {also_rival}")
+    numbers = {"subject": spec.subject, "rival": rival_value,
+               "difference": diff.mean, "difference ci_low": diff.low, "difference ci_high": diff.high,
+               "pairs": diff.n, "paired": diff.paired}
+    for role, side in (("subject", subject_numbers), ("rival", rival_numbers)):
+        numbers.update({f"{role} {name}": value for name, value in side.items()})
+    return Claim(spec.name, spec.text, verdict_of(diff, spec.better), "; ".join(pieces), numbers=numbers)

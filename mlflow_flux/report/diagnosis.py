@@ -13,6 +13,7 @@ import pandas as pd
 
 from .. import dynamics
 from .claims import ClaimSpec, _show, matches_group
+from .intervals import counted
 
 __all__ = ["claim_notes"]
 
@@ -26,18 +27,25 @@ def _named_groups(spec: ClaimSpec, runs: pd.DataFrame, group_by: str) -> list:
     return list(values[matches_group(values, spec.subject) | matches_group(values, spec.against)])
 
 
+def _which(row: pd.Series) -> str:
+    return f"replicate {row['replicate']}" if str(row.get("replicate", "")) else f"run {row.get('name', '')}"
+
+
 def _divergence_note(rows: pd.DataFrame, label: str) -> str | None:
     diverged = rows[rows["diverged_at"] >= 0]
     if diverged.empty:
         return None
     first = diverged.iloc[0]
-    return (f"{label} diverged in {len(diverged)} of {len(rows)} runs (e.g. seed {first['seed']}: loss rose from its "
+    return (f"{label} diverged in {len(diverged)} of {len(rows)} runs (e.g. {_which(first)}: loss rose from its "
             f"minimum {first['loss_best']:.4g} at step {int(first['loss_best_at'])} above "
             f"{dynamics.DIVERGENCE_FACTOR:g}x from step {int(first['diverged_at'])}, ending at "
-            f"{first['loss_final']:.4g}): its final loss measures the divergence, not how well it learned")
+            f"{first['loss_final']:.4g}): it is left out of the means and verdicts, and counted here")
 
 
 def _activity_note(rows: pd.DataFrame, label: str) -> str:
+    rows = counted(rows)
+    if not rows["all/participating_frac"].notna().any():
+        return f"{label}: participating, frozen and dead are not defined (no ReLU follows its hidden layers)"
     participating = rows["all/participating_frac"].mean()
     frozen = rows["all/frozen_frac"].mean()
     dead = rows["all/dead_frac"].mean()

@@ -25,7 +25,8 @@ from .. import fluctuation, reshape
 from ..errors import FluxError
 from ..settings import recorder_setting_of, run_thresholds
 from ..traces import mlflow_adapter
-from ..traces.reader import missing_trace, opened_trace
+from ..traces.reader import missing_trace, opened_trace, run_resets
+from ..traces.runs import ACTIVATIONS_PARAM, parse_activations
 from ..traces.schema import KEY_COLUMNS, SUMMARY_COLUMNS
 from ..traces.server import check_reachable
 from .claims import ClaimSpec, claims_declared_by
@@ -35,7 +36,7 @@ from .spec import DEFAULT_SPEC, ReportSpec, spec_declared_by
 _log = logging.getLogger(__name__)
 
 __all__ = ["RunData", "Comparison", "load_comparison", "group_value", "TAU_GRID", "TAU_GRID_RELATIVE", "RUN_GROUPS",
-           "READINGS"]
+           "READINGS", "FRACTION_COLUMNS"]
 
 TAU_GRID = tuple(float(t) for t in np.logspace(-6, -1, 16))  # absolute tau on the relative fluctuation
 TAU_GRID_RELATIVE = tuple(float(t) for t in np.logspace(-2, 1, 16))  # tau_relative: times the layer's mean
@@ -44,10 +45,14 @@ TAU_GRID_RELATIVE = tuple(float(t) for t in np.logspace(-2, 1, 16))  # tau_relat
 READINGS = (
     ("our participation (absolute tau)", "all/participating_frac_absolute", "higher"),
     ("our participation (layer-relative tau)", "all/participating_frac_relative", "higher"),
-    ("ReDo dormant, tau = 0", "all/dormant0_frac", "lower"),
-    ("ReDo dormant, tau = dormant_tau", "all/dormant_frac", "lower"),
-    ("GraMa dormant, tau = dormant_tau", "all/grama_frac", "lower"),
+    ("ReDo dormant, tau = 0", "all/redo_dormant0_frac", "lower"),
+    ("ReDo dormant, tau = dormant_tau", "all/redo_dormant_frac", "lower"),
+    ("GraMa dormant, tau = dormant_tau", "all/grama_dormant_frac", "lower"),
+    ("GraMa dormant, its authors' reading", "all/grama_ref_dormant_frac", "lower"),
 )
+# Columns that are fractions of the network's counted units (their intervals are drawn inside [0, 1]); the authors'
+# GraMa counts every unit.
+FRACTION_COLUMNS = ("all/participating_frac", "all/dead_frac", "all/frozen_frac", *(c for _, c, _ in READINGS))
 # The runs load in many threads, so that their requests overlap; their arithmetic (decoding, the summaries of every
 # epoch) runs in as many at a time as there are cores: more only contend for them (on 2 cores, 8 at once took ~40%
 # more CPU for the same runs).
@@ -61,7 +66,6 @@ class RunData:
     run_id: str
     name: str
     group: str  # the run's value of the grouping parameter (or its name when runs are not grouped)
-    seed: str
     params: dict
     final_loss: float
     loss: pd.Series  # the loss metric's history, by step
@@ -77,6 +81,19 @@ class RunData:
     tau_curve_relative: pd.Series = field(default_factory=lambda: pd.Series(dtype=float))  # ... by tau_relative
     readings: dict[str, float] = field(default_factory=dict)  # participation under both thresholds, final window
     entity: object = None  # the MLflow run (its trace is opened again for the explorer page)
+    layout: fluctuation.Layout = field(default_factory=lambda: fluctuation.Layout(()))
+    sizes: list[int] = field(default_factory=list)  # units per layer, in the layout's order
+    replicate: str = ""  # the run's value of the spec's replicate key (its seed): runs sharing it are paired
+
+    @property
+    def units(self) -> int:
+        """The units the network-level fractions count."""
+        return sum(self.sizes[i] for i in self.layout.counted) if self.sizes else 0
+
+    @property
+    def output_layer(self) -> str | None:
+        """The network's output layer (the last watched), reported on its own line; None for a single layer."""
+        return self.layers[-1] if len(self.layers) > 1 else None
 
     @property
     def measured(self) -> bool:
@@ -146,6 +163,7 @@ def _load_run(client, run, window: int | None, tau: float | None, group_by: str,
         raise FluxError(f"results kept locally: {missing}")
     window = window or int(recorder_setting_of(params, "window") or fluctuation.DEFAULT_WINDOW)
     thresholds = run_thresholds(params, tau)
+    units = recorder_setting_of(params, "network_units") or "hidden"
     clock = time.perf_counter()
     seconds = {}
     with opened_trace(client, run) as source:
@@ -157,12 +175,14 @@ def _load_run(client, run, window: int | None, tau: float | None, group_by: str,
             table = parquet.read(columns=[c for c in (*KEY_COLUMNS, *SUMMARY_COLUMNS) if c in held])
         except Exception as exc:  # noqa: BLE001 -- a corrupt file is a skipped run, not a failed report
             raise FluxError(f"unreadable trace ({type(exc).__name__}: {exc})") from None
+    resets = run_resets(client, run)  # empty, without a request, for a run that recycled nothing
     seconds["fetch"] = time.perf_counter() - clock
     with _COMPUTE_SLOTS:
         clock = time.perf_counter()
         trace = table.to_pandas()
         seconds["read"] = time.perf_counter() - clock
-        summaries, tau_curve, tau_curve_relative, readings, layers = _summaries(trace, window, thresholds, run_id)
+        summaries, tau_curve, tau_curve_relative, readings, layers, layout, sizes = _summaries(
+            trace, window, thresholds, run_id, params.get(ACTIVATIONS_PARAM), units, resets)
         seconds["compute"] = time.perf_counter() - clock - seconds["read"]
     metrics = run.data.metrics
     history_key = loss_key or next((k for k in spec.loss_history_keys if k in metrics), spec.loss_history_keys[-1])
@@ -176,7 +196,6 @@ def _load_run(client, run, window: int | None, tau: float | None, group_by: str,
         run_id=run_id,
         name=name,
         group=name if group_by == RUN_GROUPS else params[group_by],
-        seed=params.get("seed", "?"),
         params=dict(params),
         final_loss=float(final),
         loss=loss,
@@ -185,39 +204,49 @@ def _load_run(client, run, window: int | None, tau: float | None, group_by: str,
         tau_curve_relative=tau_curve_relative,
         readings=readings,
         layers=layers,
-        facet=params.get(spec.facet, "") if spec.facet else "",
+        facet=", ".join(params.get(name, "?") for name in spec.facets),
         series=series,
         seconds=seconds,
         window=window,
         thresholds=thresholds,
         entity=run,
+        layout=layout,
+        sizes=sizes,
+        replicate=params.get(spec.replicate, "") if spec.replicate else "",
     )
 
 
-def _summaries(trace: pd.DataFrame, window: int, thresholds: fluctuation.Thresholds, run_id: str):
-    """A trace's summaries at every epoch, its participation at the final window by tau (absolute and relative), and
-    both readings of it at the run's thresholds; and its layers' names."""
+def _summaries(trace: pd.DataFrame, window: int, thresholds: fluctuation.Thresholds, run_id: str,
+               activations: str | None, network_units: str, resets: pd.DataFrame | None = None):
+    """A trace's summaries at every epoch (with the network's participation under both tau modes), its
+    participation at the final window by tau (absolute and relative), both readings at the run's thresholds; its
+    layers' names, their layout (activations, counted units) and sizes."""
     try:
         epochs, layers = reshape.layer_arrays(trace)
     except ValueError as exc:
         raise FluxError(f"unusable trace: {exc}") from None
+    names = tuple(layers)
+    units = network_units if network_units in fluctuation.NETWORK_UNITS else "hidden"
+    layout = fluctuation.Layout(names, parse_activations(activations, len(names)), units)
+    sizes = [np.shape(layers[name]["w_std"])[-1] for name in names]
     # A trace shorter than one window has no participation measure: the run still counts with its loss.
-    summaries = reshape.summaries_from_arrays(epochs, layers, window, thresholds)
+    summaries = reshape.summaries_from_arrays(epochs, layers, window, thresholds, layout, readings=True,
+                                              resets=resets)
     tau_curve = tau_curve_relative = pd.Series(dtype=float, name=run_id)
     readings = {}
     if not summaries.empty:
-        # The final window, judged under every tau of both curves and the run's own thresholds in both modes.
+        # The final window, judged under every tau of both curves.
         last = {name: {c: arrays[c][-window:][None] for c in fluctuation.WINDOW_COLUMNS}
                 for name, arrays in layers.items()}
         judged = [*(replace(thresholds, tau=t, tau_mode="absolute") for t in TAU_GRID),
-                  *(replace(thresholds, tau_relative=t, tau_mode="relative") for t in TAU_GRID_RELATIVE),
-                  replace(thresholds, tau_mode="absolute"), replace(thresholds, tau_mode="relative")]
-        fractions = fluctuation.participation_curve(last, judged)[:, 0].tolist()
+                  *(replace(thresholds, tau_relative=t, tau_mode="relative") for t in TAU_GRID_RELATIVE)]
+        fractions = fluctuation.participation_curve(last, judged, layout)[:, 0].tolist()
         tau_curve = pd.Series(dict(zip(TAU_GRID, fractions)), name=run_id)
         tau_curve_relative = pd.Series(dict(zip(TAU_GRID_RELATIVE, fractions[len(TAU_GRID):])), name=run_id)
-        readings = {"all/participating_frac_absolute": fractions[-2],
-                    "all/participating_frac_relative": fractions[-1]}
-    return summaries, tau_curve, tau_curve_relative, readings, list(layers)
+        final = summaries.iloc[-1]
+        readings = {key: float(final[key]) for key in ("all/participating_frac_absolute",
+                                                      "all/participating_frac_relative")}
+    return summaries, tau_curve, tau_curve_relative, readings, list(layers), layout, sizes
 
 
 def _history(client, run_id: str, key: str) -> pd.Series:
@@ -290,13 +319,15 @@ def load_comparison(
     if not loaded:
         reasons = "; ".join(f"{name or rid}: {why}" for rid, name, why in skipped)
         raise FluxError(f"none of the {len(runs)} runs of {description} has a readable trace ({reasons})")
-    facet = spec.facet if spec.facet and group_by != spec.facet and any(run.facet for run in loaded) else None
-    if facet is None:
-        for run in loaded:
-            run.facet = ""
+    # The spec's facets the runs vary (a facet all runs share would only lengthen every label).
+    facets = tuple(name for name in spec.facets
+                   if name != group_by and len({r.params[name] for r in loaded if name in r.params}) > 1)
+    facet = ", ".join(facets) or None
+    for run in loaded:
+        run.facet = ", ".join(run.params.get(name, "?") for name in facets)
     comparison = Comparison(loaded, skipped, description, sweep_id, tracking_uri, claims,
                             {"query": queried - started, "load": done - queried}, group_by,
                             loss_key or DEFAULT_LOSS_LABEL, facet, spec)
     order = {value: index for index, value in enumerate(comparison.group_order(r.group for r in loaded))}
-    loaded.sort(key=lambda r: (r.facet, order[r.group], r.seed, r.name))
+    loaded.sort(key=lambda r: (r.facet, order[r.group], _sort_key(r.replicate, False), r.name))
     return comparison

@@ -3,7 +3,7 @@ what the report already
 loaded (each run's loss history and the summaries recomputed from its trace), with no re-training.
 
 At epoch ``e`` a run counts with its training loss at ``e`` (the loss claim: there is no final evaluation mid-run)
-and the summaries of its window ending at ``e``; the groups' means and 95% intervals over seeds and the verdicts
+and the summaries of its window ending at ``e``; the groups' means and 95% intervals over replicates and the verdicts
 are those of the final report (:mod:`.analysis`, :mod:`.claims`), so one rule decides at every epoch.
 """
 
@@ -11,20 +11,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
 from .. import dynamics, fluctuation
-from .analysis import group_table
 from .claims import ClaimSpec, evaluate
+from .intervals import REPLICATE_COLUMN
 from .loading import Comparison, RunData, group_value
 
-__all__ = ["VERDICT_EVERY", "verdict_epochs", "verdicts_over_time", "where_claims_hold", "early_ranking"]
+__all__ = ["VERDICT_EVERY", "MAIN_READING", "verdict_epochs", "verdicts_over_time", "where_claims_hold",
+           "early_ranking"]
 
 VERDICT_EVERY = 50  # epochs between two verdicts (and the last epoch all runs reached)
-_SUMMARY_COLUMNS = ("participating_frac", "dead_frac", "participating")
+MAIN_READING = ""  # the reading column's value for a claim's own measure
 
 
 def verdict_epochs(runs: Sequence[RunData], every: int = VERDICT_EVERY) -> list[int]:
@@ -40,35 +42,59 @@ def verdict_epochs(runs: Sequence[RunData], every: int = VERDICT_EVERY) -> list[
     return sorted(set(picked) | {last})
 
 
-def _runs_at(comparison: Comparison, runs: Sequence[RunData], epoch: int) -> pd.DataFrame:
+def _columns(specs: Sequence[ClaimSpec]) -> list[str]:
+    """Every summary column the claims read, their other readings' included."""
+    columns = []
+    for spec in specs:
+        columns += [spec.metric, *(column for _, column, _ in spec.readings), *(column for column, _ in spec.also)]
+    return [c for c in dict.fromkeys(columns) if c.startswith("all/")]
+
+
+def _runs_at(comparison: Comparison, runs: Sequence[RunData], epoch: int, columns: list[str],
+             diverged: dict[str, int]) -> pd.DataFrame:
     rows = []
     for run in runs:
         summary = run.summaries.loc[epoch]
-        row = {comparison.group_by: group_value(run.group), "seed": run.seed, "loss_final": float(run.loss.loc[epoch]),
-               "diverged_at": -1, "loss_best_at": -1}
-        for key in _SUMMARY_COLUMNS:
-            row[f"all/{key}"] = float(summary[f"all/{key}"])
-        row["all/frozen_frac"] = fluctuation.frozen_fraction(row["all/participating_frac"], row["all/dead_frac"])
+        # A run counts until the epoch it diverged at; from then on it is left out, as in the final verdict.
+        row = {comparison.group_by: group_value(run.group), REPLICATE_COLUMN: run.replicate,
+               "loss_final": float(run.loss.loc[epoch]), "units": run.units,
+               "relu_readings": run.layout.network_relu_readings,
+               "diverged_at": diverged[run.run_id] if 0 <= diverged[run.run_id] <= epoch else -1}
+        for key in columns:
+            if key in summary:
+                row[key] = float(summary[key])
+        if "all/participating_frac" in row and "all/dead_frac" in row:
+            row["all/frozen_frac"] = fluctuation.frozen_fraction(row["all/participating_frac"], row["all/dead_frac"])
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def verdicts_over_time(comparison: Comparison, specs: Sequence[ClaimSpec],
                        every: int = VERDICT_EVERY) -> pd.DataFrame:
-    """One row per (claim, facet value, epoch): the verdict, the subject's and the rival's group, mean and 95%
-    interval, and the runs behind each; the facet's column is named after it (``optimizer`` for the study), else
-    ``facet``. Each facet value's runs are read at the epochs they all reached (a run logged by other steps than its
-    trace's epochs has no common epoch: its facet value gets no rows)."""
+    """One row per (claim, reading, facet value, epoch): the verdict, both sides' group, display mean, interval and
+    runs, and the paired difference's; the reading is ``""`` for the claim's own measure, else its label; the facet's
+    column is named after it (``optimizer`` for the study), else ``facet``. Each facet value's runs are read at the
+    epochs they all reached (a run logged by other steps than its trace's epochs has no common epoch: its facet value
+    gets no rows)."""
     rows = []
     column = comparison.facet or "facet"
-    for facet in comparison.facets if specs else ():  # no claim to judge: no group tables to build
+    columns = _columns(specs)
+    diverged = {}
+    for run in comparison.runs:
+        found = dynamics.divergence(run.loss.index.to_numpy(), run.loss.to_numpy())
+        diverged[run.run_id] = found.step if found else -1
+    for facet in comparison.facets if specs else ():  # no claim to judge: no tables to build
         runs = [run for run in comparison.runs if run.facet == facet and run.measured]
         for epoch in verdict_epochs(runs, every):
-            groups = group_table(_runs_at(comparison, runs, epoch), comparison.group_by)
+            table = _runs_at(comparison, runs, epoch, columns, diverged)
             for spec in specs:
-                claim = evaluate(spec, groups, comparison.group_by)
-                rows.append({"claim": spec.name, column: facet or "all runs", "epoch": epoch,
-                             "verdict": claim.verdict, **claim.numbers})
+                judged = [(MAIN_READING, replace(spec, readings=()))]
+                judged += [(label, replace(spec, metric=reading_column, better=better, label=label, also=(),
+                                           readings=())) for label, reading_column, better in spec.readings]
+                for label, reading in judged:
+                    claim = evaluate(reading, table, comparison.group_by)
+                    rows.append({"claim": spec.name, "reading": label, column: facet or "all runs", "epoch": epoch,
+                                 "verdict": claim.verdict, **claim.numbers})
     return pd.DataFrame(rows)
 
 
@@ -77,13 +103,15 @@ def _ranges(epochs: list[int]) -> str:
     return ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in epochs)
 
 
-def where_claims_hold(table: pd.DataFrame, texts: dict[str, str]) -> list[str]:
-    """Plain sentences: per claim and facet value, the epochs at which it agrees, disagrees or is inconclusive."""
+def where_claims_hold(table: pd.DataFrame, texts: dict[str, str], reading: str | None = MAIN_READING) -> list[str]:
+    """Plain sentences: per claim and facet value, the epochs at which it agrees, disagrees or is inconclusive, under
+    ``reading`` (``""``: the claim's own measure; None: every reading, each named)."""
     lines = []
     if table.empty:
         return lines
-    facet_column = table.columns[1]  # verdicts_over_time's second column names the facet
-    for (claim, optimizer), rows in table.groupby(["claim", facet_column], sort=False):
+    facet_column = table.columns[2]  # verdicts_over_time's third column names the facet
+    chosen = table if reading is None else table[table["reading"] == reading]
+    for (claim, label, facet), rows in chosen.groupby(["claim", "reading", facet_column], sort=False):
         runs: dict[str, list[list[int]]] = {}
         previous = None
         for epoch, verdict in zip(rows["epoch"], rows["verdict"]):
@@ -94,16 +122,19 @@ def where_claims_hold(table: pd.DataFrame, texts: dict[str, str]) -> list[str]:
             previous = verdict
         parts = [f"{verdict} at epochs {_ranges(spans)}" for verdict, spans in runs.items()]
         final = rows.iloc[-1]["verdict"]
-        lines.append(f"({claim}) {texts.get(claim, '')} under {optimizer}: " + "; ".join(parts)
+        under = f" ({label})" if label else ""
+        lines.append(f"({claim}) {texts.get(claim, '')}{under} under {facet}: " + "; ".join(parts)
                      + f"; at the last epoch ({int(rows.iloc[-1]['epoch'])}): {final}")
     return lines
 
 
 def early_ranking(comparison: Comparison, key: str, fraction: float = 0.1) -> dict | None:
-    """How well a per-epoch metric early in training ranks the runs' final losses: Spearman's rho over the runs that
-    logged ``key`` (the study's twins: early lambda, the twin's Lyapunov estimate).
+    """How well a per-window metric early in training ranks the runs' final losses: Spearman's rho over the runs that
+    logged ``key`` (the study's twins: the largest finite-time Lyapunov exponent).
 
-    Early is the end of the first ``fraction`` of the epochs. None with fewer than three such runs.
+    Early is fixed in advance, not chosen after seeing the runs: the mean of the values logged at windows ending
+    within the first ``fraction`` of the epochs (:func:`~mlflow_flux.dynamics.early_mean`; by Benettin's method the
+    exponent over that span). None with fewer than three such runs.
     """
     pairs = []
     for run in comparison.runs:
@@ -111,17 +142,18 @@ def early_ranking(comparison: Comparison, key: str, fraction: float = 0.1) -> di
         if series is None or series.empty:
             continue
         epochs = int(run.params.get("epochs", series.index[-1] + 1))
-        early = dynamics.early_index(epochs, fraction)
-        if early in series.index and math.isfinite(run.final_loss):
-            pairs.append((run.name, float(series.loc[early]), run.final_loss, early))
+        early = dynamics.early_mean(series.index.to_numpy(), series.to_numpy(), epochs, fraction)
+        if math.isfinite(early) and math.isfinite(run.final_loss):
+            pairs.append((run.name, early, run.final_loss, dynamics.early_index(epochs, fraction)))
     if len(pairs) < 3:
         return None
     value = np.array([p[1] for p in pairs])
     loss = np.array([p[2] for p in pairs])
-    if not np.isfinite(value).all() or np.ptp(value) == 0 or np.ptp(loss) == 0:
+    if np.ptp(value) == 0 or np.ptp(loss) == 0:
         rho, p_value = math.nan, math.nan  # ties everywhere (e.g. identical twins): no ranking to read
     else:
         result = stats.spearmanr(value, loss)
         rho, p_value = float(result.statistic), float(result.pvalue)
-    return {"rho": rho, "p": p_value, "runs": len(pairs), "early_epoch": pairs[0][3],
+    return {"rho": rho, "p": p_value, "runs": len(pairs),
+            "early": f"its mean over the windows ending by epoch {pairs[0][3]}, the first {fraction:.0%} of training",
             "table": pd.DataFrame(pairs, columns=["run", f"early {key}", "final loss", "epoch"])}

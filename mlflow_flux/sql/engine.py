@@ -21,7 +21,9 @@ import pyarrow as pa
 
 from ..errors import FluxError, InvalidParameter, NoRunsMatch, QueryError
 from ..traces import mlflow_adapter
-from ..traces.runs import LAYERS_PARAM
+from ..traces.reader import run_resets
+from ..traces.resets import empty_resets
+from ..traces.runs import FINGERPRINT_TAG, LAYERS_PARAM
 from ..traces.server import check_reachable
 from .sources import DEFAULT_CACHE, RunTrace, column_name, run_trace, trace_dataset, typed_params
 
@@ -95,7 +97,9 @@ def _runs_table(found: Sequence) -> pa.Table:
     for run in found:
         row = {"run_id": run.info.run_id, "run_name": run.data.tags.get(mlflow_adapter.RUN_NAME_TAG, ""),
                "status": run.info.status, "experiment_id": run.info.experiment_id,
-               "start_time": pd.Timestamp(run.info.start_time, unit="ms")}
+               "start_time": pd.Timestamp(run.info.start_time, unit="ms"),
+               # runs with equal fingerprints started from the same weights: join on it to pair their neurons
+               "fingerprint": run.data.tags.get(FINGERPRINT_TAG)}
         for name in names:
             value = run.data.params.get(name)
             if value is None:
@@ -114,6 +118,18 @@ def _runs_table(found: Sequence) -> pa.Table:
     return pa.Table.from_pandas(pd.DataFrame(rows), preserve_index=False)
 
 
+def _resets_table(client, found: Sequence) -> pa.Table:
+    """Every neuron the runs' recycling policies reset: the reset tables of the runs that recycled (docs/recycling.md),
+    with their run's id."""
+    frames = []
+    for run in found:
+        table = run_resets(client, run)
+        if len(table):
+            frames.append(table.assign(run_id=run.info.run_id))
+    frame = pd.concat(frames, ignore_index=True) if frames else empty_resets().assign(run_id=pd.Series(dtype=str))
+    return pa.Table.from_pandas(frame, preserve_index=False)
+
+
 def _sql_error(exc: Exception) -> str:
     """DuckDB's message, in one line: the kind and what it says first (a binder error names the column)."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -127,8 +143,9 @@ def query(sql: str, *, experiment: str | None = None, filter_string: str | None 
 
     Args:
         sql: a DuckDB query over the views ``traces`` (every trace row, with the run's ``run_id``, ``run_name``,
-            ``status`` and parameters as typed columns; a parameter named like a trace column is ``param_<name>``) and
-            ``runs`` (one row per run: its parameters and the last value of each metric).
+            ``status`` and parameters as typed columns; a parameter named like a trace column is ``param_<name>``),
+            ``runs`` (one row per run: its parameters, the last value of each metric, and the ``fingerprint`` of its
+            initial weights) and ``resets`` (every neuron a recycling policy reset, with its ``run_id``).
         experiment: the runs of this experiment (name or id) that hold a trace; default: the current experiment.
         filter_string: an MLflow filter over those runs, e.g. ``"params.optimizer = 'sgd'"``.
         runs: these run ids instead.
@@ -167,7 +184,9 @@ def query(sql: str, *, experiment: str | None = None, filter_string: str | None 
     try:
         connection.register("traces", dataset)
         answered = {t.run_id for t in traces}
-        connection.register("runs", _runs_table([run for run in found if run.info.run_id in answered]))
+        chosen = [run for run in found if run.info.run_id in answered]
+        connection.register("runs", _runs_table(chosen))
+        connection.register("resets", _resets_table(client, chosen))
         try:
             answer = connection.sql(sql).to_arrow_table()
         except duckdb.Error as exc:

@@ -24,7 +24,8 @@ PAPER_CLAIMS = (
     ),
     ClaimSpec(
         name="b",
-        text="lr 0.01 leaves more neurons inactive, lr 0.0001 engages more (participating fraction, all layers)",
+        text=("lr 0.01 leaves more neurons inactive, lr 0.0001 engages more "
+              "(participating fraction of the hidden units)"),
         metric="all/participating_frac",
         group_by="lr",
         better="higher",

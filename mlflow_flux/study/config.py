@@ -15,7 +15,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import InvalidParameter
-from ..settings import Choice, Flag, Integer, Kind, ListOf, Number, RecorderSettings, Settings, setting, with_default
+from ..settings import (
+    RECYCLE_POLICIES,
+    Choice,
+    Flag,
+    Integer,
+    Kind,
+    ListOf,
+    Number,
+    RecorderSettings,
+    Settings,
+    setting,
+    with_default,
+)
 from .backends import BACKENDS
 
 __all__ = ["TrainConfig", "SweepSettings", "SweepConfig", "SWEPT", "PER_VARIANT", "OPTIMIZERS", "SGD_MOMENTUM",
@@ -23,7 +35,8 @@ __all__ = ["TrainConfig", "SweepSettings", "SweepConfig", "SWEPT", "PER_VARIANT"
            "MAX_VARIANTS", "auto_parallel", "parse_train_config", "parse_sweep_config", "variant_name", "model_name"]
 
 MAX_VARIANTS = 1000
-SWEPT = ("lr", "seed", "optimizer")  # what a sweep varies: each is given as a list (lrs=, seeds=, optimizers=)
+# What a sweep varies: each is given as a list (optimizers=, activations=, recycles=, lrs=, seeds=).
+SWEPT = ("optimizer", "activation", "recycle", "lr", "seed")
 PER_VARIANT = (*SWEPT, "threads")  # what the sweep sets for each variant: not settings of the sweep
 
 OPTIMIZERS = ("adam", "sgd")
@@ -34,6 +47,28 @@ MAX_WIDTH = 65_536
 MAX_DATASET_VALUES = 1 << 28  # n_samples x image_size^2 float32 pixels: 1 GiB
 MAX_PARAMETERS = 200_000_000  # weights and biases of the autoencoder: 0.8 GB, x4 with Adam's state and gradients
 MAX_BATCH_VALUES = 1 << 28  # batch_size x the widest layer: the largest activation tensor, 1 GiB
+
+
+@dataclass(frozen=True)
+class TwinCount(Kind):
+    """How many twins: a count, or ``true`` (one) and ``false`` (none) as runs before counts wrote it."""
+
+    def parse(self, name: str, raw: str) -> int:
+        text = str(raw).strip().lower()
+        if text in ("true", "false", "yes", "no"):
+            return int(text in ("true", "yes"))
+        return Integer(0, 64).parse(name, text)
+
+    def check(self, name: str, value: Any) -> int:
+        if isinstance(value, bool):
+            return int(value)
+        return Integer(0, 64).check(name, value)
+
+    def describe(self) -> str:
+        return "an integer from 0 to 64 (true: 1)"
+
+
+ACTIVATIONS = ("relu", "tanh")
 
 
 @dataclass(frozen=True)
@@ -55,12 +90,16 @@ class TrainConfig(RecorderSettings):
     image_size: int = setting(32, Integer(8, 512), "side of the square images, in pixels")
     noise: float = setting(0.0, Number(0.0, exclusive=False),
                            "standard deviation of Gaussian pixel noise added to the images")
-    twins: bool = setting(False, Flag(), "also train a twin whose initial weights differ by a relative "
-                                         "twin_perturbation, on the same batches, and log the distance between the two "
-                                         "and the Lyapunov estimate ln(d(t)/d(0))/t (twin/)")
+    activation: str = setting("relu", Choice(ACTIVATIONS), "the hidden layers' activation: relu, or tanh (the "
+                                                           "reducibility literature's)")
+    twins: int = setting(0, TwinCount(), "train this many twins from weights a relative twin_perturbation away, on the "
+                                         "same batches, and log the finite-time Lyapunov exponents of every window "
+                                         "(twin/lyapunov, twin/lyapunov_2, ...; true: one)")
     twin_perturbation: float = setting(1e-6, Number(0.0, exclusive=False),
-                                       "relative size of the twin's initial difference, per parameter tensor (0: an "
-                                       "identical twin)")
+                                       "the twins' distance from the model, relative to the weights' norm, set back "
+                                       "after every window (0: identical twins)")
+    twin_period: int = setting(10, Integer(1, 1_000_000), "epochs per Lyapunov window: after each the twins are "
+                                                          "re-orthonormalised and set back to their distance")
     threads: int = setting(0, Integer(0, 1024), "torch threads for this variant; 0 leaves torch's default")
     # The study logs the participating fraction of each layer; watch() logs no layer unless asked.
     layer_metrics: tuple = with_default(RecorderSettings, "layer_metrics", ("participating_frac",))
@@ -110,14 +149,19 @@ def parse_train_config(overrides: Mapping[str, str], base: TrainConfig | None = 
     return TrainConfig.from_strings(overrides, base)
 
 
-def variant_name(optimizer: str, lr: float, seed: int) -> str:
-    """The run name of a variant, e.g. ``adam lr=0.01 seed=0``."""
-    return f"{optimizer} lr={lr:g} seed={seed}"
+def _kinds(activation: str, recycle: str) -> list[str]:
+    """What a variant's name says besides its optimizer: its activation and recycling policy, unless the defaults."""
+    return [value for value, default in ((activation, "relu"), (recycle, "none")) if value != default]
 
 
-def model_name(optimizer: str, lr: float, seed: int) -> str:
+def variant_name(optimizer: str, lr: float, seed: int, activation: str = "relu", recycle: str = "none") -> str:
+    """The run name of a variant, e.g. ``adam lr=0.01 seed=0`` or ``adam tanh redo lr=0.01 seed=0``."""
+    return " ".join([optimizer, *_kinds(activation, recycle), f"lr={lr:g}", f"seed={seed}"])
+
+
+def model_name(optimizer: str, lr: float, seed: int, activation: str = "relu", recycle: str = "none") -> str:
     """The logged model's name (MLflow refuses ``.`` ``=`` ``/`` in one), e.g. ``adam-lr0_01-seed0``."""
-    return f"{optimizer}-lr{lr:g}-seed{seed}".replace(".", "_")
+    return "-".join([optimizer, *_kinds(activation, recycle), f"lr{lr:g}", f"seed{seed}"]).replace(".", "_")
 
 
 def auto_parallel(variants: int, cores: int) -> int:
@@ -157,11 +201,17 @@ class Auto(Kind):
 
 @dataclass(frozen=True)
 class SweepSettings(Settings):
-    """What the sweep varies (``optimizers`` x ``lrs`` x ``seeds``) and how it runs its variants."""
+    """What the sweep varies (``optimizers`` x ``activations`` x ``recycles`` x ``lrs`` x ``seeds``) and how it runs
+    its variants."""
 
     optimizers: tuple = setting(("adam",), ListOf(Choice(OPTIMIZERS), "names among adam, sgd", "adam,sgd", unique=True),
-                                f"optimizers, one child run per (optimizer, lr, seed): adam, sgd (momentum "
-                                f"{SGD_MOMENTUM})")
+                                f"optimizers, one child run per (optimizer, activation, recycle, lr, seed): adam, sgd "
+                                f"(momentum {SGD_MOMENTUM})")
+    activations: tuple = setting(("relu",), ListOf(Choice(ACTIVATIONS), "names among relu, tanh", "relu,tanh",
+                                                   unique=True), "the hidden layers' activations of the sweep")
+    recycles: tuple = setting(("none",), ListOf(Choice(RECYCLE_POLICIES), "names among "
+                                                + ", ".join(RECYCLE_POLICIES), "none,redo", unique=True),
+                              "the neuron-recycling policies of the sweep (none: no reset)")
     lrs: tuple = setting((0.01, 0.001, 0.0001), ListOf(Number(), "positive numbers", "0.01,0.001"),
                          "learning rates of the sweep")
     seeds: tuple = setting((0,), ListOf(Integer(0), "integers >= 0", "0,1,2"),
@@ -175,7 +225,8 @@ class SweepSettings(Settings):
 
 # The atlas (`mlflow run . -e atlas`, `mlflow-flux atlas`): the sweep with these defaults, the map of where the
 # paper's claims hold (docs/experiment.md).
-ATLAS_DEFAULTS = {"optimizers": "adam,sgd", "lrs": "0.01,0.001,0.0001", "seeds": "0,1,2", "epochs": "1000"}
+ATLAS_DEFAULTS = {"optimizers": "adam,sgd", "activations": "relu,tanh", "lrs": "0.01,0.001,0.0001", "seeds": "0,1,2",
+                  "epochs": "1000"}
 
 
 @dataclass(frozen=True)
@@ -188,31 +239,39 @@ class SweepConfig:
     def __post_init__(self) -> None:
         if self.variants > MAX_VARIANTS:
             raise InvalidParameter("lrs", ",".join(map(str, self.lrs)), f"expected at most {MAX_VARIANTS} variants "
-                                                                        f"(optimizers x lrs x seeds), got "
-                                                                        f"{self.variants}")
+                                                                        f"(optimizers x activations x recycles x lrs "
+                                                                        f"x seeds), got {self.variants}")
 
     # The sweep's own settings, read as attributes of the sweep.
     lrs = property(lambda self: self.sweep.lrs)
     seeds = property(lambda self: self.sweep.seeds)
     optimizers = property(lambda self: self.sweep.optimizers)
+    activations = property(lambda self: self.sweep.activations)
+    recycles = property(lambda self: self.sweep.recycles)
     max_parallel = property(lambda self: self.sweep.max_parallel)
     report = property(lambda self: self.sweep.report)
     backend = property(lambda self: self.sweep.backend)
 
     @property
     def variants(self) -> int:
-        return len(self.optimizers) * len(self.lrs) * len(self.seeds)
+        return len(self.optimizers) * len(self.activations) * len(self.recycles) * len(self.lrs) * len(self.seeds)
 
     @property
-    def grid(self) -> list[tuple[str, float, int]]:
-        """Every (optimizer, lr, seed), seed-major: a sweep stopped early has each seed's whole map first."""
-        return [(optimizer, lr, seed) for seed in self.seeds for optimizer in self.optimizers for lr in self.lrs]
+    def grid(self) -> list[dict]:
+        """Every variant's values of the swept settings (``optimizer``, ``activation``, ``recycle``, ``lr``,
+        ``seed``), seed-major: a sweep stopped early has each seed's whole map first."""
+        return [{"optimizer": optimizer, "activation": activation, "recycle": recycle, "lr": lr, "seed": seed}
+                for seed in self.seeds for optimizer in self.optimizers for activation in self.activations
+                for recycle in self.recycles for lr in self.lrs]
 
     @property
     def name(self) -> str:
-        """The sweep run's name, e.g. ``sweep adam lr×3 seed×1 1000ep`` or ``sweep adam,sgd lr×3 seed×3 1000ep``."""
-        return (f"sweep {','.join(self.optimizers)} lr×{len(self.lrs)} seed×{len(self.seeds)} "
-                f"{self.train.epochs}ep")
+        """The sweep run's name, e.g. ``sweep adam lr×3 seed×1 1000ep`` or ``sweep adam,sgd relu,tanh lr×3 seed×3
+        1000ep``."""
+        kinds = [",".join(values) for values, default in ((self.activations, ("relu",)), (self.recycles, ("none",)))
+                 if tuple(values) != default]
+        return " ".join(["sweep", ",".join(self.optimizers), *kinds, f"lr×{len(self.lrs)}", f"seed×{len(self.seeds)}",
+                         f"{self.train.epochs}ep"])
 
     @property
     def parallel(self) -> int:

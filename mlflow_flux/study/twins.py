@@ -1,15 +1,22 @@
-"""Twin runs: a copy of the model whose initial weights differ by a relative ``twin_perturbation`` (TrainConfig's,
-1e-6 by default), trained on the same batches in the same process, and the distance between the two after each
-epoch (arXiv 2405.00743's finite-time Lyapunov exponents; "The Butterfly Effect" (2025) on how training
-trajectories from nearly equal starts diverge).
+"""Twin runs and the finite-time Lyapunov exponents of the learning map ("On the weight dynamics of learning
+networks", arXiv 2405.00743), by Benettin's method.
 
-The twin is not watched: only the distance and :func:`mlflow_flux.dynamics.lyapunov` of it are logged, per
-layer and overall, as ``twin/...`` metrics.
+``k`` twins start from the model's weights moved a distance ``d0`` (``twin_perturbation`` times the weights' norm)
+along ``k`` orthonormal, seeded random directions, and train on the same batches as the model, each with its own
+optimizer. After every window of ``twin_period`` epochs the differences ``twin_i - model`` (weights and optimizer
+state, one vector per twin) are re-orthonormalised by QR and set back to ``d0``
+(:func:`mlflow_flux.dynamics.orthonormalise`): ``lambda_i = ln(R_ii / d0) / T`` is the window's i-th exponent, per
+epoch. The distance is measured on the weights; the optimizer state's difference is carried by the same linear map
+(Adam's second moment clamped at 0, where a combination of differences would take it below).
+
+The twins are not watched; only ``twin/lyapunov`` (the largest exponent), ``twin/lyapunov_<i>`` (i >= 2) and
+``twin/distance`` (the first twin's distance before renormalisation) are logged, at the end of every window.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -17,54 +24,108 @@ from torch import nn
 
 from .. import dynamics
 
-__all__ = ["make_twin", "TwinDistance"]
+__all__ = ["Twins"]
 
 
-def make_twin(model: nn.Module, relative: float, seed: int) -> nn.Module:
-    """A deep copy of ``model`` whose every parameter tensor ``p`` is moved by ``relative * ||p||`` in a random
-    direction (seeded): ``relative=0`` gives an identical twin."""
-    twin = copy.deepcopy(model)
-    generator = torch.Generator().manual_seed(seed + 1)
+def _flat(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([t.detach().reshape(-1).double() for t in tensors]) if tensors else torch.zeros(0)
+
+
+def _assign(tensors: Sequence[torch.Tensor], values: torch.Tensor) -> None:
+    start = 0
     with torch.no_grad():
-        for p in twin.parameters():
-            direction = torch.randn(p.shape, generator=generator, dtype=torch.float64)
-            size = float(direction.norm())
-            if size > 0 and relative > 0:
-                p.add_((direction * (relative * float(p.double().norm()) / size)).to(p.dtype))
-    return twin
+        for t in tensors:
+            t.copy_(values[start:start + t.numel()].reshape(t.shape).to(t.dtype))
+            start += t.numel()
 
 
-class TwinDistance:
-    """Distances between the model and its twin, per layer (the modules that hold parameters of their own) and
-    overall, and the Lyapunov estimates against the distances at the start."""
+def _state_tensors(optimizer: torch.optim.Optimizer, parameters: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """The optimizer's floating-point state tensors of the same shape as their parameter (momenta, moments), in a
+    fixed order; step counts and scalars are the same in every twin and stay."""
+    out = []
+    for p in parameters:
+        for _, value in sorted(optimizer.state.get(p, {}).items()):
+            if isinstance(value, torch.Tensor) and value.is_floating_point() and value.shape == p.shape:
+                out.append(value)
+    return out
 
-    def __init__(self, model: nn.Module, twin: nn.Module) -> None:
-        twins = dict(twin.named_modules())
-        self.layers = [(name, list(module.parameters(recurse=False)), list(twins[name].parameters(recurse=False)))
-                       for name, module in model.named_modules() if any(True for _ in module.parameters(recurse=False))]
-        self.initial = self.distances()
 
-    def distances(self) -> dict[str, float]:
-        """``{layer: d, ..., "all": d}``, float64 sums of squared differences of the float32 parameters."""
-        out, total = {}, 0.0
-        with torch.no_grad():
-            for name, ours, theirs in self.layers:
-                squared = sum(float((a.double() - b.double()).square().sum()) for a, b in zip(ours, theirs))
-                out[name] = squared**0.5
-                total += squared
-        out["all"] = total**0.5
-        return out
+class Twins:
+    """``count`` twins of ``model``, each a deep copy with its own optimizer (``make_optimizer(twin)``).
 
-    def metrics(self, epochs_done: int) -> dict[str, float]:
-        """``twin/<layer>/distance`` and ``twin/<layer>/lyapunov`` (``twin/distance``, ``twin/lyapunov`` overall)
-        after ``epochs_done`` epochs."""
-        now = self.distances()
-        names = list(now)
-        rates = dynamics.lyapunov(np.array([now[n] for n in names]), np.array([self.initial[n] for n in names]),
-                                     epochs_done)
-        out = {}
-        for name, rate in zip(names, rates):
-            prefix = "twin" if name == "all" else f"twin/{name}"
-            out[f"{prefix}/distance"] = now[name]
-            out[f"{prefix}/lyapunov"] = float(rate)
+    Args:
+        model: the reference model (the watched one).
+        optimizer: its optimizer (read for the state difference at each renormalisation).
+        make_optimizer: builds a twin's optimizer.
+        count: how many exponents (twins).
+        relative: ``d0`` as a fraction of the weights' norm.
+        period: epochs per window.
+        seed: seeds the initial directions.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 make_optimizer: Callable[[nn.Module], torch.optim.Optimizer], count: int, relative: float,
+                 period: int, seed: int) -> None:
+        if count < 1 or period < 1:
+            raise ValueError(f"twins need count >= 1 and period >= 1, got {count} and {period}")
+        self.model, self.optimizer, self.period = model, optimizer, period
+        self.parameters = list(model.parameters())
+        size = sum(p.numel() for p in self.parameters)
+        if count > size:
+            raise ValueError(f"{count} twins need at least as many parameters, the model has {size}")
+        base = _flat(self.parameters)
+        self.d0 = relative * float(base.norm())
+        generator = torch.Generator().manual_seed(seed + 1)
+        directions = torch.linalg.qr(torch.randn(size, count, generator=generator, dtype=torch.float64))[0]
+        self.twins: list[tuple[nn.Module, torch.optim.Optimizer]] = []
+        for i in range(count):
+            twin = copy.deepcopy(model)
+            _assign(list(twin.parameters()), base + self.d0 * directions[:, i])
+            self.twins.append((twin, make_optimizer(twin)))
+        self._epochs = 0
+        self.exponents: list[np.ndarray] = []  # one per window, the log growth per epoch of each direction
+
+    def end_epoch(self) -> dict[str, float]:
+        """After an epoch in which the twins took the model's steps: at the end of a window, renormalise and return
+        the window's exponents as metrics (else nothing)."""
+        self._epochs += 1
+        if self._epochs % self.period:
+            return {}
+        base = _flat(self.parameters)
+        twin_parameters = [list(twin.parameters()) for twin, _ in self.twins]
+        differences = torch.stack([_flat(ps) - base for ps in twin_parameters], dim=1)
+        distance = float(differences[:, 0].norm())
+        if self.d0 == 0:  # identical twins: no direction to follow
+            exponents = np.full(len(self.twins), -np.inf)
+            self.exponents.append(exponents)
+            return self._metrics(exponents, distance)
+        growth, coefficients = dynamics.orthonormalise(differences.numpy(), self.d0)
+        exponents = dynamics.lyapunov_window(growth, self.period)
+        self.exponents.append(exponents)
+        if np.isfinite(coefficients).all():
+            mix = torch.from_numpy(coefficients)
+            for twin_index, values in enumerate((differences @ mix).t()):
+                _assign(twin_parameters[twin_index], base + values)
+            self._carry_states(mix)
+        return self._metrics(exponents, distance)
+
+    def _carry_states(self, mix: torch.Tensor) -> None:
+        """The optimizer states' differences, renormalised by the same linear map as the weights'."""
+        base = _state_tensors(self.optimizer, self.parameters)
+        states = [_state_tensors(opt, list(twin.parameters())) for twin, opt in self.twins]
+        if not base or any(len(s) != len(base) for s in states):
+            return
+        reference = _flat(base)
+        differences = torch.stack([_flat(s) - reference for s in states], dim=1)
+        for twin_index, values in enumerate((differences @ mix).t()):
+            _assign(states[twin_index], reference + values)
+        for _, opt in self.twins:  # a second moment is a mean of squares: never below 0
+            for state in opt.state.values():
+                if isinstance(state.get("exp_avg_sq"), torch.Tensor):
+                    state["exp_avg_sq"].clamp_(min=0)
+
+    @staticmethod
+    def _metrics(exponents: np.ndarray, distance: float) -> dict[str, float]:
+        out = {"twin/lyapunov": float(exponents[0]), "twin/distance": distance}
+        out.update({f"twin/lyapunov_{i + 1}": float(value) for i, value in enumerate(exponents) if i > 0})
         return out

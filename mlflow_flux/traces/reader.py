@@ -30,7 +30,7 @@ from .schema import KEY_COLUMNS, PARTS_DIR, STAT_COLUMNS, TRACE_ARTIFACT_DIR, TR
 from .server import check_reachable
 
 __all__ = ["read_trace_files", "opened_trace", "located_trace", "stored_trace", "RangedHttpFile", "RangeCache",
-           "load_traces", "TRACE_PATH"]
+           "load_traces", "load_resets", "run_resets", "TRACE_PATH"]
 
 _log = logging.getLogger(__name__)
 
@@ -515,3 +515,41 @@ def _with_all_columns(table: pa.Table) -> pa.Table:
                                         pc.cast(pa.nulls(table.num_rows, pa.float32()), pa.float32()).fill_null(
                                             float("nan")))
     return table.select(TRACE_SCHEMA.names)
+
+
+def run_resets(client, run) -> pd.DataFrame:
+    """A run's reset table (``resets/resets.parquet``), empty for a run that recycled nothing or records none."""
+    from .resets import RESETS_DIR, RESETS_FILE, RESETS_TAG, empty_resets, read_resets
+
+    if RESETS_TAG not in run.data.tags and run.data.params.get("recycle", "none") == "none":
+        return empty_resets()
+    try:
+        with tempfile.TemporaryDirectory(prefix="mlflow-flux-") as tmp:
+            local = mlflow_adapter.download_quietly(client, run.info.run_id, f"{RESETS_DIR}/{RESETS_FILE}", tmp)
+            return read_resets(local)
+    except Exception as exc:  # noqa: BLE001 -- a run stopped before its close wrote none
+        _log.info("run %s has no reset table: %s", run.info.run_id, exc)
+        return empty_resets()
+
+
+def load_resets(run_id: str, *, tracking_uri: str | None = None) -> pd.DataFrame:
+    """The neurons a run's recycling policy reset: one row per reset unit (``epoch``, ``step``, ``layer``,
+    ``neuron``, ``policy``, ``score``, ``dry_run``; docs/recycling.md), empty when it reset none.
+
+    Raises:
+        FluxError: a bad run id, an unreachable server, an unknown run.
+    """
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    if not isinstance(run_id, str) or not run_id:
+        raise InvalidParameter("run_id", run_id, "expected a run id string")
+    uri = tracking_uri or mlflow.get_tracking_uri()
+    check_reachable(uri)
+    client = MlflowClient(tracking_uri)
+    with mlflow_adapter.auth_errors(uri, f"run {run_id}"):
+        try:
+            run = client.get_run(run_id)
+        except Exception as exc:  # noqa: BLE001 -- MLflow raises its own kinds: unknown run, 401, 403
+            raise mlflow_adapter.flux_error(exc, uri, f"no run with id {run_id!r} at {uri}", f"run {run_id}") from None
+        return run_resets(client, run)

@@ -36,8 +36,9 @@ from .schema import (
     snapshots_to_table,
     write_trace_table,
 )
+from .uploads import Uploads
 
-__all__ = ["TraceSink", "TraceWriteError", "SinkResult", "ROW_GROUP_ROWS", "compact_segments"]
+__all__ = ["TraceSink", "TraceWriteError", "SinkResult", "ROW_GROUP_ROWS", "compact_segments", "TRACE_KEY"]
 
 _log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ _log = logging.getLogger(__name__)
 # epochs (1 Mi rows took a reader ~50 MiB more, growing with the epochs up to it), and a query at one epoch fetches
 # one row group's column chunks, not 600 epochs' worth.
 ROW_GROUP_ROWS = 1 << 17
+TRACE_KEY = f"{TRACE_ARTIFACT_DIR}/{TRACE_FILE}"  # the compacted trace's artifact path
 
 
 class TraceWriteError(FluxError):
@@ -75,14 +77,15 @@ class TraceSink:
     compacts the segments into one ``traces/traces.parquet`` (row groups of ROW_GROUP_ROWS rows), uploads it, and
     removes the uploaded segments where the artifact store allows deletion.
 
-    ``observer``, when given, is handed each segment's snapshots on the writer thread before the segment is written
-    (the explorer pools them there, so close() need not read the trace back); one that raises is dropped, with a
-    warning, and :attr:`observed` stops counting.
+    ``observers`` are handed each segment's snapshots on the writer thread before the segment is written (the
+    explorer pools them there, so close() need not read the trace back); one that raises is dropped, with a warning.
+
+    ``uploads``, when given, are the run's uploads the sink shares with the run's other files (a watched run's
+    figures and pages): the caller closes them; without, the sink has its own and :meth:`wait` closes them.
     """
 
     def __init__(self, client, run_id: str, local_dir: str | Path, flush_every: int = 10,
-                 reachable: Callable[[], bool] | None = None,
-                 observer: Callable[[list[Snapshot]], None] | None = None) -> None:
+                 reachable: Callable[[], bool] | None = None, uploads: Uploads | None = None) -> None:
         if flush_every < 1:
             raise ValueError(f"flush_every must be >= 1, got {flush_every}")
         self.client = client
@@ -92,13 +95,12 @@ class TraceSink:
         self._buffer: list[Snapshot] = []
         self._parts: list[Path] = []
         self._writer = Worker("mlflow-flux-trace-writer", retries=0)
-        self._uploader = Worker("mlflow-flux-trace-upload", reachable=reachable)
+        self._own_uploads = uploads is None
+        self._uploads = uploads if uploads is not None else Uploads(client, run_id, reachable)
         self._write_error: OSError | None = None
         self._trace_path: Path | None = None
-        self._trace_confirmed = False
-        self._files: dict[str, bool] = {}  # artifact path -> reached the run (files queued with upload())
-        self._observer = observer
-        self.observed = 0  # snapshots the observer took
+        self._observers: list[Callable[[list[Snapshot]], None]] = []
+        self._written = 0
         self._segments_done = threading.Event()  # set on the writer thread once finish()'s last segment is written
 
     @property
@@ -107,7 +109,16 @@ class TraceSink:
 
     @property
     def offline(self) -> bool:
-        return self._uploader.offline
+        return self._uploads.offline
+
+    @property
+    def written(self) -> int:
+        """Snapshots taken so far."""
+        return self._written
+
+    def observe(self, observer: Callable[[list[Snapshot]], None]) -> None:
+        """Hand ``observer`` each segment's snapshots, on the writer thread, before the segment is written."""
+        self._observers.append(observer)
 
     def start(self) -> TraceSink:
         try:
@@ -115,7 +126,8 @@ class TraceSink:
         except OSError as exc:
             raise FluxError(f"cannot create the trace spool {self.parts_dir}: {exc.strerror or exc}") from None
         self._writer.start()
-        self._uploader.start()
+        if self._own_uploads:
+            self._uploads.start()
         return self
 
     def write(self, snapshot: Snapshot) -> None:
@@ -126,7 +138,10 @@ class TraceSink:
             TraceWriteError: an earlier segment could not be written; nothing more is taken.
         """
         self._raise_write_error()
+        if not self._parts and not self._buffer:  # the run will hold a trace: missing until it arrives
+            self._uploads.expect(TRACE_KEY)
         self._buffer.append(snapshot)
+        self._written += 1
         if len(self._buffer) >= self.flush_every:
             self._close_segment()
 
@@ -150,13 +165,12 @@ class TraceSink:
     def _write_segment(self, path: Path, snapshots: list[Snapshot]) -> None:
         if self._write_error is not None:
             return
-        if self._observer is not None:
+        for observer in list(self._observers):
             try:
-                self._observer(snapshots)
-                self.observed += len(snapshots)
+                observer(snapshots)
             except Exception as exc:  # noqa: BLE001 -- what observes the trace never stops it
-                _log.warning("run %s: %s stopped observing the trace: %s", self.run_id, self._observer, exc)
-                self._observer = None
+                _log.warning("run %s: %s stopped observing the trace: %s", self.run_id, observer, exc)
+                self._observers.remove(observer)
         tmp = path.with_suffix(".tmp")
         try:
             write_trace_table(snapshots_to_table(snapshots), tmp)
@@ -166,7 +180,7 @@ class TraceSink:
             self._write_error = exc
             _log.error("cannot write trace segment %s: %s", path, exc)
             return
-        self._uploader.submit(lambda: self._upload_segment(path))
+        self._uploads.submit(lambda: self._upload_segment(path))
 
     def _upload_segment(self, path: Path) -> None:
         if not path.exists():  # compacted and removed meanwhile: the compacted file carries these rows
@@ -181,19 +195,12 @@ class TraceSink:
         """Wait until every segment closed so far is written and uploaded (at most ``timeout`` seconds for the
         uploads); the sink stays open. True when nothing is left."""
         self._writer.wait()
-        return self._uploader.wait(timeout)
+        return self._uploads.drain(timeout)
 
     def upload(self, path: Path, artifact_dir: str | None) -> None:
         """Queue another local file for the run's artifacts (e.g. a figure written into the spool); ``artifact_dir``
         None: the run's root. :attr:`SinkResult.missing` names it if it does not arrive."""
-        key = f"{artifact_dir}/{path.name}" if artifact_dir else path.name
-        self._files[key] = False
-
-        def send() -> None:
-            self.client.log_artifact(self.run_id, str(path), artifact_dir)
-            self._files[key] = True
-
-        self._uploader.submit(send)
+        self._uploads.upload(path, artifact_dir)
 
     def finish(self) -> None:
         """Close the last segment and queue the compaction (writer thread) and its upload (uploader thread).
@@ -204,6 +211,7 @@ class TraceSink:
             self._close_segment()
         self._writer.submit(self._segments_done.set)
         self._writer.submit(self._compact_and_queue_upload)
+        self._writer.stop()  # the thread ends once the compaction is done
 
     def segments_written(self, timeout: float | None = None) -> bool:
         """After :meth:`finish`: wait until every segment is written (and observed), not for the compaction."""
@@ -214,7 +222,10 @@ class TraceSink:
         if parts and self._write_error is None:
             self._trace_path = self._compact(parts)
         if self._trace_path is not None:
-            self._uploader.submit(lambda: self._upload_trace(self._trace_path))
+            path = self._trace_path
+            self._uploads.upload(path, TRACE_ARTIFACT_DIR, confirm=lambda: self._trace_arrived(path))
+        else:
+            self._uploads.give_up(TRACE_KEY)  # the segments are the run's copy, and the spool keeps them
 
     def compacted(self) -> Path | list[Path] | None:
         """After :meth:`finish`: wait for the local writes, then the compacted trace on local disk (or, where
@@ -229,15 +240,11 @@ class TraceSink:
         """Wait for local writes, then at most ``timeout`` seconds for uploads. Without a confirmed upload the
         local directory stays, with the compacted trace (or the segments) in it."""
         self._writer.close()
-        done = self._uploader.close(timeout)
-        # A run closed before its first snapshot has no trace: nothing to keep, and nothing to warn about.
-        empty = not self._parts and self._write_error is None
-        uploaded = self._trace_confirmed or empty
-        missing = ([] if uploaded else [f"{TRACE_ARTIFACT_DIR}/{TRACE_FILE}"]) + [
-            key for key, arrived in self._files.items() if not arrived]
-        if done and not missing:
+        done = self._uploads.close(timeout) if self._own_uploads else True
+        missing = self._uploads.missing
+        if self._own_uploads and done and not missing:
             shutil.rmtree(self.local_dir, ignore_errors=True)
-        return SinkResult(self.local_dir, self._trace_path, uploaded, tuple(missing))
+        return SinkResult(self.local_dir, self._trace_path, TRACE_KEY not in missing, missing)
 
     def close(self, timeout: float | None = None) -> SinkResult:
         """:meth:`finish`, then :meth:`wait`."""
@@ -252,16 +259,16 @@ class TraceSink:
             _log.error("cannot compact the trace in %s (%s): its segments are kept there", self.local_dir, exc)
             return None
 
-    def _upload_trace(self, path: Path) -> None:
-        self.client.log_artifact(self.run_id, str(path), TRACE_ARTIFACT_DIR)
-        self._trace_confirmed = self._confirmed(path)
-        if not self._trace_confirmed:
-            return  # the segments in the run stay: they are then the run's copy
+    def _trace_arrived(self, path: Path) -> bool:
+        """After the compacted trace's upload: whether the run holds it; if so its segments go from the run."""
+        if not self._confirmed(path):
+            return False  # the segments in the run stay: they are then the run's copy
         try:  # readers prefer traces.parquet; segments left in the run are harmless
             run = self.client.get_run(self.run_id)
             mlflow_adapter.delete_artifacts(run.info.artifact_uri, f"{TRACE_ARTIFACT_DIR}/{PARTS_DIR}")
         except Exception as exc:  # noqa: BLE001 -- e.g. a store that does not delete
             _log.info("kept traces/%s in the run (the artifact store did not delete them: %s)", PARTS_DIR, exc)
+        return True
 
     def _confirmed(self, path: Path) -> bool:
         """The run lists the compacted trace with its size (a store that lists no sizes is taken at its word)."""

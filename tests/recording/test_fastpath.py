@@ -13,7 +13,7 @@ from torch import nn
 
 import mlflow_flux
 from mlflow_flux.recording import fastpath as kernels
-from mlflow_flux.statistics import COMPUTED, SUMS, c_layout, sum_row
+from mlflow_flux.statistics import COMPUTED, STAT_NAMES, SUMS, c_layout, sum_row
 
 if kernels.fastpath() is None:
     if os.environ.get("MLFLOW_FLUX_REQUIRE_FASTPATH") == "1":
@@ -37,7 +37,7 @@ ROWS = len(SUMS)
 COUNT, SHIFTED_SUM, SHIFTED_SUMSQ, POSITIVE, RELU_SUM, GRAD_SUMSQ, GRAD_ABS, PASSES = (
     sum_row(n) for n in ("count", "shifted_sum", "shifted_sumsq", "positive", "relu_sum", "grad_sumsq", "grad_abs",
                          "grad_passes"))
-AT = {name: k for k, name in enumerate(COMPUTED)}  # where layer_statistics writes each statistic
+AT = {name: STAT_NAMES.index(name) for name in COMPUTED}  # where layer_statistics writes each: the trace's row
 
 def _buffers(channels: int):
     return torch.zeros(ROWS, channels, dtype=torch.float64), torch.zeros(channels, dtype=torch.float32)
@@ -151,7 +151,7 @@ def test_layer_statistics_match_float64_copy_the_weights_and_zero_the_sums(rows,
     sums[COUNT], sums[PASSES] = 5.0, 2.0
     shift = torch.randn(rows)
     expected_sums = sums.clone()
-    out = np.empty((len(COMPUTED), rows), dtype=np.float32)  # column-major: statistic k of row r at out[k, r]
+    out = np.empty((len(STAT_NAMES), rows), dtype=np.float32)  # column-major: statistic k of row r at out[k, r]
     means = torch.randn(rows, dtype=torch.float64)  # last snapshot's row means: only where the sums are centred
     nonfinite = fast.layer_statistics(w_in.data_ptr(), previous_in.data_ptr(), initial_in.data_ptr(), rows, cols,
                                       True, True, True, means.data_ptr(), bias.data_ptr(), sums.data_ptr(),
@@ -194,7 +194,7 @@ def test_weight_statistics_are_exact_whatever_the_offset_and_however_far_the_mea
     previous, initial = _native(torch.empty(8, 300), columns), _native(torch.empty(8, 300), columns)
     means = torch.empty(8, dtype=torch.float64)
     sums, shift = torch.zeros(ROWS, 8, dtype=torch.float64), torch.zeros(8)
-    out = np.empty((len(COMPUTED), 8), np.float32)
+    out = np.empty((len(STAT_NAMES), 8), np.float32)
     for weights, has_previous in ((first, False), (then, True)):
         native = _native(weights, columns)
         fast.layer_statistics(native.data_ptr(), previous.data_ptr(), initial.data_ptr(), 8, 300, has_previous,
@@ -214,7 +214,7 @@ def test_layer_statistics_count_defined_values_that_are_not_finite():
     sums[SHIFTED_SUM, 1] = float("nan")
     sums[GRAD_SUMSQ] = 4.0
     shift = torch.zeros(2)
-    out = np.empty((len(COMPUTED), 2), dtype=np.float32)
+    out = np.empty((len(STAT_NAMES), 2), dtype=np.float32)
     means = torch.zeros(2, dtype=torch.float64)
     nonfinite = fast.layer_statistics(w.data_ptr(), previous.data_ptr(), initial.data_ptr(), 2, 2, True, True, True,
                                       means.data_ptr(), 0, sums.data_ptr(), shift.data_ptr(), out.ctypes.data, 2,

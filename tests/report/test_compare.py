@@ -11,11 +11,12 @@ import time
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
 import mlflow_flux
-from mlflow_flux import fluctuation
+from mlflow_flux import reshape
 from tests.helpers import PYTHON, ROOT, free_port
 
 NASTY = "<script>alert('x')</script> <img src=x onerror=alert(1)> & \"quotes\" | *x*"
@@ -93,11 +94,12 @@ def test_report_through_the_cli_matches_load_traces(sweep, tmp_path):
         params = sweep["client"].get_run(row["run_id"]).data.params
         # the study's runs log the sweep's plain names, a watch() run flux.*
         window, tau = (params.get(name, params.get(f"flux.{name}")) for name in ("window", "tau"))
-        expected = fluctuation.summaries_over_epochs(trace, int(window), float(tau))
+        expected = reshape.summaries_over_epochs(trace, int(window), float(tau))
         last = expected.iloc[-1]
         for key in ("participating", "participating_frac", "dead_frac", "sos_median", "bias_fluct_median",
-                    "dormant_frac", "dormant0_frac", "grama_frac"):
-            value = float(row[f"all/{key}"])
+                    "redo_dormant_frac", "redo_dormant0_frac", "grama_dormant_frac", "grama_ref_dormant_frac",
+                    "reduced_width_1e-3"):
+            value = float(row[f"all/{key}"] or "nan")  # the CSV writes NaN as an empty cell
             assert value == last[f"all/{key}"] or (math.isnan(value) and math.isnan(last[f"all/{key}"])), key
         # and the live metric logged at that epoch is the same number
         history = {m.step: m.value for m in sweep["client"].get_metric_history(row["run_id"], "flux/sos_median")}
@@ -242,5 +244,45 @@ def test_the_report_fetches_only_the_column_chunks_it_needs(sweep):
     table = pq.ParquetFile(ranged, pre_buffer=True).read(columns=[*KEY_COLUMNS, *SUMMARY_COLUMNS])
     whole = mlflow_flux.load_traces(run.info.run_id, columns=SUMMARY_COLUMNS)
     assert table.to_pandas().equals(whole)
-    assert ranged.fetched < 0.7 * ranged.size(), (ranged.fetched, ranged.size())
-    assert ranged.requests <= 4
+    fetched, requests = ranged.fetched, ranged.requests
+    # What it fetched is the chunks of the columns it reads (and the footer), not the others'.
+    meta = pq.ParquetFile(ranged).metadata
+    wanted = {*KEY_COLUMNS, *SUMMARY_COLUMNS}
+    sizes = [(meta.row_group(g).column(c).path_in_schema, meta.row_group(g).column(c).total_compressed_size)
+             for g in range(meta.num_row_groups) for c in range(meta.num_columns)]
+    needed = sum(size for name, size in sizes if name.split(".")[0] in wanted)
+    skipped = sum(size for name, size in sizes if name.split(".")[0] not in wanted)
+    assert skipped > 0.1 * ranged.size() and fetched < needed + 0.05 * ranged.size() + (96 << 10), (
+        fetched, needed, skipped)
+    assert requests <= 4
+
+
+def test_runs_that_share_their_start_have_one_fingerprint_and_are_paired_neuron_by_neuron(sweep, tmp_path):
+    from mlflow_flux.explorer.encoding import from_bfloat16, read_page, to_bfloat16
+    from mlflow_flux.explorer.runs import page_budget, pool_runs
+
+    client = sweep["client"]
+    variants = client.search_runs([client.get_run(sweep["sweep_id"]).info.experiment_id],
+                                  f"tags.mlflow_flux.sweep_id = '{sweep['sweep_id']}' and "
+                                  "tags.mlflow_flux.role = 'variant'")
+    by = {(r.data.params.get("seed"), r.data.params.get("lr")): r for r in variants if "seed" in r.data.params}
+    prints = {key: run.data.tags["mlflow_flux.fingerprint"] for key, run in by.items()}
+    # The same seed starts from the same weights at every learning rate; another seed does not.
+    assert prints[("0", "0.01")] == prints[("0", "0.0001")] != prints[("1", "0.01")] == prints[("1", "0.0001")]
+    a, b = by[("0", "0.0001")], by[("0", "0.01")]
+    page = mlflow_flux.explore([a.info.run_id, b.info.run_id], output=tmp_path / "pair.html")
+    meta, arrays = read_page(page.read_text(encoding="utf-8"))
+    (pair,) = meta["pairs"]
+    assert (pair["a"], pair["b"]) == (1, 0)  # the second run against the first that shares its start
+    pooled = pool_runs(client, [a, b], ["a", "b"], page_budget([a, b]))
+    for name, quantities in pair["layers"].items():
+        for column, key in quantities.items():
+            expected = pooled[1].layers[name].values[column] - pooled[0].layers[name].values[column]  # float32
+            np.testing.assert_array_equal(arrays[key], from_bfloat16(to_bfloat16(expected)), err_msg=column)
+    # Runs that did not share their start are never paired, and the page says why.
+    other = mlflow_flux.explore([a.info.run_id, by[("1", "0.01")].info.run_id], output=tmp_path / "apart.html")
+    meta, _ = read_page(other.read_text(encoding="utf-8"))
+    assert meta["pairs"] == [] and "fingerprints differ" in meta["unpaired"]
+    # query() has the fingerprint of each run's start as a column of its runs view
+    table = mlflow_flux.query("select run_id, fingerprint from runs", runs=[a.info.run_id, b.info.run_id])
+    assert set(table.fingerprint) == {prints[("0", "0.01")]}
