@@ -1,0 +1,177 @@
+"""Resetting units of a watched layer, exactly and in place: new incoming weights and bias, the next layer's columns
+zeroed (its bias compensated first where a policy asks), the optimizer's moments of those entries zeroed. As in
+dopamine's NeuronRecycler, every layer's incoming weights are reset first and every outgoing column zeroed after:
+a weight that is both (the incoming weight of one reset unit from another) ends at 0. In place
+(``index_put_`` under ``no_grad``): the parameters keep their identity, so an optimizer, DDP and a ``torch.compile``
+graph go on with them (no recompilation). Under FSDP2 each rank changes the rows of its own shard.
+
+The random weights come from one ``torch.Generator`` (CPU, seeded): drawn for every reset unit of the layer in
+ascending order, on every rank alike, whatever rows a rank holds; so every rank makes the same reset.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from ..errors import FluxError
+from .accumulators import _local, write_along, zero_along
+
+__all__ = ["INITIALISERS", "SUPPORTED_OPTIMIZERS", "check_optimizer", "new_incoming", "reset_incoming",
+           "zero_outgoing", "shrink_and_perturb", "incoming_rows", "outgoing_columns_view"]
+
+INITIALISERS = ("xavier_uniform", "kaiming_uniform", "cbp_kaiming", "default")
+SUPPORTED_OPTIMIZERS = ("Adam", "AdamW", "SGD")
+# Which state tensors of an optimizer hold per-entry moments (zeroed for a reset entry); a step count is kept.
+_MOMENTS = {"Adam": ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"), "AdamW": ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
+            "SGD": ("momentum_buffer",)}
+
+OptimizerReset = Callable[[torch.optim.Optimizer, torch.Tensor, tuple], None]
+
+
+def check_optimizer(optimizer: torch.optim.Optimizer | None, custom: OptimizerReset | None) -> None:
+    """Refuse an optimizer whose state a reset cannot set right, in one line, unless the user resets it."""
+    if optimizer is None:
+        raise FluxError("recycle needs watch(model, optimizer=optimizer): a reset also zeroes the optimizer's moments "
+                        "of the entries it changes")
+    name = type(optimizer).__name__
+    if custom is None and name not in SUPPORTED_OPTIMIZERS:
+        raise FluxError(f"recycle resets the moments of {', '.join(SUPPORTED_OPTIMIZERS)}; for {name} pass "
+                        "watch(..., outputs=[Recycling(policy, optimizer_reset=fn)]), fn(optimizer, parameter, "
+                        "index) zeroing its state at index (docs/recycling.md)")
+
+
+def _fans(weight: torch.Tensor, weight_axis: int) -> tuple[int, int]:
+    """(fan_in, fan_out) of a weight as torch's initialisers count them (a Conv1D's stored (in, out) transposed)."""
+    shape = weight.shape if weight_axis == 0 else weight.t().shape
+    receptive = math.prod(shape[2:]) if len(shape) > 2 else 1
+    return shape[1] * receptive, shape[0] * receptive
+
+
+def new_incoming(module: nn.Module, weight_axis: int, units: int, init: str,
+                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``units`` new rows of incoming weights (one row per unit, float32 on the CPU) and their new bias (None: the
+    layer has none), drawn from ``generator``.
+
+    ``xavier_uniform``: U(-b, b), b = sqrt(6 / (fan_in + fan_out)), bias 0 (dopamine's ReDo). ``cbp_kaiming``:
+    b = gain(relu) sqrt(3 / fan_in), bias 0 (continual backprop's ``init="kaiming"``). ``kaiming_uniform``: torch's
+    ``kaiming_uniform_`` for ReLU (b = sqrt(6 / fan_in)), bias 0. ``default``: the layer's own ``reset_parameters``
+    draws: ``kaiming_uniform(a=sqrt(5))``, b = 1 / sqrt(fan_in), its bias from the same U(-b, b).
+    """
+    weight = module.weight  # the whole layer's shape (a DTensor's global one): every rank draws as one model
+    fan_in, fan_out = _fans(weight, weight_axis)
+    row_shape = (units, *(weight.shape[1:] if weight_axis == 0 else weight.t().shape[1:]))
+    has_bias = isinstance(getattr(module, "bias", None), torch.Tensor)
+    if init == "default":  # what nn.Linear / nn.ConvNd.reset_parameters draw: kaiming_uniform(a=sqrt(5)), its bias
+        bound = 1 / math.sqrt(fan_in) if fan_in else 0.0
+        rows = torch.empty(row_shape, dtype=torch.float32).uniform_(-bound, bound, generator=generator)
+        return rows, (torch.empty(units).uniform_(-bound, bound, generator=generator) if has_bias else None)
+    if init == "xavier_uniform":
+        bound = math.sqrt(6.0 / (fan_in + fan_out))
+    elif init == "cbp_kaiming":
+        bound = nn.init.calculate_gain("relu") * math.sqrt(3.0 / fan_in)
+    elif init == "kaiming_uniform":
+        bound = math.sqrt(6.0 / fan_in)
+    else:
+        raise FluxError(f"unknown initialiser {init!r}; expected one of {', '.join(INITIALISERS)}")
+    rows = torch.empty(row_shape, dtype=torch.float32).uniform_(-bound, bound, generator=generator)
+    return rows, (torch.zeros(units) if has_bias else None)
+
+
+def incoming_rows(weight: torch.Tensor, weight_axis: int) -> torch.Tensor:
+    """The weight viewed with one row per unit (a Conv1D's columns as rows): writing into it writes the weight."""
+    return weight if weight_axis == 0 else weight.t()
+
+
+def outgoing_columns_view(next_weight: torch.Tensor, next_axis: int) -> torch.Tensor:
+    """The next layer's weight viewed as (its units, ..., inputs): a reset unit is an input index (dim 1)."""
+    return next_weight if next_axis == 0 else next_weight.t()
+
+
+def _local_rows(global_rows: torch.Tensor, shard: slice | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Of the reset units (global indices), those this rank holds, as local indices, and their positions."""
+    if shard is None:
+        return global_rows, torch.arange(len(global_rows))
+    held = (global_rows >= shard.start) & (global_rows < shard.stop)
+    return global_rows[held] - shard.start, torch.nonzero(held)[:, 0]
+
+
+def _zero_moments(optimizer: torch.optim.Optimizer | None, parameter: torch.Tensor, dim: int, index: torch.Tensor,
+                  custom: OptimizerReset | None) -> None:
+    """Zero the optimizer's per-entry moments of ``parameter`` at ``index`` along ``dim`` (a step count is kept)."""
+    if optimizer is None:
+        return
+    if custom is not None:
+        custom(optimizer, parameter, (index,) if dim == 0 else (slice(None), index))
+        return
+    state = optimizer.state.get(parameter)
+    if not state:
+        return  # no step taken yet: nothing to reset
+    for name in _MOMENTS.get(type(optimizer).__name__, ()):
+        value = state.get(name)
+        if isinstance(value, torch.Tensor) and value.shape == parameter.shape:
+            zero_along(_local(value), dim, index.to(value.device))
+
+
+@torch.no_grad()
+def reset_incoming(module: nn.Module, weight_axis: int, units: torch.Tensor, incoming: torch.Tensor,
+                   bias: torch.Tensor | None, optimizer: torch.optim.Optimizer | None, *, reset_bias_moments: bool,
+                   shard: slice | None = None, optimizer_reset: OptimizerReset | None = None) -> None:
+    """Give ``units`` (global indices, ascending) of ``module`` new incoming weights ``incoming`` (rows in the same
+    order) and bias ``bias``, in place, and zero the optimizer's moments of those weights (and of the bias with
+    ``reset_bias_moments``: dopamine leaves them, continual backprop does not). ``shard``: under FSDP2, the rows this
+    rank holds."""
+    local, positions = _local_rows(units, shard)
+    if not len(local):
+        return
+    weight = _local(module.weight.data)
+    index = local.to(weight.device)
+    new = incoming[positions].to(device=weight.device, dtype=weight.dtype)
+    write_along(weight, weight_axis, index, new if weight_axis == 0 else new.t())
+    _zero_moments(optimizer, module.weight, weight_axis, index, optimizer_reset)
+    own_bias = getattr(module, "bias", None)
+    if isinstance(own_bias, torch.Tensor) and bias is not None:
+        local_bias = _local(own_bias.data)
+        local_bias.index_copy_(0, index, bias[positions].to(device=weight.device, dtype=local_bias.dtype))
+        if reset_bias_moments:
+            _zero_moments(optimizer, own_bias, 0, index, optimizer_reset)
+
+
+@torch.no_grad()
+def zero_outgoing(units: torch.Tensor, layer_units: int, following: nn.Module, following_axis: int,
+                  optimizer: torch.optim.Optimizer | None, *, compensation: torch.Tensor | None = None,
+                  shard: slice | None = None, optimizer_reset: OptimizerReset | None = None) -> None:
+    """Zero the following layer's weights that read ``units`` (of a layer of ``layer_units`` units), in place, after
+    adding ``compensation`` (one value per following unit) to its bias, and zero their optimizer moments. ``shard``:
+    under FSDP2, the following layer's rows (its own units) this rank holds; it reads every input."""
+    weight = _local(following.weight.data)
+    device = weight.device
+    if compensation is not None and isinstance(getattr(following, "bias", None), torch.Tensor):
+        added = compensation if shard is None else compensation[shard]
+        _local(following.bias.data).add_(added.to(device=device, dtype=following.bias.dtype))
+    inputs = 1 if following_axis == 0 else 0  # the dimension of the following layer's inputs
+    per_unit = weight.shape[inputs] // layer_units  # a flattened conv's positions, per channel
+    cols = (units[:, None] * per_unit + torch.arange(per_unit)[None, :]).reshape(-1).to(device)
+    zero_along(weight, inputs, cols)
+    _zero_moments(optimizer, following.weight, inputs, cols, optimizer_reset)
+
+
+@torch.no_grad()
+def shrink_and_perturb(module: nn.Module, weight_axis: int, shrink: float, noise: float,
+                       generator: torch.Generator, shard: slice | None = None) -> None:
+    """``p <- shrink p + noise e`` for the layer's weight and bias, ``e`` a fresh draw of the layer's default
+    initialisation (:func:`new_incoming`'s ``default``), drawn for the whole layer so that every rank draws alike;
+    under FSDP2 a rank keeps the rows it holds."""
+    units = module.weight.shape[weight_axis]  # a DTensor's shape is the whole layer's
+    rows, bias_rows = new_incoming(module, weight_axis, units, "default", generator)
+    weight = incoming_rows(_local(module.weight.data), weight_axis)
+    fresh = rows if shard is None else rows[shard]
+    weight.mul_(shrink).add_(noise * fresh.to(device=weight.device, dtype=weight.dtype))
+    bias = getattr(module, "bias", None)
+    if isinstance(bias, torch.Tensor) and bias_rows is not None:
+        local = _local(bias.data)
+        part = bias_rows if shard is None else bias_rows[shard]
+        local.mul_(shrink).add_(noise * part.to(device=local.device, dtype=local.dtype))
