@@ -13,8 +13,15 @@ stay bounded.
    first heatmap drawn (``window.fluxExplorer.timings.firstHeatmap``), median.
 3. A bigger trace written as the sink writes it (default 6 layers x 2048 neurons x 1500 epochs): the page's size and
    build time, and what it says it pooled.
+4. Live refreshes (issue "The explorer while a run trains"): what one refresh costs at the end of a long run (the
+   live page rendered from the incremental pooling, as the trace writer's thread does it), for the default
+   variant's shape (1680 neurons x 1000 snapshots) and a 12,288-neuron run (6 x 2048, 1500 snapshots), both fed
+   synthetic snapshots (tests/synthetic.py); and its share of a one-hour run at the default interval (300 s: 12
+   refreshes an hour, at most this cost each).
+5. GPT-2 small's shapes (49 layers, 133,201 neurons) x 1000 synthetic snapshots: the live page's size, its first
+   heatmap and the overview of every layer drawn in Chromium.
 Targets (issue "See every neuron"): page <= 4 MB, first heatmap <= 2 s, close() + <= 0.5 s, memory flat in epochs,
-any trace <= ~10 MB.
+any trace <= ~10 MB; live refreshes <= 1% of a one-hour run; GPT-2 small's page <= 10 MB, first draw <= 2 s.
 """
 
 from __future__ import annotations
@@ -129,6 +136,48 @@ def big_trace(directory: Path, layers: int, width: int, epochs: int) -> Path:
     return compact_segments(parts, directory / "traces.parquet")
 
 
+def live_refresh(layers, count: int, rounds: int = 3) -> tuple[float, int]:
+    """The median seconds of one live refresh after ``count`` synthetic snapshots of ``layers``, and the page's
+    bytes."""
+    from mlflow_flux.explorer import LivePooler, RunInput, render_page
+    from tests.synthetic import snapshots
+
+    pooler = LivePooler(10, 1e-4)
+    pending = []
+    for snapshot in snapshots(layers, count):
+        pending.append(snapshot)
+        if len(pending) == 10:  # flush_every's default: a segment
+            pooler(pending)
+            pending = []
+    pooler(pending)
+    run = RunInput("bench", "bench", None, 10, 1e-4)
+    times, size = [], 0
+    for _ in range(rounds):
+        started = time.perf_counter()
+        page = render_page([pooler.pooled(run, None)], "bench", "",
+                           live={"snapshot": count - 1, "snapshots": count, "written": "now"})
+        times.append(time.perf_counter() - started)
+        size = len(page.encode())
+    return statistics.median(times), size
+
+
+def overview_in_chromium(page: Path) -> dict:
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    browser_path = shutil.which("chromium") or shutil.which("chromium-browser")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=browser_path, args=["--no-sandbox"])
+        tab = browser.new_page(viewport={"width": 1400, "height": 1000})
+        tab.goto(page.as_uri())
+        tab.wait_for_function("document.body.getAttribute('data-ready') === 'true'", timeout=120_000)
+        got = tab.evaluate("() => ({first: fluxExplorer.timings.firstHeatmap / 1000, layers: "
+                           "fluxExplorer.layers(0).length, rows: document.querySelectorAll('.layer-row').length})")
+        browser.close()
+    return got
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=1000)
@@ -136,6 +185,7 @@ def main() -> None:
     parser.add_argument("--big-layers", type=int, default=6)
     parser.add_argument("--big-neurons", type=int, default=2048)
     parser.add_argument("--big-epochs", type=int, default=1500)
+    parser.add_argument("--gpt2-snapshots", type=int, default=1000)
     parser.add_argument("--memory-of", nargs=2, type=int, metavar=("EPOCHS", "EXPLORER"),
                         help="(internal) print the memory one run's close() adds, in this fresh process")
     args = parser.parse_args()
@@ -205,6 +255,28 @@ def main() -> None:
         times = first_heatmap(big_page, loads=1)
         if times:
             print(f"  first heatmap drawn in Chromium: {times[0]:.2f} s")
+        for label, layers, count in (
+                ("default variant (1680 neurons)", [("encoder.fc1", 256), ("encoder.fc2", 64), ("encoder.fc3", 16),
+                                                    ("decoder.fc1", 64), ("decoder.fc2", 256), ("decoder.out", 1024)],
+                 args.epochs),
+                (f"{neurons:,} neurons", [(f"block{i}.mlp", args.big_neurons) for i in range(args.big_layers)],
+                 args.big_epochs)):
+            seconds, size = live_refresh(layers, count)
+            print(f"live refresh, {label} x {count} snapshots: {seconds:.2f} s a refresh (page {size / 1e6:.2f} MB); "
+                  f"at the default interval (300 s) {seconds / 300:.3%} of a one-hour run")
+        from tests.synthetic import GPT2_SMALL, live_page
+
+        started = time.perf_counter()
+        html = live_page(GPT2_SMALL, args.gpt2_snapshots, window=10, segment=10)
+        built = time.perf_counter() - started
+        gpt2_page = big_dir / "gpt2.html"
+        gpt2_page.write_text(html, encoding="utf-8")
+        meta, _ = read_page(html)
+        print(f"GPT-2 small's shapes (49 layers, 133,201 neurons) x {args.gpt2_snapshots} synthetic snapshots: live "
+              f"page {gpt2_page.stat().st_size / 1e6:.2f} MB (pooled and built in {built:.0f} s); {meta['pooled']}")
+        got = overview_in_chromium(gpt2_page)
+        print(f"  in Chromium: first heatmap {got['first']:.2f} s after navigation; the overview draws "
+              f"{got['rows']} of {got['layers']} layers")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ COLUMNS = STAT_NAMES  # every trace column is drawn
 
 @dataclass
 class RunInput:
-    """One run to draw: its identity, its trace, the settings its states are read with, and its loss."""
+    """One run to draw: its identity, its trace, the settings its states are read with, its loss, what it started
+    from (the fingerprint of its initial weights) and the neurons it reset."""
 
     run_id: str
     name: str
@@ -34,6 +35,8 @@ class RunInput:
     tau: float | fluctuation.Thresholds = fluctuation.DEFAULT_TAU  # a bare number: an absolute tau
     group: str = ""
     losses: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # key -> (steps, values)
+    fingerprint: str = ""
+    resets: object = None  # the run's reset table (a DataFrame), when it recycled neurons
 
 
 @dataclass
@@ -70,6 +73,27 @@ class Budget:
     def bins(self, neurons: int, columns: int) -> int:
         per_bin = max(1, neurons) * (columns + 1)  # +1: the states
         return max(self.min_bins, self.values // per_bin)
+
+    def fitted(self, widths: Sequence[int], columns: int, banded_rows: int = 24) -> Budget:
+        """This budget with ``rows`` lowered until every layer drawn in full still fits ``min_bins`` bins: a model of
+        many mid-sized layers (GPT-2 small's 24 layers of 768) would otherwise put every neuron of each on the page
+        and pass the values budget several times. A banded layer counts ``banded_rows`` rows (its bands and extreme
+        neurons).
+
+        >>> Budget().fitted([768] * 24 + [3072] * 12, columns=15).rows, Budget().fitted([256, 64, 1024], 15).rows
+        (767, 1024)
+        """
+        room = self.values // ((columns + 1) * self.min_bins)
+        fitted = self
+        for width in sorted({w for w in widths if w <= self.rows}, reverse=True):
+            if fitted.drawn(widths, banded_rows) <= room:
+                break
+            fitted = replace(self, rows=width - 1)  # the widest layers drawn in full are banded from here on
+        return fitted
+
+    def drawn(self, widths: Sequence[int], banded_rows: int = 24) -> int:
+        """Rows the page draws for layers of these widths: every neuron up to ``rows``, else bands and extremes."""
+        return sum(w if w <= self.rows else banded_rows for w in widths)
 
 
 class _Layout:
@@ -172,18 +196,24 @@ def pool_run(run: RunInput, budget: Budget = Budget()) -> PooledRun:
     return _finished(run, pooler, budget)
 
 
-def _finished(run: RunInput, pooler: TracePooler, budget: Budget) -> PooledRun:
+def _finished(run: RunInput, pooler: TracePooler, budget: Budget, extremes: bool = True) -> PooledRun:
     layers = pooler.result()
     wide = pooler.extreme_rows()
-    if wide:  # the banded layers' extreme neurons: a second pass for their histories
+    if wide and extremes:  # the banded layers' extreme neurons: a second pass for their histories
         _fill_extremes(run, layers, wide, pooler.max_bins, budget)
+    elif wide:  # a live page: the bands only, the extreme neurons come at close
+        for name in wide:
+            layer = layers[name]
+            layer.neurons, layer.states = layer.neurons[:0], layer.states[:, :0]
+            layer.stops_participating, layer.dies = layer.stops_participating[:0], layer.dies[:0]
     return PooledRun(run, np.asarray(pooler.epochs, dtype=np.int64), pooler.width, layers, _network(layers))
 
 
 def _pooler(layers: Sequence[tuple[str, slice]], neuron: np.ndarray, total: int | None, window: int,
             tau: float | fluctuation.Thresholds, budget: Budget) -> TracePooler:
     """A pooler for a snapshot whose layers hold the ``neuron`` rows of their slices, within ``budget``."""
-    neurons = sum(min(rows.stop - rows.start, budget.rows) for _, rows in layers)
+    budget = budget.fitted([rows.stop - rows.start for _, rows in layers], len(COLUMNS))
+    neurons = sum(min(rows.stop - rows.start, budget.rows) for _, rows in layers)  # a banded layer counts as full
     return TracePooler([(name, neuron[rows]) for name, rows in layers], total, COLUMNS, window, tau,
                        max_bins=budget.bins(neurons, len(COLUMNS)), max_rows=budget.rows)
 
@@ -218,13 +248,21 @@ class LivePooler:
     def __repr__(self) -> str:
         return "the explorer's pooling"
 
-    def pooled(self, run: RunInput, trace: Callable[[], object]) -> PooledRun:
-        """What the page draws of ``run``; ``trace()`` gives its trace file, read only for a banded layer."""
+    def pooled(self, run: RunInput, trace: Callable[[], object] | None) -> PooledRun:
+        """What the page draws of ``run``; ``trace()`` gives its trace file, read only for a banded layer's extreme
+        neurons (None: a live page, bands only)."""
         if self._pooler is None:
             raise ValueError(f"run {run.run_id} has an empty trace")
+        if trace is None:
+            return _finished(run, self._pooler, self.budget, extremes=False)
         if self._pooler.extreme_rows():
             run = replace(run, trace=trace())
         return _finished(run, self._pooler, self.budget)
+
+    @property
+    def snapshots(self) -> int:
+        """Snapshots pooled so far."""
+        return 0 if self._pooler is None else len(self._pooler.epochs)
 
 
 def _pool_whole(run: RunInput, budget: Budget) -> TracePooler:
@@ -234,6 +272,7 @@ def _pool_whole(run: RunInput, budget: Budget) -> TracePooler:
     trace = read_trace_files(paths).to_pandas()
     epochs, layers = reshape.layer_arrays(trace, COLUMNS)
     neurons = {name: np.sort(trace.loc[trace["layer"] == name, "neuron"].unique()) for name in layers}
+    budget = budget.fitted([len(n) for n in neurons.values()], len(COLUMNS))
     total_rows = sum(min(len(n), budget.rows) for n in neurons.values())
     pooler = TracePooler(list(neurons.items()), len(epochs), COLUMNS, run.window, run.tau,
                          max_bins=budget.bins(total_rows, len(COLUMNS)), max_rows=budget.rows)

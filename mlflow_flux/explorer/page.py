@@ -16,14 +16,16 @@ from ..statistics import STATISTICS
 from ..version import __version__
 from .build import PooledRun
 from .encoding import RELATIVE_RESOLUTION, Blob, manifest_json
-from .pooling import BANDS, NEVER, STATES
+from .pooling import BANDS, DEAD, FROZEN, NEVER, NO_WINDOW, PARTICIPATING, STATES
 
-__all__ = ["render_page", "FORMAT_VERSION", "LINEAR_COLUMNS"]
+__all__ = ["render_page", "FORMAT_VERSION", "LINEAR_COLUMNS", "SCRIPTS", "RISE"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: live pages, pairs of runs, resets, the state codes in the metadata
 # Drawn on a linear scale whatever their spread: bounded fractions.
 LINEAR_COLUMNS = ("act_rate",)
 _INT32_NEVER = np.iinfo(np.int32).max
+SCRIPTS = ("flux-core.js", "explorer.js")  # inlined in this order: the pure core, then the page
+RISE = 0.1  # a layer's dead fraction "first rises" at its first bin this far above its first window's value
 
 
 def _range(values: np.ndarray, column: str) -> list:
@@ -70,6 +72,18 @@ def _layer(blob: Blob, prefix: str, layer) -> dict:
     return entry
 
 
+def _resets(blob: Blob, prefix: str, resets) -> dict:
+    """Where the run's policy reset units: per layer, epochs and neurons (a layer reset as a whole: neuron -1)."""
+    if resets is None or not len(resets):
+        return {}
+    out = {}
+    for k, (layer, rows) in enumerate(resets.groupby("layer", sort=False)):
+        out[str(layer)] = {"epochs": blob.add(f"{prefix}/reset{k}/epochs", rows["epoch"].to_numpy(), "i32"),
+                           "neurons": blob.add(f"{prefix}/reset{k}/neurons", rows["neuron"].to_numpy(), "i32"),
+                           "policy": str(rows["policy"].iloc[0]), "dry_run": bool(rows["dry_run"].any())}
+    return out
+
+
 def _run(blob: Blob, index: int, pooled: PooledRun) -> dict:
     prefix = f"r{index}"
     first, last = pooled.bins
@@ -77,6 +91,7 @@ def _run(blob: Blob, index: int, pooled: PooledRun) -> dict:
     thresholds = fluctuation.Thresholds.of(run.tau)
     return {
         "id": run.run_id, "name": run.name, "group": run.group, "window": run.window,
+        "fingerprint": run.fingerprint, "resets": _resets(blob, prefix, run.resets),
         "tau": thresholds.participation_tau, "tau_mode": thresholds.tau_mode,
         "epochs": blob.add(f"{prefix}/epochs", pooled.epochs, "i32"),
         "bins": {"first": blob.add(f"{prefix}/bin_first", first, "i32"),
@@ -112,25 +127,51 @@ def interval_curves(runs: Sequence[PooledRun]) -> tuple[np.ndarray, np.ndarray, 
     return common, mean, mean - half, mean + half
 
 
-def _pooled_text(pooled: Sequence[PooledRun]) -> str:
-    parts = []
+def _pooled_lines(pooled: Sequence[PooledRun]) -> list[str]:
+    """What was pooled or banded, a line per kind (not a clause per layer: a model may have hundreds)."""
+    lines = []
     for run in pooled:
         bins = len(run.bins[0])
-        what = (f"{len(run.epochs)} snapshots, not pooled" if run.width == 1 else
-                f"{len(run.epochs)} snapshots pooled into {bins} bins of {run.width} (each bin: the mean of its "
-                f"snapshots; states: the window ending at its last snapshot)")
-        banded = [f"{layer.name} ({layer.width} neurons: quantile bands {', '.join(f'{q:g}' for q in BANDS)} and "
-                  f"{len(layer.neurons)} extreme neurons)" for layer in run.layers.values() if layer.banded]
-        parts.append(f"{run.run.name}: {what}" + (f"; banded: {'; '.join(banded)}" if banded else ""))
-    return "What is drawn: " + " | ".join(parts)
+        lines.append(f"{run.run.name}: {len(run.epochs)} snapshots, not pooled" if run.width == 1 else
+                     f"{run.run.name}: {len(run.epochs)} snapshots pooled into {bins} bins of {run.width} (each bin: "
+                     "the mean of its snapshots; states: the window ending at its last snapshot)")
+    banded: dict[int, list[str]] = {}
+    for run in pooled:
+        for layer in run.layers.values():
+            if layer.banded:
+                banded.setdefault(len(layer.neurons), []).append(layer.name)
+    for extremes, names in banded.items():
+        unique = list(dict.fromkeys(names))
+        shown = ", ".join(unique[:3]) + (f" and {len(unique) - 3} more" if len(unique) > 3 else "")
+        lines.append(f"banded: {len(unique)} layer{'s' if len(unique) > 1 else ''} wider than the neuron budget "
+                     f"({shown}): quantile bands {', '.join(f'{q:g}' for q in BANDS)}" +
+                     (f" and {extremes} extreme neurons each" if extremes else
+                      "; their extreme neurons are filled in when the run closes"))
+    return lines
+
+
+def _pairs(blob: Blob, pooled: Sequence[PooledRun]) -> tuple[list[dict], str | None]:
+    from .pairs import pair_runs
+
+    pairs, why = pair_runs(pooled)
+    entries = []
+    for k, pair in enumerate(pairs):
+        layers = {name: {c: blob.add(f"p{k}/{name}/{c}", values, "bf16") for c, values in quantities.items()}
+                  for name, quantities in pair.layers.items()}
+        entries.append({"a": pair.a, "b": pair.b, "layers": layers, "skipped": pair.skipped,
+                        "ranges": {name: {c: _range(v, c) for c, v in quantities.items()}
+                                   for name, quantities in pair.layers.items()}})
+    return entries, why
 
 
 def render_page(pooled: Sequence[PooledRun], title: str, subtitle: str = "",
-                groups: Sequence[tuple[str, Sequence[int]]] | None = None) -> str:
+                groups: Sequence[tuple[str, Sequence[int]]] | None = None, live: dict | None = None) -> str:
     """One explorer page over ``pooled`` runs; ``groups`` (name, run indices) as the report groups them (several runs
-    only). Everything the page draws is in it."""
+    only); ``live`` (``snapshot``, ``snapshots``, ``written``) for a page refreshed while its run trains. Runs that
+    share their start (equal fingerprints) are paired neuron by neuron. Everything the page draws is in it."""
     blob = Blob()
     runs = [_run(blob, index, run) for index, run in enumerate(pooled)]
+    pairs, unpaired = _pairs(blob, pooled) if len(pooled) > 1 else ([], None)
     group_entries = []
     for g, (name, members) in enumerate(groups or []):
         entry = {"name": name, "runs": list(members)}
@@ -144,19 +185,23 @@ def render_page(pooled: Sequence[PooledRun], title: str, subtitle: str = "",
     meta = {
         "version": FORMAT_VERSION, "title": title, "subtitle": subtitle,
         "generator": f"mlflow-flux {__version__}",
-        "pooled": _pooled_text(pooled),
+        "pooled": _pooled_lines(pooled),
         "resolution": (f"Values are stored as bfloat16 (8 significant bits): each is within "
                        f"{RELATIVE_RESOLUTION:.2%} of the trace's value where a bin holds one snapshot; NaN is "
                        "'not defined' (docs/traces.md)."),
         "quantities": [{"name": s.name, "meaning": s.meaning} for s in STATISTICS],
         "states": list(STATES), "bands": list(BANDS), "manifest": blob.manifest,
-        "groups": group_entries, "runs": runs,
+        # The constants the script reads (one source: explorer/pooling.py), never retyped there.
+        "codes": {"NO_WINDOW": NO_WINDOW, "PARTICIPATING": PARTICIPATING, "FROZEN": FROZEN, "DEAD": DEAD},
+        "never": _INT32_NEVER, "rise": RISE,
+        "groups": group_entries, "runs": runs, "pairs": pairs, "unpaired": unpaired, "live": live,
     }
     static = resources.files(__package__) / "static"
-    script = (static / "explorer.js").read_text(encoding="utf-8")
+    # The pure functions (what node --test checks) first, then the page's script, both inline: nothing is fetched.
+    scripts = "".join(f"<script>{(static / name).read_text(encoding='utf-8')}</script>" for name in SCRIPTS)
     style = (static / "explorer.css").read_text(encoding="utf-8")
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f'<style>{style}</style></head><body><div id="app"></div>'
             f'<script type="application/json" id="flux-meta">{manifest_json(meta)}</script>'
             f'<script type="application/octet-stream" id="flux-data">{data}</script>'
-            f"<script>{script}</script></body></html>")
+            f"{scripts}</body></html>")

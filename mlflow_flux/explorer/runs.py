@@ -15,12 +15,13 @@ import numpy as np
 from ..errors import InvalidParameter, NoRunsMatch
 from ..settings import RecorderSettings, recorder_setting_of, run_thresholds
 from ..traces import mlflow_adapter
-from ..traces.reader import opened_trace
+from ..traces.reader import opened_trace, run_resets
+from ..traces.runs import FINGERPRINT_TAG
 from ..traces.server import check_reachable
 from .build import Budget, PooledRun, RunInput, pool_run
 from .page import render_page
 
-__all__ = ["explore", "run_input", "loss_histories", "MAX_LOSS_KEYS"]
+__all__ = ["explore", "run_input", "loss_histories", "pair_budget", "page_budget", "pool_runs", "MAX_LOSS_KEYS"]
 
 MAX_LOSS_KEYS = 2  # loss curves drawn per run: a history key first, then any other
 
@@ -39,12 +40,30 @@ def loss_histories(client, run) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 def run_input(client, run, trace, group: str = "") -> RunInput:
-    """A run as the explorer reads it: its name, settings (as it logged them) and losses."""
+    """A run as the explorer reads it: its name, settings (as it logged them), losses, the fingerprint of its
+    initial weights and the neurons it reset."""
     params = run.data.params
     window = int(recorder_setting_of(params, "window") or RecorderSettings.spec("window").default)
     thresholds = run_thresholds(params)
     name = run.data.tags.get(mlflow_adapter.RUN_NAME_TAG, run.info.run_id[:8])
-    return RunInput(run.info.run_id, name, trace, window, thresholds, group, loss_histories(client, run))
+    return RunInput(run.info.run_id, name, trace, window, thresholds, group, loss_histories(client, run),
+                    run.data.tags.get(FINGERPRINT_TAG, ""), run_resets(client, run))
+
+
+def page_budget(runs: Sequence) -> Budget:
+    """What ``explore()`` pools ``runs`` (MLflow runs) within: one run's whole budget, or four runs' over all of them
+    (their pairs' differences included: runs that share their start count twice)."""
+    if len(runs) == 1:
+        return Budget()
+    return Budget(values=4 * Budget().values // pair_budget(runs), rows=256)
+
+
+def pair_budget(runs: Sequence) -> int:
+    """How many runs' worth of values a page holds: each run, and each run paired with an earlier one that shares
+    its start (its differences are as many values)."""
+    starts = [run.data.tags.get(FINGERPRINT_TAG) for run in runs]
+    paired = sum(1 for i, start in enumerate(starts) if start and start in starts[:i])
+    return len(runs) + paired
 
 
 def pool_runs(client, runs: Sequence, groups: Sequence[str], budget: Budget) -> list[PooledRun]:
@@ -59,7 +78,9 @@ def pool_runs(client, runs: Sequence, groups: Sequence[str], budget: Budget) -> 
 
 def explore(run_ids: str | Sequence[str], *, output: str | Path | None = None, group_by: str | None = None,
             tracking_uri: str | None = None) -> Path:
-    """Write the explorer page of one or more runs that hold a trace.
+    """Write the explorer page of one or more runs that hold a trace. Runs that started from the same weights (equal
+    fingerprints, as a sweep's variants of one seed) are paired neuron by neuron: one neuron's history in each, and
+    the difference of the two, per neuron and bin; runs that did not are never paired, and the page says why.
 
     Args:
         run_ids: one run id, or several (their page shows them side by side).
@@ -92,9 +113,7 @@ def explore(run_ids: str | Sequence[str], *, output: str | Path | None = None, g
         missing = [run.info.run_id for run in runs if group_by not in run.data.params]
         raise NoRunsMatch(f"runs {', '.join(missing)} have no parameter {group_by!r} to group by")
     groups = [run.data.params[group_by] if group_by else run.info.run_id for run in runs]  # default: a run each
-    budget = Budget(values=Budget().values if len(runs) == 1 else 4 * Budget().values // max(1, len(runs)),
-                    rows=Budget().rows if len(runs) == 1 else 256)
-    pooled = pool_runs(client, runs, groups, budget)
+    pooled = pool_runs(client, runs, groups, page_budget(runs))
     order = list(dict.fromkeys(groups))
     names = {run.info.run_id: run.data.tags.get(mlflow_adapter.RUN_NAME_TAG, run.info.run_id[:8]) for run in runs}
     labels = [(f"{group_by} {value}" if group_by else f"{names[value]} ({value[:8]})",

@@ -66,7 +66,8 @@ def test_a_watched_run_logs_a_self_contained_page_whose_values_are_the_trace(sto
             finite = np.isfinite(expected)
             assert (np.isfinite(got) == finite).all(), column
             assert (np.abs(got[finite] - expected[finite]) <= RELATIVE_RESOLUTION * np.abs(expected[finite])).all()
-    assert "not pooled" in meta["pooled"] and "0.39%" in meta["resolution"]
+    assert any("not pooled" in line for line in meta["pooled"]) and "0.39%" in meta["resolution"]
+    assert meta["codes"] == {"NO_WINDOW": 0, "PARTICIPATING": 1, "FROZEN": 2, "DEAD": 3}  # the script reads these
 
 
 def test_the_page_pooled_as_the_run_writes_equals_the_page_built_from_its_trace(store, tmp_path):
@@ -89,7 +90,8 @@ def test_the_page_pooled_as_the_run_writes_equals_the_page_built_from_its_trace(
                                   .read_text(encoding="utf-8"))
     layers = {layer["name"]: layer for layer in logged_meta["runs"][0]["layers"]}
     assert layers["0"]["banded"] and not layers["2"]["banded"]
-    assert logged_meta["pooled"] == built_meta["pooled"] and "bins of" in logged_meta["pooled"]
+    assert logged_meta["pooled"] == built_meta["pooled"] and any("bins of" in line for line in logged_meta["pooled"])
+    assert any(line.startswith("banded: 1 layer wider than the neuron budget (0)") for line in logged_meta["pooled"])
     assert logged.keys() == built.keys()
     for key, values in logged.items():
         np.testing.assert_array_equal(values, built[key], err_msg=key)

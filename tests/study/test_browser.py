@@ -188,7 +188,7 @@ def _check_explorer(page, url: str, screenshot: Path, runs: int) -> None:
     drawn = frame.evaluate("() => ({rows: fluxExplorer.drawn.rows, bins: fluxExplorer.drawn.bins, "
                            "layer: fluxExplorer.drawn.layer, run: fluxExplorer.drawn.run})")
     row = drawn["rows"][len(drawn["rows"]) // 2]
-    offset = frame.evaluate(f"() => fluxExplorer.cellOffset({row}, {drawn['bins'][-1]})")
+    offset = frame.evaluate(f"() => fluxExplorer.cellCenter({row}, {drawn['bins'][-1]})")
     frame.locator("canvas.heatmap").click(position=offset)
     selected = frame.evaluate("() => fluxExplorer.selected")
     assert selected is not None and selected["layer"] == drawn["layer"], selected
@@ -212,3 +212,112 @@ def _check_explorer(page, url: str, screenshot: Path, runs: int) -> None:
     page.remove_listener("request", on_request)
     page.remove_listener("pageerror", on_error)
     frame.frame_element().screenshot(path=str(screenshot))  # the viewer's iframe, as the user sees it
+    if runs == 2:  # the sweep's two variants share their seed, so their start: paired neuron by neuron
+        pairs = frame.evaluate("() => fluxExplorer.pairs")
+        assert len(pairs) == 1 and pairs[0]["layers"], pairs
+        frame.locator("section.pairs").scroll_into_view_if_needed()
+        frame.locator("section.pairs").screenshot(path=str(screenshot.with_name("explorer_pairs.png")))
+
+
+def test_a_live_page_in_the_ui_grows_after_a_refresh(server, browser_page, tmp_path):
+    """A run still training: its page, opened through MLflow's UI, says it is live and up to which snapshot; after
+    the next refresh is confirmed (the run's tag), reloading shows more snapshots."""
+    import signal
+    import sys
+    import time
+
+    from mlflow_flux.outputs.explorer import PAGE_SNAPSHOT_TAG
+    from tests.helpers import default_sigint
+
+    name = f"live-{uuid.uuid4().hex[:8]}"
+    mlflow.set_tracking_uri(server["uri"])
+    experiment_id = mlflow.create_experiment(name)
+    script = ROOT / "tests" / "scripts" / "watched_loop.py"
+    process = subprocess.Popen([sys.executable, str(script), str(tmp_path / "spool"), "2", "100000", "3"],
+                               env=subprocess_env({"uri": server["uri"], "experiment_name": name}),
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                               preexec_fn=default_sigint)
+    client = mlflow.MlflowClient(server["uri"])
+    try:
+        run_id = process.stdout.readline().split()[1]
+
+        def confirmed(after: int = -1) -> int:
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline:
+                tag = client.get_run(run_id).data.tags.get(PAGE_SNAPSHOT_TAG)
+                if tag is not None and int(tag) > after:
+                    return int(tag)
+                time.sleep(0.2)
+            raise AssertionError("no live page was confirmed")
+
+        first = confirmed()
+        url = f"{server['uri']}/#/experiments/{experiment_id}/runs/{run_id}/artifacts/explorer.html" \
+              "?workflowType=machine_learning"
+        page = browser_page
+        frame = _explorer_frame(page, url)
+        live = frame.evaluate("() => fluxExplorer.live")
+        assert live is not None and live["snapshot"] >= first, live
+        assert "Live" in frame.inner_text("header")
+        confirmed(live["snapshot"])
+        page.reload()
+        frame = _explorer_frame(page, url)
+        grown = frame.evaluate("() => fluxExplorer.live")
+        assert grown["snapshot"] > live["snapshot"] and grown["snapshots"] > live["snapshots"], (live, grown)
+        frame.frame_element().screenshot(path=str(_screenshots() / "explorer_live.png"))
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=120)
+    assert client.get_run(run_id).info.status == "KILLED"
+
+
+def _documented_api() -> set[str]:
+    """The names explorer.js's header documents as window.fluxExplorer."""
+    header = (ROOT / "mlflow_flux" / "explorer" / "static" / "explorer.js").read_text().split("*/", 1)[0]
+    listed = header.split("window.fluxExplorer", 1)[1].split(":", 1)[1]
+    listed = re.sub(r"\([^)]*\)", "", re.sub(r"\s*\*\s*", " ", listed))  # one line; names without their arguments
+    return {item.strip(" .\n") for item in listed.split(",")}
+
+
+def test_a_hundred_layer_page_groups_filters_and_sorts_every_layer_in_the_overview(browser_page, tmp_path):
+    """100 layers (25 blocks of attention and MLP maps), each block's mlp.c_fc dying half at a planted snapshot:
+    the overview draws every layer grouped by block, the filter keeps what it names, sorting by the dead fraction's
+    first rise puts the layers in the order they died, and a click opens that layer's heatmap."""
+    from tests.synthetic import live_page
+
+    layers = [(f"h.{b}.{part}", 8) for b in range(25) for part in ("attn.c_attn", "attn.c_proj", "mlp.c_fc",
+                                                                   "mlp.c_proj")]
+    died = {f"h.{b}.mlp.c_fc": 5 + (7 * b) % 25 for b in range(25)}  # a different snapshot for each block
+    path = tmp_path / "explorer.html"
+    path.write_text(live_page(layers, 40, {name: (at, 0.5) for name, at in died.items()}), encoding="utf-8")
+    page = browser_page
+    errors = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(path.as_uri())
+    page.wait_for_function("document.body.getAttribute('data-ready') === 'true'")
+    assert set(page.evaluate("() => Object.keys(window.fluxExplorer)")) == _documented_api()
+    rows = page.locator(".layer-row")
+    assert rows.count() == 100 and page.locator(".layer-group").count() == 25
+    assert page.locator(".layer-group").first.inner_text() == "h.0"
+    names = rows.locator(".layer-name").all_inner_texts()
+    assert names[:4] == ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"]  # the part that tells them apart
+    assert "1 snapshot" not in page.inner_text("body") and "live" in page.inner_text("header").lower()
+    # the filter keeps the layers whose names hold every word
+    page.fill("input.filter", "mlp c_fc")
+    page.wait_for_function("document.querySelectorAll('.layer-row').length === 25")
+    page.screenshot(path=str(_screenshots() / "explorer_hundred_layers_filtered.png"), full_page=True)
+    page.fill("input.filter", "")
+    page.wait_for_function("document.querySelectorAll('.layer-row').length === 100")
+    # sorted by when the dead fraction first rises: the c_fc layers in the order they died, then those that never did
+    page.evaluate("() => fluxExplorer.select({overviewSort: 'rise'})")
+    overview = page.evaluate("() => fluxExplorer.overview")
+    assert overview["order"][:25] == sorted(died, key=died.get), overview["order"][:25]
+    for name, at in died.items():
+        assert at <= overview["rises"][name] <= at + 3, (name, at, overview["rises"][name])  # within a window
+    assert all(overview["rises"][name] == -1 for name, _ in layers if name not in died)
+    page.evaluate("() => fluxExplorer.select({overviewSort: 'model'})")
+    page.screenshot(path=str(_screenshots() / "explorer_hundred_layers.png"))
+    # a click on a layer's row opens its heatmap
+    page.locator(".layer-row[data-layer='h.17.mlp.c_fc']").click()
+    page.wait_for_function("fluxExplorer.drawn.layer === 'h.17.mlp.c_fc'")
+    assert page.evaluate("() => fluxExplorer.state.layer") == [n for n, _ in layers].index("h.17.mlp.c_fc")
+    assert not errors and not page.evaluate("() => fluxExplorer.errors"), errors
