@@ -7,6 +7,7 @@ import io
 import math
 
 import matplotlib.image
+import numpy as np
 from matplotlib.figure import Figure
 
 from . import plots
@@ -18,6 +19,15 @@ from .timeline import MAIN_READING
 __all__ = ["report_figures"]
 
 
+def _finite(series) -> bool:
+    return series is not None and bool(np.isfinite(np.asarray(series, dtype=float)).any())
+
+
+def _figure(curves, *args, **kwargs) -> Figure | None:
+    """``plots.curves_by_group_figure`` of ``curves``, or None when no group has a number to draw."""
+    return plots.curves_by_group_figure(curves, *args, **kwargs) if curves else None
+
+
 def report_figures(comparison: Comparison, report: Report | None = None) -> dict[str, Figure]:
     """Every figure of the report, by file stem."""
     by_group: dict[str, list[RunData]] = {}  # label -> runs, in the comparison's group order
@@ -25,41 +35,47 @@ def report_figures(comparison: Comparison, report: Report | None = None) -> dict
         by_group.setdefault(label(comparison, run.group, run.facet), []).append(run)
 
     def curves(pick, measured_only: bool = True):
-        chosen = {name: [pick(r) for r in runs if r.measured or not measured_only] for name, runs in by_group.items()}
+        """Each group's series that hold a number: a reading not applicable to a group (ReLU's under tanh) is all
+        NaN there, and leaves the group out of that figure."""
+        chosen = {name: [series for series in (pick(r) for r in runs if r.measured or not measured_only)
+                         if _finite(series)] for name, runs in by_group.items()}
         return {name: series for name, series in chosen.items() if series}
 
-    out = {
-        "participation": plots.curves_by_group_figure(
+    drawn = {
+        "participation": _figure(
             curves(lambda r: r.summaries["all/participating_frac"]), "Participating neurons over epochs",
             "participating fraction (hidden units)"),
-        "loss": plots.curves_by_group_figure(curves(lambda r: r.loss, measured_only=False), "Loss over training",
-                                             comparison.loss_key, log_y=True, xlabel="step"),
-        "tau_sensitivity": plots.curves_by_group_figure(
+        "loss": _figure(curves(lambda r: r.loss, measured_only=False), "Loss over training", comparison.loss_key,
+                        log_y=True, xlabel="step"),
+        "tau_sensitivity": _figure(
             curves(lambda r: r.tau_curve), "Participating fraction at the final window against tau",
             "participating fraction (hidden units)", xlabel="tau", log_x=True),
-        "tau_sensitivity_relative": plots.curves_by_group_figure(
+        "tau_sensitivity_relative": _figure(
             curves(lambda r: r.tau_curve_relative),
             "Participating fraction at the final window against the layer-relative tau",
             "participating fraction (hidden units)", xlabel="tau_relative (times the layer's mean relative "
                                                              "fluctuation)", log_x=True),
-        "dormant": plots.curves_by_group_figure(
+        "dormant": _figure(
             curves(lambda r: r.summaries["all/redo_dormant_frac"]),
             "ReDo dormant neurons over epochs (tau = dormant_tau)", "dormant fraction (hidden units)"),
-        "weight_fluctuation": plots.curves_by_group_figure(
+        "weight_fluctuation": _figure(
             curves(lambda r: r.summaries["all/sos_median"]), "Weight fluctuation: median spread of the spread",
             "sos median (hidden units)", log_y=True),
-        "bias_fluctuation": plots.curves_by_group_figure(
+        "bias_fluctuation": _figure(
             curves(lambda r: r.summaries["all/bias_fluct_median"]), "Bias fluctuation: median over neurons",
             "bias fluctuation median", log_y=True),
     }
-    if any(r.measured and r.summaries["all/reduced_width_1e-3"].notna().any() for r in comparison.runs):
-        out["reduced_width"] = plots.curves_by_group_figure(
-            curves(lambda r: r.summaries["all/reduced_width_1e-3"]), "Redundant units: reduced width over epochs",
-            "hidden units left at eps 1e-3")
+    # A figure with no number in it (every group's reading not applicable) is left out: there is nothing to draw,
+    # and a log axis over no data cannot be drawn at all.
+    out = {name: figure for name, figure in drawn.items() if figure is not None}
+    reduced = curves(lambda r: r.summaries.get("all/reduced_width_1e-3"))  # none in a trace without partners
+    if reduced:
+        out["reduced_width"] = plots.curves_by_group_figure(reduced, "Redundant units: reduced width over epochs",
+                                                            "hidden units left at eps 1e-3")
     # A section's metric: one line per run, +-inf (e.g. twins that coincide) left out of the axes.
     for section in comparison.spec.sections:
-        lines = {run.name: [run.series[section.key].replace([-math.inf, math.inf], math.nan)]
-                 for run in comparison.runs if section.key in run.series}
+        lines = {run.name: [series] for run in comparison.runs if section.key in run.series
+                 and _finite(series := run.series[section.key].replace([-math.inf, math.inf], math.nan))}
         if lines:
             out[section_name(section)] = plots.curves_by_group_figure(lines, f"{section.title} per run",
                                                                       section.ylabel)

@@ -37,8 +37,11 @@ def curves_by_group_figure(curves: Mapping[str, Sequence[pd.Series]], title: str
     fig = Figure(figsize=(width, 4))
     ax = fig.subplots()
     fig.subplots_adjust(left=1.1 / width, right=6.4 / width, bottom=0.13, top=0.9)
+    positive_x = positive_y = False  # a log axis needs one positive value, or it cannot be drawn at all
     for label, series in curves.items():
         frame = pd.concat(list(series), axis=1)
+        positive_x |= bool((np.asarray(frame.index, dtype=float) > 0).any())
+        positive_y |= bool((frame.to_numpy(dtype=float) > 0).any())
         mean = frame.mean(axis=1)
         line = ax.plot(mean.index, mean.to_numpy(), label=label)[0]
         if frame.shape[1] > 1:
@@ -46,9 +49,9 @@ def curves_by_group_figure(curves: Mapping[str, Sequence[pd.Series]], title: str
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
-    if log_y:
+    if log_y and positive_y:
         ax.set_yscale("log")
-    if log_x:
+    if log_x and positive_x:
         ax.set_xscale("log")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, ncols=columns)
     return fig

@@ -183,3 +183,25 @@ def test_markdown_and_html_carry_the_same_sections_in_the_same_order():
     html_headings = [re.sub("<[^>]+>", "", h) for h in re.findall(r"<h[12]>(.*?)</h[12]>", page)]
     assert md_headings == html_headings == [md_escape(h) for h in doc.headings]
     assert "Where each claim holds, over epochs" in md_headings
+
+
+def test_readings_not_applicable_to_any_run_leave_their_figures_out_and_the_rest_draw():
+    """Under tanh the ReLU readings are NaN in every run: their figures (a log tau axis among them) are left out
+    instead of failing to draw, and every other figure renders."""
+    from mlflow_flux.report.figures import report_figures
+    from mlflow_flux.report.render import _png
+
+    runs = []
+    for lr, loss in ((0.01, 0.02), (0.0001, 0.05)):
+        for seed in (0, 1):
+            summaries = _summaries(math.nan, math.nan)
+            for key in ("all/participating_frac", "all/redo_dormant_frac"):
+                summaries[key] = math.nan
+            run = _run(f"{lr}-{seed}", lr, seed, loss, math.nan, math.nan, summaries=summaries)
+            run.tau_curve = pd.Series(math.nan, index=np.geomspace(1e-6, 1e-2, 5))
+            runs.append(run)
+    figures = report_figures(_comparison(runs))
+    assert not {"participation", "tau_sensitivity", "dormant"} & set(figures)
+    assert {"loss", "weight_fluctuation", "bias_fluctuation"} <= set(figures)
+    for figure in figures.values():
+        assert _png(figure).startswith(b"\x89PNG")
