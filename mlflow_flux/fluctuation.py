@@ -219,8 +219,10 @@ class Summary:
 SUMMARIES = (
     Summary("participating", "number of participating neurons in the window ending at that epoch", "participates",
             relu=True),
-    Summary("participating_frac", "the same over the number of neurons", "participates", relu=True),
-    Summary("dead_frac", "fraction of dead neurons", "dead", relu=True),
+    Summary("participating_frac", "the same over the number of neurons judged in the window (a neuron reset inside it, "
+                                  "by recycling, is not judged until it has a window of its own)", "participates",
+            relu=True),
+    Summary("dead_frac", "fraction of dead neurons among those judged in the window", "dead", relu=True),
     Summary("sos_median", "median spread of the spread", "spread of the spread"),
     Summary("bias_fluct_median", "median bias fluctuation", "bias fluctuation"),
     Summary("w_step_median", "median `w_step` at the window's last snapshot", "w_step (docs/traces.md)"),
@@ -363,6 +365,9 @@ def window_stats(
         "fires": fires,
         "dead": (act_rate == 0).all(axis=-2),
         "participating": _participating(rel, fires, thresholds, sizes),
+        # A unit judged in this window: one with a value at every snapshot. A unit reset inside the window
+        # (restart_windows) is not, and counts in no fraction's numerator or denominator.
+        "judged": np.isfinite(act_rate).all(axis=-2),
     }
 
 
@@ -607,7 +612,9 @@ def _summarize_joined(names: list[str], sizes: list[int], joined: Mapping[str, n
             judged = replace(thresholds, tau_mode=mode)
             part = _participating(stats["rel"][..., counted[0]], stats["fires"][..., counted[0]], judged,
                                   counted_sizes)
-            fraction = part.sum(axis=-1) / counted[0].stop
+            with np.errstate(divide="ignore", invalid="ignore"):
+                units = stats["judged"][..., counted[0]].sum(axis=-1)
+                fraction = np.where(units > 0, part.sum(axis=-1) / units, np.nan)
             out[f"all/participating_frac_{mode}"] = (fraction if layout.network_relu_readings
                                                      else np.full(np.shape(fraction), np.nan))
     return out
@@ -619,14 +626,18 @@ def _scope_summaries(out: dict, scope: str, parts: list[slice], stats: Mapping[s
     def pick(values: np.ndarray) -> np.ndarray:
         return values[..., parts[0]] if len(parts) == 1 else np.concatenate([values[..., p] for p in parts], axis=-1)
 
-    n = sum(p.stop - p.start for p in parts)
+    # Fractions of the units judged in the window: a unit reset inside it is neither participating, frozen (the
+    # complement of the two) nor dead until it has a window of its own.
+    judged = pick(stats["judged"]).sum(axis=-1)
     participating = pick(stats["participating"]).sum(axis=-1).astype(np.float64)
-    dead = pick(stats["dead"]).sum(axis=-1) / n
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dead = np.where(judged > 0, pick(stats["dead"]).sum(axis=-1) / judged, np.nan)
+        participating_frac = np.where(judged > 0, participating / judged, np.nan)
     if not relu:
         participating = np.full(np.shape(participating), np.nan)
         dead = np.full(np.shape(dead), np.nan)
     out[f"{scope}/participating"] = participating
-    out[f"{scope}/participating_frac"] = participating / n
+    out[f"{scope}/participating_frac"] = participating_frac if relu else participating
     out[f"{scope}/dead_frac"] = dead
     out[f"{scope}/sos_median"] = median(pick(stats["sos"]))
     out[f"{scope}/bias_fluct_median"] = median(pick(stats["bias_fluct"]))
