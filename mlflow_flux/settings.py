@@ -453,9 +453,11 @@ class RecorderSettings(Settings):
                                    "initialisation")
     recycle_dry_run: bool = setting(False, Flag(), "record what a policy would reset, and change no weight")
     recycle_seed: int = setting(0, Integer(0, 2**32 - 1), "seeds the reset weights (the same on every rank)")
-    redundancy: bool = setting(True, Flag(), "record each hidden unit's redundant partner and fan-out at every "
-                                             "snapshot (partner, partner_distance, fanout_rel; where the layer's "
-                                             "activation and next layer are known)")
+    # Off unless asked: the partner search costs O(H^2 x fan-in) a layer at every snapshot (a 2048-wide MLP's
+    # epochs took 1.49x with it on, against 1.02x off: benchmarks/recorder.py, docs/benchmarks.md).
+    redundancy: bool = setting(False, Flag(), "record each hidden unit's redundant partner and fan-out at every "
+                                              "snapshot (partner, partner_distance, fanout_rel; where the layer's "
+                                              "activation and next layer are known)")
 
     @property
     def thresholds(self) -> fluctuation.Thresholds:

@@ -133,7 +133,7 @@ def test_after_tanh_the_relu_readings_are_not_published_and_the_others_are(store
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     x = torch.randn(16, 4)
     with mlflow.start_run() as run, mlflow_flux.watch(model, optimizer=optimizer, window=2, summary_every=1,
-                                                      log_figures=False, explorer=False) as flux:
+                                                      log_figures=False, explorer=False, redundancy=True) as flux:
         for epoch in range(3):
             optimizer.zero_grad()
             model(x).pow(2).mean().backward()

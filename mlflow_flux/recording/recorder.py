@@ -194,7 +194,7 @@ class NeuronRecorder:
 
     def __init__(self, model: nn.Module, layers: Sequence[LayerSpec] | None = None, snapshot_every: int = 1,
                  optimizer: torch.optim.Optimizer | None = None, *, w_step: bool = True, w_dist0: bool = True,
-                 neuron_budget: int = 0, redundancy: bool = True, activations: dict[str, str] | None = None,
+                 neuron_budget: int = 0, redundancy: bool = False, activations: dict[str, str] | None = None,
                  next_layers: dict[str, str] | None = None) -> None:
         if snapshot_every < 1:
             raise FluxError(f"snapshot_every must be >= 1, got {snapshot_every}")

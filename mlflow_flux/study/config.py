@@ -103,6 +103,8 @@ class TrainConfig(RecorderSettings):
     threads: int = setting(0, Integer(0, 1024), "torch threads for this variant; 0 leaves torch's default")
     # The study logs the participating fraction of each layer; watch() logs no layer unless asked.
     layer_metrics: tuple = with_default(RecorderSettings, "layer_metrics", ("participating_frac",))
+    # The study measures redundant units (its report's reduced widths); watch() does only when asked.
+    redundancy: bool = with_default(RecorderSettings, "redundancy", True)
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -36,7 +36,7 @@ def test_planted_duplicates_and_a_zero_fan_out_are_found_and_merging_keeps_the_o
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # the weights stay as planted
     x = torch.randn(32, 6)
     with mlflow.start_run() as run:
-        with mlflow_flux.watch(model, window=2, log_figures=False, explorer=False) as flux:
+        with mlflow_flux.watch(model, window=2, log_figures=False, explorer=False, redundancy=True) as flux:
             for epoch in range(2):
                 optimizer.zero_grad()
                 model(x).pow(2).mean().backward()
@@ -100,7 +100,7 @@ def test_chains_are_found_across_modules_and_checked_by_the_training_pass(store)
     model = Autoencoder(16, (8, 4, 2), activation="tanh")
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     with mlflow.start_run() as run:
-        with mlflow_flux.watch(model, window=2, log_figures=False, explorer=False) as flux:
+        with mlflow_flux.watch(model, window=2, log_figures=False, explorer=False, redundancy=True) as flux:
             optimizer.zero_grad()
             x = torch.rand(4, 16)
             (model(x) - x).pow(2).mean().backward()
@@ -122,7 +122,7 @@ def test_a_module_order_the_forward_pass_contradicts_is_dropped(store, caplog):
 
     model = Skipping()
     with mlflow.start_run():
-        with mlflow_flux.watch(model, window=2, log_figures=False, explorer=False) as flux:
+        with mlflow_flux.watch(model, window=2, log_figures=False, explorer=False, redundancy=True) as flux:
             model(torch.randn(2, 3)).sum().backward()
             flux.end_epoch(0)
             assert flux.recorder.link("fc1") is None and flux.recorder.activations == (None, None)
