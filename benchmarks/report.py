@@ -114,7 +114,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1000)
     args = parser.parse_args()
     from mlflow_flux.report.loading import load_comparison
-    from mlflow_flux.report.render import _explorer_page, build
+    from mlflow_flux.report.pipeline import build
+    from mlflow_flux.report.publish import explorer_page as _explorer_page
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
