@@ -635,9 +635,10 @@ def _scope_summaries(out: dict, scope: str, parts: list[slice], stats: Mapping[s
         participating_frac = np.where(judged > 0, participating / judged, np.nan)
     if not relu:
         participating = np.full(np.shape(participating), np.nan)
+        participating_frac = np.full(np.shape(participating), np.nan)
         dead = np.full(np.shape(dead), np.nan)
     out[f"{scope}/participating"] = participating
-    out[f"{scope}/participating_frac"] = participating_frac if relu else participating
+    out[f"{scope}/participating_frac"] = participating_frac
     out[f"{scope}/dead_frac"] = dead
     out[f"{scope}/sos_median"] = median(pick(stats["sos"]))
     out[f"{scope}/bias_fluct_median"] = median(pick(stats["bias_fluct"]))
