@@ -12,6 +12,8 @@ from which reference, and where it differs.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,7 +22,14 @@ import torch
 from ..errors import FluxError
 from ..recording import distributed
 from ..recording.accumulators import _local
-from ..recording.resets import check_optimizer, new_incoming, reset_incoming, shrink_and_perturb, zero_outgoing
+from ..recording.resets import (
+    check_optimizer,
+    new_incoming,
+    reset_draws,
+    reset_incoming,
+    shrink_and_perturb,
+    zero_outgoing,
+)
 from ..recycling import ContributionUtility, redo_choice, redo_scores
 from ..traces.resets import RESETS_DIR, RESETS_FILE, RESETS_TAG, write_resets
 from .base import ACTION, Closing, RunOutput, Step, WatchedRun
@@ -189,14 +198,15 @@ class Recycling(RunOutput):
     def __init__(self, policy: RecyclingPolicy, *, dry_run: bool = False, seed: int = 0,
                  optimizer_reset=None) -> None:
         self.policy, self.dry_run, self.seed, self.optimizer_reset = policy, dry_run, seed, optimizer_reset
-        self.rows: list[tuple] = []  # the reset table
+        self.rows: list[tuple] = []  # the reset table: blocks (epoch, step, layer, units, policy, scores, dry run)
         self.resets = 0
+        self._applied = 0  # reset decisions applied: with the seed and the layer, what seeds a layer's draws
         self._steps = self._last_steps = 0
         self._snapshots = 0
         self.run: WatchedRun | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self._handle = None
-        self._generator = torch.Generator()
+        self._pool: ThreadPoolExecutor | None = None
 
     def start(self, run: WatchedRun) -> None:
         recorder = run.recorder
@@ -208,7 +218,6 @@ class Recycling(RunOutput):
         self.run = run
         if run.client is not None:  # rank 0: readers look for the reset table of runs that carry the tag
             run.client.set_tag(run.run_id, RESETS_TAG, self.policy.name)
-        self._generator.manual_seed(self.seed)
         self._handle = self.optimizer.register_step_post_hook(self._count_step)
         names = recorder.layer_names
         self.layers = names if isinstance(self.policy, ShrinkPerturb) else names[:-1]  # the output is never reset
@@ -248,9 +257,8 @@ class Recycling(RunOutput):
                                 if len(choice.units) and choice.units[0] >= 0})
         if recorder.rank != 0:
             return None
-        for layer, choice in plan.items():
-            self.rows += [(step.epoch, self._steps, layer, int(unit), self.policy.name, float(score), self.dry_run)
-                          for unit, score in zip(choice.units, choice.scores)]
+        self.rows += [(step.epoch, self._steps, layer, choice.units, self.policy.name, choice.scores, self.dry_run)
+                      for layer, choice in plan.items() if len(choice.units)]
         return metrics
 
     def _decide(self, snapshot, steps: int) -> tuple[dict[str, Choice], dict[str, float]]:
@@ -284,20 +292,26 @@ class Recycling(RunOutput):
     def _apply(self, plan: dict[str, Choice]) -> None:
         recorder = self.run.recorder
         chosen = [(name, choice) for name, choice in plan.items() if len(choice.units)]
+        order = {name: i for i, name in enumerate(recorder.layer_names)}
+        applied, self._applied = self._applied, self._applied + 1
+
+        def draws(name: str):
+            return reset_draws(self.seed, applied, order[name])
+
         if isinstance(self.policy, ShrinkPerturb):
-            for name, _ in chosen:
-                shrink_and_perturb(recorder.module_of(name), recorder.weight_axis(name), self.policy.shrink,
-                                   self.policy.noise, self._generator, recorder.shard_of(name))
+            self._each([lambda name=name: shrink_and_perturb(
+                recorder.module_of(name), recorder.weight_axis(name), self.policy.shrink, self.policy.noise,
+                draws(name), recorder.shard_of(name)) for name, _ in chosen])
             return
-        # Every layer's incoming weights first, every outgoing column after (dopamine's order: a weight that is
-        # both ends at 0); the draws in the layers' order, the same on every rank.
-        for name, choice in chosen:
+
+        def incoming(name: str, choice: Choice) -> None:
             module, axis = recorder.module_of(name), recorder.weight_axis(name)
-            incoming, bias = new_incoming(module, axis, len(choice.units), self.policy.init, self._generator)
-            reset_incoming(module, axis, torch.as_tensor(choice.units, dtype=torch.long), incoming, bias,
+            rows, bias = new_incoming(module, axis, len(choice.units), self.policy.init, draws(name))
+            reset_incoming(module, axis, torch.as_tensor(choice.units, dtype=torch.long), rows, bias,
                            self.optimizer, reset_bias_moments=self.policy.reset_bias_moments,
                            shard=recorder.shard_of(name), optimizer_reset=self.optimizer_reset)
-        for name, choice in chosen:
+
+        def outgoing(name: str, choice: Choice) -> None:
             following = recorder.link(name).next
             compensation = None if choice.compensation is None else torch.as_tensor(choice.compensation)
             zero_outgoing(torch.as_tensor(choice.units, dtype=torch.long),
@@ -305,14 +319,37 @@ class Recycling(RunOutput):
                           recorder.module_of(following), recorder.weight_axis(following), self.optimizer,
                           compensation=compensation, shard=recorder.shard_of(following),
                           optimizer_reset=self.optimizer_reset)
-        for name, choice in chosen:
             recorder.restart_units(name, choice.units)
+
+        # Every layer's incoming weights first, every outgoing column after (dopamine's order: a weight that is
+        # both ends at 0). Within a phase each layer writes tensors of its own (its weight, bias and their moments;
+        # then the next layer's weight and moments, and its own copies in the recorder), so the layers are reset
+        # side by side: most of a large reset is single-threaded torch (scatters, the draws).
+        self._each([lambda name=name, choice=choice: incoming(name, choice) for name, choice in chosen])
+        self._each([lambda name=name, choice=choice: outgoing(name, choice) for name, choice in chosen])
+        for name, choice in chosen:
             self.policy.restarted(name, choice.units)
         self.resets += sum(len(choice.units) for _, choice in chosen)
+
+    def _each(self, tasks: list[Callable[[], None]]) -> None:
+        """Run the tasks side by side on the CPU's threads (one by one with a user's ``optimizer_reset``, whose code
+        need not be thread-safe); the first error raised is raised here, after every task ended."""
+        workers = 1 if self.optimizer_reset is not None else min(len(tasks), torch.get_num_threads())
+        if workers <= 1:
+            for task in tasks:
+                task()
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(torch.get_num_threads(), thread_name_prefix="mlflow-flux-recycle")
+        for future in [self._pool.submit(task) for task in tasks]:
+            future.result()
 
     def close(self, closing: Closing) -> None:
         if self._handle is not None:
             self._handle.remove()
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
         run = self.run
         if run is None or run.rank != 0 or run.uploads is None:
             return

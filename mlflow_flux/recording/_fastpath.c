@@ -666,6 +666,69 @@ static PyObject *layer_statistics(PyObject *self, PyObject *args)
     return PyLong_FromLongLong(nonfinite);
 }
 
+/* ---- Resets: columns of a row-major block set in one sweep ----------------------------------------------------
+ * A reset gives some units new incoming weights and zeroes their optimizer moments; where a unit is a column (a
+ * Conv1D's stored (in, out) weight, a Linear's inputs) torch has no single op for it: index_add_ after a zeroing
+ * multiplication, a pass each. Here each row is visited once per target while it is in cache. */
+
+enum { COLUMNS_ZERO = 0, COLUMNS_PACKED = 1, COLUMNS_SAME = 2 };
+
+#define MAX_TARGETS 4
+
+/* set_columns(targets, source, mode, index, n, rows, cols): in every float32 (rows, cols) block of `targets` (a
+ * tuple of up to four addresses), columns index[0..n) (int64) set to 0 (COLUMNS_ZERO), to the packed (rows, n) float32
+ * `source` (COLUMNS_PACKED), or to the same columns of the (rows, cols) float32 block `source` (COLUMNS_SAME). */
+static PyObject *set_columns(PyObject *self, PyObject *args)
+{
+    PyObject *targets;
+    unsigned long long source_address, index_address;
+    Py_ssize_t n, rows, cols;
+    int mode;
+    if (!PyArg_ParseTuple(args, "O!KiKnnn", &PyTuple_Type, &targets, &source_address, &mode, &index_address, &n,
+                          &rows, &cols))
+        return NULL;
+    Py_ssize_t count = PyTuple_GET_SIZE(targets);
+    if (count < 1 || count > MAX_TARGETS || n < 0 || rows < 0 || cols < 0 || mode < COLUMNS_ZERO
+        || mode > COLUMNS_SAME || (mode != COLUMNS_ZERO && source_address == 0)) {
+        PyErr_SetString(PyExc_ValueError, "set_columns: 1-4 targets, n, rows, cols >= 0, a known mode and its source");
+        return NULL;
+    }
+    float *target[MAX_TARGETS];
+    for (Py_ssize_t t = 0; t < count; ++t) {
+        unsigned long long address = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(targets, t));
+        if (PyErr_Occurred())
+            return NULL;
+        target[t] = (float *)(uintptr_t)address;
+    }
+    const int64_t *index = (const int64_t *)(uintptr_t)index_address;
+    for (Py_ssize_t k = 0; k < n; ++k)
+        if (index[k] < 0 || index[k] >= cols) {
+            PyErr_SetString(PyExc_IndexError, "set_columns: a column index is out of range");
+            return NULL;
+        }
+    const float *source = (const float *)(uintptr_t)source_address;
+    BEGIN_ALLOW_THREADS_IF(rows * n >= RELEASE_GIL_ELEMENTS)
+    for (Py_ssize_t r = 0; r < rows; ++r) {
+        for (Py_ssize_t t = 0; t < count; ++t) {
+            float *row = target[t] + r * cols;
+            if (mode == COLUMNS_ZERO)
+                for (Py_ssize_t k = 0; k < n; ++k)
+                    row[index[k]] = 0.0f;
+            else if (mode == COLUMNS_PACKED) {
+                const float *values = source + r * n;
+                for (Py_ssize_t k = 0; k < n; ++k)
+                    row[index[k]] = values[k];
+            } else {
+                const float *values = source + r * cols;
+                for (Py_ssize_t k = 0; k < n; ++k)
+                    row[index[k]] = values[index[k]];
+            }
+        }
+    }
+    END_ALLOW_THREADS_IF
+    Py_RETURN_NONE;
+}
+
 /* ---- Taps: the reductions as callables ----------------------------------------------------------------------
  * A Tap takes one tensor (a layer's output, or its weight's gradient) and reduces it into its layer's sums without
  * a Python frame. Anything it does not take (not a CPU, strided, contiguous tensor of the expected dtype and shape,
@@ -951,6 +1014,10 @@ static PyMethodDef methods[] = {
      "snapshot (then updated), bias from a float32 vector (address 0: none), the activation and gradient statistics "
      "from the float64 sums (then zeroed) and the float32 shift, written as float32 column-major at `out` (statistic k "
      "of row r at out[OUT_ROW[k] * stride + r], k in STATISTICS' order). Returns how many defined values are not finite."},
+    {"set_columns", set_columns, METH_VARARGS,
+     "set_columns(targets, source, mode, index, n, rows, cols): columns index[0..n) of each float32 (rows, cols) "
+     "block at the addresses in `targets` set to 0 (mode 0), to a packed (rows, n) float32 source (mode 1) or to the "
+     "same columns of a (rows, cols) float32 source block (mode 2), row by row."},
     {"setup", setup, METH_VARARGS,
      "setup(torch.Tensor, torch.float32, torch.bfloat16, torch.strided, detached, same): what the taps compare "
      "against, the factory a copied tap reduces to, and the identity a copied wrapper reduces through."},

@@ -53,13 +53,31 @@ def weight_and_bias(module: nn.Module, weight_axis: int = 0) -> tuple[torch.Tens
     return weight, _local(bias.data) if isinstance(bias, torch.Tensor) else None
 
 
+def _columns_in_c(tensors: tuple[torch.Tensor, ...], dim: int, index: torch.Tensor):
+    """The C extension when it can set these tensors' columns (dim 1 of CPU float32 contiguous matrices of one
+    shape, a CPU index), else None."""
+    extension = kernels.fastpath()
+    if extension is None or dim != 1 or index.device.type != "cpu":
+        return None
+    shape = tensors[0].shape
+    if all(t.dim() == 2 and t.shape == shape and _is_cpu_float32_block(t) for t in tensors):
+        return extension
+    return None
+
+
 def zero_along(tensor: torch.Tensor, dim: int, index: torch.Tensor) -> None:
     """``tensor``'s entries at ``index`` along ``dim`` set to 0, in place. Along dim 0 (whole rows) by
-    ``index_fill_``; along another dim by one multiplication with a 0/1 vector: ``index_fill_`` there is a strided
-    scatter, ~10x slower on a transformers Conv1D's columns at GPT-2 small's widths. (An entry that is not finite
-    stays so: a diverged run.)"""
+    ``index_fill_``; along another dim by one multiplication with a 0/1 vector (``index_fill_`` there is a strided
+    scatter, ~10x slower on a transformers Conv1D's columns at GPT-2 small's widths), or, for a few columns (under a
+    quarter) of a CPU float32 matrix, by a scatter in C that touches only them. (An entry that is not finite stays
+    so under the multiplication: a diverged run.)"""
     if dim == 0:
         tensor.index_fill_(0, index, 0)
+        return
+    extension = _columns_in_c((tensor,), dim, index)
+    if extension is not None and 4 * len(index) < tensor.shape[1]:
+        index = index.to(torch.int64).contiguous()
+        extension.set_columns((tensor.data_ptr(),), 0, 0, index.data_ptr(), len(index), *tensor.shape)
         return
     keep = torch.ones(tensor.shape[dim], dtype=tensor.dtype, device=tensor.device)
     keep[index] = 0
@@ -67,13 +85,34 @@ def zero_along(tensor: torch.Tensor, dim: int, index: torch.Tensor) -> None:
 
 
 def write_along(tensor: torch.Tensor, dim: int, index: torch.Tensor, values: torch.Tensor) -> None:
-    """``tensor.index_copy_(dim, index, values)``, faster along a dim other than 0: zeroed, then added (a vectorised
-    ``index_add_``)."""
+    """``tensor.index_copy_(dim, index, values)``, faster along a dim other than 0: for a CPU float32 matrix in C
+    (one sweep), else zeroed, then added (a vectorised ``index_add_``)."""
     if dim == 0:
         tensor.index_copy_(0, index, values)
         return
+    extension = _columns_in_c((tensor,), dim, index)
+    if extension is not None and values.dtype is torch.float32 and values.device.type == "cpu":
+        index, values = index.to(torch.int64).contiguous(), values.contiguous()
+        if values.shape == (tensor.shape[0], len(index)):
+            extension.set_columns((tensor.data_ptr(),), values.data_ptr(), 1, index.data_ptr(), len(index),
+                                  *tensor.shape)
+            return
     zero_along(tensor, dim, index)
     tensor.index_add_(dim, index, values)
+
+
+def copy_columns(targets: tuple[torch.Tensor, ...], source: torch.Tensor, index: torch.Tensor) -> None:
+    """``target[:, index] = source[:, index]`` for every target (matrices of ``source``'s shape), in place: in C,
+    one sweep, for CPU float32 ones."""
+    extension = _columns_in_c((source, *targets), 1, index)
+    if extension is not None:
+        index = index.to(torch.int64).contiguous()
+        extension.set_columns(tuple(t.data_ptr() for t in targets), source.data_ptr(), 2, index.data_ptr(),
+                              len(index), *source.shape)
+        return
+    columns = source.index_select(1, index.to(source.device))
+    for target in targets:
+        write_along(target, 1, index.to(target.device), columns.to(target.dtype))
 
 
 def _local(tensor: torch.Tensor) -> torch.Tensor:
@@ -353,8 +392,13 @@ class LayerAccumulator:
         if not len(units):
             return
         local = torch.as_tensor(units if self.shard is None else positions, device=rows.device)
+        copies = tuple(copy for copy in (self.previous_weight, self.initial_weight) if copy is not None)
+        stored = _local(module.weight.data)
+        if self.copies_by_column and self.neurons is None and stored.shape == copies[0].shape:
+            copy_columns(copies, stored, local)  # a whole Conv1D's columns, each copy in the weight's own layout
+            return
         if self.kind.weight_axis == 1:  # a Conv1D's columns: gathered along the stored weight's own dim 1
-            new = _local(module.weight.data).index_select(1, local).t().detach().cpu()
+            new = stored.index_select(1, local).t().detach().cpu()
         else:
             new = rows.index_select(0, local).detach().cpu()
         index = torch.as_tensor(positions)

@@ -5,8 +5,11 @@ a weight that is both (the incoming weight of one reset unit from another) ends 
 (``index_put_`` under ``no_grad``): the parameters keep their identity, so an optimizer, DDP and a ``torch.compile``
 graph go on with them (no recompilation). Under FSDP2 each rank changes the rows of its own shard.
 
-The random weights come from one ``torch.Generator`` (CPU, seeded): drawn for every reset unit of the layer in
-ascending order, on every rank alike, whatever rows a rank holds; so every rank makes the same reset.
+The random weights come from one stream per layer and reset (:func:`reset_draws`: numpy's PCG64 seeded by the run's
+seed, the reset's number and the layer's place), drawn for every reset unit of the layer in ascending order, on every
+rank alike, whatever rows a rank holds; so every rank makes the same reset, and a layer's draws do not depend on the
+other layers (they may be reset side by side). numpy rather than a ``torch.Generator``: its float32 draws are ~2.5x
+faster on a CPU (at GPT-2 small the draws were a third of a large reset), and it fills its buffer without the GIL.
 """
 
 from __future__ import annotations
@@ -14,13 +17,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
 from ..errors import FluxError
 from .accumulators import _local, write_along, zero_along
 
-__all__ = ["INITIALISERS", "SUPPORTED_OPTIMIZERS", "check_optimizer", "new_incoming", "reset_incoming",
+__all__ = ["INITIALISERS", "SUPPORTED_OPTIMIZERS", "check_optimizer", "reset_draws", "new_incoming", "reset_incoming",
            "zero_outgoing", "shrink_and_perturb", "incoming_rows", "outgoing_columns_view"]
 
 INITIALISERS = ("xavier_uniform", "kaiming_uniform", "cbp_kaiming", "default")
@@ -44,6 +48,22 @@ def check_optimizer(optimizer: torch.optim.Optimizer | None, custom: OptimizerRe
                         "index) zeroing its state at index (docs/recycling.md)")
 
 
+def reset_draws(seed: int, reset: int, layer: int) -> np.random.BitGenerator:
+    """The random bits of one layer's draws at one reset: a PCG64 stream of its own, seeded by the run's ``seed``,
+    the reset's number (0 for the first reset decision) and the layer's place among the watched layers."""
+    return np.random.PCG64([seed, reset, layer])
+
+
+def _uniform(shape: tuple[int, ...], bound: float, bits: np.random.BitGenerator) -> torch.Tensor:
+    """U(-bound, bound) as a float32 CPU tensor: each value from 32 random bits, their top 24 as a signed integer k
+    in [-2^23, 2^23), times bound / 2^23 (exact in float32; the resolution of torch's own float32 draws). Raw bits
+    and one conversion rather than numpy's ``random(dtype=float32)``: 1.4x faster."""
+    count = math.prod(shape)
+    raw = torch.from_numpy(bits.random_raw((count + 1) // 2).view(np.int32)[:count])  # two draws per 64 bits
+    # In place: ``raw >> 8`` as an operator took 7x longer than this whole function at GPT-2's widths.
+    return raw.bitwise_right_shift_(8).float().mul_(bound / 2**23).reshape(shape)
+
+
 def _fans(weight: torch.Tensor, weight_axis: int) -> tuple[int, int]:
     """(fan_in, fan_out) of a weight as torch's initialisers count them (a Conv1D's stored (in, out) transposed)."""
     shape = weight.shape if weight_axis == 0 else weight.t().shape
@@ -52,9 +72,10 @@ def _fans(weight: torch.Tensor, weight_axis: int) -> tuple[int, int]:
 
 
 def new_incoming(module: nn.Module, weight_axis: int, units: int, init: str,
-                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``units`` new rows of incoming weights (one row per unit, float32 on the CPU) and their new bias (None: the
-    layer has none), drawn from ``generator``.
+                 generator: np.random.BitGenerator) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``units`` new rows of incoming weights (one row per unit, float32 on the CPU; for a Conv1D a transposed view:
+    drawn in its stored (in, out) layout, so that writing them back reads contiguous memory) and their new bias
+    (None: the layer has none), drawn from ``generator``.
 
     ``xavier_uniform``: U(-b, b), b = sqrt(6 / (fan_in + fan_out)), bias 0 (dopamine's ReDo). ``cbp_kaiming``:
     b = gain(relu) sqrt(3 / fan_in), bias 0 (continual backprop's ``init="kaiming"``). ``kaiming_uniform``: torch's
@@ -65,10 +86,14 @@ def new_incoming(module: nn.Module, weight_axis: int, units: int, init: str,
     fan_in, fan_out = _fans(weight, weight_axis)
     row_shape = (units, *(weight.shape[1:] if weight_axis == 0 else weight.t().shape[1:]))
     has_bias = isinstance(getattr(module, "bias", None), torch.Tensor)
+
+    def draw(bound: float) -> torch.Tensor:
+        return _uniform(row_shape, bound, generator) if weight_axis == 0 else \
+            _uniform(row_shape[::-1], bound, generator).t()
+
     if init == "default":  # what nn.Linear / nn.ConvNd.reset_parameters draw: kaiming_uniform(a=sqrt(5)), its bias
         bound = 1 / math.sqrt(fan_in) if fan_in else 0.0
-        rows = torch.empty(row_shape, dtype=torch.float32).uniform_(-bound, bound, generator=generator)
-        return rows, (torch.empty(units).uniform_(-bound, bound, generator=generator) if has_bias else None)
+        return draw(bound), (_uniform((units,), bound, generator) if has_bias else None)
     if init == "xavier_uniform":
         bound = math.sqrt(6.0 / (fan_in + fan_out))
     elif init == "cbp_kaiming":
@@ -77,8 +102,7 @@ def new_incoming(module: nn.Module, weight_axis: int, units: int, init: str,
         bound = math.sqrt(6.0 / fan_in)
     else:
         raise FluxError(f"unknown initialiser {init!r}; expected one of {', '.join(INITIALISERS)}")
-    rows = torch.empty(row_shape, dtype=torch.float32).uniform_(-bound, bound, generator=generator)
-    return rows, (torch.zeros(units) if has_bias else None)
+    return draw(bound), (torch.zeros(units) if has_bias else None)
 
 
 def incoming_rows(weight: torch.Tensor, weight_axis: int) -> torch.Tensor:
@@ -129,7 +153,7 @@ def reset_incoming(module: nn.Module, weight_axis: int, units: torch.Tensor, inc
         return
     weight = _local(module.weight.data)
     index = local.to(weight.device)
-    new = incoming[positions].to(device=weight.device, dtype=weight.dtype)
+    new = (incoming if shard is None else incoming[positions]).to(device=weight.device, dtype=weight.dtype)
     write_along(weight, weight_axis, index, new if weight_axis == 0 else new.t())
     _zero_moments(optimizer, module.weight, weight_axis, index, optimizer_reset)
     own_bias = getattr(module, "bias", None)
@@ -161,7 +185,7 @@ def zero_outgoing(units: torch.Tensor, layer_units: int, following: nn.Module, f
 
 @torch.no_grad()
 def shrink_and_perturb(module: nn.Module, weight_axis: int, shrink: float, noise: float,
-                       generator: torch.Generator, shard: slice | None = None) -> None:
+                       generator: np.random.BitGenerator, shard: slice | None = None) -> None:
     """``p <- shrink p + noise e`` for the layer's weight and bias, ``e`` a fresh draw of the layer's default
     initialisation (:func:`new_incoming`'s ``default``), drawn for the whole layer so that every rank draws alike;
     under FSDP2 a rank keeps the rows it holds."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -39,11 +40,20 @@ def empty_resets() -> pd.DataFrame:
     return RESET_SCHEMA.empty_table().to_pandas()
 
 
-def write_resets(rows: list[tuple], path: str | Path) -> None:
-    """Write rows ``(epoch, step, layer, neuron, policy, score, dry_run)`` as the reset table."""
-    columns = list(zip(*rows)) if rows else [[] for _ in RESET_SCHEMA]
-    table = pa.Table.from_arrays([pa.array(list(values), type=field.type)
-                                  for values, field in zip(columns, RESET_SCHEMA)], schema=RESET_SCHEMA)
+def write_resets(blocks: list[tuple], path: str | Path) -> None:
+    """Write the reset table from blocks ``(epoch, step, layer, neurons, policy, scores, dry_run)``: one block per
+    layer and decision, ``neurons`` and ``scores`` an array each (a row per neuron), the rest shared by its rows."""
+    counts = [len(block[3]) for block in blocks]
+    columns = []
+    for i, field in enumerate(RESET_SCHEMA):
+        if i in (3, 5):  # per neuron
+            values = np.concatenate([np.asarray(b[i]) for b in blocks]) if blocks else np.empty(0)
+            columns.append(pa.array(values.astype(field.type.to_pandas_dtype()), type=field.type))
+        else:  # per block, repeated for its neurons
+            shared = np.empty(len(blocks), dtype=object)
+            shared[:] = [b[i] for b in blocks]
+            columns.append(pa.array(np.repeat(shared, counts), type=field.type))
+    table = pa.Table.from_arrays(columns, schema=RESET_SCHEMA)
     tmp = Path(path).with_suffix(".tmp")
     pq.write_table(table, tmp, compression="zstd")
     tmp.rename(path)

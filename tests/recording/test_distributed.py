@@ -73,7 +73,7 @@ def test_under_ddp_every_rank_makes_the_same_reset(store, tmp_path):
 
 @pytest.mark.slow
 def test_under_fsdp2_each_rank_resets_its_rows_as_the_unsharded_model_would(store, tmp_path):
-    from mlflow_flux.recording.resets import new_incoming
+    from mlflow_flux.recording.resets import new_incoming, reset_draws
 
     result = _recycle_on_two_ranks(store, tmp_path, "fsdp")
     resets = mlflow_flux.load_resets(result["run_id"])
@@ -83,8 +83,8 @@ def test_under_fsdp2_each_rank_resets_its_rows_as_the_unsharded_model_would(stor
     after = first[0]
     assert all(torch.equal(after[name], second[0][name]) for name in after)  # both ranks see one model
     # The rows the two ranks reset (unit 2 on rank 0, unit 5 on rank 1: 4 + 4 rows) are the draws an unsharded
-    # reset makes from the same seeded generator, in the layers' order; their outgoing weights are 0.
+    # reset makes from the same seeded stream (seed 0, the first reset, the first layer); their outgoing weights are 0.
     layer = torch.nn.Linear(6, 8)
-    expected, _ = new_incoming(layer, 0, len(units), "xavier_uniform", torch.Generator().manual_seed(0))
+    expected, _ = new_incoming(layer, 0, len(units), "xavier_uniform", reset_draws(0, 0, 0))
     assert torch.equal(after["0.weight"][units], expected) and (after["0.bias"][units] == 0).all()
     assert (after["2.weight"][:, units] == 0).all()

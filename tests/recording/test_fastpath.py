@@ -281,3 +281,34 @@ def test_layers_snapshot_on_two_threads_record_what_one_thread_records(store, mo
     finally:
         torch.set_num_threads(threads)
     pd.testing.assert_frame_equal(split, single)
+
+
+@pytest.mark.parametrize("columns", [1, 7, 300, 1000])  # under and over the quarter where zeroing multiplies
+def test_a_reset_writes_zeroes_and_copies_exactly_the_chosen_columns(columns):
+    from mlflow_flux.recording.accumulators import copy_columns, write_along, zero_along
+
+    generator = torch.Generator().manual_seed(columns)
+    index = torch.randperm(1200, generator=generator)[:columns].sort().values
+    weight, values = torch.randn(33, 1200, generator=generator), torch.randn(33, columns, generator=generator)
+    expected = weight.clone()
+    expected[:, index] = values
+    write_along(weight, 1, index, values)
+    assert torch.equal(weight, expected)
+    zeroed = expected.clone()
+    zeroed[:, index] = 0
+    zero_along(expected, 1, index)
+    assert torch.equal(expected, zeroed)
+    copies = (torch.randn(33, 1200, generator=generator), torch.randn(33, 1200, generator=generator))
+    wanted = [copy.clone() for copy in copies]
+    for copy in wanted:
+        copy[:, index] = weight[:, index]
+    copy_columns(copies, weight, index)
+    assert all(torch.equal(copy, want) for copy, want in zip(copies, wanted))
+
+
+def test_set_columns_refuses_a_column_out_of_range_before_writing():
+    block = torch.ones(4, 5)
+    index = torch.tensor([1, 5])
+    with pytest.raises(IndexError, match="out of range"):
+        fast.set_columns((block.data_ptr(),), 0, 0, index.data_ptr(), 2, 4, 5)
+    assert (block == 1).all()
