@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 import uuid
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -11,9 +13,22 @@ import pytest
 from tests.helpers import MlflowServer
 
 
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory) -> Path:
+    """An empty sqlite store with MLflow's tables, made once per session (MLflow's migrations take ~2 s a store,
+    paid by ~150 tests): each test's store starts as a copy of it."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    path = tmp_path_factory.mktemp("empty-store") / "mlflow.db"
+    made = SqlAlchemyStore(f"sqlite:///{path}", str(path.parent / "artifacts"))
+    made.engine.dispose()  # nothing of it open while the file is copied
+    return path
+
+
 @pytest.fixture()
-def store(tmp_path, monkeypatch):
+def store(tmp_path, monkeypatch, empty_store):
     """A fresh sqlite store with its own experiment whose artifacts live under tmp_path."""
+    shutil.copyfile(empty_store, tmp_path / "mlflow.db")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 import numpy as np
@@ -319,14 +319,16 @@ class Recycling(RunOutput):
                           recorder.module_of(following), recorder.weight_axis(following), self.optimizer,
                           compensation=compensation, shard=recorder.shard_of(following),
                           optimizer_reset=self.optimizer_reset)
-            recorder.restart_units(name, choice.units)
 
         # Every layer's incoming weights first, every outgoing column after (dopamine's order: a weight that is
-        # both ends at 0). Within a phase each layer writes tensors of its own (its weight, bias and their moments;
-        # then the next layer's weight and moments, and its own copies in the recorder), so the layers are reset
-        # side by side: most of a large reset is single-threaded torch (scatters, the draws).
+        # both ends at 0), then the recorder's copies take the weights as they end. Within a phase each layer
+        # writes tensors of its own (its weight, bias and their moments; the next layer's weight and moments; its
+        # own copies, read from its own weight, which no task of that phase writes), so the layers are reset side
+        # by side: most of a large reset is single-threaded (scatters, the draws).
         self._each([lambda name=name, choice=choice: incoming(name, choice) for name, choice in chosen])
         self._each([lambda name=name, choice=choice: outgoing(name, choice) for name, choice in chosen])
+        self._each([lambda name=name, choice=choice: recorder.restart_units(name, choice.units)
+                    for name, choice in chosen])
         for name, choice in chosen:
             self.policy.restarted(name, choice.units)
         self.resets += sum(len(choice.units) for _, choice in chosen)
@@ -341,7 +343,9 @@ class Recycling(RunOutput):
             return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(torch.get_num_threads(), thread_name_prefix="mlflow-flux-recycle")
-        for future in [self._pool.submit(task) for task in tasks]:
+        futures = [self._pool.submit(task) for task in tasks]
+        wait(futures)
+        for future in futures:
             future.result()
 
     def close(self, closing: Closing) -> None:
