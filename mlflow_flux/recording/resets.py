@@ -8,8 +8,8 @@ graph go on with them (no recompilation). Under FSDP2 each rank changes the rows
 The random weights come from one stream per layer and reset (:func:`reset_draws`: numpy's PCG64 seeded by the run's
 seed, the reset's number and the layer's place), drawn for every reset unit of the layer in ascending order, on every
 rank alike, whatever rows a rank holds; so every rank makes the same reset, and a layer's draws do not depend on the
-other layers (they may be reset side by side). numpy rather than a ``torch.Generator``: its float32 draws are ~2.5x
-faster on a CPU (at GPT-2 small the draws were a third of a large reset), and it fills its buffer without the GIL.
+other layers (they may be reset side by side). numpy rather than a ``torch.Generator``: its raw bits, two draws to
+64, come ~3x faster on a CPU (at GPT-2 small torch's draws were a third of a large reset), without holding the GIL.
 """
 
 from __future__ import annotations
