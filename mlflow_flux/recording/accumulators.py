@@ -394,21 +394,16 @@ class LayerAccumulator:
         local = torch.as_tensor(units if self.shard is None else positions, device=rows.device)
         copies = tuple(copy for copy in (self.previous_weight, self.initial_weight) if copy is not None)
         stored = _local(module.weight.data)
-        if self.copies_by_column and self.neurons is None and stored.shape == copies[0].shape:
-            copy_columns(copies, stored, local)  # a whole Conv1D's columns, each copy in the weight's own layout
+        if self.copies_by_column:  # the C pass keeps a whole Conv1D's copies in its own (in, out) layout
+            copy_columns(copies, stored, local)
             return
         if self.kind.weight_axis == 1:  # a Conv1D's columns: gathered along the stored weight's own dim 1
             new = stored.index_select(1, local).t().detach().cpu()
         else:
             new = rows.index_select(0, local).detach().cpu()
         index = torch.as_tensor(positions)
-        for copy in (self.previous_weight, self.initial_weight):
-            if copy is None:
-                continue
-            if self.copies_by_column:  # the C pass keeps a whole Conv1D's copies in its own (in, out) layout
-                write_along(copy, 1, index, new.to(copy.dtype).reshape(len(index), -1).t())
-            else:
-                write_along(copy, 0, index, new.to(copy.dtype).reshape(len(index), -1))
+        for copy in copies:
+            write_along(copy, 0, index, new.to(copy.dtype).reshape(len(index), -1))
 
     def _recorded_rows(self, weight: torch.Tensor) -> torch.Tensor:
         """The recorded neurons' rows of ``weight`` (one row per neuron): a view of all, or a copy of the subset."""
