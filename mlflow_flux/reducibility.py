@@ -50,15 +50,20 @@ def merge_components(partner: np.ndarray, merged: np.ndarray, kept: np.ndarray) 
     [2]
     """
     rows, width = partner.shape
-    if rows == 0 or width == 0:
-        return np.zeros(rows, dtype=np.int64)
-    offsets = (np.arange(rows) * width)[:, None]
-    active = merged & kept & np.take_along_axis(kept, partner, axis=1)
-    source = (np.arange(width)[None, :] + offsets)[active]
-    target = (partner + offsets)[active]
-    labels = np.arange(rows * width)
-    # The smallest index of each component spreads along the edges; pointer jumping shortens the paths.
-    while source.size:
+    counts = np.asarray(kept, dtype=bool).sum(axis=1)
+    # Only the units merged into a kept partner join anything, and they are few: the components are found among them
+    # alone (a compact label per unit taking part), never over every unit of every row.
+    row, unit = np.nonzero(merged & kept)
+    target = partner[row, unit]
+    joins = kept[row, target] & (target != unit)
+    row, source, target = row[joins], (row * width + unit)[joins], (row * width + target)[joins]
+    if not source.size:
+        return counts
+    nodes, ends = np.unique(np.concatenate([source, target]), return_inverse=True)
+    source, target = ends[: source.size], ends[source.size :]
+    labels = np.arange(nodes.size)
+    # The smallest label of each component spreads along the edges; pointer jumping shortens the paths.
+    while True:
         low = np.minimum(labels[source], labels[target])
         before = labels.copy()
         np.minimum.at(labels, source, low)
@@ -66,51 +71,56 @@ def merge_components(partner: np.ndarray, merged: np.ndarray, kept: np.ndarray) 
         labels = labels[labels]
         if np.array_equal(labels, before):
             break
-    roots = labels.reshape(rows, width) == np.arange(rows * width).reshape(rows, width)
-    return (roots & kept).sum(axis=1)
+    node_rows = nodes // width
+    roots = labels == np.arange(nodes.size)
+    return counts - np.bincount(node_rows, minlength=rows) + np.bincount(node_rows[roots], minlength=rows)
 
 
 def reduced_widths(partner: np.ndarray, distance: np.ndarray, fanout_rel: np.ndarray, w_norm: np.ndarray,
-                   sizes: Sequence[int], eps: float) -> list[np.ndarray]:
-    """Per layer (``sizes`` units side by side on the last axis), the units left at ``eps``: units within ``eps``
-    of their partner are merged with it, units whose fan-out or incoming weights' norm is at most ``eps`` times its
-    layer's mean are dropped.
+                   sizes: Sequence[int], epsilons: Sequence[float]) -> list[list[np.ndarray]]:
+    """Per tolerance and layer (``sizes`` units side by side on the last axis), the units left at ``eps``: units
+    within ``eps`` of their partner are merged with it, units whose fan-out or incoming weights' norm is at most
+    ``eps`` times its layer's mean are dropped.
 
     Args:
         partner, distance, fanout_rel, w_norm: ``(B, N)`` trace columns at each window's last snapshot (NaN where
             the recorder did not compute them: a layer whose following activation or next layer is unknown).
         sizes: units per layer.
-        eps: the tolerance (see :func:`tolerance`).
+        epsilons: the tolerances (see :func:`tolerance`); what does not depend on one is computed once for all.
 
     Returns:
-        One ``(B,)`` float64 array per layer: its reduced width, NaN where the layer has no partner columns.
+        Per tolerance, one ``(B,)`` float64 array per layer: its reduced width, NaN where the layer has no partner
+        columns.
 
     >>> p = np.array([[1.0, 0.0, 0.0]]); d = np.array([[0.0, 0.0, 0.5]])
     >>> fan = np.array([[1.0, 1.0, 1.0]]); norm = np.array([[1.0, 2.0, 1.0]])
-    >>> [w.tolist() for w in reduced_widths(p, d, fan, norm, [3], 0.0)]   # units 0 and 1 merge; 2 stays
-    [[2.0]]
+    >>> [[w.tolist() for w in layers] for layers in reduced_widths(p, d, fan, norm, [3], [0.0, 0.5])]
+    [[[2.0]], [[1.0]]]
     """
-    partner, distance = np.asarray(partner, dtype=np.float64), np.asarray(distance, dtype=np.float64)
-    fanout_rel, w_norm = np.asarray(fanout_rel, dtype=np.float64), np.asarray(w_norm, dtype=np.float64)
-    limit = tolerance(eps)
-    out = []
+    partner, distance, fanout_rel = np.asarray(partner), np.asarray(distance), np.asarray(fanout_rel)
+    # Each limit compared as a float64 scalar, so a float32 column is compared in float64 without a float64 copy.
+    limits = [np.float64(tolerance(eps)) for eps in epsilons]
+    out: list[list[np.ndarray]] = [[] for _ in limits]
+    shape = partner.shape[:-1]
     start = 0
     for size in sizes:
         rows = slice(start, start + size)
         start += size
-        known = np.isfinite(partner[..., rows])
-        shape = partner.shape[:-1]
+        layer_partner = partner[..., rows]
+        known = np.isfinite(layer_partner)
         if not known.any():
-            out.append(np.full(shape, np.nan))
+            for widths in out:
+                widths.append(np.full(shape, np.nan))
             continue
-        norm = w_norm[..., rows]
+        norm = np.asarray(w_norm[..., rows], dtype=np.float64)
         with np.errstate(invalid="ignore", divide="ignore"):
             relative_norm = norm / np.nanmean(norm, axis=-1, keepdims=True)
-        dropped = (fanout_rel[..., rows] <= limit) | (relative_norm <= limit)  # NaN compares False: kept
-        index = np.where(known, partner[..., rows], np.arange(size)).astype(np.int64)
-        merged = known & (distance[..., rows] <= limit)
-        flat = (-1, size)
-        counts = merge_components(index.reshape(flat), merged.reshape(flat), (~dropped).reshape(flat))
-        widths = counts.reshape(shape).astype(np.float64)
-        out.append(np.where(known.any(axis=-1), widths, np.nan))
+        index = np.where(known, layer_partner, np.arange(size)).astype(np.int64).reshape(-1, size)
+        any_known = known.any(axis=-1)
+        fanout, gap = fanout_rel[..., rows], distance[..., rows]
+        for limit, widths in zip(limits, out):
+            dropped = (fanout <= limit) | (relative_norm <= limit)  # NaN compares False: kept
+            merged = known & (gap <= limit)
+            counts = merge_components(index, merged.reshape(index.shape), (~dropped).reshape(index.shape))
+            widths.append(np.where(any_known, counts.reshape(shape).astype(np.float64), np.nan))
     return out

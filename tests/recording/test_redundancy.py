@@ -57,7 +57,8 @@ def test_planted_duplicates_and_a_zero_fan_out_are_found_and_merging_keeps_the_o
     assert all(p == e or same.get(p) == e for p, e in zip(partner.astype(int), expected_partner))
     assert (trace[trace.layer == "2"]["partner"].isna()).all()  # the output layer: no activation known after it
     # eps = 0: the duplicate merges, the zero fan-out unit goes: 8 - 1 - 1 units left.
-    widths = reduced_widths(partner[None], distance[None], fanout[None], hidden["w_norm"].to_numpy()[None], [8], 0.0)
+    (widths,) = reduced_widths(partner[None], distance[None], fanout[None], hidden["w_norm"].to_numpy()[None], [8],
+                               [0.0])
     assert widths[0].tolist() == [6.0]
     # Merging the reported partner (its outgoing weights scaled in) and dropping the dead-end unit keeps the output.
     with torch.no_grad():
