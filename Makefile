@@ -41,6 +41,15 @@ $(OPT2_STAMP): $(STAMP)
 
 install: $(STAMP)
 
+# Polars, for the one test that reads a trace with it, is installed beside the environment, not in it: `import mlflow`
+# imports every dataframe library it finds, and Polars costs ~0.3 s of CPU in each of the hundreds of interpreters
+# the suite starts (variants, servers, CLIs). The test reads the file with it in a child process.
+READERS := $(VENV)/readers
+READERS_STAMP := $(READERS)/.installed
+$(READERS_STAMP): $(BIN)/python constraints.txt
+	$(BIN)/pip install --quiet -c constraints.txt --target $(READERS) --upgrade polars
+	touch $(READERS_STAMP)
+
 # The browser test drives Debian's chromium through Playwright (executable_path; Playwright's own download is not
 # used). Installed here when missing and we may (root with apt-get); otherwise the test fails and says how.
 browser:
@@ -80,8 +89,9 @@ REQUIRE_BROWSER ?= 1
 # 1: the team-stack tests fail (not skip) without PostgreSQL, moto and MLflow's auth app.
 REQUIRE_STACK ?= 1
 TEST_ENV := PATH="$(CURDIR)/$(BIN):$$PATH" MLFLOW_FLUX_REQUIRE_FASTPATH=$(REQUIRE_FASTPATH) \
-	MLFLOW_FLUX_REQUIRE_BROWSER=$(REQUIRE_BROWSER) MLFLOW_FLUX_REQUIRE_STACK=$(REQUIRE_STACK)
-test: $(STAMP) $(OPT2_STAMP) $(NODE_STAMP) browser stack
+	MLFLOW_FLUX_REQUIRE_BROWSER=$(REQUIRE_BROWSER) MLFLOW_FLUX_REQUIRE_STACK=$(REQUIRE_STACK) \
+	MLFLOW_FLUX_TEST_READERS=$(CURDIR)/$(READERS)
+test: $(STAMP) $(OPT2_STAMP) $(READERS_STAMP) $(NODE_STAMP) browser stack
 	$(BIN)/ruff check .
 	npx --no-install eslint mlflow_flux/explorer/static tests/explorer/js eslint.config.js
 	node --test tests/explorer/js/
