@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 
 __all__ = ["interrupted", "exit_code", "stop_on_signals", "PARENT_PID_ENV", "stop_with_parent"]
@@ -21,6 +22,9 @@ __all__ = ["interrupted", "exit_code", "stop_on_signals", "PARENT_PID_ENV", "sto
 PARENT_PID_ENV = "MLFLOW_FLUX_SWEEP_PID"  # set by the sweep for each variant process it starts
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# A SIGTERM this soon after a SIGINT is `mlflow run` passing on the same Ctrl-C (its runner terminates the entry
+# point when the terminal's SIGINT reaches it too); how soon depends only on the runner's reaction, well under this.
+SAME_STOP_SECONDS = 2.0
 
 
 def interrupted(signum: int) -> KeyboardInterrupt:
@@ -68,7 +72,9 @@ def _in_finalizer(frame) -> bool:
 @contextlib.contextmanager
 def stop_on_signals(stream=None) -> Iterator[None]:
     """Within the block, SIGINT and SIGTERM raise :func:`interrupted` once; later ones print a line and are ignored
-    while the cleanup runs. A third signal gives up on the cleanup (``KeyboardInterrupt``).
+    while the cleanup runs. A third signal gives up on the cleanup (``KeyboardInterrupt``). A SIGTERM within
+    :data:`SAME_STOP_SECONDS` of the first SIGINT is the same stop (``mlflow run`` passing on a Ctrl-C) and is not
+    counted.
 
     Only handlers we own are replaced (the defaults): a handler the user or a framework installed is left alone.
     Outside the main thread this does nothing (Python delivers signals to the main thread only).
@@ -78,13 +84,18 @@ def stop_on_signals(stream=None) -> Iterator[None]:
         return
     stream = stream if stream is not None else sys.stderr
     received: list[int] = []
+    first_at = [0.0]
 
     def handle(signum, frame):
         if _in_finalizer(frame):  # raised there, Python would print it and go on: deliver it again just after
             threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
             return
+        if received == [signal.SIGINT] and signum == signal.SIGTERM and \
+                time.monotonic() - first_at[0] < SAME_STOP_SECONDS:
+            return  # `mlflow run` cancelling the Ctrl-C it received too: the same request, neither counted nor said
         received.append(signum)
         if len(received) == 1:
+            first_at[0] = time.monotonic()
             raise interrupted(signum)
         if len(received) == 2:
             print(f"mlflow-flux: {signal.Signals(signum).name} received while stopping: saving what was trained "
