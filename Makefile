@@ -98,7 +98,8 @@ test: $(STAMP) $(OPT2_STAMP) $(READERS_STAMP) $(NODE_STAMP) browser stack
 	$(TEST_ENV) $(BIN)/python -m pytest -p no:cacheprovider --dist loadscope \
 	  -d --tx "$(TEST_WORKERS)*popen//python=$(CURDIR)/$(BIN)/python -OO" $(PYTEST_ARGS)
 	$(TEST_ENV) $(BIN)/python -m pytest -p no:cacheprovider mlflow_flux $(PYTEST_ARGS)
-	$(TEST_ENV) $(BIN)/python -m pytest -p no:cacheprovider -m docstrings tests $(PYTEST_ARGS)
+	$(TEST_ENV) $(BIN)/python -m pytest -p no:cacheprovider -m docstrings -n $(TEST_WORKERS) --dist loadscope tests \
+	  $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/recorder.py

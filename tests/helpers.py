@@ -166,9 +166,13 @@ class MlflowServer(GuardedProcess):
         self.options, self.env = options, env
 
     def start(self, timeout: float = 120) -> MlflowServer:
+        # MLflow 3's server also starts three job consumers (huey: GenAI jobs, periodic tasks), each an interpreter
+        # importing MLflow (~3 s of CPU) and polling while it runs; nothing here submits a job.
+        env = dict(self.env if self.env is not None else os.environ)
+        env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
         self.spawn([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
                     "--backend-store-uri", self.backend, "--artifacts-destination", self.artifacts, "--workers", "1",
-                    *self.options], env=self.env, cwd=self.root)
+                    *self.options], env=env, cwd=self.root)
         self.wait_until(lambda: urllib.request.urlopen(f"{self.uri}/health", timeout=2).status == 200, timeout)
         return self
 
