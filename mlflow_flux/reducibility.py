@@ -97,7 +97,8 @@ def reduced_widths(partner: np.ndarray, distance: np.ndarray, fanout_rel: np.nda
     >>> [[w.tolist() for w in layers] for layers in reduced_widths(p, d, fan, norm, [3], [0.0, 0.5])]
     [[[2.0]], [[1.0]]]
     """
-    partner, distance, fanout_rel = np.asarray(partner), np.asarray(distance), np.asarray(fanout_rel)
+    partner, distance = np.asarray(partner), np.asarray(distance)
+    fanout_rel, w_norm = np.asarray(fanout_rel), np.asarray(w_norm)
     # Each limit compared as a float64 scalar, so a float32 column is compared in float64 without a float64 copy.
     limits = [np.float64(tolerance(eps)) for eps in epsilons]
     out: list[list[np.ndarray]] = [[] for _ in limits]
