@@ -84,18 +84,19 @@ def stop_on_signals(stream=None) -> Iterator[None]:
         return
     stream = stream if stream is not None else sys.stderr
     received: list[int] = []
-    first_at = [0.0]
+    first_at = 0.0
 
     def handle(signum, frame):
+        nonlocal first_at
         if _in_finalizer(frame):  # raised there, Python would print it and go on: deliver it again just after
             threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
             return
         if received == [signal.SIGINT] and signum == signal.SIGTERM and \
-                time.monotonic() - first_at[0] < SAME_STOP_SECONDS:
+                time.monotonic() - first_at < SAME_STOP_SECONDS:
             return  # `mlflow run` cancelling the Ctrl-C it received too: the same request, neither counted nor said
         received.append(signum)
         if len(received) == 1:
-            first_at[0] = time.monotonic()
+            first_at = time.monotonic()
             raise interrupted(signum)
         if len(received) == 2:
             print(f"mlflow-flux: {signal.Signals(signum).name} received while stopping: saving what was trained "

@@ -50,7 +50,8 @@ def merge_components(partner: np.ndarray, merged: np.ndarray, kept: np.ndarray) 
     [2]
     """
     rows, width = partner.shape
-    counts = np.asarray(kept, dtype=bool).sum(axis=1)
+    kept = np.asarray(kept, dtype=bool)
+    counts = kept.sum(axis=1)
     # Only the units merged into a kept partner join anything, and they are few: the components are found among them
     # alone (a compact label per unit taking part), never over every unit of every row.
     row, unit = np.nonzero(merged & kept)
