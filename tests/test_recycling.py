@@ -3,6 +3,7 @@ weight_recyclers.py makes them, continual backprop's utility and choice from its
 again, the output unchanged by a reset whose outgoing weights are zero, resets recorded equal resets made, a dry run
 that changes nothing, and the summaries read the reset table live and offline alike."""
 
+import copy
 import math
 
 import mlflow
@@ -350,3 +351,119 @@ def test_shrink_and_perturb_scales_every_layer_and_adds_a_draw_of_its_initialisa
     resets = mlflow_flux.load_resets(run.info.run_id)
     assert sorted(resets.layer) == ["0", "2", "4"] and (resets.neuron == -1).all()
     assert np.allclose(resets.score, 0.5) and (resets.policy == "shrink_perturb").all()
+
+
+def _conv1d(nf: int, nx: int) -> nn.Module:
+    from transformers.pytorch_utils import Conv1D
+
+    return Conv1D(nf, nx)  # transformers' layout: weight (nx, nf), a unit per column
+
+
+@pytest.mark.parametrize("optimizer_kind", ["adam", "sgd"])
+@pytest.mark.parametrize("init", ["xavier_uniform", "default"])
+@pytest.mark.parametrize("layer", ["conv1d", "linear", "conv2d"])
+def test_the_one_sweep_reset_writes_exactly_what_the_separate_writes_write(layer, init, optimizer_kind):
+    """reset_incoming_in_c against new_incoming + reset_incoming + the copies taken from the weight as it ends:
+    the same draws, bit for bit, in the weight, the bias, the moments and the recorder's copies; the other units,
+    and the step count, untouched."""
+    from mlflow_flux.recording import fastpath as kernels
+    from mlflow_flux.recording.resets import new_incoming, reset_draws, reset_incoming, reset_incoming_in_c
+
+    if kernels.fastpath() is None:
+        pytest.skip("the C extension is not built")
+    torch.manual_seed(0)
+    module = {"conv1d": lambda: _conv1d(12, 6), "linear": lambda: nn.Linear(6, 12),
+              "conv2d": lambda: nn.Conv2d(3, 12, 2)}[layer]()
+    axis = 1 if layer == "conv1d" else 0
+    optimizer = (torch.optim.Adam(module.parameters(), lr=1e-2) if optimizer_kind == "adam" else
+                 torch.optim.SGD(module.parameters(), lr=1e-2, momentum=0.9))
+    x = torch.randn(5, 3, 4, 4) if layer == "conv2d" else torch.randn(5, 6)
+    module(x).pow(2).mean().backward()
+    optimizer.step()
+    units = torch.tensor([0, 3, 4, 11])
+    copies = (module.weight.detach().clone() + 1, module.weight.detach().clone() - 1)
+
+    def snapshot():
+        state = optimizer.state[module.weight]
+        return {"weight": module.weight.detach().clone(), "bias": module.bias.detach().clone(),
+                **{name: value.clone() for name, value in state.items()}}
+
+    by_unit = (lambda t: t.t()) if axis == 1 else (lambda t: t.reshape(t.shape[0], -1))
+    before = snapshot()
+    twin = copy.deepcopy(module)
+    twin_optimizer = type(optimizer)(twin.parameters(), **optimizer.defaults)
+    twin_optimizer.load_state_dict(optimizer.state_dict())
+    rows, bias = new_incoming(twin, axis, len(units), init, reset_draws(3, 1, 2))
+    reset_incoming(twin, axis, units, rows, bias, twin_optimizer, reset_bias_moments=False)
+    twin_copies = tuple(c.clone() for c in copies)
+    for twin_copy in twin_copies:  # restart_units: the copies take the reset units' weights as they end
+        by_unit(twin_copy)[units] = by_unit(twin.weight.detach())[units]
+
+    assert reset_incoming_in_c(module, axis, units, init, reset_draws(3, 1, 2), optimizer, copies,
+                               reset_bias_moments=False)
+    after = snapshot()
+    assert torch.equal(after["weight"], twin.weight) and torch.equal(after["bias"], twin.bias)
+    for got, expected in zip(copies, twin_copies):
+        assert torch.equal(got, expected)
+    twin_state = twin_optimizer.state[twin.weight]
+    for name, value in optimizer.state[module.weight].items():
+        assert torch.equal(value, twin_state[name]), name
+    # What the sweep wrote, on its own terms: the reset units' entries new, zero moments; every other entry kept.
+    kept = torch.ones(12, dtype=torch.bool)
+    kept[units] = False
+    assert torch.equal(by_unit(after["weight"])[kept], by_unit(before["weight"])[kept])
+    assert not torch.equal(by_unit(after["weight"])[units], by_unit(before["weight"])[units])
+    for name in ("exp_avg", "exp_avg_sq", "momentum_buffer"):
+        if name in after:
+            assert (by_unit(after[name])[units] == 0).all() and torch.equal(by_unit(after[name])[kept],
+                                                                            by_unit(before[name])[kept])
+    if "step" in after:
+        assert torch.equal(after["step"], before["step"])
+
+
+def test_a_reset_units_distances_count_from_its_new_weights(store):
+    """GPT-2's MLP as transformers builds it (Conv1D maps, units in columns; c_fc given c_proj as its next layer): a
+    reset's copies are written in the reset's own sweep, so w_dist0 and w_step at the next snapshot are a reset
+    unit's distances from its new weights, and every other unit's from its old ones (float64 reference)."""
+    torch.manual_seed(0)
+
+    class Mlp(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c_fc, self.c_proj = _conv1d(16, 6), _conv1d(6, 16)
+
+        def forward(self, x):
+            return self.c_proj(torch.relu(self.c_fc(x)))
+
+    model = Mlp()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    data = torch.randn(3, STEPS, BATCH, 6, generator=torch.Generator().manual_seed(7))
+    starts = []  # c_fc's weights as each epoch begins: after the previous epoch's reset
+    with mlflow.start_run() as run, mlflow_flux.watch(model, optimizer=optimizer, window=2, summary_every=1,
+                                                      log_figures=False, explorer=False, recycle="redo",
+                                                      recycle_period=1, recycle_tau=1.0,
+                                                      next_layers={"c_fc": "c_proj"}) as flux:
+        for epoch in range(3):
+            starts.append(model.c_fc.weight.detach().double().t().clone())  # a row per unit
+            for x in data[epoch]:
+                optimizer.zero_grad()
+                model(x).pow(2).mean().backward()
+                optimizer.step()
+            ends = model.c_fc.weight.detach().double().t().clone()  # what the snapshot reads (then it resets)
+            flux.end_epoch(epoch)
+    resets = mlflow_flux.load_resets(run.info.run_id)
+    reset_at_1 = resets[(resets.layer == "c_fc") & (resets.epoch == 1)].neuron.to_numpy()
+    assert 0 < len(reset_at_1) < 16  # tau 1.0: the units below their layer's mean activity, not all
+    trace = mlflow_flux.load_traces(run.info.run_id)
+    last = trace[(trace.layer == "c_fc") & (trace.epoch == 2)].sort_values("neuron")
+    # w_step at epoch 2: from the weights epoch 2 began with (the reset's for reset units; the snapshot's for the
+    # others: the same, as nothing moves them between the snapshot and the next step).
+    np.testing.assert_allclose(last.w_step.to_numpy(), (ends - starts[2]).norm(dim=1).numpy(), rtol=1e-5, atol=1e-7)
+    reset_first = set(resets[(resets.layer == "c_fc") & (resets.epoch == 0)].neuron)
+    untouched = [u for u in range(16) if u not in reset_first and u not in set(reset_at_1)]
+    from_reset = (ends - starts[2]).norm(dim=1).numpy()
+    from_start = (ends - starts[0]).norm(dim=1).numpy()
+    dist0 = last.w_dist0.to_numpy()
+    np.testing.assert_allclose(dist0[reset_at_1], from_reset[reset_at_1], rtol=1e-5, atol=1e-7)
+    if untouched:
+        np.testing.assert_allclose(dist0[untouched], from_start[untouched], rtol=1e-5, atol=1e-7)

@@ -27,6 +27,7 @@ from ..recording.resets import (
     new_incoming,
     reset_draws,
     reset_incoming,
+    reset_incoming_in_c,
     shrink_and_perturb,
     zero_outgoing,
 )
@@ -304,10 +305,23 @@ class Recycling(RunOutput):
                 draws(name), recorder.shard_of(name)) for name, _ in chosen])
             return
 
+        # A layer whose columns no outgoing phase zeroes ends this reset with its incoming weights: its copies may
+        # take them in the same C sweep (then it needs no restart_units); any other layer's copies wait for the end.
+        followers = {recorder.link(name).next for name, _ in chosen}
+        copied: set[str] = set()
+
         def incoming(name: str, choice: Choice) -> None:
             module, axis = recorder.module_of(name), recorder.weight_axis(name)
+            units = torch.as_tensor(choice.units, dtype=torch.long)
+            copies = (recorder.copies_as_stored(name) if name not in followers and self.optimizer_reset is None
+                      and recorder.shard_of(name) is None else None)
+            if copies is not None and reset_incoming_in_c(module, axis, units, self.policy.init, draws(name),
+                                                          self.optimizer, copies,
+                                                          reset_bias_moments=self.policy.reset_bias_moments):
+                copied.add(name)
+                return
             rows, bias = new_incoming(module, axis, len(choice.units), self.policy.init, draws(name))
-            reset_incoming(module, axis, torch.as_tensor(choice.units, dtype=torch.long), rows, bias,
+            reset_incoming(module, axis, units, rows, bias,
                            self.optimizer, reset_bias_moments=self.policy.reset_bias_moments,
                            shard=recorder.shard_of(name), optimizer_reset=self.optimizer_reset)
 
@@ -328,7 +342,7 @@ class Recycling(RunOutput):
         self._each([lambda name=name, choice=choice: incoming(name, choice) for name, choice in chosen])
         self._each([lambda name=name, choice=choice: outgoing(name, choice) for name, choice in chosen])
         self._each([lambda name=name, choice=choice: recorder.restart_units(name, choice.units)
-                    for name, choice in chosen])
+                    for name, choice in chosen if name not in copied])
         for name, choice in chosen:
             self.policy.restarted(name, choice.units)
         self.resets += sum(len(choice.units) for _, choice in chosen)

@@ -729,6 +729,96 @@ static PyObject *set_columns(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+#define MAX_RESET_TARGETS 8
+
+static int addresses(PyObject *tuple, float **out, Py_ssize_t *count)
+{
+    *count = PyTuple_GET_SIZE(tuple);
+    if (*count > MAX_RESET_TARGETS) {
+        PyErr_SetString(PyExc_ValueError, "reset_units: at most 8 blocks of each kind");
+        return -1;
+    }
+    for (Py_ssize_t t = 0; t < *count; ++t) {
+        unsigned long long address = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(tuple, t));
+        if (PyErr_Occurred())
+            return -1;
+        out[t] = (float *)(uintptr_t)address;
+    }
+    return 0;
+}
+
+/* The value a raw draw stands for: its top 24 bits as a signed integer k, times `scale` (resets.py's _uniform: an
+ * arithmetic shift, an exact conversion, one float32 product, so the same bits give the same float). */
+static inline float uniform_value(int32_t bits, float scale) { return (float)(bits >> 8) * scale; }
+
+/* reset_units(values, zeros, bits, scale, index, n, rows, cols, by_column): a reset's writes into one layer in one
+ * sweep. The units index[0..n) (int64, ascending) are columns (by_column) or rows of float32 (rows, cols) blocks;
+ * in every block of `values` (the weight and the recorder's copies of it) they take the new incoming weights, the
+ * packed int32 raw draws `bits` converted by uniform_value ((rows, n) by column, (n, cols) by row); in every block of
+ * `zeros` (the optimizer's moments of the weight) they are set to 0. One pass over the rows touches each cache line
+ * of every block once, where a write per block and a conversion of the draws would each be a pass of their own. */
+static PyObject *reset_units(PyObject *self, PyObject *args)
+{
+    PyObject *value_tuple, *zero_tuple;
+    unsigned long long bits_address, index_address;
+    double scale;
+    Py_ssize_t n, rows, cols;
+    int by_column;
+    if (!PyArg_ParseTuple(args, "O!O!KdKnnnp", &PyTuple_Type, &value_tuple, &PyTuple_Type, &zero_tuple,
+                          &bits_address, &scale, &index_address, &n, &rows, &cols, &by_column))
+        return NULL;
+    float *values[MAX_RESET_TARGETS], *zeros[MAX_RESET_TARGETS];
+    Py_ssize_t value_count, zero_count;
+    if (addresses(value_tuple, values, &value_count) < 0 || addresses(zero_tuple, zeros, &zero_count) < 0)
+        return NULL;
+    if (value_count < 1 || bits_address == 0 || n < 0 || rows < 0 || cols < 0) {
+        PyErr_SetString(PyExc_ValueError, "reset_units: a weight, its draws, and n, rows, cols >= 0");
+        return NULL;
+    }
+    const int64_t *index = (const int64_t *)(uintptr_t)index_address;
+    Py_ssize_t units = by_column ? cols : rows;
+    for (Py_ssize_t k = 0; k < n; ++k)
+        if (index[k] < 0 || index[k] >= units) {
+            PyErr_SetString(PyExc_IndexError, "reset_units: a unit index is out of range");
+            return NULL;
+        }
+    const int32_t *bits = (const int32_t *)(uintptr_t)bits_address;
+    const float s = (float)scale;
+    /* Each element is written into every block (a weight, two moments, two copies): a quarter of the usual size. */
+    BEGIN_ALLOW_THREADS_IF(n * (by_column ? rows : cols) >= RELEASE_GIL_ELEMENTS / 4)
+    if (by_column) {
+        for (Py_ssize_t r = 0; r < rows; ++r) {
+            const int32_t *drawn = bits + r * n;
+            float *first = values[0] + r * cols;
+            for (Py_ssize_t k = 0; k < n; ++k)
+                first[index[k]] = uniform_value(drawn[k], s);
+            for (Py_ssize_t t = 1; t < value_count; ++t) {
+                float *row = values[t] + r * cols;
+                for (Py_ssize_t k = 0; k < n; ++k)
+                    row[index[k]] = first[index[k]];
+            }
+            for (Py_ssize_t t = 0; t < zero_count; ++t) {
+                float *row = zeros[t] + r * cols;
+                for (Py_ssize_t k = 0; k < n; ++k)
+                    row[index[k]] = 0.0f;
+            }
+        }
+    } else {
+        for (Py_ssize_t k = 0; k < n; ++k) {
+            const int32_t *drawn = bits + k * cols;
+            float *first = values[0] + index[k] * cols;
+            for (Py_ssize_t c = 0; c < cols; ++c)
+                first[c] = uniform_value(drawn[c], s);
+            for (Py_ssize_t t = 1; t < value_count; ++t)
+                memcpy(values[t] + index[k] * cols, first, (size_t)cols * sizeof(float));
+            for (Py_ssize_t t = 0; t < zero_count; ++t)
+                memset(zeros[t] + index[k] * cols, 0, (size_t)cols * sizeof(float));
+        }
+    }
+    END_ALLOW_THREADS_IF
+    Py_RETURN_NONE;
+}
+
 /* ---- Taps: the reductions as callables ----------------------------------------------------------------------
  * A Tap takes one tensor (a layer's output, or its weight's gradient) and reduces it into its layer's sums without
  * a Python frame. Anything it does not take (not a CPU, strided, contiguous tensor of the expected dtype and shape,
@@ -1018,6 +1108,10 @@ static PyMethodDef methods[] = {
      "set_columns(targets, source, mode, index, n, rows, cols): columns index[0..n) of each float32 (rows, cols) "
      "block at the addresses in `targets` set to 0 (mode 0), to a packed (rows, n) float32 source (mode 1) or to the "
      "same columns of a (rows, cols) float32 source block (mode 2), row by row."},
+    {"reset_units", reset_units, METH_VARARGS,
+     "reset_units(values, zeros, bits, scale, index, n, rows, cols, by_column): units index[0..n) (columns or rows "
+     "of float32 (rows, cols) blocks) of each block in `values` set to the packed int32 raw draws `bits` as "
+     "(bits >> 8) * scale in float32, and of each block in `zeros` set to 0, in one sweep."},
     {"setup", setup, METH_VARARGS,
      "setup(torch.Tensor, torch.float32, torch.bfloat16, torch.strided, detached, same): what the taps compare "
      "against, the factory a copied tap reduces to, and the identity a copied wrapper reduces through."},

@@ -371,6 +371,18 @@ class LayerAccumulator:
         self.sums.zero_()
 
     @torch.no_grad()
+    def copies_as_stored(self) -> tuple[torch.Tensor, ...] | None:
+        """The copies behind ``w_step`` and ``w_dist0`` (none before the first snapshot) when they hold every unit
+        in the layout of the stored weight, as CPU float32 blocks, so that a reset may write them as it writes the
+        weight (:func:`~mlflow_flux.recording.resets.reset_incoming_in_c`); None otherwise (a subset of units, a
+        shard, a Conv1D's copies kept a row per unit)."""
+        copies = tuple(copy for copy in (self.previous_weight, self.initial_weight) if copy is not None)
+        if self.neurons is not None or self.shard is not None:
+            return None
+        if copies and self.kind.weight_axis == 1 and not self.copies_by_column:
+            return None
+        return copies if all(_is_cpu_float32_block(copy) for copy in copies) else None
+
     def restart(self, module: nn.Module, units: np.ndarray) -> None:
         """Units were given new weights: the copies behind ``w_step`` and ``w_dist0`` take them, so both are
         measured from the reset on (rows of recorded units; under FSDP2 of this rank's shard)."""

@@ -301,6 +301,11 @@ class NeuronRecorder:
         module = self.module_of(name)
         state.restart(module, np.asarray(units, dtype=np.int64))
 
+    def copies_as_stored(self, name: str) -> tuple[torch.Tensor, ...] | None:
+        """The layer's weight copies in the stored weight's layout, which a reset may write with the weight (see
+        :meth:`LayerAccumulator.copies_as_stored`); None where :meth:`restart_units` must take them."""
+        return self._state(name).copies_as_stored()
+
     def link(self, name: str) -> Link | None:
         """The watched layer's place in a chain, once known (its activation and next layer), else None."""
         link = self.links.get(name)

@@ -22,10 +22,12 @@ import torch
 from torch import nn
 
 from ..errors import FluxError
-from .accumulators import _local, write_along, zero_along
+from . import fastpath as kernels
+from .accumulators import _is_cpu_float32_block, _local, write_along, zero_along
+from .distributed import is_dtensor
 
 __all__ = ["INITIALISERS", "SUPPORTED_OPTIMIZERS", "check_optimizer", "reset_draws", "new_incoming", "reset_incoming",
-           "zero_outgoing", "shrink_and_perturb", "incoming_rows", "outgoing_columns_view"]
+           "reset_incoming_in_c", "zero_outgoing", "shrink_and_perturb", "incoming_rows", "outgoing_columns_view"]
 
 INITIALISERS = ("xavier_uniform", "kaiming_uniform", "cbp_kaiming", "default")
 SUPPORTED_OPTIMIZERS = ("Adam", "AdamW", "SGD")
@@ -54,12 +56,17 @@ def reset_draws(seed: int, reset: int, layer: int) -> np.random.BitGenerator:
     return np.random.PCG64([seed, reset, layer])
 
 
+def _raw_bits(count: int, bits: np.random.BitGenerator) -> torch.Tensor:
+    """``count`` draws of 32 random bits as an int32 CPU tensor (two draws per 64 bits; an odd count leaves 32)."""
+    return torch.from_numpy(bits.random_raw((count + 1) // 2).view(np.int32)[:count])
+
+
 def _uniform(shape: tuple[int, ...], bound: float, bits: np.random.BitGenerator) -> torch.Tensor:
     """U(-bound, bound) as a float32 CPU tensor: each value from 32 random bits, their top 24 as a signed integer k
     in [-2^23, 2^23), times bound / 2^23 (exact in float32; the resolution of torch's own float32 draws). Raw bits
-    and one conversion rather than numpy's ``random(dtype=float32)``: 1.4x faster."""
-    count = math.prod(shape)
-    raw = torch.from_numpy(bits.random_raw((count + 1) // 2).view(np.int32)[:count])  # two draws per 64 bits
+    and one conversion rather than numpy's ``random(dtype=float32)``: 1.4x faster. (The C extension's
+    ``reset_units`` converts the same bits to the same floats.)"""
+    raw = _raw_bits(math.prod(shape), bits)
     # In place: ``raw >> 8`` as an operator took 7x longer than this whole function at GPT-2's widths.
     return raw.bitwise_right_shift_(8).float().mul_(bound / 2**23).reshape(shape)
 
@@ -83,26 +90,37 @@ def new_incoming(module: nn.Module, weight_axis: int, units: int, init: str,
     draws: ``kaiming_uniform(a=sqrt(5))``, b = 1 / sqrt(fan_in), its bias from the same U(-b, b).
     """
     weight = module.weight  # the whole layer's shape (a DTensor's global one): every rank draws as one model
-    fan_in, fan_out = _fans(weight, weight_axis)
     row_shape = (units, *(weight.shape[1:] if weight_axis == 0 else weight.t().shape[1:]))
-    has_bias = isinstance(getattr(module, "bias", None), torch.Tensor)
+    bound = _bound(module, weight_axis, init)
 
     def draw(bound: float) -> torch.Tensor:
         return _uniform(row_shape, bound, generator) if weight_axis == 0 else \
             _uniform(row_shape[::-1], bound, generator).t()
 
+    return draw(bound), _new_bias(module, units, init, bound, generator)
+
+
+def _bound(module: nn.Module, weight_axis: int, init: str) -> float:
+    """The bound b of the initialiser's U(-b, b) for the layer's incoming weights (:func:`new_incoming`)."""
+    fan_in, fan_out = _fans(module.weight, weight_axis)
     if init == "default":  # what nn.Linear / nn.ConvNd.reset_parameters draw: kaiming_uniform(a=sqrt(5)), its bias
-        bound = 1 / math.sqrt(fan_in) if fan_in else 0.0
-        return draw(bound), (_uniform((units,), bound, generator) if has_bias else None)
+        return 1 / math.sqrt(fan_in) if fan_in else 0.0
     if init == "xavier_uniform":
-        bound = math.sqrt(6.0 / (fan_in + fan_out))
-    elif init == "cbp_kaiming":
-        bound = nn.init.calculate_gain("relu") * math.sqrt(3.0 / fan_in)
-    elif init == "kaiming_uniform":
-        bound = math.sqrt(6.0 / fan_in)
-    else:
-        raise FluxError(f"unknown initialiser {init!r}; expected one of {', '.join(INITIALISERS)}")
-    return draw(bound), (torch.zeros(units) if has_bias else None)
+        return math.sqrt(6.0 / (fan_in + fan_out))
+    if init == "cbp_kaiming":
+        return nn.init.calculate_gain("relu") * math.sqrt(3.0 / fan_in)
+    if init == "kaiming_uniform":
+        return math.sqrt(6.0 / fan_in)
+    raise FluxError(f"unknown initialiser {init!r}; expected one of {', '.join(INITIALISERS)}")
+
+
+def _new_bias(module: nn.Module, units: int, init: str, bound: float,
+              generator: np.random.BitGenerator) -> torch.Tensor | None:
+    """The reset units' new bias, drawn after their weights (``default``: the same U(-b, b); else 0); None without
+    a bias."""
+    if not isinstance(getattr(module, "bias", None), torch.Tensor):
+        return None
+    return _uniform((units,), bound, generator) if init == "default" else torch.zeros(units)
 
 
 def incoming_rows(weight: torch.Tensor, weight_axis: int) -> torch.Tensor:
@@ -156,12 +174,63 @@ def reset_incoming(module: nn.Module, weight_axis: int, units: torch.Tensor, inc
     new = (incoming if shard is None else incoming[positions]).to(device=weight.device, dtype=weight.dtype)
     write_along(weight, weight_axis, index, new if weight_axis == 0 else new.t())
     _zero_moments(optimizer, module.weight, weight_axis, index, optimizer_reset)
+    _reset_bias(module, index, None if bias is None else bias[positions], optimizer, reset_bias_moments,
+                optimizer_reset)
+
+
+def _reset_bias(module: nn.Module, index: torch.Tensor, bias: torch.Tensor | None,
+                optimizer: torch.optim.Optimizer | None, reset_bias_moments: bool,
+                optimizer_reset: OptimizerReset | None) -> None:
+    """The reset units' (local ``index``) new bias, and its moments zeroed with ``reset_bias_moments``."""
     own_bias = getattr(module, "bias", None)
     if isinstance(own_bias, torch.Tensor) and bias is not None:
         local_bias = _local(own_bias.data)
-        local_bias.index_copy_(0, index, bias[positions].to(device=weight.device, dtype=local_bias.dtype))
+        local_bias.index_copy_(0, index, bias.to(device=local_bias.device, dtype=local_bias.dtype))
         if reset_bias_moments:
             _zero_moments(optimizer, own_bias, 0, index, optimizer_reset)
+
+
+@torch.no_grad()
+def reset_incoming_in_c(module: nn.Module, weight_axis: int, units: torch.Tensor, init: str,
+                        generator: np.random.BitGenerator, optimizer: torch.optim.Optimizer | None,
+                        copies: tuple[torch.Tensor, ...], *, reset_bias_moments: bool) -> bool:
+    """:func:`new_incoming` and :func:`reset_incoming` at once, with the recorder's ``copies`` of the weight (blocks
+    of the stored weight's layout) taking the new weights too: one C sweep over the layer, where three to five passes
+    (the draws' conversion, the weight, each moment, the copies) each touched every cache line of a transformers
+    Conv1D whose units are columns. The same draws give the same floats as the two calls.
+
+    Returns:
+        False, having drawn and changed nothing, where it cannot: no extension, a weight, moment or copy that is not
+        a whole CPU float32 contiguous block (a DTensor's shard, another device or dtype), an optimizer other than
+        Adam, AdamW or SGD.
+    """
+    extension = kernels.fastpath()
+    weight = module.weight
+    if extension is None or is_dtensor(weight) or not _is_cpu_float32_block(weight.data) or weight.dim() < 2:
+        return False
+    by_column = weight_axis == 1
+    if by_column and weight.dim() != 2:
+        return False
+    rows, cols = weight.shape[0], weight.numel() // weight.shape[0]
+    moments = []
+    if optimizer is not None:
+        kinds = _MOMENTS.get(type(optimizer).__name__)
+        if kinds is None:
+            return False
+        state = optimizer.state.get(weight) or {}
+        moments = [state[name] for name in kinds
+                   if isinstance(state.get(name), torch.Tensor) and state[name].shape == weight.shape]
+    if not all(_is_cpu_float32_block(t) and t.numel() == weight.numel() and t.shape[0] == rows
+               for t in (*moments, *copies)):
+        return False
+    bound = _bound(module, weight_axis, init)
+    index = units.to(torch.int64).contiguous()
+    bits = _raw_bits(len(index) * (rows if by_column else cols), generator)  # new_incoming's order
+    extension.reset_units(tuple(t.data_ptr() for t in (weight.data, *copies)), tuple(t.data_ptr() for t in moments),
+                          bits.data_ptr(), bound / 2**23, index.data_ptr(), len(index), rows, cols, by_column)
+    _reset_bias(module, index, _new_bias(module, len(index), init, bound, generator), optimizer, reset_bias_moments,
+                None)
+    return True
 
 
 @torch.no_grad()
