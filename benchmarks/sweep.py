@@ -30,16 +30,16 @@ sys.path.insert(0, str(ROOT))
 from mlflow_flux.study.config import TrainConfig  # noqa: E402
 from mlflow_flux.study.model import Autoencoder  # noqa: E402
 from mlflow_flux.study.shapes import ShapeSpec, make_shapes  # noqa: E402
-from mlflow_flux.study.train import train_one_epoch  # noqa: E402
+from mlflow_flux.study.train import make_optimizer, train_one_epoch  # noqa: E402
 
 
 def plain_training(lr: float, seed: int, epochs: int) -> float:
     """Seconds of the study's training loop for one variant, unwatched, one thread, denormals flushed."""
-    config = TrainConfig()
+    config = TrainConfig(lr=lr)
     images = torch.from_numpy(make_shapes(ShapeSpec(n_samples=config.n_samples, image_size=config.image_size))[0])
     torch.manual_seed(seed)
     model = Autoencoder(config.image_size**2, config.hidden)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    optimizer = make_optimizer(config, model)  # the variants' own (fused Adam)
     order = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
     for _ in range(epochs):

@@ -16,10 +16,13 @@ import time
 
 import torch
 
+from mlflow_flux.study.config import TrainConfig
 from mlflow_flux.study.model import Autoencoder
 from mlflow_flux.study.shapes import ShapeSpec, make_shapes
-from mlflow_flux.study.train import train_one_epoch
+from mlflow_flux.study.train import make_optimizer, train_one_epoch
 from mlflow_flux.study.twins import Twins
+
+CONFIG = TrainConfig(lr=1e-3)  # the study's optimizer (fused Adam), as a variant and its twins train
 
 
 def main() -> None:
@@ -33,8 +36,8 @@ def main() -> None:
     for count in (int(c) for c in args.counts.split(",")):
         torch.manual_seed(0)
         model = Autoencoder(32 * 32)
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-        twins = Twins(model, optimizer, lambda twin: torch.optim.Adam(twin.parameters(), lr=1e-3), count, 1e-6, 10, 0)
+        optimizer = make_optimizer(CONFIG, model)
+        twins = Twins(model, optimizer, lambda twin: make_optimizer(CONFIG, twin), count, 1e-6, 10, 0)
         order = torch.Generator().manual_seed(0)
         plain, paired = [], []
         for epoch in range(args.epochs + 2):  # the first of each kind warms up

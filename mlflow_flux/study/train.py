@@ -35,7 +35,7 @@ from .report import FINAL_LOSS_KEY, LOSS_KEY, RECONSTRUCTIONS, STUDY_REPORT
 from .shapes import SHAPES, ShapeSpec, make_shapes
 from .twins import Twins
 
-__all__ = ["TrainResult", "train", "train_one_epoch"]
+__all__ = ["TrainResult", "train", "train_one_epoch", "make_optimizer"]
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,8 @@ class TrainResult:
     epochs: int
 
 
-def _optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+def make_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """The study's optimizer for ``model``: ``config.optimizer`` at ``config.lr`` (the benchmarks time the same)."""
     if config.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=SGD_MOMENTUM)
     # PyTorch's fused Adam: the same update in one kernel per parameter instead of ~10 elementwise ops, nearly halving
@@ -179,8 +180,8 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     # -- model, optimizer, and twins a relative twin_perturbation away (made before watch(): unwatched) ----------
     torch.manual_seed(config.seed)
     model = Autoencoder(config.image_size**2, config.hidden, config.activation)
-    optimizer = _optimizer(config, model)
-    twins = (Twins(model, optimizer, lambda twin: _optimizer(config, twin), config.twins, config.twin_perturbation,
+    optimizer = make_optimizer(config, model)
+    twins = (Twins(model, optimizer, lambda twin: make_optimizer(config, twin), config.twins, config.twin_perturbation,
                    config.twin_period, config.seed) if config.twins else None)
 
     # -- the run, ended honestly whatever happens ----------------------------------------------------------------
