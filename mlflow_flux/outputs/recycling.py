@@ -314,7 +314,7 @@ class Recycling(RunOutput):
             module, axis = recorder.module_of(name), recorder.weight_axis(name)
             units = torch.as_tensor(choice.units, dtype=torch.long)
             copies = (recorder.copies_as_stored(name) if name not in followers and self.optimizer_reset is None
-                      and recorder.shard_of(name) is None else None)
+                      else None)  # None too for a shard: its rows go through reset_incoming
             if copies is not None and reset_incoming_in_c(module, axis, units, self.policy.init, draws(name),
                                                           self.optimizer, copies,
                                                           reset_bias_moments=self.policy.reset_bias_moments):

@@ -149,13 +149,15 @@ def _zero_moments(optimizer: torch.optim.Optimizer | None, parameter: torch.Tens
     if custom is not None:
         custom(optimizer, parameter, (index,) if dim == 0 else (slice(None), index))
         return
-    state = optimizer.state.get(parameter)
-    if not state:
-        return  # no step taken yet: nothing to reset
-    for name in _MOMENTS.get(type(optimizer).__name__, ()):
-        value = state.get(name)
-        if isinstance(value, torch.Tensor) and value.shape == parameter.shape:
-            zero_along(_local(value), dim, index.to(value.device))
+    for value in _moments(optimizer, parameter):
+        zero_along(_local(value), dim, index.to(value.device))
+
+
+def _moments(optimizer: torch.optim.Optimizer, parameter: torch.Tensor) -> list[torch.Tensor]:
+    """The optimizer's per-entry moments of ``parameter`` (none before its first step; its step count is not one)."""
+    state = optimizer.state.get(parameter) or {}
+    return [state[name] for name in _MOMENTS.get(type(optimizer).__name__, ())
+            if isinstance(state.get(name), torch.Tensor) and state[name].shape == parameter.shape]
 
 
 @torch.no_grad()
@@ -212,14 +214,9 @@ def reset_incoming_in_c(module: nn.Module, weight_axis: int, units: torch.Tensor
     if by_column and weight.dim() != 2:
         return False
     rows, cols = weight.shape[0], weight.numel() // weight.shape[0]
-    moments = []
-    if optimizer is not None:
-        kinds = _MOMENTS.get(type(optimizer).__name__)
-        if kinds is None:
-            return False
-        state = optimizer.state.get(weight) or {}
-        moments = [state[name] for name in kinds
-                   if isinstance(state.get(name), torch.Tensor) and state[name].shape == weight.shape]
+    if optimizer is not None and type(optimizer).__name__ not in _MOMENTS:
+        return False
+    moments = [] if optimizer is None else _moments(optimizer, weight)
     if not all(_is_cpu_float32_block(t) and t.numel() == weight.numel() and t.shape[0] == rows
                for t in (*moments, *copies)):
         return False
