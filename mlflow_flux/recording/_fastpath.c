@@ -675,6 +675,23 @@ enum { COLUMNS_ZERO = 0, COLUMNS_PACKED = 1, COLUMNS_SAME = 2 };
 
 #define MAX_TARGETS 4
 
+/* The float32 blocks at the addresses of `tuple` (Python ints), at most `limit` of them; -1 with an error set. */
+static int addresses(PyObject *tuple, Py_ssize_t limit, const char *message, float **out, Py_ssize_t *count)
+{
+    *count = PyTuple_GET_SIZE(tuple);
+    if (*count > limit) {
+        PyErr_SetString(PyExc_ValueError, message);
+        return -1;
+    }
+    for (Py_ssize_t t = 0; t < *count; ++t) {
+        unsigned long long address = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(tuple, t));
+        if (PyErr_Occurred())
+            return -1;
+        out[t] = (float *)(uintptr_t)address;
+    }
+    return 0;
+}
+
 /* set_columns(targets, source, mode, index, n, rows, cols): in every float32 (rows, cols) block of `targets` (a
  * tuple of up to four addresses), columns index[0..n) (int64) set to 0 (COLUMNS_ZERO), to the packed (rows, n) float32
  * `source` (COLUMNS_PACKED), or to the same columns of the (rows, cols) float32 block `source` (COLUMNS_SAME). */
@@ -687,18 +704,15 @@ static PyObject *set_columns(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "O!KiKnnn", &PyTuple_Type, &targets, &source_address, &mode, &index_address, &n,
                           &rows, &cols))
         return NULL;
-    Py_ssize_t count = PyTuple_GET_SIZE(targets);
-    if (count < 1 || count > MAX_TARGETS || n < 0 || rows < 0 || cols < 0 || mode < COLUMNS_ZERO
-        || mode > COLUMNS_SAME || (mode != COLUMNS_ZERO && source_address == 0)) {
-        PyErr_SetString(PyExc_ValueError, "set_columns: 1-4 targets, n, rows, cols >= 0, a known mode and its source");
-        return NULL;
-    }
+    static const char *usage = "set_columns: 1-4 targets, n, rows, cols >= 0, a known mode and its source";
     float *target[MAX_TARGETS];
-    for (Py_ssize_t t = 0; t < count; ++t) {
-        unsigned long long address = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(targets, t));
-        if (PyErr_Occurred())
-            return NULL;
-        target[t] = (float *)(uintptr_t)address;
+    Py_ssize_t count;
+    if (addresses(targets, MAX_TARGETS, usage, target, &count) < 0)
+        return NULL;
+    if (count < 1 || n < 0 || rows < 0 || cols < 0 || mode < COLUMNS_ZERO || mode > COLUMNS_SAME
+        || (mode != COLUMNS_ZERO && source_address == 0)) {
+        PyErr_SetString(PyExc_ValueError, usage);
+        return NULL;
     }
     const int64_t *index = (const int64_t *)(uintptr_t)index_address;
     for (Py_ssize_t k = 0; k < n; ++k)
@@ -731,22 +745,6 @@ static PyObject *set_columns(PyObject *self, PyObject *args)
 
 #define MAX_RESET_TARGETS 8
 
-static int addresses(PyObject *tuple, float **out, Py_ssize_t *count)
-{
-    *count = PyTuple_GET_SIZE(tuple);
-    if (*count > MAX_RESET_TARGETS) {
-        PyErr_SetString(PyExc_ValueError, "reset_units: at most 8 blocks of each kind");
-        return -1;
-    }
-    for (Py_ssize_t t = 0; t < *count; ++t) {
-        unsigned long long address = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(tuple, t));
-        if (PyErr_Occurred())
-            return -1;
-        out[t] = (float *)(uintptr_t)address;
-    }
-    return 0;
-}
-
 /* The value a raw draw stands for: its top 24 bits as a signed integer k, times `scale` (resets.py's _uniform: an
  * arithmetic shift, an exact conversion, one float32 product, so the same bits give the same float). */
 static inline float uniform_value(int32_t bits, float scale) { return (float)(bits >> 8) * scale; }
@@ -769,7 +767,9 @@ static PyObject *reset_units(PyObject *self, PyObject *args)
         return NULL;
     float *values[MAX_RESET_TARGETS], *zeros[MAX_RESET_TARGETS];
     Py_ssize_t value_count, zero_count;
-    if (addresses(value_tuple, values, &value_count) < 0 || addresses(zero_tuple, zeros, &zero_count) < 0)
+    static const char *too_many = "reset_units: at most 8 blocks of each kind";
+    if (addresses(value_tuple, MAX_RESET_TARGETS, too_many, values, &value_count) < 0
+        || addresses(zero_tuple, MAX_RESET_TARGETS, too_many, zeros, &zero_count) < 0)
         return NULL;
     if (value_count < 1 || bits_address == 0 || n < 0 || rows < 0 || cols < 0) {
         PyErr_SetString(PyExc_ValueError, "reset_units: a weight, its draws, and n, rows, cols >= 0");
