@@ -316,9 +316,14 @@ def relative_fluctuation(spread: np.ndarray) -> np.ndarray:
     >>> relative_fluctuation(np.array([[1.0, 2.0], [3.0, 2.0]]))
     array([0.5, 0. ])
     """
+    return _spread_fluctuation(spread)[1]
+
+
+def _spread_fluctuation(spread: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The spread of the spread (:func:`window_std`) and the relative fluctuation, from one mean and std."""
     mean, sos = _window_mean_std(spread)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(mean != 0, sos / mean, 0.0)
+        return sos, np.where(mean != 0, sos / mean, 0.0)
 
 
 def window_stats(
@@ -360,9 +365,7 @@ def window_stats(
         parts = [window_stats(spread[a:a + step], bias[a:a + step], act_rate[a:a + step], thresholds, sizes)
                  for a in range(0, len(spread), step)]
         return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
-    mean, sos = _window_mean_std(spread)  # relative_fluctuation's arithmetic, the mean and std taken once
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rel = np.where(mean != 0, sos / mean, 0.0)
+    sos, rel = _spread_fluctuation(spread)
     fires = (act_rate > 0).any(axis=-2)
     return {
         "sos": sos,
