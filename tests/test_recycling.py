@@ -372,15 +372,17 @@ def test_the_one_sweep_reset_writes_exactly_what_the_separate_writes_write(layer
     if kernels.fastpath() is None:
         pytest.skip("the C extension is not built")
     torch.manual_seed(0)
-    module = {"conv1d": lambda: _conv1d(12, 6), "linear": lambda: nn.Linear(6, 12),
+    # Five inputs and three units: an odd number of 32-bit draws for the Linear and the Conv1D (the last 64 bits'
+    # high half left unused), an even one for the Conv2d.
+    module = {"conv1d": lambda: _conv1d(12, 5), "linear": lambda: nn.Linear(5, 12),
               "conv2d": lambda: nn.Conv2d(3, 12, 2)}[layer]()
     axis = 1 if layer == "conv1d" else 0
     optimizer = (torch.optim.Adam(module.parameters(), lr=1e-2) if optimizer_kind == "adam" else
                  torch.optim.SGD(module.parameters(), lr=1e-2, momentum=0.9))
-    x = torch.randn(5, 3, 4, 4) if layer == "conv2d" else torch.randn(5, 6)
+    x = torch.randn(5, 3, 4, 4) if layer == "conv2d" else torch.randn(5, 5)
     module(x).pow(2).mean().backward()
     optimizer.step()
-    units = torch.tensor([0, 3, 4, 11])
+    units = torch.tensor([0, 4, 11])
     copies = (module.weight.detach().clone() + 1, module.weight.detach().clone() - 1)
 
     def snapshot():
@@ -393,15 +395,16 @@ def test_the_one_sweep_reset_writes_exactly_what_the_separate_writes_write(layer
     twin = copy.deepcopy(module)
     twin_optimizer = type(optimizer)(twin.parameters(), **optimizer.defaults)
     twin_optimizer.load_state_dict(optimizer.state_dict())
-    rows, bias = new_incoming(twin, axis, len(units), init, reset_draws(3, 1, 2))
+    twin_draws, draws = reset_draws(3, 1, 2), reset_draws(3, 1, 2)
+    rows, bias = new_incoming(twin, axis, len(units), init, twin_draws)
     reset_incoming(twin, axis, units, rows, bias, twin_optimizer, reset_bias_moments=False)
     twin_copies = tuple(c.clone() for c in copies)
     for twin_copy in twin_copies:  # restart_units: the copies take the reset units' weights as they end
         by_unit(twin_copy)[units] = by_unit(twin.weight.detach())[units]
 
-    assert reset_incoming_in_c(module, axis, units, init, reset_draws(3, 1, 2), optimizer, copies,
-                               reset_bias_moments=False)
+    assert reset_incoming_in_c(module, axis, units, init, draws, optimizer, copies, reset_bias_moments=False)
     after = snapshot()
+    assert draws.state == twin_draws.state  # the sweep drew what new_incoming drew, from the same stream
     assert torch.equal(after["weight"], twin.weight) and torch.equal(after["bias"], twin.bias)
     for got, expected in zip(copies, twin_copies):
         assert torch.equal(got, expected)

@@ -749,21 +749,58 @@ static PyObject *set_columns(PyObject *self, PyObject *args)
  * arithmetic shift, an exact conversion, one float32 product, so the same bits give the same float). */
 static inline float uniform_value(int32_t bits, float scale) { return (float)(bits >> 8) * scale; }
 
-/* reset_units(values, zeros, bits, scale, index, n, rows, cols, by_column): a reset's writes into one layer in one
- * sweep. The units index[0..n) (int64, ascending) are columns (by_column) or rows of float32 (rows, cols) blocks;
- * in every block of `values` (the weight and the recorder's copies of it) they take the new incoming weights, the
- * packed int32 raw draws `bits` converted by uniform_value ((rows, n) by column, (n, cols) by row); in every block of
- * `zeros` (the optimizer's moments of the weight) they are set to 0. One pass over the rows touches each cache line
- * of every block once, where a write per block and a conversion of the draws would each be a pass of their own. */
+#ifdef __SIZEOF_INT128__
+/* numpy's PCG64 (PCG XSL-RR 128/64: the state steps, then the new state gives the output), so that the sweep draws
+ * the very bits `bit_generator.random_raw` would, in its order, without the buffer numpy would fill. */
+typedef struct {
+    __uint128_t state, inc;
+    uint64_t spare; /* the high half of the last 64 bits, not yet used */
+    int has_spare;
+} pcg64;
+
+static inline uint64_t pcg64_next64(pcg64 *g)
+{
+    static const __uint128_t multiplier =
+        ((__uint128_t)0x2360ED051FC65DA4ULL << 64) | (__uint128_t)0x4385DF649FCCF645ULL;
+    g->state = g->state * multiplier + g->inc;
+    uint64_t high = (uint64_t)(g->state >> 64), low = (uint64_t)g->state;
+    unsigned rotation = (unsigned)(high >> 58);
+    uint64_t x = high ^ low;
+    return (x >> rotation) | (x << ((64 - rotation) & 63));
+}
+
+/* 32 bits as resets.py's _raw_bits gives them: the raw 64-bit draws viewed as int32 on a little-endian host, so the
+ * low half of each draw first. */
+static inline int32_t pcg64_next32(pcg64 *g)
+{
+    if (g->has_spare) {
+        g->has_spare = 0;
+        return (int32_t)(uint32_t)g->spare;
+    }
+    uint64_t drawn = pcg64_next64(g);
+    g->spare = drawn >> 32;
+    g->has_spare = 1;
+    return (int32_t)(uint32_t)drawn;
+}
+
+/* reset_units(values, zeros, state, inc, scale, index, n, rows, cols, by_column): a reset's writes into one layer in
+ * one sweep. The units index[0..n) (int64, ascending) are columns (by_column) or rows of float32 (rows, cols)
+ * blocks; in every block of `values` (the weight and the recorder's copies of it) they take the new incoming
+ * weights, 32-bit draws from the PCG64 stream at (state, inc) (each a (high, low) pair of 64-bit halves) converted
+ * by uniform_value, drawn in the order of a (rows, n) array by column, (n, cols) by row; in every block of `zeros`
+ * (the optimizer's moments of the weight) they are set to 0. One pass over the rows touches each cache line of every
+ * block once, where a write per block and the draws would each be a pass of their own; the draws, computed in the
+ * pass, overlap its waits on memory. The caller advances its generator by the (count + 1) / 2 draws of 64 bits. */
 static PyObject *reset_units(PyObject *self, PyObject *args)
 {
     PyObject *value_tuple, *zero_tuple;
-    unsigned long long bits_address, index_address;
+    unsigned long long state_high, state_low, inc_high, inc_low, index_address;
     double scale;
     Py_ssize_t n, rows, cols;
     int by_column;
-    if (!PyArg_ParseTuple(args, "O!O!KdKnnnp", &PyTuple_Type, &value_tuple, &PyTuple_Type, &zero_tuple,
-                          &bits_address, &scale, &index_address, &n, &rows, &cols, &by_column))
+    if (!PyArg_ParseTuple(args, "O!O!(KK)(KK)dKnnnp", &PyTuple_Type, &value_tuple, &PyTuple_Type, &zero_tuple,
+                          &state_high, &state_low, &inc_high, &inc_low, &scale, &index_address, &n, &rows, &cols,
+                          &by_column))
         return NULL;
     float *values[MAX_RESET_TARGETS], *zeros[MAX_RESET_TARGETS];
     Py_ssize_t value_count, zero_count;
@@ -771,8 +808,8 @@ static PyObject *reset_units(PyObject *self, PyObject *args)
     if (addresses(value_tuple, MAX_RESET_TARGETS, too_many, values, &value_count) < 0
         || addresses(zero_tuple, MAX_RESET_TARGETS, too_many, zeros, &zero_count) < 0)
         return NULL;
-    if (value_count < 1 || bits_address == 0 || n < 0 || rows < 0 || cols < 0) {
-        PyErr_SetString(PyExc_ValueError, "reset_units: a weight, its draws, and n, rows, cols >= 0");
+    if (value_count < 1 || n < 0 || rows < 0 || cols < 0) {
+        PyErr_SetString(PyExc_ValueError, "reset_units: a weight, and n, rows, cols >= 0");
         return NULL;
     }
     const int64_t *index = (const int64_t *)(uintptr_t)index_address;
@@ -782,16 +819,18 @@ static PyObject *reset_units(PyObject *self, PyObject *args)
             PyErr_SetString(PyExc_IndexError, "reset_units: a unit index is out of range");
             return NULL;
         }
-    const int32_t *bits = (const int32_t *)(uintptr_t)bits_address;
+    pcg64 g = {((__uint128_t)state_high << 64) | state_low, ((__uint128_t)inc_high << 64) | inc_low, 0, 0};
     const float s = (float)scale;
-    /* Each element is written into every block (a weight, two moments, two copies): a quarter of the usual size. */
-    BEGIN_ALLOW_THREADS_IF(n * (by_column ? rows : cols) >= RELEASE_GIL_ELEMENTS / 4)
+    /* The size is the memory swept, not the units' elements: by column each unit costs a cache line (16 floats) in
+     * every row of every block. A reset of a few dozen of GPT-2's 3072 units per layer sweeps ~5 MB a layer; held,
+     * the GIL would keep the other layers' resets, run side by side, waiting on it. */
+    Py_ssize_t swept = (by_column ? rows * (16 * n < cols ? 16 * n : cols) : n * cols) * (value_count + zero_count);
+    BEGIN_ALLOW_THREADS_IF(swept >= RELEASE_GIL_ELEMENTS)
     if (by_column) {
         for (Py_ssize_t r = 0; r < rows; ++r) {
-            const int32_t *drawn = bits + r * n;
             float *first = values[0] + r * cols;
             for (Py_ssize_t k = 0; k < n; ++k)
-                first[index[k]] = uniform_value(drawn[k], s);
+                first[index[k]] = uniform_value(pcg64_next32(&g), s);
             for (Py_ssize_t t = 1; t < value_count; ++t) {
                 float *row = values[t] + r * cols;
                 for (Py_ssize_t k = 0; k < n; ++k)
@@ -805,10 +844,9 @@ static PyObject *reset_units(PyObject *self, PyObject *args)
         }
     } else {
         for (Py_ssize_t k = 0; k < n; ++k) {
-            const int32_t *drawn = bits + k * cols;
             float *first = values[0] + index[k] * cols;
             for (Py_ssize_t c = 0; c < cols; ++c)
-                first[c] = uniform_value(drawn[c], s);
+                first[c] = uniform_value(pcg64_next32(&g), s);
             for (Py_ssize_t t = 1; t < value_count; ++t)
                 memcpy(values[t] + index[k] * cols, first, (size_t)cols * sizeof(float));
             for (Py_ssize_t t = 0; t < zero_count; ++t)
@@ -818,6 +856,7 @@ static PyObject *reset_units(PyObject *self, PyObject *args)
     END_ALLOW_THREADS_IF
     Py_RETURN_NONE;
 }
+#endif /* __SIZEOF_INT128__: without a 128-bit integer there is no reset_units, and resets.py writes with torch */
 
 /* ---- Taps: the reductions as callables ----------------------------------------------------------------------
  * A Tap takes one tensor (a layer's output, or its weight's gradient) and reduces it into its layer's sums without
@@ -1108,10 +1147,12 @@ static PyMethodDef methods[] = {
      "set_columns(targets, source, mode, index, n, rows, cols): columns index[0..n) of each float32 (rows, cols) "
      "block at the addresses in `targets` set to 0 (mode 0), to a packed (rows, n) float32 source (mode 1) or to the "
      "same columns of a (rows, cols) float32 source block (mode 2), row by row."},
+#ifdef __SIZEOF_INT128__
     {"reset_units", reset_units, METH_VARARGS,
-     "reset_units(values, zeros, bits, scale, index, n, rows, cols, by_column): units index[0..n) (columns or rows "
-     "of float32 (rows, cols) blocks) of each block in `values` set to the packed int32 raw draws `bits` as "
-     "(bits >> 8) * scale in float32, and of each block in `zeros` set to 0, in one sweep."},
+     "reset_units(values, zeros, state, inc, scale, index, n, rows, cols, by_column): units index[0..n) (columns or "
+     "rows of float32 (rows, cols) blocks) of each block in `values` set to 32-bit draws of the PCG64 stream at "
+     "(state, inc) as (bits >> 8) * scale in float32, and of each block in `zeros` set to 0, in one sweep."},
+#endif
     {"setup", setup, METH_VARARGS,
      "setup(torch.Tensor, torch.float32, torch.bfloat16, torch.strided, detached, same): what the taps compare "
      "against, the factory a copied tap reduces to, and the identity a copied wrapper reduces through."},

@@ -65,7 +65,7 @@ def _uniform(shape: tuple[int, ...], bound: float, bits: np.random.BitGenerator)
     """U(-bound, bound) as a float32 CPU tensor: each value from 32 random bits, their top 24 as a signed integer k
     in [-2^23, 2^23), times bound / 2^23 (exact in float32; the resolution of torch's own float32 draws). Raw bits
     and one conversion rather than numpy's ``random(dtype=float32)``: 1.4x faster. (The C extension's
-    ``reset_units`` converts the same bits to the same floats.)"""
+    ``reset_units`` draws the same bits and converts them to the same floats.)"""
     raw = _raw_bits(math.prod(shape), bits)
     # In place: ``raw >> 8`` as an operator took 7x longer than this whole function at GPT-2's widths.
     return raw.bitwise_right_shift_(8).float().mul_(bound / 2**23).reshape(shape)
@@ -199,16 +199,19 @@ def reset_incoming_in_c(module: nn.Module, weight_axis: int, units: torch.Tensor
     """:func:`new_incoming` and :func:`reset_incoming` at once, with the recorder's ``copies`` of the weight (blocks
     of the stored weight's layout) taking the new weights too: one C sweep over the layer, where three to five passes
     (the draws' conversion, the weight, each moment, the copies) each touched every cache line of a transformers
-    Conv1D whose units are columns. The same draws give the same floats as the two calls.
+    Conv1D whose units are columns. The sweep steps ``generator`` (numpy's PCG64) itself, so the draws are made
+    while it waits on memory and never fill a buffer; the same draws give the same floats as the two calls, and
+    ``generator`` ends where they leave it.
 
     Returns:
-        False, having drawn and changed nothing, where it cannot: no extension, a weight, moment or copy that is not
-        a whole CPU float32 contiguous block (a DTensor's shard, another device or dtype), an optimizer other than
-        Adam, AdamW or SGD.
+        False, having drawn and changed nothing, where it cannot: no extension (or one built without 128-bit
+        integers), a generator other than PCG64, a weight, moment or copy that is not a whole CPU float32 contiguous
+        block (a DTensor's shard, another device or dtype), an optimizer other than Adam, AdamW or SGD.
     """
     extension = kernels.fastpath()
     weight = module.weight
-    if extension is None or is_dtensor(weight) or not _is_cpu_float32_block(weight.data) or weight.dim() < 2:
+    if extension is None or not hasattr(extension, "reset_units") or not isinstance(generator, np.random.PCG64) \
+            or is_dtensor(weight) or not _is_cpu_float32_block(weight.data) or weight.dim() < 2:
         return False
     by_column = weight_axis == 1
     if by_column and weight.dim() != 2:
@@ -222,12 +225,20 @@ def reset_incoming_in_c(module: nn.Module, weight_axis: int, units: torch.Tensor
         return False
     bound = _bound(module, weight_axis, init)
     index = units.to(torch.int64).contiguous()
-    bits = _raw_bits(len(index) * (rows if by_column else cols), generator)  # new_incoming's order
+    draws = len(index) * (rows if by_column else cols)  # in new_incoming's order, from the generator's state
+    state = generator.state["state"]
     extension.reset_units(tuple(t.data_ptr() for t in (weight.data, *copies)), tuple(t.data_ptr() for t in moments),
-                          bits.data_ptr(), bound / 2**23, index.data_ptr(), len(index), rows, cols, by_column)
+                          _halves(state["state"]), _halves(state["inc"]), bound / 2**23, index.data_ptr(),
+                          len(index), rows, cols, by_column)
+    generator.advance((draws + 1) // 2)  # past what the sweep drew, as _raw_bits leaves it: the bias draws next
     _reset_bias(module, index, _new_bias(module, len(index), init, bound, generator), optimizer, reset_bias_moments,
                 None)
     return True
+
+
+def _halves(value: int) -> tuple[int, int]:
+    """A 128-bit integer as its (high, low) 64-bit halves."""
+    return value >> 64, value & (2**64 - 1)
 
 
 @torch.no_grad()
