@@ -315,3 +315,29 @@ def test_set_columns_refuses_a_column_out_of_range_before_writing():
     with pytest.raises(IndexError, match="out of range"):
         fast.set_columns((block.data_ptr(),), 0, 0, index.data_ptr(), 2, 4, 5)
     assert (block == 1).all()
+
+
+@pytest.mark.parametrize("shape", [(40, 7), (12, 3, 2, 2)])  # a Conv1D's (in, out) rows; a conv's output channels
+def test_zeroing_whole_rows_in_c_zeroes_exactly_what_index_fill_zeroes(shape):
+    from mlflow_flux.recording.accumulators import zero_along
+
+    generator = torch.Generator().manual_seed(len(shape))
+    tensor = torch.randn(*shape, generator=generator)
+    tensor.view(-1)[::5] = float("nan")  # a diverged entry in a zeroed row ends 0, as index_fill_ leaves it
+    index = torch.randperm(shape[0], generator=generator)[: shape[0] // 2].sort().values
+    expected = tensor.clone().index_fill_(0, index, 0)
+    zero_along(tensor, 0, index)
+    assert torch.equal(tensor.isnan(), expected.isnan())
+    assert torch.equal(tensor.nan_to_num(), expected.nan_to_num())
+    strided = torch.randn(shape[0], 6, generator=generator)[:, ::2]  # not a block: index_fill_ takes it
+    expected = strided.clone().index_fill_(0, index, 0)
+    zero_along(strided, 0, index)
+    assert torch.equal(strided, expected)
+
+
+def test_zero_rows_refuses_a_row_out_of_range_before_writing():
+    block = torch.ones(4, 5)
+    index = torch.tensor([1, 4])
+    with pytest.raises(IndexError, match="out of range"):
+        fast.zero_rows((block.data_ptr(),), index.data_ptr(), 2, 4, 5)
+    assert (block == 1).all()
