@@ -306,7 +306,8 @@ class Recycling(RunOutput):
             return
 
         # A layer whose columns no outgoing phase zeroes ends this reset with its incoming weights: its copies may
-        # take them in the same C sweep (then it needs no restart_units); any other layer's copies wait for the end.
+        # take them in the same C sweep (then it needs no restart_units; of two copies the initial one, which the
+        # next snapshot also reads the step from); any other layer's copies wait for the end.
         followers = {recorder.link(name).next for name, _ in chosen}
         copied: set[str] = set()
 
@@ -318,6 +319,7 @@ class Recycling(RunOutput):
             if copies is not None and reset_incoming_in_c(module, axis, units, self.policy.init, draws(name),
                                                           self.optimizer, copies,
                                                           reset_bias_moments=self.policy.reset_bias_moments):
+                recorder.took_new_weights(name, choice.units)
                 copied.add(name)
                 return
             rows, bias = new_incoming(module, axis, len(choice.units), self.policy.init, draws(name))

@@ -236,6 +236,9 @@ class LayerAccumulator:
         self.previous_weight: torch.Tensor | None = None
         self.initial_weight: torch.Tensor | None = None
         self.copies_by_column = False  # the copies hold a column per unit (the C pass on a whole Conv1D)
+        # Units a reset gave new weights in the initial copy only (their previous copy still holds the old ones):
+        # at the next snapshot their step is their distance from those weights, w_dist0 (see took_new_weights).
+        self.step_from_start = np.empty(0, dtype=np.int64)
         self._row_means: torch.Tensor | None = None  # the C path centres each row on its mean at the last snapshot
         self._snapshots = 0
         self._skip = False  # torch path: drop the next gradient (its forward was an evaluation pass with gradients)
@@ -379,16 +382,42 @@ class LayerAccumulator:
 
     @torch.no_grad()
     def copies_as_stored(self) -> tuple[torch.Tensor, ...] | None:
-        """The copies behind ``w_step`` and ``w_dist0`` (none before the first snapshot) when they hold every unit
-        in the layout of the stored weight, as CPU float32 blocks, so that a reset may write them as it writes the
-        weight (:func:`~mlflow_flux.recording.resets.reset_incoming_in_c`); None otherwise (a subset of units, a
-        shard, a Conv1D's copies kept a row per unit)."""
+        """The copies a reset writes as it writes the weight (:func:`~mlflow_flux.recording.resets.
+        reset_incoming_in_c`), so that ``w_step`` and ``w_dist0`` count from the new weights, when the copies hold
+        every unit in the layout of the stored weight, as CPU float32 blocks; None otherwise (a subset of units, a
+        shard, a Conv1D's copies kept a row per unit). With both copies kept, only the initial one: after the reset
+        both would hold the same weights, so the next snapshot reads the step from it (:meth:`took_new_weights`),
+        and a large reset writes one matrix less. None before the first snapshot."""
         copies = tuple(copy for copy in (self.previous_weight, self.initial_weight) if copy is not None)
         if self.neurons is not None or self.shard is not None:
             return None
         if copies and self.kind.weight_axis == 1 and not self.copies_by_column:
             return None
-        return copies if all(_is_cpu_float32_block(copy) for copy in copies) else None
+        return copies[-1:] if all(_is_cpu_float32_block(copy) for copy in copies) else None
+
+    def took_new_weights(self, units: np.ndarray) -> None:
+        """``units`` took their new weights in :meth:`copies_as_stored`'s copies: where the previous copy was left
+        out, their next ``w_step`` is read from ``w_dist0`` (:meth:`settle_steps`)."""
+        if self.previous_weight is not None and self.initial_weight is not None:
+            self.step_from_start = np.union1d(self.step_from_start, np.asarray(units, dtype=np.int64))
+
+    def settle_steps(self, step: np.ndarray, dist0: np.ndarray) -> int:
+        """At a snapshot, after this layer's statistics (``step`` and ``dist0``: its rows of ``w_step`` and
+        ``w_dist0``): the units :meth:`took_new_weights` gives the step they would have had from a previous copy
+        holding their new weights, which is their distance from the initial copy, to the bit (the same differences
+        summed in the same order). The snapshot's pass has written their previous copy since.
+
+        Returns:
+            How many more of those steps are not finite than before (a diverged unit's old weights gave an
+            infinite step: the snapshot's count of non-finite values takes the difference).
+        """
+        units = self.step_from_start
+        if not len(units):
+            return 0
+        before = int((~np.isfinite(step[units])).sum())
+        step[units] = dist0[units]
+        self.step_from_start = np.empty(0, dtype=np.int64)
+        return int((~np.isfinite(step[units])).sum()) - before
 
     def restart(self, module: nn.Module, units: np.ndarray) -> None:
         """Units were given new weights: the copies behind ``w_step`` and ``w_dist0`` take them, so both are

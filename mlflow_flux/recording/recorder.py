@@ -37,7 +37,7 @@ from .redundancy import unit_redundancy
 __all__ = ["NeuronRecorder", "WatchedForward", "unwrap", "neuron_subset"]
 
 _log = logging.getLogger(__name__)
-W_STEP, W_NORM, W_REL_STEP = (STAT_COLUMNS.index(c) for c in ("w_step", "w_norm", "w_rel_step"))
+W_STEP, W_NORM, W_REL_STEP, W_DIST0 = (STAT_COLUMNS.index(c) for c in ("w_step", "w_norm", "w_rel_step", "w_dist0"))
 CHAIN_ROWS = [STAT_COLUMNS.index(c) for c in CHAINED]  # partner, partner_distance, fanout_rel
 # The chunk a snapshot's torch path works in: temporaries of about two float32 copies of it must stay under a quarter
 # of the largest watched weight (docs/traces.md), and no chunk is smaller than this many weights.
@@ -303,8 +303,14 @@ class NeuronRecorder:
 
     def copies_as_stored(self, name: str) -> tuple[torch.Tensor, ...] | None:
         """The layer's weight copies in the stored weight's layout, which a reset may write with the weight (see
-        :meth:`LayerAccumulator.copies_as_stored`); None where :meth:`restart_units` must take them."""
+        :meth:`LayerAccumulator.copies_as_stored`); None where :meth:`restart_units` must take them. Having
+        written them, the reset calls :meth:`took_new_weights`."""
         return self._state(name).copies_as_stored()
+
+    def took_new_weights(self, name: str, units) -> None:
+        """``units`` of a layer took their new weights in :meth:`copies_as_stored`'s copies: their ``w_step`` and
+        ``w_dist0`` are measured from them on, as after :meth:`restart_units`."""
+        self._state(name).took_new_weights(np.asarray(units, dtype=np.int64))
 
     def link(self, name: str) -> Link | None:
         """The watched layer's place in a chain, once known (its activation and next layer), else None."""
@@ -495,6 +501,8 @@ class NeuronRecorder:
                 stats[rows_out, start : start + len(block)] = part[:, :computed].T
                 mask = state.defined_mask(part, has_bias)
                 nonfinite += int((~np.isfinite(part[:, :computed]) & mask).sum())
+        for state, rows in zip(self._states, self._slices):
+            nonfinite += state.settle_steps(stats[W_STEP, rows], stats[W_DIST0, rows])
         stats[W_REL_STEP] = fluctuation.relative_update(stats[W_STEP], stats[W_NORM])
         self._chain_statistics(stats, modules)
         self._snapshots += 1
