@@ -67,7 +67,7 @@ def _columns_in_c(tensors: tuple[torch.Tensor, ...], dim: int, index: torch.Tens
 
 def zero_along(tensor: torch.Tensor, dim: int, index: torch.Tensor) -> None:
     """``tensor``'s entries at ``index`` along ``dim`` set to 0, in place. Along dim 0 (whole rows) by a memset per
-    row in C for a CPU float32 block (``index_fill_`` wrote element by element: 2.5x the time on GPT-2's c_proj),
+    row in C for a CPU float32 block (``index_fill_`` wrote element by element: 1.8x the time on GPT-2's c_proj),
     else ``index_fill_``; along another dim by one multiplication with a 0/1 vector (``index_fill_`` there is a
     strided scatter, ~10x slower on a transformers Conv1D's columns at GPT-2 small's widths), or, for a few columns
     (under a quarter) of a CPU float32 matrix, by a scatter in C that touches only them. (An entry that is not
@@ -387,7 +387,7 @@ class LayerAccumulator:
         every unit in the layout of the stored weight, as CPU float32 blocks; None otherwise (a subset of units, a
         shard, a Conv1D's copies kept a row per unit). With both copies kept, only the initial one: after the reset
         both would hold the same weights, so the next snapshot reads the step from it (:meth:`took_new_weights`),
-        and a large reset writes one matrix less. None before the first snapshot."""
+        and a large reset writes one matrix less. No copy before the first snapshot."""
         copies = tuple(copy for copy in (self.previous_weight, self.initial_weight) if copy is not None)
         if self.neurons is not None or self.shard is not None:
             return None

@@ -15,6 +15,7 @@ other layers (they may be reset side by side). numpy rather than a ``torch.Gener
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
 
 import numpy as np
@@ -205,13 +206,15 @@ def reset_incoming_in_c(module: nn.Module, weight_axis: int, units: torch.Tensor
 
     Returns:
         False, having drawn and changed nothing, where it cannot: no extension (or one built without 128-bit
-        integers), a generator other than PCG64, a weight, moment or copy that is not a whole CPU float32 contiguous
-        block (a DTensor's shard, another device or dtype), an optimizer other than Adam, AdamW or SGD.
+        integers), a generator other than PCG64, a big-endian host, a weight, moment or copy that is not a whole
+        CPU float32 contiguous block (a DTensor's shard, another device or dtype), an optimizer other than Adam,
+        AdamW or SGD.
     """
     extension = kernels.fastpath()
     weight = module.weight
     if extension is None or not hasattr(extension, "reset_units") or not isinstance(generator, np.random.PCG64) \
-            or is_dtensor(weight) or not _is_cpu_float32_block(weight.data) or weight.dim() < 2:
+            or sys.byteorder != "little" or is_dtensor(weight) or not _is_cpu_float32_block(weight.data) \
+            or weight.dim() < 2:  # (the sweep splits each 64-bit draw as _raw_bits' int32 view does on little-endian)
         return False
     by_column = weight_axis == 1
     if by_column and weight.dim() != 2:
