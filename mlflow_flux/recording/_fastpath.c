@@ -692,6 +692,18 @@ static int addresses(PyObject *tuple, Py_ssize_t limit, const char *message, flo
     return 0;
 }
 
+/* The int64 indices at `address`, n of them, each in [0, limit); NULL with an IndexError saying `message`. */
+static const int64_t *indices_below(unsigned long long address, Py_ssize_t n, Py_ssize_t limit, const char *message)
+{
+    const int64_t *index = (const int64_t *)(uintptr_t)address;
+    for (Py_ssize_t k = 0; k < n; ++k)
+        if (index[k] < 0 || index[k] >= limit) {
+            PyErr_SetString(PyExc_IndexError, message);
+            return NULL;
+        }
+    return index;
+}
+
 /* set_columns(targets, source, mode, index, n, rows, cols): in every float32 (rows, cols) block of `targets` (a
  * tuple of up to four addresses), columns index[0..n) (int64) set to 0 (COLUMNS_ZERO), to the packed (rows, n) float32
  * `source` (COLUMNS_PACKED), or to the same columns of the (rows, cols) float32 block `source` (COLUMNS_SAME). */
@@ -714,12 +726,9 @@ static PyObject *set_columns(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, usage);
         return NULL;
     }
-    const int64_t *index = (const int64_t *)(uintptr_t)index_address;
-    for (Py_ssize_t k = 0; k < n; ++k)
-        if (index[k] < 0 || index[k] >= cols) {
-            PyErr_SetString(PyExc_IndexError, "set_columns: a column index is out of range");
-            return NULL;
-        }
+    const int64_t *index = indices_below(index_address, n, cols, "set_columns: a column index is out of range");
+    if (index == NULL)
+        return NULL;
     const float *source = (const float *)(uintptr_t)source_address;
     BEGIN_ALLOW_THREADS_IF(rows * n >= RELEASE_GIL_ELEMENTS)
     for (Py_ssize_t r = 0; r < rows; ++r) {
@@ -762,12 +771,9 @@ static PyObject *zero_rows(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, usage);
         return NULL;
     }
-    const int64_t *index = (const int64_t *)(uintptr_t)index_address;
-    for (Py_ssize_t k = 0; k < n; ++k)
-        if (index[k] < 0 || index[k] >= rows) {
-            PyErr_SetString(PyExc_IndexError, "zero_rows: a row index is out of range");
-            return NULL;
-        }
+    const int64_t *index = indices_below(index_address, n, rows, "zero_rows: a row index is out of range");
+    if (index == NULL)
+        return NULL;
     BEGIN_ALLOW_THREADS_IF(n * cols * count >= RELEASE_GIL_ELEMENTS)
     for (Py_ssize_t t = 0; t < count; ++t)
         for (Py_ssize_t k = 0; k < n; ++k)
@@ -845,13 +851,10 @@ static PyObject *reset_units(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "reset_units: a weight, and n, rows, cols >= 0");
         return NULL;
     }
-    const int64_t *index = (const int64_t *)(uintptr_t)index_address;
-    Py_ssize_t units = by_column ? cols : rows;
-    for (Py_ssize_t k = 0; k < n; ++k)
-        if (index[k] < 0 || index[k] >= units) {
-            PyErr_SetString(PyExc_IndexError, "reset_units: a unit index is out of range");
-            return NULL;
-        }
+    const int64_t *index = indices_below(index_address, n, by_column ? cols : rows,
+                                         "reset_units: a unit index is out of range");
+    if (index == NULL)
+        return NULL;
     pcg64 g = {((__uint128_t)state_high << 64) | state_low, ((__uint128_t)inc_high << 64) | inc_low, 0, 0};
     const float s = (float)scale;
     /* The size is the memory swept, not the units' elements: by column each unit costs a cache line (16 floats) in
