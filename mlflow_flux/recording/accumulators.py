@@ -53,14 +53,15 @@ def weight_and_bias(module: nn.Module, weight_axis: int = 0) -> tuple[torch.Tens
     return weight, _local(bias.data) if isinstance(bias, torch.Tensor) else None
 
 
-def _columns_in_c(tensors: tuple[torch.Tensor, ...], dim: int, index: torch.Tensor):
-    """The C extension when it can set these tensors' columns (dim 1 of CPU float32 contiguous matrices of one
-    shape, a CPU index), else None."""
+def _in_c(tensors: tuple[torch.Tensor, ...], dim: int, index: torch.Tensor):
+    """The C extension when it can write these tensors along ``dim`` at a CPU ``index``, else None: CPU float32
+    contiguous blocks, whose whole rows (dim 0, any rank) or columns (dim 1 of matrices of one shape) it sets."""
     extension = kernels.fastpath()
-    if extension is None or dim != 1 or index.device.type != "cpu":
+    if extension is None or dim not in (0, 1) or index.device.type != "cpu":
         return None
     shape = tensors[0].shape
-    if all(t.dim() == 2 and t.shape == shape and _is_cpu_float32_block(t) for t in tensors):
+    if all(_is_cpu_float32_block(t) and (t.dim() >= 1 if dim == 0 else t.dim() == 2 and t.shape == shape)
+           for t in tensors):
         return extension
     return None
 
@@ -72,16 +73,15 @@ def zero_along(tensor: torch.Tensor, dim: int, index: torch.Tensor) -> None:
     strided scatter, ~10x slower on a transformers Conv1D's columns at GPT-2 small's widths), or, for a few columns
     (under a quarter) of a CPU float32 matrix, by a scatter in C that touches only them. (An entry that is not
     finite stays so under the multiplication: a diverged run.)"""
+    extension = _in_c((tensor,), dim, index)
     if dim == 0:
-        extension = kernels.fastpath()
-        if extension is not None and tensor.dim() and _is_cpu_float32_block(tensor) and index.device.type == "cpu":
+        if extension is not None:
             index = index.to(torch.int64).contiguous()
             extension.zero_rows((tensor.data_ptr(),), index.data_ptr(), len(index), tensor.shape[0],
                                 tensor.numel() // max(tensor.shape[0], 1))
             return
         tensor.index_fill_(0, index, 0)
         return
-    extension = _columns_in_c((tensor,), dim, index)
     if extension is not None and 4 * len(index) < tensor.shape[1]:
         index = index.to(torch.int64).contiguous()
         extension.set_columns((tensor.data_ptr(),), 0, 0, index.data_ptr(), len(index), *tensor.shape)
@@ -97,7 +97,7 @@ def write_along(tensor: torch.Tensor, dim: int, index: torch.Tensor, values: tor
     if dim == 0:
         tensor.index_copy_(0, index, values)
         return
-    extension = _columns_in_c((tensor,), dim, index)
+    extension = _in_c((tensor,), dim, index)
     if extension is not None and values.dtype is torch.float32 and values.device.type == "cpu":
         index, values = index.to(torch.int64).contiguous(), values.contiguous()
         if values.shape == (tensor.shape[0], len(index)):
@@ -111,7 +111,7 @@ def write_along(tensor: torch.Tensor, dim: int, index: torch.Tensor, values: tor
 def copy_columns(targets: tuple[torch.Tensor, ...], source: torch.Tensor, index: torch.Tensor) -> None:
     """``target[:, index] = source[:, index]`` for every target (matrices of ``source``'s shape), in place: in C,
     one sweep, for CPU float32 ones."""
-    extension = _columns_in_c((source, *targets), 1, index)
+    extension = _in_c((source, *targets), 1, index)
     if extension is not None:
         index = index.to(torch.int64).contiguous()
         extension.set_columns(tuple(t.data_ptr() for t in targets), source.data_ptr(), 2, index.data_ptr(),
